@@ -1,0 +1,282 @@
+//! The daemon: start-up in order, the signal loop, reload, and shutdown.
+//!
+//! Start-up: database (configured, or the embedded server) → wait until it answers → migrations
+//! → LISTEN and the runner → READY=1. SIGTERM/SIGINT drain (a second one exits at once); SIGHUP
+//! reloads the configuration, keeping the old one on any error.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, LoadOptions, Settings};
+use crate::db::{self, embedded::EmbeddedPostgres};
+use crate::delivery::{JobHandler, sandbox::SandboxHandler};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::runner::Runner;
+use crate::telemetry::LogHandle;
+use crate::{exit, systemd};
+
+/// Why the daemon stopped before it could run.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Embedded(#[from] db::embedded::EmbeddedError),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+impl StartError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) => exit::CONFIG,
+            StartError::Embedded(_) => exit::UNAVAILABLE,
+            StartError::Other(_) => exit::SOFTWARE,
+        }
+    }
+}
+
+/// The state directory of the embedded server.
+pub fn state_dir(settings: &Settings, opts: &LoadOptions) -> PathBuf {
+    settings
+        .database
+        .embedded_dir
+        .clone()
+        .unwrap_or_else(|| EmbeddedPostgres::default_state_dir(&opts.env))
+}
+
+/// The handler for `delivery.mode`.
+pub fn handler_for(settings: &Settings) -> Result<Arc<dyn JobHandler>, StartError> {
+    match settings.delivery.mode {
+        config::DeliveryMode::Sandbox => Ok(Arc::new(SandboxHandler)),
+        config::DeliveryMode::Live => Err(StartError::Config(config::ConfigError {
+            problems: vec![config::Problem {
+                key: "delivery.mode".into(),
+                reason: "\"live\" is not available in this build; use \"sandbox\"".into(),
+            }],
+        })),
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT and a drain. Returns the exit code.
+pub async fn run(opts: LoadOptions, settings: Settings, log: LogHandle) -> Result<u8, StartError> {
+    let stop = CancellationToken::new();
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    spawn_stop_signals(stop.clone())?;
+
+    // The database: configured, or the embedded server.
+    let mut embedded = None;
+    let url = match db::configured_url(&settings) {
+        Some(url) => url,
+        None => {
+            let dir = state_dir(&settings, &opts);
+            tracing::warn!(
+                state_dir = %dir.display(),
+                "no database configured (DATABASE_URL): starting the embedded PostgreSQL for development"
+            );
+            systemd::extend_timeout(Duration::from_secs(90));
+            let pg = EmbeddedPostgres::start(&dir).await?;
+            tracing::info!(
+                url = %pg.url(),
+                "embedded PostgreSQL is up; other programs can connect with this URL"
+            );
+            let url = pg.url();
+            embedded = Some(pg);
+            url
+        }
+    };
+    let result = serve(&opts, settings, log, &url, &stop, &mut hup).await;
+    if let Some(mut pg) = embedded {
+        pg.stop().await;
+    }
+    result
+}
+
+async fn serve(
+    opts: &LoadOptions,
+    settings: Settings,
+    log: LogHandle,
+    url: &str,
+    stop: &CancellationToken,
+    hup: &mut tokio::signal::unix::Signal,
+) -> Result<u8, StartError> {
+    let pool = db::pool(&settings, db::connect_options(url)?);
+    if !wait_for_database(&pool, stop).await {
+        return Ok(exit::OK);
+    }
+    if settings.database.migrate {
+        systemd::extend_timeout(Duration::from_secs(120));
+        db::migrate(&pool).await?;
+    } else if !db::migrations_current(&pool).await? {
+        return Err(StartError::Other(anyhow::anyhow!(
+            "the database schema is not current and database.migrate is off: run `outbound-runner migrate`"
+        )));
+    }
+    let listen_options = match &settings.database.listen_url {
+        Some(u) => Some(db::connect_options(secrecy::ExposeSecret::expose_secret(
+            u,
+        ))?),
+        None => None,
+    };
+
+    let handler = handler_for(&settings)?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    health.set_db_ok(true);
+    let settings = Arc::new(settings);
+    let runner = Runner::start(
+        pool.clone(),
+        listen_options,
+        settings.clone(),
+        handler,
+        metrics.clone(),
+        health.clone(),
+    )
+    .await;
+
+    let aux = CancellationToken::new();
+    if let Some(every) = systemd::watchdog_interval() {
+        let max_age = (settings.runner.heartbeat * 5).max(every);
+        tokio::spawn(systemd::watchdog(
+            health.clone(),
+            every,
+            max_age,
+            aux.clone(),
+        ));
+    }
+    tokio::spawn(systemd::status_loop(
+        health.clone(),
+        metrics.clone(),
+        aux.clone(),
+    ));
+    systemd::ready(&systemd::status_line(&health, &metrics));
+    tracing::info!("ready");
+
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = hup.recv() => reload(opts, &runner, &log),
+        }
+    }
+
+    systemd::stopping();
+    let drain = settings.runner.drain_timeout;
+    systemd::extend_timeout(drain + Duration::from_secs(15));
+    runner.shutdown().await;
+    aux.cancel();
+    pool.close().await;
+    tracing::info!("stopped");
+    Ok(exit::OK)
+}
+
+/// SIGHUP: re-read the configuration; apply what can change live, keep the old one on error.
+fn reload(opts: &LoadOptions, runner: &Runner, log: &LogHandle) {
+    systemd::reloading();
+    let mut opts = opts.clone();
+    opts.env = std::env::vars().collect();
+    let outcome = match config::load(&opts) {
+        Ok(new) => {
+            let old = runner.settings();
+            let restart = needs_restart(&old, &new);
+            if let Err(e) = log.set_level(&new.log.level) {
+                tracing::warn!(error = %e, "log.level not applied");
+            }
+            runner.apply(Arc::new(new));
+            if restart.is_empty() {
+                tracing::info!("configuration reloaded");
+                "reloaded".to_string()
+            } else {
+                tracing::warn!(keys = ?restart, "configuration reloaded; these keys need a restart to take effect");
+                format!("reloaded; restart needed for {}", restart.join(", "))
+            }
+        }
+        Err(e) => {
+            tracing::error!("reload refused, keeping the running configuration: {e}");
+            "reload failed: kept the running configuration (see the log)".to_string()
+        }
+    };
+    systemd::ready(&outcome);
+}
+
+/// Keys whose new value only a restart applies.
+pub fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
+    use secrecy::ExposeSecret;
+    let secret =
+        |s: &Option<secrecy::SecretString>| s.as_ref().map(|v| v.expose_secret().to_string());
+    let mut out = Vec::new();
+    if secret(&old.database.url) != secret(&new.database.url) {
+        out.push("database.url");
+    }
+    if secret(&old.database.listen_url) != secret(&new.database.listen_url) {
+        out.push("database.listen_url");
+    }
+    if old.database.max_connections != new.database.max_connections {
+        out.push("database.max_connections");
+    }
+    if old.http.listen != new.http.listen {
+        out.push("http.listen");
+    }
+    if old.metrics.listen != new.metrics.listen {
+        out.push("metrics.listen");
+    }
+    if old.log.format != new.log.format {
+        out.push("log.format");
+    }
+    if old.delivery.mode != new.delivery.mode {
+        out.push("delivery.mode");
+    }
+    out
+}
+
+/// The first SIGTERM/SIGINT starts the drain; a second one exits at once.
+fn spawn_stop_signals(stop: CancellationToken) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!("stop requested: draining (send the signal again to exit at once)");
+        stop.cancel();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        eprintln!(
+            "outbound-runner: second stop signal, exiting now; unfinished claims are rescued when their leases expire"
+        );
+        std::process::exit(exit::INTERRUPTED as i32);
+    });
+    Ok(())
+}
+
+/// Waits until the database answers, retrying with backoff. Returns false if stopped first.
+/// A database that is down at start is not a crash: the unit stays "activating" and retries.
+async fn wait_for_database(pool: &sqlx::PgPool, stop: &CancellationToken) -> bool {
+    let mut delay = Duration::from_millis(250);
+    let mut logged = false;
+    loop {
+        match sqlx::query("SELECT 1").execute(pool).await {
+            Ok(_) => {
+                if logged {
+                    tracing::info!("database reachable");
+                }
+                return true;
+            }
+            Err(e) => {
+                if !logged || delay >= Duration::from_secs(30) {
+                    tracing::warn!(error = %db::redact_sqlx(&e), retry_in = ?delay, "database unreachable; waiting for it");
+                    logged = true;
+                }
+                systemd::status("waiting for the database");
+                systemd::extend_timeout(delay + Duration::from_secs(10));
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}

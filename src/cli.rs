@@ -1,0 +1,346 @@
+//! The command line: `run` (the daemon, default), `migrate`, `enqueue`, `check-config`.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, LoadOptions, Settings};
+use crate::db::{self, embedded::EmbeddedPostgres};
+use crate::delivery::payload::Payload;
+use crate::exit;
+use crate::queue::store::{self, NewJob};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outbound-runner",
+    version,
+    about = "Delivers outbound WhatsApp messages from a PostgreSQL job queue, once."
+)]
+pub struct Cli {
+    /// Configuration file (default: /etc/outbound-runner/config.toml if it exists).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Insert jobs: one from flags, or JSON lines from stdin.
+    Enqueue(EnqueueArgs),
+    /// Load and validate the configuration; print the effective values, secrets masked.
+    CheckConfig,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EnqueueArgs {
+    /// Recipient phone number (E.164 digits). Without it, JSON lines are read from stdin: each a
+    /// payload ({"to", "message"|"input"}) or a job ({"payload", "idempotencyKey", "runAt", ...}).
+    #[arg(long, requires = "text")]
+    pub to: Option<String>,
+    /// Text message body.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// A key that makes a repeated enqueue insert nothing.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// The app's correlation id.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Run no earlier than this time (RFC 3339).
+    #[arg(long)]
+    pub run_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Runs a command and returns the process exit code.
+pub async fn main(cli: Cli) -> u8 {
+    let opts = LoadOptions::from_process(cli.config.clone());
+    let settings = match config::load(&opts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("outbound-runner: {e}");
+            return exit::CONFIG;
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let log = crate::telemetry::init(&settings.log);
+            match crate::app::run(opts, settings, log).await {
+                Ok(code) => code,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("outbound-runner: {e}");
+                    e.exit_code()
+                }
+            }
+        }
+        Command::CheckConfig => check_config(&opts, &settings),
+        Command::Migrate => {
+            with_database(&opts, &settings, |pool| async move {
+                db::migrate(&pool).await?;
+                println!("migrations applied");
+                Ok(exit::OK)
+            })
+            .await
+        }
+        Command::Enqueue(args) => {
+            let jobs = match jobs_from(&args) {
+                Ok(j) => j,
+                Err(e) => {
+                    eprintln!("outbound-runner: {e:#}");
+                    return exit::CHECK_FAILED;
+                }
+            };
+            with_database(&opts, &settings, |pool| async move {
+                let inserted = store::enqueue(&pool, &jobs)
+                    .await
+                    .context("inserting jobs")?;
+                for (id, _) in &inserted {
+                    println!("{id}");
+                }
+                let skipped: Vec<&str> = jobs
+                    .iter()
+                    .filter_map(|j| j.idempotency_key.as_deref())
+                    .filter(|k| !inserted.iter().any(|(_, ik)| ik.as_deref() == Some(*k)))
+                    .collect();
+                for key in &skipped {
+                    eprintln!("already queued (idempotency key {key:?}): nothing inserted");
+                }
+                Ok(exit::OK)
+            })
+            .await
+        }
+    }
+}
+
+/// Connects to the configured database, or to the embedded server a running daemon started.
+async fn with_database<F, Fut>(opts: &LoadOptions, settings: &Settings, f: F) -> u8
+where
+    F: FnOnce(sqlx::PgPool) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u8>>,
+{
+    let url = match db::configured_url(settings) {
+        Some(url) => url,
+        None => {
+            let dir = crate::app::state_dir(settings, opts);
+            match EmbeddedPostgres::running_url(&dir) {
+                Some(url) => url,
+                None => {
+                    eprintln!(
+                        "outbound-runner: no database configured (set DATABASE_URL) and no embedded \
+                         PostgreSQL is running in {} (start `outbound-runner run` first)",
+                        dir.display()
+                    );
+                    return exit::UNAVAILABLE;
+                }
+            }
+        }
+    };
+    let result = async {
+        let pool = db::pool(settings, db::connect_options(&url)?);
+        sqlx::query("SELECT 1")
+            .execute(&pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the database: {}", db::redact_sqlx(&e)))?;
+        f(pool).await
+    }
+    .await;
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("outbound-runner: {}", db::redact_sqlx(&format!("{e:#}")));
+            exit::UNAVAILABLE
+        }
+    }
+}
+
+fn jobs_from(args: &EnqueueArgs) -> anyhow::Result<Vec<NewJob>> {
+    if let (Some(to), Some(text)) = (&args.to, &args.text) {
+        let payload = serde_json::json!({
+            "to": to,
+            "message": {"type": "text", "text": {"body": text}},
+        });
+        Payload::parse(&payload).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        return Ok(vec![NewJob {
+            payload,
+            request_id: args.request_id.clone(),
+            idempotency_key: args.idempotency_key.clone(),
+            run_at: args.run_at,
+            ..NewJob::default()
+        }]);
+    }
+    let mut jobs = Vec::new();
+    for (n, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.context("reading stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("line {}: not JSON", n + 1))?;
+        let job: NewJob = if value.get("payload").is_some() {
+            serde_json::from_value(value).with_context(|| format!("line {}", n + 1))?
+        } else {
+            NewJob {
+                payload: value,
+                ..NewJob::default()
+            }
+        };
+        Payload::parse(&job.payload)
+            .map_err(|e| anyhow::anyhow!("line {}: {}", n + 1, e.message))?;
+        jobs.push(job);
+    }
+    anyhow::ensure!(
+        !jobs.is_empty(),
+        "no jobs: give --to and --text, or JSON lines on stdin"
+    );
+    Ok(jobs)
+}
+
+fn check_config(opts: &LoadOptions, settings: &Settings) -> u8 {
+    let origins = match config::origins(opts) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("outbound-runner: {e}");
+            return exit::CONFIG;
+        }
+    };
+    if let Some(file) = opts.config_file() {
+        println!("# file: {}", file.display());
+    }
+    for (key, value) in effective(settings) {
+        let origin = origins.get(key.as_str()).copied().unwrap_or("default");
+        let origin = match (origin, key.rsplit_once('.')) {
+            // A secret filled from its *_file or a credential.
+            ("default", Some((section, name)))
+                if value == "***"
+                    && origins
+                        .get(&format!("{section}.{name}_file"))
+                        .is_some_and(|o| *o != "default") =>
+            {
+                "file"
+            }
+            ("default", _) if value == "***" => "credential",
+            (o, _) => o,
+        };
+        println!("{key} = {value}    # {origin}");
+    }
+    println!("configuration OK");
+    exit::OK
+}
+
+/// Every key with its effective value, secrets masked.
+fn effective(s: &Settings) -> Vec<(String, String)> {
+    let secret = |v: &Option<secrecy::SecretString>| match v {
+        Some(_) => "***".to_string(),
+        None => "\"\"".to_string(),
+    };
+    let d = |v: std::time::Duration| format!("\"{}\"", humantime::format_duration(v));
+    let q = |v: &str| format!("{v:?}");
+    let p = |v: &Option<PathBuf>| {
+        q(&v.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default())
+    };
+    vec![
+        ("database.url".into(), secret(&s.database.url)),
+        ("database.url_file".into(), p(&s.database.url_file)),
+        ("database.listen_url".into(), secret(&s.database.listen_url)),
+        (
+            "database.listen_url_file".into(),
+            p(&s.database.listen_url_file),
+        ),
+        (
+            "database.max_connections".into(),
+            s.database.max_connections.to_string(),
+        ),
+        (
+            "database.connect_timeout".into(),
+            d(s.database.connect_timeout),
+        ),
+        ("database.migrate".into(), s.database.migrate.to_string()),
+        ("database.embedded_dir".into(), p(&s.database.embedded_dir)),
+        ("runner.workers".into(), s.runner.workers.to_string()),
+        ("runner.batch".into(), s.runner.batch.to_string()),
+        ("runner.poll_interval".into(), d(s.runner.poll_interval)),
+        ("runner.lease".into(), d(s.runner.lease)),
+        ("runner.rescue_interval".into(), d(s.runner.rescue_interval)),
+        ("runner.job_timeout".into(), d(s.runner.job_timeout)),
+        ("runner.drain_timeout".into(), d(s.runner.drain_timeout)),
+        ("runner.heartbeat".into(), d(s.runner.heartbeat)),
+        ("runner.retention".into(), d(s.runner.retention)),
+        ("runner.prune_interval".into(), d(s.runner.prune_interval)),
+        (
+            "retry.max_attempts".into(),
+            s.retry.max_attempts.to_string(),
+        ),
+        ("retry.base".into(), d(s.retry.base)),
+        ("retry.cap".into(), d(s.retry.cap)),
+        (
+            "delivery.mode".into(),
+            q(&format!("{:?}", s.delivery.mode).to_lowercase()),
+        ),
+        (
+            "delivery.on_unknown".into(),
+            q(&format!("{:?}", s.delivery.on_unknown).to_lowercase()),
+        ),
+        (
+            "orchestrator.url".into(),
+            q(&config::redact_url_or_empty(&s.orchestrator.url)),
+        ),
+        ("orchestrator.token".into(), secret(&s.orchestrator.token)),
+        (
+            "orchestrator.token_file".into(),
+            p(&s.orchestrator.token_file),
+        ),
+        ("orchestrator.timeout".into(), d(s.orchestrator.timeout)),
+        ("whatsapp.api_base".into(), q(&s.whatsapp.api_base)),
+        ("whatsapp.api_version".into(), q(&s.whatsapp.api_version)),
+        (
+            "whatsapp.phone_number_id".into(),
+            q(&s.whatsapp.phone_number_id),
+        ),
+        (
+            "whatsapp.access_token".into(),
+            secret(&s.whatsapp.access_token),
+        ),
+        (
+            "whatsapp.access_token_file".into(),
+            p(&s.whatsapp.access_token_file),
+        ),
+        ("whatsapp.timeout".into(), d(s.whatsapp.timeout)),
+        (
+            "whatsapp.rate_per_second".into(),
+            s.whatsapp.rate_per_second.to_string(),
+        ),
+        ("whatsapp.pair_interval".into(), d(s.whatsapp.pair_interval)),
+        ("whatsapp.halt_cooldown".into(), d(s.whatsapp.halt_cooldown)),
+        ("http.listen".into(), q(&s.http.listen)),
+        (
+            "http.job_runner_token".into(),
+            secret(&s.http.job_runner_token),
+        ),
+        (
+            "http.job_runner_token_file".into(),
+            p(&s.http.job_runner_token_file),
+        ),
+        ("http.cron_secret".into(), secret(&s.http.cron_secret)),
+        ("http.cron_secret_file".into(), p(&s.http.cron_secret_file)),
+        (
+            "http.max_per_request".into(),
+            s.http.max_per_request.to_string(),
+        ),
+        ("http.pass_timeout".into(), d(s.http.pass_timeout)),
+        ("metrics.listen".into(), q(&s.metrics.listen)),
+        ("log.level".into(), q(&s.log.level)),
+        (
+            "log.format".into(),
+            q(&format!("{:?}", s.log.format).to_lowercase()),
+        ),
+    ]
+}

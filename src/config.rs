@@ -1,0 +1,871 @@
+//! Configuration: layered loading, secrets, validation.
+//!
+//! Layers, lowest first: the built-in defaults (`config/default.toml`, compiled in) → the config
+//! file (`/etc/outbound-runner/config.toml` or `--config`) → the guide's environment names
+//! (`DATABASE_URL`, `JOB_RUNNER_TOKEN`, `CRON_SECRET`) → `OUTBOUND_RUNNER__SECTION__KEY`.
+//!
+//! Every struct denies unknown fields, so a typo in a key is an error that names the key, never a
+//! silently ignored setting. Secrets are [`SecretString`]s: their `Debug` prints a mask, and the
+//! only way to read one is `expose_secret()`, which keeps every use greppable.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+/// The file read when `--config` is not given (absent is fine; unreadable is an error).
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/outbound-runner/config.toml";
+/// The built-in defaults: the documented reference of every key.
+pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
+/// Prefix of the structured environment variables, e.g. `OUTBOUND_RUNNER__RUNNER__WORKERS`.
+pub const ENV_PREFIX: &str = "OUTBOUND_RUNNER";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub runner: RunnerSettings,
+    pub retry: RetrySettings,
+    pub delivery: DeliverySettings,
+    pub orchestrator: OrchestratorSettings,
+    pub whatsapp: WhatsappSettings,
+    pub http: HttpSettings,
+    pub metrics: MetricsSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `None`: run on the embedded PostgreSQL.
+    #[serde(deserialize_with = "secret")]
+    pub url: Option<SecretString>,
+    #[serde(deserialize_with = "path")]
+    pub url_file: Option<PathBuf>,
+    /// A direct connection for LISTEN when `url` goes through a transaction-mode pooler.
+    #[serde(deserialize_with = "secret")]
+    pub listen_url: Option<SecretString>,
+    #[serde(deserialize_with = "path")]
+    pub listen_url_file: Option<PathBuf>,
+    /// 0 means `workers + 4`: one connection per worker, plus the completer, the listener's
+    /// fallback, the rescuer and the HTTP trigger.
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    pub migrate: bool,
+    #[serde(deserialize_with = "path")]
+    pub embedded_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerSettings {
+    pub workers: u32,
+    pub batch: u32,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    #[serde(with = "humantime_serde")]
+    pub rescue_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub job_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Zero keeps finished jobs forever.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    #[serde(with = "humantime_serde")]
+    pub prune_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub cap: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    Live,
+    Sandbox,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnknown {
+    Fail,
+    Retry,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    pub mode: DeliveryMode,
+    pub on_unknown: OnUnknown,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrchestratorSettings {
+    pub url: String,
+    #[serde(deserialize_with = "secret")]
+    pub token: Option<SecretString>,
+    #[serde(deserialize_with = "path")]
+    pub token_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhatsappSettings {
+    pub api_base: String,
+    pub api_version: String,
+    pub phone_number_id: String,
+    #[serde(deserialize_with = "secret")]
+    pub access_token: Option<SecretString>,
+    #[serde(deserialize_with = "path")]
+    pub access_token_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub rate_per_second: u32,
+    #[serde(with = "humantime_serde")]
+    pub pair_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub halt_cooldown: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: String,
+    /// `None` disables `/api/jobs/run-outbound` (it answers 404): an unset token never opens it.
+    #[serde(deserialize_with = "secret")]
+    pub job_runner_token: Option<SecretString>,
+    #[serde(deserialize_with = "path")]
+    pub job_runner_token_file: Option<PathBuf>,
+    /// `None` disables `/api/cron/run-outbound-jobs`.
+    #[serde(deserialize_with = "secret")]
+    pub cron_secret: Option<SecretString>,
+    #[serde(deserialize_with = "path")]
+    pub cron_secret_file: Option<PathBuf>,
+    pub max_per_request: u32,
+    #[serde(with = "humantime_serde")]
+    pub pass_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Settings {
+    /// The pool size: explicit, or one connection per worker plus four for the rest.
+    pub fn pool_size(&self) -> u32 {
+        match self.database.max_connections {
+            0 => self.runner.workers + 4,
+            n => n,
+        }
+    }
+
+    /// `http.listen` parsed; `None` when the HTTP server is off.
+    pub fn http_listen(&self) -> Option<SocketAddr> {
+        self.http.listen.parse().ok()
+    }
+
+    /// `metrics.listen` parsed; `None` when metrics share the HTTP listener.
+    pub fn metrics_listen(&self) -> Option<SocketAddr> {
+        self.metrics.listen.parse().ok()
+    }
+}
+
+/// Where configuration comes from. `env` is passed in rather than read here so tests can load a
+/// configuration without touching the process environment.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `--config`: must exist. `None`: [`DEFAULT_CONFIG_PATH`] if it exists.
+    pub config_path: Option<PathBuf>,
+    /// Do not look at [`DEFAULT_CONFIG_PATH`] (tests, `--no-default-config`).
+    pub skip_default_path: bool,
+    pub env: HashMap<String, String>,
+}
+
+impl LoadOptions {
+    pub fn from_process(config_path: Option<PathBuf>) -> Self {
+        Self {
+            config_path,
+            skip_default_path: false,
+            env: std::env::vars().collect(),
+        }
+    }
+
+    /// The file layer actually read, if any.
+    pub fn config_file(&self) -> Option<PathBuf> {
+        match &self.config_path {
+            Some(p) => Some(p.clone()),
+            None if !self.skip_default_path && Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                Some(PathBuf::from(DEFAULT_CONFIG_PATH))
+            }
+            None => None,
+        }
+    }
+}
+
+/// One thing wrong with the configuration: the key and why. Never contains a secret's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub reason: String,
+}
+
+/// The configuration cannot be used. The program exits with `EX_CONFIG` (78).
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration")?;
+        for p in &self.problems {
+            write!(f, "\n  {}: {}", p.key, p.reason)?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn one(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            problems: vec![Problem {
+                key: key.into(),
+                reason: reason.into(),
+            }],
+        }
+    }
+}
+
+/// The guide's environment names and the key each one sets.
+const GUIDE_ENV: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database.url"),
+    ("DATABASE_URL_FILE", "database.url_file"),
+    ("JOB_RUNNER_TOKEN", "http.job_runner_token"),
+    ("JOB_RUNNER_TOKEN_FILE", "http.job_runner_token_file"),
+    ("CRON_SECRET", "http.cron_secret"),
+    ("CRON_SECRET_FILE", "http.cron_secret_file"),
+];
+
+/// Loads, resolves secrets and validates.
+pub fn load(opts: &LoadOptions) -> Result<Settings, ConfigError> {
+    let raw = layered(opts)?;
+    check_unknown_keys(&raw)?;
+    let mut settings: Settings = raw.try_deserialize().map_err(|e| config_crate_error(&e))?;
+    resolve_secrets(&mut settings, &opts.env)?;
+    validate(&settings)?;
+    Ok(settings)
+}
+
+/// Which layer each key's effective value came from: `default`, `file` or `env`.
+pub fn origins(opts: &LoadOptions) -> Result<HashMap<String, &'static str>, ConfigError> {
+    let mut out = HashMap::new();
+    for key in flat_keys(&defaults_value()) {
+        out.insert(key, "default");
+    }
+    if let Some(path) = opts.config_file() {
+        let file = config::Config::builder()
+            .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml))
+            .build()
+            .map_err(|e| config_crate_error(&e))?;
+        for key in flat_keys(&to_json(file)) {
+            out.insert(key, "file");
+        }
+    }
+    let env = config::Config::builder()
+        .add_source(guide_env(&opts.env))
+        .add_source(structured_env(&opts.env))
+        .build()
+        .map_err(|e| config_crate_error(&e))?;
+    for key in flat_keys(&to_json(env)) {
+        out.insert(key, "env");
+    }
+    Ok(out)
+}
+
+fn layered(opts: &LoadOptions) -> Result<config::Config, ConfigError> {
+    let mut builder = config::Config::builder().add_source(config::File::from_str(
+        DEFAULTS_TOML,
+        config::FileFormat::Toml,
+    ));
+    if let Some(path) = opts.config_file() {
+        if !path.exists() {
+            return Err(ConfigError::one(
+                "--config",
+                format!("{}: no such file", path.display()),
+            ));
+        }
+        builder = builder.add_source(
+            config::File::from(path.as_path())
+                .format(config::FileFormat::Toml)
+                .required(true),
+        );
+    }
+    builder
+        .add_source(guide_env(&opts.env))
+        .add_source(structured_env(&opts.env))
+        .build()
+        .map_err(|e| config_crate_error(&e))
+}
+
+fn guide_env(env: &HashMap<String, String>) -> config::Environment {
+    let map = GUIDE_ENV
+        .iter()
+        .filter_map(|(name, key)| {
+            let value = env.get(*name)?;
+            Some((key.replace('.', "__").to_uppercase(), value.clone()))
+        })
+        .collect();
+    config::Environment::default()
+        .separator("__")
+        .source(Some(map))
+}
+
+fn structured_env(env: &HashMap<String, String>) -> config::Environment {
+    let map = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    config::Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .source(Some(map))
+}
+
+fn defaults_value() -> serde_json::Value {
+    let defaults = config::Config::builder()
+        .add_source(config::File::from_str(
+            DEFAULTS_TOML,
+            config::FileFormat::Toml,
+        ))
+        .build()
+        .expect("the built-in defaults parse");
+    to_json(defaults)
+}
+
+fn to_json(c: config::Config) -> serde_json::Value {
+    c.try_deserialize::<serde_json::Value>()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn flat_keys(v: &serde_json::Value) -> Vec<String> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", v, &mut out);
+    out
+}
+
+/// Every key of the merged layers must be one the defaults know. serde's own message for an
+/// unknown field does not say which section it was in; this one names the whole key.
+fn check_unknown_keys(raw: &config::Config) -> Result<(), ConfigError> {
+    let known: std::collections::HashSet<String> =
+        flat_keys(&defaults_value()).into_iter().collect();
+    let sections: std::collections::HashSet<&str> =
+        known.iter().filter_map(|k| k.split('.').next()).collect();
+    let merged = raw
+        .clone()
+        .try_deserialize::<serde_json::Value>()
+        .map_err(|e| config_crate_error(&e))?;
+    let mut problems: Vec<Problem> = flat_keys(&merged)
+        .into_iter()
+        .filter(|k| !known.contains(k))
+        .map(|key| {
+            let section = key.split('.').next().unwrap_or_default();
+            let reason = if sections.contains(section) {
+                format!("unknown key (the keys of [{section}] are listed in config/default.toml)")
+            } else {
+                "unknown key (the sections are database, runner, retry, delivery, orchestrator, whatsapp, http, metrics, log)".to_string()
+            };
+            Problem { key, reason }
+        })
+        .collect();
+    problems.sort_by(|a, b| a.key.cmp(&b.key));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+/// The `config` crate says "... for key `runner.workers`"; pull the key out so every error reads
+/// `key: reason`.
+fn config_crate_error(e: &config::ConfigError) -> ConfigError {
+    let text = e.to_string();
+    if let Some(start) = text.find(" for key `") {
+        let rest = &text[start + " for key `".len()..];
+        if let Some(end) = rest.find('`') {
+            let key = &rest[..end];
+            let mut reason = text[..start].to_string();
+            if let Some(origin) = rest[end..].strip_prefix("` in ") {
+                reason.push_str(&format!(" (in {origin})"));
+            }
+            return ConfigError::one(key, reason);
+        }
+    }
+    ConfigError::one("configuration", text)
+}
+
+/// A secret given inline, as `*_file`, or as a systemd credential (in that order of preference;
+/// inline and file together are an error because one of them would be silently ignored).
+struct SecretSlot<'a> {
+    key: &'static str,
+    credential: &'static str,
+    value: &'a mut Option<SecretString>,
+    file: &'a Option<PathBuf>,
+}
+
+fn resolve_secrets(s: &mut Settings, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+    let credentials = env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let slots = [
+        SecretSlot {
+            key: "database.url",
+            credential: "database_url",
+            value: &mut s.database.url,
+            file: &s.database.url_file,
+        },
+        SecretSlot {
+            key: "database.listen_url",
+            credential: "database_listen_url",
+            value: &mut s.database.listen_url,
+            file: &s.database.listen_url_file,
+        },
+        SecretSlot {
+            key: "http.job_runner_token",
+            credential: "job_runner_token",
+            value: &mut s.http.job_runner_token,
+            file: &s.http.job_runner_token_file,
+        },
+        SecretSlot {
+            key: "http.cron_secret",
+            credential: "cron_secret",
+            value: &mut s.http.cron_secret,
+            file: &s.http.cron_secret_file,
+        },
+        SecretSlot {
+            key: "orchestrator.token",
+            credential: "orchestrator_token",
+            value: &mut s.orchestrator.token,
+            file: &s.orchestrator.token_file,
+        },
+        SecretSlot {
+            key: "whatsapp.access_token",
+            credential: "whatsapp_access_token",
+            value: &mut s.whatsapp.access_token,
+            file: &s.whatsapp.access_token_file,
+        },
+    ];
+    let mut problems = Vec::new();
+    for slot in slots {
+        match (slot.value.is_some(), slot.file) {
+            (true, Some(_)) => problems.push(Problem {
+                key: format!("{}_file", slot.key),
+                reason: format!("set together with {}; set only one of them", slot.key),
+            }),
+            (false, Some(path)) => match read_secret_file(path) {
+                Ok(v) => *slot.value = v,
+                Err(reason) => problems.push(Problem {
+                    key: format!("{}_file", slot.key),
+                    reason,
+                }),
+            },
+            (false, None) => {
+                if let Some(dir) = &credentials {
+                    let path = dir.join(slot.credential);
+                    if path.exists() {
+                        match read_secret_file(&path) {
+                            Ok(v) => *slot.value = v,
+                            Err(reason) => problems.push(Problem {
+                                key: slot.key.to_string(),
+                                reason: format!("credential {}: {reason}", slot.credential),
+                            }),
+                        }
+                    }
+                }
+            }
+            (true, None) => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+fn read_secret_file(path: &Path) -> Result<Option<SecretString>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let trimmed = text.trim_end_matches(['\n', '\r']);
+    if trimmed.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(Some(SecretString::from(trimmed.to_string())))
+}
+
+/// Checks what types alone cannot. Reasons never quote a secret.
+pub fn validate(s: &Settings) -> Result<(), ConfigError> {
+    let mut problems = Vec::new();
+    let mut bad = |key: &str, reason: &str| {
+        problems.push(Problem {
+            key: key.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+
+    for (key, url) in [
+        ("database.url", &s.database.url),
+        ("database.listen_url", &s.database.listen_url),
+    ] {
+        if let Some(url) = url {
+            if let Err(reason) = check_postgres_url(url.expose_secret()) {
+                bad(key, &reason);
+            }
+        }
+    }
+    if s.database.connect_timeout.is_zero() {
+        bad("database.connect_timeout", "must be more than 0s");
+    }
+
+    let r = &s.runner;
+    if !(1..=4096).contains(&r.workers) {
+        bad("runner.workers", "must be between 1 and 4096");
+    }
+    if !(1..=10_000).contains(&r.batch) {
+        bad("runner.batch", "must be between 1 and 10000");
+    }
+    for (key, d) in [
+        ("runner.poll_interval", r.poll_interval),
+        ("runner.rescue_interval", r.rescue_interval),
+        ("runner.job_timeout", r.job_timeout),
+        ("runner.heartbeat", r.heartbeat),
+        ("runner.prune_interval", r.prune_interval),
+    ] {
+        if d.is_zero() {
+            bad(key, "must be more than 0s");
+        }
+    }
+    if r.lease < Duration::from_secs(2) {
+        bad("runner.lease", "must be at least 2s");
+    }
+    if s.pool_size() < 2 {
+        bad(
+            "database.max_connections",
+            "must be at least 2 (or 0 for workers + 4)",
+        );
+    }
+
+    if s.retry.max_attempts == 0 {
+        bad("retry.max_attempts", "must be at least 1");
+    }
+    if s.retry.base.is_zero() {
+        bad("retry.base", "must be more than 0s");
+    }
+    if s.retry.cap < s.retry.base {
+        bad("retry.cap", "must not be less than retry.base");
+    }
+
+    if !s.orchestrator.url.is_empty() {
+        if let Err(reason) = check_http_url(&s.orchestrator.url) {
+            bad("orchestrator.url", &reason);
+        }
+    }
+    if s.orchestrator.timeout.is_zero() {
+        bad("orchestrator.timeout", "must be more than 0s");
+    }
+
+    let w = &s.whatsapp;
+    if let Err(reason) = check_http_url(&w.api_base) {
+        bad("whatsapp.api_base", &reason);
+    }
+    if w.api_version.is_empty() || w.api_version.contains('/') {
+        bad("whatsapp.api_version", "must look like v21.0");
+    }
+    if !w.phone_number_id.chars().all(|c| c.is_ascii_digit()) {
+        bad(
+            "whatsapp.phone_number_id",
+            "must be the numeric id Meta shows for the number",
+        );
+    }
+    if s.delivery.mode == DeliveryMode::Live {
+        if w.phone_number_id.is_empty() {
+            bad(
+                "whatsapp.phone_number_id",
+                "is required when delivery.mode = \"live\"",
+            );
+        }
+        if w.access_token.is_none() {
+            bad(
+                "whatsapp.access_token",
+                "is required when delivery.mode = \"live\" (or whatsapp.access_token_file)",
+            );
+        }
+    }
+    if w.rate_per_second == 0 {
+        bad("whatsapp.rate_per_second", "must be at least 1");
+    }
+    if w.timeout.is_zero() {
+        bad("whatsapp.timeout", "must be more than 0s");
+    }
+
+    if !s.http.listen.is_empty() && s.http.listen.parse::<SocketAddr>().is_err() {
+        bad(
+            "http.listen",
+            "must be an address like 127.0.0.1:8080 (or empty for no HTTP server)",
+        );
+    }
+    if !s.metrics.listen.is_empty() && s.metrics.listen.parse::<SocketAddr>().is_err() {
+        bad(
+            "metrics.listen",
+            "must be an address like 127.0.0.1:9090 (or empty)",
+        );
+    }
+    if s.http.max_per_request == 0 {
+        bad("http.max_per_request", "must be at least 1");
+    }
+    if s.http.pass_timeout.is_zero() {
+        bad("http.pass_timeout", "must be more than 0s");
+    }
+
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&s.log.level) {
+        bad("log.level", &format!("not a level or filter: {e}"));
+    }
+
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+fn check_postgres_url(text: &str) -> Result<(), String> {
+    // The reason must not echo the URL: it may hold a password.
+    let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+    match url.scheme() {
+        "postgres" | "postgresql" => Ok(()),
+        other => Err(format!(
+            "scheme must be postgres:// or postgresql://, not {other}://"
+        )),
+    }
+}
+
+fn check_http_url(text: &str) -> Result<(), String> {
+    let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+    match url.scheme() {
+        "http" | "https" if url.host().is_some() => Ok(()),
+        "http" | "https" => Err("has no host".into()),
+        other => Err(format!("scheme must be http or https, not {other}")),
+    }
+}
+
+fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok((!s.is_empty()).then(|| SecretString::from(s)))
+}
+
+fn path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+}
+
+/// [`redact_url`], keeping an empty string empty.
+pub fn redact_url_or_empty(text: &str) -> String {
+    if text.is_empty() {
+        String::new()
+    } else {
+        redact_url(text)
+    }
+}
+
+/// A URL with its password (and any query string, which may carry tokens) replaced, for logs.
+pub fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            if url.query().is_some() {
+                let kept: Vec<(String, String)> = url
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k == "host" || k == "port" || k == "dbname" {
+                            v.into_owned()
+                        } else {
+                            "***".to_string()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                url.query_pairs_mut().clear().extend_pairs(kept);
+            }
+            url.to_string()
+        }
+        Err(_) => "<unparseable URL>".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(env: &[(&str, &str)]) -> LoadOptions {
+        LoadOptions {
+            config_path: None,
+            skip_default_path: true,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_load() {
+        let s = load(&opts(&[])).unwrap();
+        assert_eq!(s.runner.workers, 8);
+        assert_eq!(s.runner.poll_interval, Duration::from_secs(30));
+        assert_eq!(s.delivery.mode, DeliveryMode::Sandbox);
+        assert!(s.database.url.is_none());
+        assert!(s.http.job_runner_token.is_none());
+    }
+
+    #[test]
+    fn structured_env_overrides() {
+        let s = load(&opts(&[
+            ("OUTBOUND_RUNNER__RUNNER__WORKERS", "3"),
+            ("OUTBOUND_RUNNER__RUNNER__POLL_INTERVAL", "5s"),
+        ]))
+        .unwrap();
+        assert_eq!(s.runner.workers, 3);
+        assert_eq!(s.runner.poll_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn guide_names_set_secrets() {
+        let s = load(&opts(&[
+            ("DATABASE_URL", "postgres://u:p@localhost/db"),
+            ("JOB_RUNNER_TOKEN", "12345"),
+            ("CRON_SECRET", "s3cret"),
+        ]))
+        .unwrap();
+        assert_eq!(s.http.job_runner_token.unwrap().expose_secret(), "12345");
+        assert_eq!(s.http.cron_secret.unwrap().expose_secret(), "s3cret");
+        assert!(s.database.url.is_some());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = load(&opts(&[("OUTBOUND_RUNNER__RUNNER__WOKERS", "3")])).unwrap_err();
+        assert_eq!(e.problems[0].key, "runner.wokers");
+    }
+
+    #[test]
+    fn bad_type_is_named() {
+        let e = load(&opts(&[("OUTBOUND_RUNNER__RUNNER__WORKERS", "-2")])).unwrap_err();
+        assert_eq!(e.problems[0].key, "runner.workers", "{e}");
+    }
+
+    #[test]
+    fn bad_url_does_not_echo_it() {
+        let e = load(&opts(&[("DATABASE_URL", "mysql://u:hunter2@h/db")])).unwrap_err();
+        assert_eq!(e.problems[0].key, "database.url");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn live_mode_requires_credentials() {
+        let e = load(&opts(&[("OUTBOUND_RUNNER__DELIVERY__MODE", "live")])).unwrap_err();
+        let keys: Vec<_> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"whatsapp.phone_number_id"), "{e}");
+        assert!(keys.contains(&"whatsapp.access_token"), "{e}");
+    }
+
+    #[test]
+    fn secret_file_and_credentials() {
+        let dir = std::env::temp_dir().join(format!("or-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tok"), "from-file\n").unwrap();
+        std::fs::write(dir.join("cron_secret"), "from-credential\n").unwrap();
+        let tok = dir.join("tok");
+        let s = load(&opts(&[
+            ("JOB_RUNNER_TOKEN_FILE", tok.to_str().unwrap()),
+            ("CREDENTIALS_DIRECTORY", dir.to_str().unwrap()),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.http.job_runner_token.unwrap().expose_secret(),
+            "from-file"
+        );
+        assert_eq!(
+            s.http.cron_secret.unwrap().expose_secret(),
+            "from-credential"
+        );
+
+        let e = load(&opts(&[
+            ("JOB_RUNNER_TOKEN", "x"),
+            ("JOB_RUNNER_TOKEN_FILE", tok.to_str().unwrap()),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.problems[0].key, "http.job_runner_token_file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db?sslmode=require&host=/run"),
+            "postgres://u:***@h:5432/db?sslmode=***&host=%2Frun"
+        );
+        assert_eq!(redact_url("x"), "<unparseable URL>");
+    }
+}

@@ -1,0 +1,49 @@
+//! Sandbox delivery: nothing leaves the machine. Each message is logged and recorded in
+//! `"OutboundMessage"` as `sent` with a fake wamid (`wamid.sandbox.<job>.<seq>`), so the whole
+//! pipeline (claims, ledger, metrics, the guide's SQL) can be exercised without Meta.
+
+use sqlx::PgPool;
+
+use super::payload::{Content, Payload};
+use super::{BoxFuture, JobHandler};
+use crate::queue::{Job, JobError, store};
+
+#[derive(Debug, Default, Clone)]
+pub struct SandboxHandler;
+
+impl JobHandler for SandboxHandler {
+    fn handle<'a>(&'a self, job: &'a Job, pool: &'a PgPool) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(async move {
+            let payload = Payload::parse(&job.payload)?;
+            let messages = match (&job.composed, payload.content) {
+                (_, Content::Messages(m)) => m,
+                (Some(composed), Content::Input(_)) => {
+                    super::payload::parse_messages(composed.get("messages").unwrap_or(composed))?
+                }
+                (None, Content::Input(_)) => {
+                    return Err(JobError::fail(
+                        "no_orchestrator",
+                        "payload has `input` but sandbox delivery does not call the orchestrator; \
+                         put the reply in `message`",
+                    ));
+                }
+            };
+            tracing::info!(
+                job_id = job.id,
+                messages = messages.len(),
+                "Sending outbound for job {} (sandbox: nothing leaves the machine)",
+                job.id
+            );
+            let ours = store::record_sandbox_sends(pool, &job.fence, &payload.to, &messages)
+                .await
+                .map_err(|e| JobError::retry("database", format!("recording sandbox send: {e}")))?;
+            if !ours {
+                return Err(JobError::retry(
+                    "lost",
+                    "the job was taken from this runner",
+                ));
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,15 @@
+//! Exit codes, from sysexits.h, so systemd and scripts can tell a bad configuration from a
+//! missing dependency from a bug.
+
+/// Success, including a clean drain after SIGTERM.
+pub const OK: u8 = 0;
+/// A `verify` or `status` check failed.
+pub const CHECK_FAILED: u8 = 1;
+/// EX_UNAVAILABLE: a dependency is missing (no database, no PostgreSQL binaries).
+pub const UNAVAILABLE: u8 = 69;
+/// EX_SOFTWARE: an internal error.
+pub const SOFTWARE: u8 = 70;
+/// EX_CONFIG: the configuration is invalid. Restarting will not help.
+pub const CONFIG: u8 = 78;
+/// A second SIGTERM/SIGINT during the drain: exit at once (128 + SIGINT).
+pub const INTERRUPTED: u8 = 130;

@@ -1,0 +1,96 @@
+//! What the runner knows about its own health: read by `/readyz`, the systemd watchdog and the
+//! STATUS line. Plain atomics: written on hot paths, read rarely.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub struct Health {
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the dispatcher's last heartbeat (0: never).
+    last_tick: AtomicU64,
+    /// Milliseconds since `epoch` of the last claim statement that succeeded (0: never).
+    last_pass: AtomicU64,
+    db_ok: AtomicBool,
+    listening: AtomicBool,
+    draining: AtomicBool,
+    pub done: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_tick: AtomicU64::new(0),
+            last_pass: AtomicU64::new(0),
+            db_ok: AtomicBool::new(false),
+            listening: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            done: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Health {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+    fn age(&self, stamp: &AtomicU64) -> Option<Duration> {
+        match stamp.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(Duration::from_millis(self.now().saturating_sub(t))),
+        }
+    }
+
+    pub fn tick(&self) {
+        self.last_tick.store(self.now(), Ordering::Relaxed);
+    }
+    pub fn since_tick(&self) -> Option<Duration> {
+        self.age(&self.last_tick)
+    }
+    pub fn passed(&self) {
+        self.last_pass.store(self.now(), Ordering::Relaxed);
+    }
+    pub fn since_pass(&self) -> Option<Duration> {
+        self.age(&self.last_pass)
+    }
+    pub fn set_db_ok(&self, ok: bool) {
+        self.db_ok.store(ok, Ordering::Relaxed);
+    }
+    pub fn db_ok(&self) -> bool {
+        self.db_ok.load(Ordering::Relaxed)
+    }
+    pub fn set_listening(&self, ok: bool) {
+        self.listening.store(ok, Ordering::Relaxed);
+    }
+    pub fn listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Why the runner is not ready, or `None` when it is: the database answers and LISTEN is up.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.draining() {
+            Some("draining")
+        } else if !self.db_ok() {
+            Some("database unreachable")
+        } else if !self.listening() {
+            Some("LISTEN connection down")
+        } else {
+            None
+        }
+    }
+
+    /// Healthy enough to pet the watchdog: the loop ticked within `max_age` and the database
+    /// answered its last probe.
+    pub fn alive(&self, max_age: Duration) -> bool {
+        self.db_ok() && self.since_tick().is_some_and(|a| a <= max_age)
+    }
+}

@@ -1,0 +1,31 @@
+//! outbound-runner delivers outbound WhatsApp messages from a PostgreSQL job queue, once.
+//!
+//! The layout, by responsibility:
+//!
+//! - [`config`]: layered configuration (defaults → file → environment), secrets, validation.
+//! - [`db`]: the connection pool, migrations, and the embedded PostgreSQL of a first run.
+//! - [`queue`]: the job queue itself: every SQL statement that moves a job ([`queue::store`]),
+//!   the retry policy ([`queue::retry`]), the dispatcher, workers and maintenance loops.
+//! - [`runner`]: one process's share of the queue, tying the queue's parts together; start,
+//!   synchronous passes, drain.
+//! - [`delivery`]: what running a job means: the payload contract and the handlers.
+//! - [`app`]: the daemon: start-up order, signals, shutdown.
+//! - [`cli`]: the subcommands.
+//! - [`metrics`], [`health`], [`telemetry`], [`systemd`], [`exit`]: what an operator watches.
+//!
+//! `main.rs` only parses arguments and maps errors to exit codes.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod delivery;
+pub mod exit;
+pub mod health;
+pub mod metrics;
+pub mod queue;
+pub mod runner;
+pub mod systemd;
+pub mod telemetry;

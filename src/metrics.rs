@@ -1,0 +1,179 @@
+//! Prometheus metrics, prefix `outbound_runner_`. Every label comes from a closed set: never a
+//! job id, a phone number, a URL or an error text (see docs/metrics.md).
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::queue::STATUSES;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub jobs_claimed: IntCounter,
+    /// outcome: done | retry | failed (deferred and lost attempts are not finishes).
+    pub jobs_finished: IntCounterVec,
+    pub messages_sent: IntCounter,
+    /// class: retry | slow_number | slow_recipient | halt | fail | unknown.
+    pub whatsapp_errors: IntCounterVec,
+    /// source: notify | interval | trigger | due.
+    pub wakeups: IntCounterVec,
+    pub rescued_jobs: IntCounter,
+    pub job_duration: HistogramVec,
+    pub job_queue_wait: Histogram,
+    pub claim_duration: Histogram,
+    pub send_duration: Histogram,
+    pub jobs: IntGaugeVec,
+    pub oldest_queued_age: Gauge,
+    pub workers_busy: IntGauge,
+    pub workers: IntGauge,
+    pub circuit_open: IntGauge,
+    pub last_loop_timestamp: Gauge,
+    pub build_info: IntGaugeVec,
+}
+
+pub const OUTCOMES: [&str; 3] = ["done", "retry", "failed"];
+pub const WAKE_SOURCES: [&str; 4] = ["notify", "interval", "trigger", "due"];
+pub const ERROR_CLASSES: [&str; 6] = [
+    "retry",
+    "slow_number",
+    "slow_recipient",
+    "halt",
+    "fail",
+    "unknown",
+];
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+const WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("outbound_runner".into()), None)
+            .expect("a valid metric prefix");
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("a valid metric definition");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric names are unique");
+                m
+            }};
+        }
+        let m = Self {
+            jobs_claimed: reg!(IntCounter::new(
+                "jobs_claimed_total",
+                "Jobs claimed by this runner."
+            )),
+            jobs_finished: reg!(IntCounterVec::new(
+                Opts::new("jobs_finished_total", "Job attempts finished, by outcome."),
+                &["outcome"]
+            )),
+            messages_sent: reg!(IntCounter::new(
+                "messages_sent_total",
+                "Messages accepted by the Cloud API (or recorded in sandbox mode)."
+            )),
+            whatsapp_errors: reg!(IntCounterVec::new(
+                Opts::new("whatsapp_errors_total", "Cloud API errors, by class."),
+                &["class"]
+            )),
+            wakeups: reg!(IntCounterVec::new(
+                Opts::new("wakeups_total", "Dispatcher wake-ups, by source."),
+                &["source"]
+            )),
+            rescued_jobs: reg!(IntCounter::new(
+                "rescued_jobs_total",
+                "Jobs taken back from a runner whose lease expired."
+            )),
+            job_duration: reg!(HistogramVec::new(
+                HistogramOpts::new("job_duration_seconds", "Time to run one job attempt.")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                &["outcome"]
+            )),
+            job_queue_wait: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "job_queue_wait_seconds",
+                    "Time from a job becoming due to its claim."
+                )
+                .buckets(WAIT_BUCKETS.to_vec())
+            )),
+            claim_duration: reg!(Histogram::with_opts(
+                HistogramOpts::new("claim_duration_seconds", "Time of one claim statement.")
+                    .buckets(LATENCY_BUCKETS.to_vec())
+            )),
+            send_duration: reg!(Histogram::with_opts(
+                HistogramOpts::new("send_duration_seconds", "Time of one Cloud API send.")
+                    .buckets(LATENCY_BUCKETS.to_vec())
+            )),
+            jobs: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "jobs",
+                    "Jobs in the table, by status (refreshed on a timer)."
+                ),
+                &["status"]
+            )),
+            oldest_queued_age: reg!(Gauge::new(
+                "oldest_queued_job_age_seconds",
+                "Age of the oldest due queued job (0 when none)."
+            )),
+            workers_busy: reg!(IntGauge::new(
+                "workers_busy",
+                "Jobs running now in this process."
+            )),
+            workers: reg!(IntGauge::new("workers", "Configured worker count.")),
+            circuit_open: reg!(IntGauge::new(
+                "circuit_open",
+                "1 while sending is halted for the phone number."
+            )),
+            last_loop_timestamp: reg!(Gauge::new(
+                "last_loop_timestamp_seconds",
+                "Unix time of the dispatcher's last heartbeat."
+            )),
+            build_info: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "build_info",
+                    "Always 1; the version label says which build runs."
+                ),
+                &["version"]
+            )),
+            registry,
+        };
+        // Every closed-set label exists from the start, so rates and alerts see 0, not absence.
+        for o in OUTCOMES {
+            m.jobs_finished.with_label_values(&[o]);
+            m.job_duration.with_label_values(&[o]);
+        }
+        for s in WAKE_SOURCES {
+            m.wakeups.with_label_values(&[s]);
+        }
+        for c in ERROR_CLASSES {
+            m.whatsapp_errors.with_label_values(&[c]);
+        }
+        for s in STATUSES {
+            m.jobs.with_label_values(&[s]);
+        }
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encoding metrics to memory");
+        String::from_utf8(buf).expect("metrics are UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

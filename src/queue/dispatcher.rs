@@ -1,0 +1,221 @@
+//! When to claim: the dispatcher loop and the LISTEN connection that wakes it.
+//!
+//! Wake sources: a NOTIFY on `outbound_jobs` (sent by the insert trigger at commit), the
+//! `runner.poll_interval` backstop (notifications can be lost), a trigger (HTTP), and the due
+//! time of a job this runner put back with a backoff. After a wake the dispatcher claims batches
+//! sized to its free worker slots until a claim comes back short: the queue has no due job left.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::{CHANNEL, store};
+use crate::db::redact_sqlx;
+use crate::runner::Shared;
+
+/// How often the LISTEN connection is probed. A connection cut without a reset (a dead NAT
+/// entry, a firewall) delivers nothing and reports nothing; a query on it finds out.
+const LISTEN_PROBE: Duration = Duration::from_secs(15);
+
+/// A LISTEN connection.
+pub struct Listener(PgListener);
+
+impl Listener {
+    /// Connects and LISTENs, or logs why not (the listen loop keeps trying).
+    pub async fn connect(shared: &Shared) -> Option<Listener> {
+        let attempt = async {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_lazy_with(shared.listen_options.clone());
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.eager_reconnect(false);
+            l.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        match tokio::time::timeout(Duration::from_secs(15), attempt).await {
+            Ok(Ok(l)) => {
+                shared.health.set_listening(true);
+                tracing::info!(channel = CHANNEL, "listening for new jobs");
+                Some(Listener(l))
+            }
+            Ok(Err(e)) => {
+                shared.health.set_listening(false);
+                tracing::warn!(error = %redact_sqlx(&e), "LISTEN failed; polling every runner.poll_interval until it works");
+                None
+            }
+            Err(_) => {
+                shared.health.set_listening(false);
+                tracing::warn!(
+                    "LISTEN timed out; polling every runner.poll_interval until it works"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Keeps a LISTEN connection up and turns notifications into wakes. Reconnects with backoff;
+/// after every reconnect it wakes the dispatcher, since notifications sent meanwhile are lost.
+pub async fn listen(shared: Arc<Shared>, mut listener: Option<Listener>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        if let Some(Listener(mut l)) = listener.take() {
+            backoff = Duration::from_millis(500);
+            let mut probe = tokio::time::interval_at(Instant::now() + LISTEN_PROBE, LISTEN_PROBE);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    msg = l.try_recv() => match msg {
+                        Ok(Some(_)) => {
+                            // Drain what is already buffered: a burst of inserts is one wake.
+                            while l.next_buffered().is_some() {}
+                            shared.metrics.wakeups.with_label_values(&["notify"]).inc();
+                            shared.wake.notify_one();
+                        }
+                        Ok(None) => {
+                            tracing::warn!("LISTEN connection lost; reconnecting");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %redact_sqlx(&e), "LISTEN connection failed; reconnecting");
+                            break;
+                        }
+                    },
+                    _ = probe.tick() => {
+                        let alive = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            sqlx::query("SELECT 1").execute(&mut l),
+                        ).await;
+                        if !matches!(alive, Ok(Ok(_))) {
+                            tracing::warn!("LISTEN connection stopped answering; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            shared.health.set_listening(false);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+        listener = Listener::connect(&shared).await;
+        if listener.is_some() {
+            shared.wake.notify_one();
+        }
+    }
+}
+
+/// The dispatcher loop. Claims only while it holds free worker slots, so a claimed job never
+/// waits in memory for a worker (its lease runs only while it is being worked on).
+pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
+    let settings = shared.settings();
+    let mut poll_every = settings.runner.poll_interval;
+    let mut interval = tokio::time::interval_at(Instant::now() + poll_every, poll_every);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut heartbeat = tokio::time::interval(settings.runner.heartbeat);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut error_backoff = Duration::from_millis(250);
+    // Start with a pass: jobs may have been queued while no runner was up.
+    let mut pending = true;
+
+    loop {
+        shared.health.tick();
+        shared
+            .metrics
+            .last_loop_timestamp
+            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        let settings = shared.settings();
+        if settings.runner.poll_interval != poll_every {
+            poll_every = settings.runner.poll_interval;
+            interval = tokio::time::interval_at(Instant::now() + poll_every, poll_every);
+            interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        }
+
+        if !pending {
+            let due = *shared.due_hint.lock().expect("due hint lock");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = shared.wake.notified() => {}
+                _ = interval.tick() => {
+                    shared.metrics.wakeups.with_label_values(&["interval"]).inc();
+                }
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    shared.metrics.wakeups.with_label_values(&["due"]).inc();
+                }
+                _ = heartbeat.tick() => continue,
+            }
+            // A hint that has come due is spent; a later one stays.
+            let mut hint = shared.due_hint.lock().expect("due hint lock");
+            if hint.is_some_and(|h| h <= Instant::now()) {
+                *hint = None;
+            }
+        }
+
+        // Free worker slots: wait for one, then take every other free one up to a batch.
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = shared.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = heartbeat.tick() => { pending = true; continue }
+        };
+        let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
+        while permits.len() < settings.runner.batch as usize {
+            match shared.slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let want = permits.len();
+        match shared.claim(want).await {
+            Ok(jobs) => {
+                error_backoff = Duration::from_millis(250);
+                pending = jobs.len() == want;
+                for (job, permit) in jobs.into_iter().zip(permits.drain(..)) {
+                    // The slot is free again when the job's task ends, however it ends.
+                    shared.spawn_job(job, Some(permit));
+                }
+                drop(permits);
+                if !pending {
+                    schedule_next_due(&shared).await;
+                }
+            }
+            Err(e) => {
+                drop(permits);
+                shared.health.set_db_ok(false);
+                tracing::warn!(error = %redact_sqlx(&e), retry_in = ?error_backoff, "claiming jobs failed");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(error_backoff) => {}
+                }
+                error_backoff = (error_backoff * 2).min(Duration::from_secs(10));
+                pending = true;
+            }
+        }
+    }
+}
+
+/// The queue has no due job: remember when the next scheduled or backed-off one is due, so the
+/// dispatcher wakes for it rather than at the next interval.
+async fn schedule_next_due(shared: &Shared) {
+    if let Ok(Some(at)) = store::next_due(&shared.pool).await {
+        // A job already due that the claim skipped is locked by someone else (another runner's
+        // claim in flight, an app transaction): look again shortly, but do not spin on it.
+        let wait = (at - chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .max(Duration::from_millis(200));
+        let when = Instant::now() + wait;
+        let mut hint = shared.due_hint.lock().expect("due hint lock");
+        if hint.is_none_or(|h| when < h) {
+            *hint = Some(when);
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The background loops that keep the table honest: the rescuer (expired leases), the lease
+//! keeper (our leases), the pruner (retention) and the prober (database health, queue gauges).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use super::store::{self, Reclaim};
+use crate::config::OnUnknown;
+use crate::db::redact_sqlx;
+use crate::runner::Shared;
+
+/// How often the prober checks the database and refreshes the queue gauges.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// Queue gauges cost a scan; they are refreshed every this many probes.
+const STATS_EVERY_N_PROBES: u32 = 3;
+
+/// Waits `period` (re-read from the settings each time) or until `stop`. False on stop.
+async fn pause(stop: &CancellationToken, period: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(period) => true,
+    }
+}
+
+/// Takes back jobs whose lease expired: their runner died or hung.
+pub async fn rescuer(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let settings = shared.settings();
+        if !pause(&stop, settings.runner.rescue_interval).await {
+            return;
+        }
+        let fail_in_doubt = settings.delivery.on_unknown == OnUnknown::Fail;
+        match store::reclaim(
+            &shared.pool,
+            Reclaim::Expired,
+            fail_in_doubt,
+            settings.retry.max_attempts as i32,
+        )
+        .await
+        {
+            Ok(r) if r.requeued + r.failed > 0 => {
+                shared.metrics.rescued_jobs.inc_by(r.requeued + r.failed);
+                tracing::warn!(
+                    requeued = r.requeued,
+                    failed = r.failed,
+                    in_doubt = r.in_doubt,
+                    "rescued jobs whose runner stopped answering"
+                );
+                if r.in_doubt > 0 && fail_in_doubt {
+                    tracing::error!(
+                        messages = r.in_doubt,
+                        "messages were mid-send when their runner died: marked unknown, not resent (lastErrorCode delivery_unknown)"
+                    );
+                }
+                if r.requeued > 0 {
+                    shared.wake.notify_one();
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %redact_sqlx(&e), "rescue pass failed"),
+        }
+    }
+}
+
+/// Extends the leases of the jobs this runner is working on, a third of a lease at a time.
+pub async fn lease_keeper(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let lease = shared.settings().runner.lease;
+        if !pause(&stop, lease / 3).await {
+            return;
+        }
+        if shared.inflight.lock().expect("inflight lock").is_empty() {
+            continue;
+        }
+        if let Err(e) = store::extend_leases(&shared.pool, &shared.locked_by, lease).await {
+            tracing::warn!(error = %redact_sqlx(&e), "extending leases failed");
+        }
+    }
+}
+
+/// Deletes finished jobs past `runner.retention`, in small batches.
+pub async fn pruner(shared: Arc<Shared>, stop: CancellationToken) {
+    const BATCH: i64 = 1000;
+    loop {
+        let settings = shared.settings();
+        if !pause(&stop, settings.runner.prune_interval).await {
+            return;
+        }
+        let retention = settings.runner.retention;
+        if retention.is_zero() {
+            continue;
+        }
+        let mut total = 0;
+        // Bounded per run: a huge backlog is worked off over several runs.
+        for _ in 0..100 {
+            match store::prune(&shared.pool, retention, BATCH).await {
+                Ok(n) => {
+                    total += n;
+                    if n < BATCH as u64 || stop.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %redact_sqlx(&e), "pruning finished jobs failed");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            tracing::info!(deleted = total, "pruned finished jobs past retention");
+        }
+    }
+}
+
+/// Probes the database (health, watchdog) and refreshes the queue gauges.
+pub async fn prober(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(PROBE_EVERY);
+    every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut n: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let ok = matches!(
+            tokio::time::timeout(
+                Duration::from_secs(3),
+                sqlx::query("SELECT 1").execute(&shared.pool)
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        if ok != shared.health.db_ok() {
+            if ok {
+                tracing::info!("database reachable");
+            } else {
+                tracing::warn!("database unreachable");
+            }
+        }
+        shared.health.set_db_ok(ok);
+        if ok && n % STATS_EVERY_N_PROBES == 0 {
+            refresh_gauges(&shared).await;
+        }
+        n = n.wrapping_add(1);
+    }
+}
+
+/// One cheap query pair on a timer, never per scrape.
+pub async fn refresh_gauges(shared: &Shared) {
+    match store::queue_stats(&shared.pool).await {
+        Ok(stats) => {
+            for status in super::STATUSES {
+                let count = stats
+                    .by_status
+                    .iter()
+                    .find(|(s, _)| s == status)
+                    .map_or(0, |(_, c)| *c);
+                shared.metrics.jobs.with_label_values(&[status]).set(count);
+            }
+            shared
+                .metrics
+                .oldest_queued_age
+                .set(stats.oldest_queued_age.map_or(0.0, |d| d.as_secs_f64()));
+        }
+        Err(e) => tracing::debug!(error = %redact_sqlx(&e), "refreshing queue gauges failed"),
+    }
+}

@@ -1,0 +1,437 @@
+//! Every SQL statement that moves a job. Each one is a single statement (one round trip, one
+//! transaction), prepared and cached per connection by sqlx.
+//!
+//! The state machine, and who moves a row:
+//!
+//! ```text
+//!  app INSERT ─► queued ──claim──► running ──complete──► done
+//!                  ▲                │  │
+//!                  │   retry/defer  │  └──fail / last attempt / delivery unknown──► failed
+//!                  └────────────────┘
+//!          rescue (lease expired) / release (our drain) put running rows back to queued
+//!          (or to failed when a message was mid-send: nobody knows if Meta accepted it)
+//! ```
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+
+use super::{CHANNEL, Fence, Job};
+
+/// Claims up to `limit` due jobs in one statement. `SKIP LOCKED` lets any number of runners
+/// claim concurrently without waiting on each other or taking the same row.
+pub async fn claim(
+    pool: &PgPool,
+    locked_by: &std::sync::Arc<str>,
+    lease: Duration,
+    limit: i64,
+    default_max_attempts: i32,
+) -> sqlx::Result<Vec<Job>> {
+    let rows = sqlx::query(
+        r#"
+        UPDATE "OutboundJob" j
+        SET status = 'running',
+            attempts = j.attempts + 1,
+            "lockedBy" = $1,
+            "lockedAt" = now(),
+            "leaseUntil" = now() + make_interval(secs => $2),
+            "startedAt" = now(),
+            "updatedAt" = now()
+        FROM (
+            SELECT id FROM "OutboundJob"
+            WHERE status = 'queued' AND "runAt" <= now()
+            ORDER BY priority, "runAt", id
+            LIMIT $3
+            FOR UPDATE SKIP LOCKED
+        ) c
+        WHERE j.id = c.id
+        RETURNING j.id, j.payload, j."requestId", j.attempts,
+                  COALESCE(j."maxAttempts", $4) AS max_attempts,
+                  j.composed, j."createdAt", j."runAt"
+        "#,
+    )
+    .bind(&**locked_by)
+    .bind(lease.as_secs_f64())
+    .bind(limit)
+    .bind(default_max_attempts)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let id: i64 = r.get(0);
+            let attempts: i32 = r.get(3);
+            Job {
+                id,
+                payload: r.get(1),
+                request_id: r.get(2),
+                attempts,
+                max_attempts: r.get(4),
+                composed: r.get(5),
+                created_at: r.get(6),
+                run_at: r.get(7),
+                fence: Fence {
+                    id,
+                    locked_by: locked_by.clone(),
+                    attempts,
+                },
+            }
+        })
+        .collect())
+}
+
+/// When the earliest queued job becomes due (a scheduled job, or one backing off).
+pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar(r#"SELECT min("runAt") FROM "OutboundJob" WHERE status = 'queued'"#)
+        .fetch_one(pool)
+        .await
+}
+
+/// Marks a batch of jobs `done` in one statement. Returns the ids whose fence held.
+pub async fn complete(
+    pool: &PgPool,
+    locked_by: &str,
+    ids: &[i64],
+    attempts: &[i32],
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        r#"
+        UPDATE "OutboundJob" j
+        SET status = 'done', "completedAt" = now(), "updatedAt" = now(), "leaseUntil" = NULL
+        FROM unnest($2::bigint[], $3::int[]) AS d(id, attempts)
+        WHERE j.id = d.id AND j.status = 'running' AND j."lockedBy" = $1 AND j.attempts = d.attempts
+        RETURNING j.id
+        "#,
+    )
+    .bind(locked_by)
+    .bind(ids)
+    .bind(attempts)
+    .fetch_all(pool)
+    .await
+}
+
+/// Puts a job back to `queued`, due after `delay`. With `refund`, the attempt is not counted
+/// (the job was deferred for reasons not its own). Returns false if the fence did not hold.
+pub async fn requeue(
+    pool: &PgPool,
+    fence: &Fence,
+    delay: Duration,
+    refund: bool,
+    code: &str,
+    message: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        r#"
+        UPDATE "OutboundJob"
+        SET status = 'queued', "runAt" = now() + make_interval(secs => $4),
+            attempts = attempts - $5, "lastError" = $6, "lastErrorCode" = $7,
+            "lockedBy" = NULL, "lockedAt" = NULL, "leaseUntil" = NULL, "updatedAt" = now()
+        WHERE id = $1 AND status = 'running' AND "lockedBy" = $2 AND attempts = $3
+        "#,
+    )
+    .bind(fence.id)
+    .bind(&*fence.locked_by)
+    .bind(fence.attempts)
+    .bind(delay.as_secs_f64())
+    .bind(i32::from(refund))
+    .bind(message)
+    .bind(code)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks a job `failed` for good. Returns false if the fence did not hold.
+pub async fn fail(pool: &PgPool, fence: &Fence, code: &str, message: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        r#"
+        UPDATE "OutboundJob"
+        SET status = 'failed', "completedAt" = now(), "lastError" = $4, "lastErrorCode" = $5,
+            "leaseUntil" = NULL, "updatedAt" = now()
+        WHERE id = $1 AND status = 'running' AND "lockedBy" = $2 AND attempts = $3
+        "#,
+    )
+    .bind(fence.id)
+    .bind(&*fence.locked_by)
+    .bind(fence.attempts)
+    .bind(message)
+    .bind(code)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Whether a fence still holds (the job is ours, on this attempt).
+pub async fn holds(pool: &PgPool, fence: &Fence) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        r#"SELECT EXISTS (SELECT 1 FROM "OutboundJob"
+           WHERE id = $1 AND status = 'running' AND "lockedBy" = $2 AND attempts = $3)"#,
+    )
+    .bind(fence.id)
+    .bind(&*fence.locked_by)
+    .bind(fence.attempts)
+    .fetch_one(pool)
+    .await
+}
+
+/// Extends the lease of every job this runner holds. One statement for all of them.
+pub async fn extend_leases(pool: &PgPool, locked_by: &str, lease: Duration) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        r#"
+        UPDATE "OutboundJob" SET "leaseUntil" = now() + make_interval(secs => $2)
+        WHERE status = 'running' AND "lockedBy" = $1
+        "#,
+    )
+    .bind(locked_by)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// What a rescue or a release did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Rescued {
+    pub requeued: u64,
+    pub failed: u64,
+    /// Messages that were mid-send and are now `unknown` (or back to `pending` when
+    /// `delivery.on_unknown = "retry"`).
+    pub in_doubt: u64,
+}
+
+/// Which running jobs to take back.
+#[derive(Debug, Clone, Copy)]
+pub enum Reclaim<'a> {
+    /// Jobs whose lease expired: their runner died or hung. The attempt stays spent, so a job
+    /// that kills its runner every time ends `failed` after its attempts.
+    Expired,
+    /// This runner's own claims, at the end of a drain. The attempt is refunded.
+    Ours(&'a str),
+}
+
+/// Takes running jobs back. A job with a message in `sending` cannot be run again safely:
+/// nobody knows whether Meta accepted that message. With `fail_in_doubt` the message becomes
+/// `unknown` and the job `failed` (`delivery_unknown`); without, the message goes back to
+/// `pending` and the job is requeued (at-least-once).
+pub async fn reclaim(
+    pool: &PgPool,
+    which: Reclaim<'_>,
+    fail_in_doubt: bool,
+    default_max_attempts: i32,
+) -> sqlx::Result<Rescued> {
+    let (expired_only, locked_by, refund) = match which {
+        Reclaim::Expired => (true, "", 0),
+        Reclaim::Ours(me) => (false, me, 1),
+    };
+    let rows = sqlx::query(
+        r#"
+        WITH target AS (
+            SELECT id FROM "OutboundJob"
+            WHERE status = 'running'
+              AND CASE WHEN $1 THEN "leaseUntil" < now() ELSE "lockedBy" = $2 END
+            ORDER BY id
+            LIMIT 1000
+            FOR UPDATE SKIP LOCKED
+        ), unknown_msgs AS (
+            UPDATE "OutboundMessage" m
+            SET status = 'unknown', "lastErrorCode" = 'delivery_unknown', "updatedAt" = now()
+            FROM target t
+            WHERE $3 AND m."jobId" = t.id AND m.status = 'sending'
+            RETURNING m."jobId"
+        ), retry_msgs AS (
+            UPDATE "OutboundMessage" m
+            SET status = 'pending', "updatedAt" = now()
+            FROM target t
+            WHERE NOT $3 AND m."jobId" = t.id AND m.status = 'sending'
+            RETURNING m."jobId"
+        ), decided AS (
+            SELECT j.id,
+                   CASE
+                     WHEN j.id IN (SELECT "jobId" FROM unknown_msgs) THEN 'delivery_unknown'
+                     WHEN j.attempts - $4 >= COALESCE(j."maxAttempts", $5) THEN 'lease_expired'
+                   END AS fail_code,
+                   (SELECT count(*) FROM unknown_msgs u WHERE u."jobId" = j.id)
+                 + (SELECT count(*) FROM retry_msgs r WHERE r."jobId" = j.id) AS in_doubt
+            FROM "OutboundJob" j JOIN target t ON t.id = j.id
+        )
+        UPDATE "OutboundJob" j
+        SET status = CASE WHEN d.fail_code IS NULL THEN 'queued' ELSE 'failed' END,
+            attempts = j.attempts - $4,
+            "runAt" = now(),
+            "completedAt" = CASE WHEN d.fail_code IS NULL THEN NULL ELSE now() END,
+            "lastErrorCode" = COALESCE(d.fail_code, j."lastErrorCode"),
+            "lastError" = CASE d.fail_code
+                WHEN 'delivery_unknown' THEN
+                    'a message was being sent when the runner stopped; Meta may or may not have '
+                    || 'accepted it, so it is not sent again (see "OutboundMessage" status unknown)'
+                WHEN 'lease_expired' THEN
+                    'the runner holding this job stopped answering on its last attempt'
+                ELSE j."lastError" END,
+            "lockedBy" = CASE WHEN d.fail_code IS NULL THEN NULL ELSE j."lockedBy" END,
+            "lockedAt" = CASE WHEN d.fail_code IS NULL THEN NULL ELSE j."lockedAt" END,
+            "leaseUntil" = NULL,
+            "updatedAt" = now()
+        FROM decided d
+        WHERE j.id = d.id
+        RETURNING j.status, d.in_doubt
+        "#,
+    )
+    .bind(expired_only)
+    .bind(locked_by)
+    .bind(fail_in_doubt)
+    .bind(refund)
+    .bind(default_max_attempts)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Rescued::default();
+    for row in rows {
+        let status: &str = row.get(0);
+        let in_doubt: i64 = row.get(1);
+        out.in_doubt += in_doubt as u64;
+        if status == "queued" {
+            out.requeued += 1;
+        } else {
+            out.failed += 1;
+        }
+    }
+    if out.requeued > 0 {
+        notify(pool).await?;
+    }
+    Ok(out)
+}
+
+/// Wakes every runner listening.
+pub async fn notify(pool: &PgPool) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// Deletes up to `limit` finished jobs that completed before `older_than` ago (their messages go
+/// with them). Small batches keep locks and WAL bursts short.
+pub async fn prune(pool: &PgPool, older_than: Duration, limit: i64) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        r#"
+        DELETE FROM "OutboundJob" WHERE id IN (
+            SELECT id FROM "OutboundJob"
+            WHERE "completedAt" < now() - make_interval(secs => $1)
+              AND status IN ('done', 'failed', 'cancelled')
+            LIMIT $2
+        )
+        "#,
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// A job to insert (the `enqueue` command; tests).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NewJob {
+    pub payload: serde_json::Value,
+    #[serde(default)]
+    pub request_id: Option<String>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub priority: i16,
+    #[serde(default)]
+    pub run_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub max_attempts: Option<i32>,
+}
+
+/// Inserts jobs in one statement (one NOTIFY for all of them). A job whose idempotency key
+/// exists already is skipped. Returns the new ids with their keys.
+pub async fn enqueue(pool: &PgPool, jobs: &[NewJob]) -> sqlx::Result<Vec<(i64, Option<String>)>> {
+    let payloads: Vec<serde_json::Value> = jobs.iter().map(|j| j.payload.clone()).collect();
+    let request_ids: Vec<Option<String>> = jobs.iter().map(|j| j.request_id.clone()).collect();
+    let keys: Vec<Option<String>> = jobs.iter().map(|j| j.idempotency_key.clone()).collect();
+    let priorities: Vec<i16> = jobs.iter().map(|j| j.priority).collect();
+    let run_ats: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.run_at).collect();
+    let max_attempts: Vec<Option<i32>> = jobs.iter().map(|j| j.max_attempts).collect();
+    let rows = sqlx::query(
+        r#"
+        INSERT INTO "OutboundJob" (payload, "requestId", "idempotencyKey", priority, "runAt", "maxAttempts")
+        SELECT p, r, k, pr, COALESCE(ra, now()), ma
+        FROM unnest($1::jsonb[], $2::text[], $3::text[], $4::smallint[], $5::timestamptz[], $6::int[])
+             AS t(p, r, k, pr, ra, ma)
+        ON CONFLICT ("idempotencyKey") DO NOTHING
+        RETURNING id, "idempotencyKey"
+        "#,
+    )
+    .bind(payloads)
+    .bind(request_ids)
+    .bind(keys)
+    .bind(priorities)
+    .bind(run_ats)
+    .bind(max_attempts)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Records messages as sent with fake wamids (sandbox delivery), if the fence holds.
+/// Returns false if it did not.
+pub async fn record_sandbox_sends(
+    pool: &PgPool,
+    fence: &Fence,
+    to: &str,
+    messages: &[serde_json::Value],
+) -> sqlx::Result<bool> {
+    let written: Option<bool> = sqlx::query_scalar(
+        r#"
+        WITH owner AS (
+            SELECT 1 FROM "OutboundJob"
+            WHERE id = $1 AND status = 'running' AND "lockedBy" = $2 AND attempts = $3
+        ), ins AS (
+            INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, wamid, "sentAt")
+            SELECT $1, (m.n - 1)::int, 'sent', $4, m.body,
+                   'wamid.sandbox.' || $1 || '.' || (m.n - 1), now()
+            FROM unnest($5::jsonb[]) WITH ORDINALITY AS m(body, n)
+            WHERE EXISTS (SELECT 1 FROM owner)
+            ON CONFLICT ("jobId", seq) DO NOTHING
+        )
+        SELECT EXISTS (SELECT 1 FROM owner)
+        "#,
+    )
+    .bind(fence.id)
+    .bind(&*fence.locked_by)
+    .bind(fence.attempts)
+    .bind(to)
+    .bind(messages)
+    .fetch_optional(pool)
+    .await?;
+    Ok(written.unwrap_or(false))
+}
+
+/// Jobs per status and the age of the oldest due queued job: the queue gauges.
+#[derive(Debug, Clone, Default)]
+pub struct QueueStats {
+    pub by_status: Vec<(String, i64)>,
+    pub oldest_queued_age: Option<Duration>,
+}
+
+pub async fn queue_stats(pool: &PgPool) -> sqlx::Result<QueueStats> {
+    let by_status = sqlx::query_as::<_, (String, i64)>(
+        r#"SELECT status, count(*) FROM "OutboundJob" GROUP BY status"#,
+    )
+    .fetch_all(pool)
+    .await?;
+    let oldest: Option<f64> = sqlx::query_scalar(
+        r#"SELECT EXTRACT(EPOCH FROM now() - min("runAt"))::float8 FROM "OutboundJob"
+           WHERE status = 'queued' AND "runAt" <= now()"#,
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(QueueStats {
+        by_status,
+        oldest_queued_age: oldest.map(|s| Duration::from_secs_f64(s.max(0.0))),
+    })
+}

@@ -1,0 +1,229 @@
+//! Running one job: the handler, the timeout, the job's next state; and the completer, which
+//! marks finished jobs `done` in batches (group commit: one statement for all the jobs that
+//! finished while the previous statement ran).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::retry::{self, Next};
+use super::{Fence, Job, JobError, Outcome, store};
+use crate::db::redact_sqlx;
+use crate::runner::Shared;
+
+/// A finished job waiting for its `done` write; `ack` says whether the fence held.
+pub struct CompleteRequest {
+    pub fence: Fence,
+    pub ack: oneshot::Sender<bool>,
+}
+
+/// Decrements `workers_busy` however the job ends (even if its task is aborted).
+struct Busy<'a>(&'a prometheus::IntGauge);
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Runs one attempt of a claimed job and writes where it left the job.
+pub async fn execute(shared: &Shared, job: Job) -> Outcome {
+    let span = tracing::info_span!(
+        "job",
+        job_id = job.id,
+        request_id = job.request_id.as_deref().unwrap_or(""),
+        attempt = job.attempts
+    );
+    async move {
+        let metrics = &shared.metrics;
+        metrics.workers_busy.inc();
+        let _busy = Busy(&metrics.workers_busy);
+        let wait = (chrono::Utc::now() - job.run_at.max(job.created_at))
+            .to_std()
+            .unwrap_or_default();
+        metrics.job_queue_wait.observe(wait.as_secs_f64());
+        tracing::info!(
+            "Processing job {} (requestId: {})",
+            job.id,
+            job.request_id.as_deref().unwrap_or("-")
+        );
+
+        let settings = shared.settings();
+        let started = Instant::now();
+        let result = match tokio::time::timeout(
+            settings.runner.job_timeout,
+            shared.handler.handle(&job, &shared.pool),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(JobError::retry(
+                "job_timeout",
+                format!(
+                    "the job did not finish within runner.job_timeout ({})",
+                    humantime::format_duration(settings.runner.job_timeout)
+                ),
+            )),
+        };
+        let outcome = finish(shared, &job, result).await;
+        let label = match outcome {
+            Outcome::Done => Some("done"),
+            Outcome::Retried => Some("retry"),
+            Outcome::Failed => Some("failed"),
+            Outcome::Deferred | Outcome::Lost => None,
+        };
+        if let Some(label) = label {
+            metrics.jobs_finished.with_label_values(&[label]).inc();
+            metrics
+                .job_duration
+                .with_label_values(&[label])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        outcome
+    }
+    .instrument(span)
+    .await
+}
+
+/// Writes the job's next state.
+async fn finish(shared: &Shared, job: &Job, result: Result<(), JobError>) -> Outcome {
+    let err = match result {
+        Ok(()) => {
+            let (ack, done) = oneshot::channel();
+            let request = CompleteRequest {
+                fence: job.fence.clone(),
+                ack,
+            };
+            if shared.completer.send(request).await.is_err() {
+                return Outcome::Lost;
+            }
+            return match done.await {
+                Ok(true) => {
+                    shared
+                        .health
+                        .done
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!("Job {} completed successfully", job.id);
+                    Outcome::Done
+                }
+                _ => lost(job),
+            };
+        }
+        Err(err) => err,
+    };
+
+    let settings = shared.settings();
+    let next = retry::decide(
+        &err,
+        job.attempts.max(1) as u32,
+        job.max_attempts.max(1) as u32,
+        &settings.retry,
+        settings.delivery.on_unknown,
+        &mut rand::rng(),
+    );
+    match next {
+        Next::Requeue { delay, refund } => {
+            let write = || {
+                store::requeue(
+                    &shared.pool,
+                    &job.fence,
+                    delay,
+                    refund,
+                    &err.code,
+                    &err.message,
+                )
+            };
+            match with_retries(write).await {
+                Some(true) => {
+                    shared.hint_due(delay);
+                    if refund {
+                        tracing::info!(code = %err.code, delay = ?delay, "job deferred: {}", err.message);
+                        Outcome::Deferred
+                    } else {
+                        tracing::warn!(code = %err.code, delay = ?delay, "job will be retried: {}", err.message);
+                        Outcome::Retried
+                    }
+                }
+                Some(false) => lost(job),
+                None => Outcome::Lost,
+            }
+        }
+        Next::Fail { code, message } => {
+            match with_retries(|| store::fail(&shared.pool, &job.fence, &code, &message)).await {
+                Some(true) => {
+                    shared
+                        .health
+                        .failed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(code = %code, "job failed: {message}");
+                    Outcome::Failed
+                }
+                Some(false) => lost(job),
+                None => Outcome::Lost,
+            }
+        }
+    }
+}
+
+fn lost(job: &Job) -> Outcome {
+    tracing::warn!(
+        "job {} was taken from this runner (its lease expired); result dropped",
+        job.id
+    );
+    Outcome::Lost
+}
+
+/// A state write survives a short database outage: retried for a few seconds, then given up
+/// (the lease expires and the rescuer takes the job back; nothing is lost).
+async fn with_retries<T, F, Fut>(mut write: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<T>>,
+{
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1..=6 {
+        match write().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                tracing::warn!(attempt, error = %redact_sqlx(&e), "writing the job's state failed");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    None
+}
+
+/// Marks finished jobs `done`, as many per statement as have finished meanwhile.
+pub async fn completer(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<CompleteRequest>,
+    stop: CancellationToken,
+) {
+    const MAX_BATCH: usize = 1024;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let first = tokio::select! {
+            r = rx.recv() => match r { Some(r) => r, None => return },
+            _ = stop.cancelled() => return,
+        };
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let ids: Vec<i64> = batch.iter().map(|r| r.fence.id).collect();
+        let attempts: Vec<i32> = batch.iter().map(|r| r.fence.attempts).collect();
+        let held =
+            with_retries(|| store::complete(&shared.pool, &shared.locked_by, &ids, &attempts))
+                .await
+                .unwrap_or_default();
+        for request in batch.drain(..) {
+            let _ = request.ack.send(held.contains(&request.fence.id));
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The [`Runner`]: one process's share of the queue. It owns the dispatcher, the listener, the
+//! completer and the maintenance loops, runs synchronous passes for the HTTP trigger, and drains.
+//!
+//! ```text
+//!  start() ─► LISTEN ─► tasks: dispatcher · listener · completer · rescuer · lease keeper ·
+//!                              pruner · prober
+//!  run_pass(max)  claims and runs up to `max` jobs now, beside the dispatcher (SKIP LOCKED)
+//!  shutdown()     stop claiming → finish in-flight jobs within drain_timeout → abort the rest →
+//!                 release our claims (attempt refunded) → stop
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::delivery::JobHandler;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::queue::store::{self, Reclaim, Rescued};
+use crate::queue::{Job, Outcome, PassReport, dispatcher, maintenance, worker};
+
+/// State shared by the runner's tasks.
+pub struct Shared {
+    pub pool: PgPool,
+    /// Where LISTEN connects: `database.listen_url`, or the pool's own options.
+    pub listen_options: PgConnectOptions,
+    settings: RwLock<Arc<Settings>>,
+    pub handler: Arc<dyn JobHandler>,
+    /// `host:pid:random`: unique per process run, so a restarted runner never mistakes an old
+    /// claim for its own.
+    pub locked_by: Arc<str>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    /// Wakes the dispatcher. A wake while it is busy is remembered (one permit), so none is lost.
+    pub wake: Notify,
+    /// The earliest known due time of a job we requeued (a backoff), so the dispatcher wakes for
+    /// it without waiting for the interval.
+    pub due_hint: Mutex<Option<tokio::time::Instant>>,
+    pub completer: mpsc::Sender<worker::CompleteRequest>,
+    /// The dispatcher's worker slots: one permit per job it runs at once.
+    pub slots: Arc<Semaphore>,
+    /// The slot count `slots` is being brought to (changes on reload).
+    pub workers: AtomicU32,
+    /// Every job task, the dispatcher's and the passes', for the drain.
+    pub tracker: TaskTracker,
+    pub inflight: Mutex<HashMap<i64, AbortHandle>>,
+    /// Set once shutdown begins: no new claims from anyone.
+    pub closing: AtomicBool,
+}
+
+impl Shared {
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.read().expect("settings lock").clone()
+    }
+
+    /// Records a job's next due time so the dispatcher wakes for it.
+    pub fn hint_due(&self, delay: Duration) {
+        let at = tokio::time::Instant::now() + delay;
+        let mut hint = self.due_hint.lock().expect("due hint lock");
+        if hint.is_none_or(|h| at < h) {
+            *hint = Some(at);
+            drop(hint);
+            // The dispatcher re-reads the hint when woken.
+            self.wake.notify_one();
+        }
+    }
+
+    /// Runs one claimed job on its own task, tracked for the drain and abortable.
+    /// `slot` is a dispatcher worker slot, held until the job's task ends.
+    pub fn spawn_job(
+        self: &Arc<Self>,
+        job: Job,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> JoinHandle<Outcome> {
+        let shared = self.clone();
+        let id = job.id;
+        let handle = self.tracker.spawn(async move {
+            let _slot = slot;
+            let outcome = worker::execute(&shared, job).await;
+            shared.inflight.lock().expect("inflight lock").remove(&id);
+            outcome
+        });
+        self.inflight
+            .lock()
+            .expect("inflight lock")
+            .insert(id, handle.abort_handle());
+        handle
+    }
+
+    /// One claim statement, measured.
+    pub async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Job>> {
+        let settings = self.settings();
+        let timer = self.metrics.claim_duration.start_timer();
+        let jobs = store::claim(
+            &self.pool,
+            &self.locked_by,
+            settings.runner.lease,
+            limit as i64,
+            settings.retry.max_attempts as i32,
+        )
+        .await;
+        timer.observe_duration();
+        let jobs = jobs?;
+        self.health.passed();
+        self.health.set_db_ok(true);
+        if !jobs.is_empty() {
+            self.metrics.jobs_claimed.inc_by(jobs.len() as u64);
+            tracing::info!(jobs = jobs.len(), "Processing {} job(s)", jobs.len());
+        }
+        Ok(jobs)
+    }
+}
+
+/// A running runner. Cheap to clone; every clone drives the same runner.
+#[derive(Clone)]
+pub struct Runner {
+    shared: Arc<Shared>,
+    /// Stops claiming and the loops that only matter while running.
+    stop: CancellationToken,
+    /// Stops what must outlive the drain: the completer and the lease keeper.
+    stop_late: CancellationToken,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+/// What the drain did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// In-flight jobs that did not finish within the drain timeout and were aborted.
+    pub aborted: usize,
+    pub released: Rescued,
+}
+
+impl Runner {
+    /// Establishes LISTEN (best effort: without it the interval still runs jobs) and starts the
+    /// runner's tasks.
+    pub async fn start(
+        pool: PgPool,
+        listen_options: Option<PgConnectOptions>,
+        settings: Arc<Settings>,
+        handler: Arc<dyn JobHandler>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Runner {
+        let (tx, rx) = mpsc::channel(4096);
+        let workers = settings.runner.workers;
+        metrics.workers.set(workers as i64);
+        let shared = Arc::new(Shared {
+            listen_options: listen_options.unwrap_or_else(|| (*pool.connect_options()).clone()),
+            pool,
+            settings: RwLock::new(settings),
+            handler,
+            locked_by: locked_by().into(),
+            metrics,
+            health,
+            wake: Notify::new(),
+            due_hint: Mutex::new(None),
+            completer: tx,
+            slots: Arc::new(Semaphore::new(workers as usize)),
+            workers: AtomicU32::new(workers),
+            tracker: TaskTracker::new(),
+            inflight: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
+        });
+        let stop = CancellationToken::new();
+        let stop_late = CancellationToken::new();
+
+        // LISTEN before the first pass: a job committed between the two is then either seen by
+        // the pass or announced by a notification.
+        let listener = dispatcher::Listener::connect(&shared).await;
+
+        let mut tasks = vec![
+            tokio::spawn(worker::completer(shared.clone(), rx, stop_late.clone())),
+            tokio::spawn(maintenance::lease_keeper(shared.clone(), stop_late.clone())),
+            tokio::spawn(dispatcher::listen(shared.clone(), listener, stop.clone())),
+            tokio::spawn(dispatcher::dispatch(shared.clone(), stop.clone())),
+            tokio::spawn(maintenance::rescuer(shared.clone(), stop.clone())),
+            tokio::spawn(maintenance::pruner(shared.clone(), stop.clone())),
+            tokio::spawn(maintenance::prober(shared.clone(), stop.clone())),
+        ];
+        tasks.shrink_to_fit();
+        tracing::info!(
+            locked_by = %shared.locked_by,
+            workers,
+            "runner started"
+        );
+        Runner {
+            shared,
+            stop,
+            stop_late,
+            tasks: Arc::new(Mutex::new(tasks)),
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn locked_by(&self) -> &str {
+        &self.shared.locked_by
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.shared.health
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        self.shared.settings()
+    }
+
+    /// Wakes the dispatcher now (the HTTP trigger does this too).
+    pub fn wake(&self, source: &'static str) {
+        self.shared
+            .metrics
+            .wakeups
+            .with_label_values(&[source])
+            .inc();
+        self.shared.wake.notify_one();
+    }
+
+    /// Applies settings that can change while running: worker count, retry policy, intervals,
+    /// tokens (read per request), pacing. The caller reports what needs a restart.
+    pub fn apply(&self, settings: Arc<Settings>) {
+        let new = settings.runner.workers;
+        *self.shared.settings.write().expect("settings lock") = settings;
+        let old = self.shared.workers.swap(new, Ordering::SeqCst);
+        if new > old {
+            self.shared.slots.add_permits((new - old) as usize);
+        } else if new < old {
+            // Take the surplus slots as their jobs finish; nothing running is interrupted.
+            let slots = self.shared.slots.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = slots.acquire_many_owned(old - new).await {
+                    p.forget();
+                }
+            });
+        }
+        self.shared.metrics.workers.set(new as i64);
+        self.shared.wake.notify_one();
+    }
+
+    /// Claims and runs up to `max` due jobs now and waits for them: the step function behind the
+    /// HTTP trigger (and the tests). Runs beside the dispatcher; `SKIP LOCKED` keeps them apart.
+    pub async fn run_pass(&self, max: u32) -> anyhow::Result<PassReport> {
+        let mut report = PassReport::default();
+        let batch = self.shared.settings().runner.batch;
+        let mut remaining = max;
+        while remaining > 0 {
+            if self.shared.closing.load(Ordering::SeqCst) {
+                anyhow::bail!("the runner is shutting down");
+            }
+            let want = remaining.min(batch);
+            let jobs = self.shared.claim(want as usize).await?;
+            let got = jobs.len() as u32;
+            let handles: Vec<(i64, JoinHandle<Outcome>)> = jobs
+                .into_iter()
+                .map(|job| (job.id, self.shared.spawn_job(job, None)))
+                .collect();
+            for (id, handle) in handles {
+                match handle.await {
+                    Ok(Outcome::Done) => report.processed.push(id),
+                    Ok(Outcome::Failed) => report.failed.push(id),
+                    Ok(Outcome::Retried | Outcome::Deferred) => report.retried.push(id),
+                    Ok(Outcome::Lost) | Err(_) => {}
+                }
+            }
+            remaining -= got;
+            if got < want {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Stops claiming, lets in-flight jobs finish within `runner.drain_timeout`, aborts the rest
+    /// and releases their claims without spending an attempt.
+    pub async fn shutdown(self) -> DrainReport {
+        let shared = &self.shared;
+        shared.closing.store(true, Ordering::SeqCst);
+        shared.health.set_draining();
+        self.stop.cancel();
+        let drain = shared.settings().runner.drain_timeout;
+        let running = shared.inflight.lock().expect("inflight lock").len();
+        tracing::info!(running, drain_timeout = ?drain, "draining");
+        shared.tracker.close();
+        let mut report = DrainReport::default();
+        if tokio::time::timeout(drain, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            let handles: Vec<AbortHandle> = shared
+                .inflight
+                .lock()
+                .expect("inflight lock")
+                .drain()
+                .map(|(_, h)| h)
+                .collect();
+            report.aborted = handles.len();
+            tracing::warn!(
+                aborted = report.aborted,
+                "drain timeout reached; aborting the jobs still running"
+            );
+            for h in handles {
+                h.abort();
+            }
+            shared.tracker.wait().await;
+        }
+        let settings = shared.settings();
+        let fail_in_doubt = settings.delivery.on_unknown == crate::config::OnUnknown::Fail;
+        for attempt in 1..=5 {
+            match store::reclaim(
+                &shared.pool,
+                Reclaim::Ours(&shared.locked_by),
+                fail_in_doubt,
+                settings.retry.max_attempts as i32,
+            )
+            .await
+            {
+                Ok(r) => {
+                    report.released = r;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        attempt,
+                        error = %crate::db::redact_sqlx(&e),
+                        "releasing claims failed; their leases will expire and another runner will rescue them"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+            }
+        }
+        self.stop_late.cancel();
+        let tasks: Vec<JoinHandle<()>> = self.tasks.lock().expect("tasks lock").drain(..).collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        tracing::info!(
+            aborted = report.aborted,
+            released = report.released.requeued,
+            "drained"
+        );
+        report
+    }
+
+    /// Runs until `shutdown` resolves, then drains (the mini-redis shape).
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) -> DrainReport {
+        shutdown.await;
+        self.shutdown().await
+    }
+}
+
+fn locked_by() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!(
+        "{host}:{}:{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
