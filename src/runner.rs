@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -55,6 +55,10 @@ pub struct Shared {
     pub inflight: Mutex<HashMap<i64, AbortHandle>>,
     /// Set once shutdown begins: no new claims from anyone.
     pub closing: AtomicBool,
+    /// Counts successful claim statements: something to await instead of sleeping.
+    pub passes: watch::Sender<u64>,
+    /// Counts job attempts that ended, however they ended.
+    pub finished: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -87,6 +91,7 @@ impl Shared {
             let _slot = slot;
             let outcome = worker::execute(&shared, job).await;
             shared.inflight.lock().expect("inflight lock").remove(&id);
+            shared.finished.send_modify(|n| *n += 1);
             outcome
         });
         self.inflight
@@ -110,6 +115,7 @@ impl Shared {
         .await;
         timer.observe_duration();
         let jobs = jobs?;
+        self.passes.send_modify(|n| *n += 1);
         self.health.passed();
         self.health.set_db_ok(true);
         if !jobs.is_empty() {
@@ -118,6 +124,16 @@ impl Shared {
         }
         Ok(jobs)
     }
+}
+
+/// Whether the runner claims on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// LISTEN and the dispatcher: jobs run as they arrive.
+    Daemon,
+    /// No dispatcher: jobs run only through [`Runner::run_pass`] (a step function for tests and
+    /// tools; the maintenance loops still run).
+    Passive,
 }
 
 /// A running runner. Cheap to clone; every clone drives the same runner.
@@ -150,6 +166,28 @@ impl Runner {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Runner {
+        Self::start_with(
+            pool,
+            listen_options,
+            settings,
+            handler,
+            metrics,
+            health,
+            Mode::Daemon,
+        )
+        .await
+    }
+
+    /// [`Runner::start`], choosing the [`Mode`].
+    pub async fn start_with(
+        pool: PgPool,
+        listen_options: Option<PgConnectOptions>,
+        settings: Arc<Settings>,
+        handler: Arc<dyn JobHandler>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        mode: Mode,
+    ) -> Runner {
         let (tx, rx) = mpsc::channel(4096);
         let workers = settings.runner.workers;
         metrics.workers.set(workers as i64);
@@ -169,24 +207,33 @@ impl Runner {
             tracker: TaskTracker::new(),
             inflight: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
+            passes: watch::channel(0).0,
+            finished: watch::channel(0).0,
         });
         let stop = CancellationToken::new();
         let stop_late = CancellationToken::new();
 
-        // LISTEN before the first pass: a job committed between the two is then either seen by
-        // the pass or announced by a notification.
-        let listener = dispatcher::Listener::connect(&shared).await;
-
         let mut tasks = vec![
             tokio::spawn(worker::completer(shared.clone(), rx, stop_late.clone())),
             tokio::spawn(maintenance::lease_keeper(shared.clone(), stop_late.clone())),
-            tokio::spawn(dispatcher::listen(shared.clone(), listener, stop.clone())),
-            tokio::spawn(dispatcher::dispatch(shared.clone(), stop.clone())),
             tokio::spawn(maintenance::rescuer(shared.clone(), stop.clone())),
             tokio::spawn(maintenance::pruner(shared.clone(), stop.clone())),
             tokio::spawn(maintenance::prober(shared.clone(), stop.clone())),
         ];
-        tasks.shrink_to_fit();
+        if mode == Mode::Daemon {
+            // LISTEN before the first pass: a job committed between the two is then either seen
+            // by the pass or announced by a notification.
+            let listener = dispatcher::Listener::connect(&shared).await;
+            tasks.push(tokio::spawn(dispatcher::listen(
+                shared.clone(),
+                listener,
+                stop.clone(),
+            )));
+            tasks.push(tokio::spawn(dispatcher::dispatch(
+                shared.clone(),
+                stop.clone(),
+            )));
+        }
         tracing::info!(
             locked_by = %shared.locked_by,
             workers,
@@ -214,6 +261,16 @@ impl Runner {
 
     pub fn settings(&self) -> Arc<Settings> {
         self.shared.settings()
+    }
+
+    /// Successful claim statements so far (dispatcher and passes).
+    pub fn passes(&self) -> watch::Receiver<u64> {
+        self.shared.passes.subscribe()
+    }
+
+    /// Job attempts ended so far, whatever their outcome.
+    pub fn finished(&self) -> watch::Receiver<u64> {
+        self.shared.finished.subscribe()
     }
 
     /// Wakes the dispatcher now (the HTTP trigger does this too).

@@ -158,10 +158,10 @@ fn check_message(m: &Value) -> Result<(), String> {
             Some(n) if !n.trim().is_empty() => {}
             _ => return Err("a template message needs `template.name`".into()),
         },
-        "image" | "audio" | "video" | "document" | "sticker" => {
-            if body.get("id").is_none() && body.get("link").is_none() {
-                return Err(format!("a {ty} message needs `{ty}.id` or `{ty}.link`"));
-            }
+        "image" | "audio" | "video" | "document" | "sticker"
+            if body.get("id").is_none() && body.get("link").is_none() =>
+        {
+            return Err(format!("a {ty} message needs `{ty}.id` or `{ty}.link`"));
         }
         _ => {}
     }

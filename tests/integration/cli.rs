@@ -1,0 +1,226 @@
+//! The binary, black-box: configuration errors, `enqueue`, `migrate`.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use crate::support::TestDb;
+
+const BIN: &str = env!("CARGO_BIN_EXE_outbound-runner");
+
+/// Runs the binary with a clean environment plus `env`.
+fn run(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn config_errors_exit_78_and_name_the_key() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("OUTBOUND_RUNNER__RUNNER__WOKERS", "4")],
+            "runner.wokers: unknown key",
+        ),
+        (
+            &[("DATABASE_URL", "mysql://user:hunter2@db/app")],
+            "database.url: scheme must be postgres",
+        ),
+        (&[("DATABASE_URL", "not a url")], "database.url: not a URL"),
+        (
+            &[("OUTBOUND_RUNNER__RUNNER__WORKERS", "-1")],
+            "runner.workers",
+        ),
+        (
+            &[("OUTBOUND_RUNNER__RUNNER__WORKERS", "0")],
+            "runner.workers: must be between 1 and 4096",
+        ),
+        (
+            &[("OUTBOUND_RUNNER__RUNNER__POLL_INTERVAL", "soon")],
+            "runner.poll_interval",
+        ),
+        (
+            &[("OUTBOUND_RUNNER__DELIVERY__MODE", "loud")],
+            "delivery.mode",
+        ),
+    ];
+    for (env, needle) in cases {
+        let out = run(&["run"], env, None);
+        assert_eq!(out.status.code(), Some(78), "{env:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(needle),
+            "{env:?}: expected {needle:?} in {err}"
+        );
+        assert!(!err.contains("hunter2"), "a secret leaked: {err}");
+    }
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_is_refused() {
+    let dir = std::env::temp_dir().join(format!("or-cli-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.toml");
+    std::fs::write(
+        &file,
+        "[runner]\nworkers = 4\n\n[http]\nlisten_addr = \"0.0.0.0:80\"\n",
+    )
+    .unwrap();
+    let out = run(
+        &["--config", file.to_str().unwrap(), "check-config"],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr(&out).contains("http.listen_addr: unknown key"),
+        "{}",
+        stderr(&out)
+    );
+
+    let missing = dir.join("nope.toml");
+    let out = run(
+        &["--config", missing.to_str().unwrap(), "check-config"],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(78));
+    assert!(stderr(&out).contains("no such file"), "{}", stderr(&out));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn check_config_masks_secrets() {
+    let out = run(
+        &["check-config"],
+        &[
+            ("JOB_RUNNER_TOKEN", "tok-abcdef-123"),
+            ("DATABASE_URL", "postgres://u:pw-xyz@db/app"),
+            ("OUTBOUND_RUNNER__RUNNER__WORKERS", "3"),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("tok-abcdef-123") && !text.contains("pw-xyz"),
+        "{text}"
+    );
+    assert!(
+        text.contains("http.job_runner_token = ***    # env"),
+        "{text}"
+    );
+    assert!(text.contains("runner.workers = 3    # env"), "{text}");
+    assert!(text.contains("runner.batch = 64    # default"), "{text}");
+}
+
+#[tokio::test]
+async fn enqueue_inserts_from_flags_and_json_lines_once_per_key() {
+    let db = TestDb::new().await;
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let out = run(
+        &[
+            "enqueue",
+            "--to",
+            "15551234567",
+            "--text",
+            "hi",
+            "--idempotency-key",
+            "wamid.IN1",
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let first: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+
+    let again = run(
+        &[
+            "enqueue",
+            "--to",
+            "15551234567",
+            "--text",
+            "hi",
+            "--idempotency-key",
+            "wamid.IN1",
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(again.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&again.stdout).trim().is_empty());
+    assert!(
+        stderr(&again).contains("already queued"),
+        "{}",
+        stderr(&again)
+    );
+
+    let lines = concat!(
+        r#"{"to":"15550000001","message":{"type":"text","text":{"body":"a"}}}"#,
+        "\n",
+        r#"{"payload":{"to":"15550000002","message":{"type":"text","text":{"body":"b"}}},"idempotencyKey":"k2","requestId":"r2"}"#,
+        "\n",
+    );
+    let bulk = run(&["enqueue"], &env, Some(lines));
+    assert_eq!(bulk.status.code(), Some(0), "{}", stderr(&bulk));
+    let ids: Vec<i64> = String::from_utf8_lossy(&bulk.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.iter().all(|id| *id > first));
+    assert_eq!(db.count("queued").await, 3);
+
+    // A bad line rejects the whole batch, naming the line.
+    let bad = run(
+        &["enqueue"],
+        &env,
+        Some(
+            "{\"to\":\"15550000003\",\"message\":{\"type\":\"text\",\"text\":{\"body\":\"ok\"}}}\n{\"to\":\"x\"}\n",
+        ),
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("line 2"), "{}", stderr(&bad));
+    assert_eq!(db.count("queued").await, 3);
+}
+
+#[test]
+fn enqueue_without_a_database_says_what_to_do() {
+    let state = std::env::temp_dir().join(format!("or-nodb-{}", rand::random::<u32>()));
+    let out = run(
+        &["enqueue", "--to", "15551234567", "--text", "hi"],
+        &[(
+            "OUTBOUND_RUNNER__DATABASE__EMBEDDED_DIR",
+            state.to_str().unwrap(),
+        )],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(69));
+    assert!(
+        stderr(&out).contains("set DATABASE_URL"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,0 +1,474 @@
+//! The queue core against a real PostgreSQL: transitions, concurrency, wake-ups, fencing,
+//! rescue, drain, bad input.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outbound_runner::delivery::sandbox::SandboxHandler;
+use outbound_runner::queue::store::{self, Reclaim};
+use outbound_runner::queue::{Action, JobError, retry};
+
+use crate::support::handlers::{Counting, Gate, Scripted};
+use crate::support::{TestDb, spawn_passive, spawn_runner, wait_count};
+
+#[tokio::test]
+async fn claim_complete_retry_and_fail_follow_the_state_machine() {
+    let db = TestDb::new().await;
+    let transient = || JobError::retry("131000", "Something went wrong");
+    let handler = Scripted::new(vec![Err(transient()), Err(transient()), Err(transient())]);
+    let runner = spawn_passive(&db, handler, |_| {}).await;
+    let id = db
+        .insert_payload(r#"{"to":"15551230000","message":{"type":"text","text":{"body":"hi"}}}"#)
+        .await;
+    sqlx::query(r#"UPDATE "OutboundJob" SET "maxAttempts" = 3 WHERE id = $1"#)
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let policy = runner.settings().retry.clone();
+
+    for attempt in 1..=2u32 {
+        let report = runner.run_pass(10).await.unwrap();
+        assert_eq!(report.retried, [id], "attempt {attempt}");
+        let job = db.job(id).await;
+        assert_eq!(job.status, "queued", "attempt {attempt}");
+        assert_eq!(job.attempts, attempt as i32);
+        assert_eq!(job.last_error_code.as_deref(), Some("131000"));
+        assert_eq!(job.last_error.as_deref(), Some("Something went wrong"));
+        assert!(job.locked_by.is_none());
+        // Backoff: due within the full-jitter window of this attempt, and not run early.
+        let ceiling = retry::ceiling(&policy, attempt).as_secs_f64();
+        assert!(
+            job.due_in <= ceiling + 0.5,
+            "attempt {attempt}: due in {}s, ceiling {ceiling}s",
+            job.due_in
+        );
+        if job.due_in > 0.2 {
+            assert!(runner.run_pass(10).await.unwrap().retried.is_empty());
+        }
+        db.make_due().await;
+    }
+
+    // The third failure is the last attempt: failed for good, with the reason.
+    let report = runner.run_pass(10).await.unwrap();
+    assert_eq!(report.failed, [id]);
+    let job = db.job(id).await;
+    assert_eq!(job.status, "failed");
+    assert_eq!(job.attempts, 3);
+    assert!(job.completed);
+    assert_eq!(
+        job.last_error.as_deref(),
+        Some("gave up after 3 attempt(s): Something went wrong")
+    );
+
+    // A job that succeeds is done, with completedAt, and its message is in the ledger.
+    let ok = db.insert_jobs(1).await[0];
+    let report = runner.run_pass(10).await.unwrap();
+    assert_eq!(report.processed, [ok]);
+    let job = db.job(ok).await;
+    assert_eq!(job.status, "done");
+    assert!(job.completed);
+    let wamid: String =
+        sqlx::query_scalar(r#"SELECT wamid FROM "OutboundMessage" WHERE "jobId" = $1"#)
+            .bind(ok)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(wamid, format!("wamid.sandbox.{ok}.0"));
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn deferred_jobs_keep_their_attempts() {
+    let db = TestDb::new().await;
+    let handler = Scripted::new(vec![Err(JobError::defer(
+        Duration::from_secs(60),
+        "circuit_open",
+        "sending is halted for the number",
+    ))]);
+    let runner = spawn_passive(&db, handler, |_| {}).await;
+    let id = db.insert_jobs(1).await[0];
+    let report = runner.run_pass(1).await.unwrap();
+    assert_eq!(report.retried, [id]);
+    let job = db.job(id).await;
+    assert_eq!(job.status, "queued");
+    assert_eq!(job.attempts, 0, "a deferral does not spend an attempt");
+    assert!(
+        job.due_in > 50.0,
+        "deferred by its delay: due in {}",
+        job.due_in
+    );
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_runners_do_every_job_exactly_once() {
+    const JOBS: usize = 2000;
+    let db = TestDb::new().await;
+    let counting = Arc::new(Counting::default());
+    let a = spawn_runner(&db, counting.clone(), |s| s.runner.workers = 4).await;
+    let b = spawn_runner(&db, counting.clone(), |s| s.runner.workers = 4).await;
+    let ids = db.insert_jobs(JOBS).await;
+
+    // Both dispatchers work (woken by the insert's NOTIFY) while both runners also run passes
+    // until the queue has no due job; the drain then waits for every job in flight.
+    let drive = |r: outbound_runner::runner::Runner| async move {
+        loop {
+            let report = r.run_pass(50).await.unwrap();
+            if report.processed.is_empty() && report.failed.is_empty() && report.retried.is_empty()
+            {
+                break;
+            }
+        }
+        r
+    };
+    let (a, b) = tokio::join!(drive(a.clone()), drive(b.clone()));
+    let (da, db_) = tokio::join!(a.shutdown(), b.shutdown());
+    assert_eq!(da.aborted + db_.aborted, 0);
+
+    assert_eq!(db.count("done").await, JOBS as i64);
+    let runs = counting.runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), JOBS, "every job ran");
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "jobs run more than once: {twice:?}");
+    for id in &ids {
+        assert!(runs.contains_key(id));
+    }
+    let (messages, distinct): (i64, i64) = sqlx::query_as(
+        r#"SELECT count(*), count(DISTINCT "jobId") FROM "OutboundMessage" WHERE status = 'sent'"#,
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((messages, distinct), (JOBS as i64, JOBS as i64));
+    // Both runners took part.
+    let runners: i64 =
+        sqlx::query_scalar(r#"SELECT count(DISTINCT "lockedBy") FROM "OutboundJob""#)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(runners, 2);
+}
+
+#[tokio::test]
+async fn notify_wakes_the_dispatcher_long_before_the_interval() {
+    let db = TestDb::new().await;
+    let counting = Arc::new(Counting::default());
+    let runner = spawn_runner(&db, counting.clone(), |s| {
+        s.runner.poll_interval = Duration::from_secs(30);
+    })
+    .await;
+    // Let the start-up pass happen first, so only a notification can find the job.
+    let mut passes = runner.passes();
+    wait_count(&mut passes, 1, Duration::from_secs(5)).await;
+    assert!(runner.health().listening());
+
+    let mut finished = runner.finished();
+    let start = Instant::now();
+    let id = db.insert_jobs(1).await[0];
+    wait_count(&mut finished, 1, Duration::from_secs(1)).await;
+    let elapsed = start.elapsed();
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    assert_eq!(db.job(id).await.status, "done");
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_scheduled_job_waits_for_its_time_and_then_runs_without_polling() {
+    let db = TestDb::new().await;
+    let runner = spawn_runner(&db, Arc::new(SandboxHandler), |s| {
+        s.runner.poll_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let mut passes = runner.passes();
+    wait_count(&mut passes, 1, Duration::from_secs(5)).await;
+    let id: i64 = sqlx::query_scalar(
+        r#"INSERT INTO "OutboundJob" (payload, "runAt") VALUES
+           ('{"to":"15551230000","message":{"type":"text","text":{"body":"later"}}}',
+            now() + interval '1500 milliseconds') RETURNING id"#,
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    // Not early: a pass now finds nothing due.
+    let report = runner.run_pass(10).await.unwrap();
+    assert!(report.processed.is_empty());
+    assert_eq!(db.job(id).await.status, "queued");
+    // On time: the dispatcher wakes at the due time (the interval is an hour away).
+    let mut finished = runner.finished();
+    wait_count(&mut finished, 1, Duration::from_secs(5)).await;
+    assert_eq!(db.job(id).await.status, "done");
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_fenced_write_after_a_rescue_changes_nothing() {
+    let db = TestDb::new().await;
+    let gate = Gate::new();
+    let runner = spawn_passive(&db, gate.clone(), |_| {}).await;
+    let id = db.insert_jobs(1).await[0];
+    let pass = {
+        let runner = runner.clone();
+        tokio::spawn(async move { runner.run_pass(1).await })
+    };
+    gate.wait_entered(1).await;
+    assert_eq!(db.job(id).await.status, "running");
+
+    // The lease expires (as if this runner hung) and the rescuer takes the job back.
+    sqlx::query(
+        r#"UPDATE "OutboundJob" SET "leaseUntil" = now() - interval '1 second' WHERE id = $1"#,
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let rescued = store::reclaim(&db.pool, Reclaim::Expired, true, 5)
+        .await
+        .unwrap();
+    assert_eq!(rescued.requeued, 1);
+    let job = db.job(id).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("queued", 1));
+
+    // The old worker now finishes: its fenced writes match nothing.
+    gate.open.add_permits(1);
+    let report = pass.await.unwrap().unwrap();
+    assert!(report.processed.is_empty(), "{report:?}");
+    let job = db.job(id).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("queued", 1));
+    let messages: i64 =
+        sqlx::query_scalar(r#"SELECT count(*) FROM "OutboundMessage" WHERE "jobId" = $1"#)
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(messages, 0, "the stale worker recorded nothing");
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_rescuer_fails_jobs_with_a_message_mid_send_instead_of_resending() {
+    let db = TestDb::new().await;
+    let ids = db.insert_jobs(3).await;
+    // Three jobs claimed by a runner that died: one mid-send, one before sending, one out of attempts.
+    sqlx::query(
+        r#"UPDATE "OutboundJob" SET status = 'running', attempts = 1, "lockedBy" = 'dead:1:x',
+                  "leaseUntil" = now() - interval '1 minute' WHERE id = ANY($1)"#,
+    )
+    .bind(&ids)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(r#"UPDATE "OutboundJob" SET attempts = 5 WHERE id = $1"#)
+        .bind(ids[2])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        r#"INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body)
+           VALUES ($1, 0, 'sending', '15550000001', '{}')"#,
+    )
+    .bind(ids[0])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let r = store::reclaim(&db.pool, Reclaim::Expired, true, 5)
+        .await
+        .unwrap();
+    assert_eq!((r.requeued, r.failed, r.in_doubt), (1, 2, 1));
+
+    let mid_send = db.job(ids[0]).await;
+    assert_eq!(mid_send.status, "failed");
+    assert_eq!(
+        mid_send.last_error_code.as_deref(),
+        Some("delivery_unknown")
+    );
+    let msg: String =
+        sqlx::query_scalar(r#"SELECT status FROM "OutboundMessage" WHERE "jobId" = $1"#)
+            .bind(ids[0])
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(msg, "unknown");
+    let before_send = db.job(ids[1]).await;
+    assert_eq!(
+        (before_send.status.as_str(), before_send.attempts),
+        ("queued", 1)
+    );
+    let exhausted = db.job(ids[2]).await;
+    assert_eq!(exhausted.status, "failed");
+    assert_eq!(exhausted.last_error_code.as_deref(), Some("lease_expired"));
+
+    // A rescue that finds nothing changes nothing.
+    let again = store::reclaim(&db.pool, Reclaim::Expired, true, 5)
+        .await
+        .unwrap();
+    assert_eq!(again, store::Rescued::default());
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_jobs_and_leaves_none_running() {
+    let db = TestDb::new().await;
+    let gate = Gate::new();
+    let runner = spawn_runner(&db, gate.clone(), |s| {
+        s.runner.workers = 4;
+        s.runner.drain_timeout = Duration::from_secs(10);
+    })
+    .await;
+    db.insert_jobs(20).await;
+    gate.wait_entered(4).await;
+    // Stop while four jobs are in flight; they finish during the drain, no new claims start.
+    let stopping = tokio::spawn(runner.clone().shutdown());
+    gate.open.add_permits(1000);
+    let report = stopping.await.unwrap();
+    assert_eq!(report.aborted, 0);
+    assert_eq!(db.count("running").await, 0);
+    assert_eq!(db.count("done").await, 4);
+    assert_eq!(db.count("queued").await, 16);
+}
+
+#[tokio::test]
+async fn a_drain_that_times_out_releases_claims_without_spending_attempts() {
+    let db = TestDb::new().await;
+    let gate = Gate::new();
+    let runner = spawn_runner(&db, gate.clone(), |s| {
+        s.runner.workers = 2;
+        s.runner.drain_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let ids = db.insert_jobs(2).await;
+    gate.wait_entered(2).await;
+    // The gate never opens: both jobs are still running when the drain ends.
+    let report = runner.shutdown().await;
+    assert_eq!(report.aborted, 2);
+    assert_eq!(report.released.requeued, 2);
+    assert_eq!(db.count("running").await, 0);
+    for id in ids {
+        let job = db.job(id).await;
+        assert_eq!((job.status.as_str(), job.attempts), ("queued", 0));
+        assert!(job.locked_by.is_none());
+    }
+}
+
+#[tokio::test]
+async fn bad_payloads_fail_their_own_job_with_a_readable_reason() {
+    let db = TestDb::new().await;
+    let runner = spawn_passive(&db, Arc::new(SandboxHandler), |_| {}).await;
+    let no_to = db
+        .insert_payload(r#"{"message":{"type":"text","text":{"body":"hi"}}}"#)
+        .await;
+    // A raw SQL insert of text that is not a JSON object (jsonb itself refuses non-JSON text).
+    let not_object = db.insert_payload(r#""to=15551234567&text=hello""#).await;
+    let unknown_type = db
+        .insert_payload(r#"{"to":"15551234567","message":{"type":"hologram","hologram":{}}}"#)
+        .await;
+    let good = db.insert_jobs(1).await[0];
+
+    let report = runner.run_pass(10).await.unwrap();
+    assert_eq!(report.processed, [good]);
+    assert_eq!(report.failed.len(), 3);
+
+    for (id, needle) in [
+        (no_to, "payload has no `to`"),
+        (not_object, "payload must be a JSON object"),
+        (unknown_type, "unknown message type \"hologram\""),
+    ] {
+        let job = db.job(id).await;
+        assert_eq!(job.status, "failed", "job {id}");
+        assert_eq!(job.attempts, 1, "a bad payload is not retried");
+        assert_eq!(job.last_error_code.as_deref(), Some("bad_payload"));
+        let reason = job.last_error.unwrap();
+        assert!(reason.contains(needle), "{reason}");
+    }
+    assert_eq!(db.job(good).await.status, "done", "the runner goes on");
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_job_that_outlives_job_timeout_is_retried() {
+    let db = TestDb::new().await;
+    let gate = Gate::new();
+    let runner = spawn_passive(&db, gate, |s| {
+        s.runner.job_timeout = Duration::from_millis(100);
+    })
+    .await;
+    let id = db.insert_jobs(1).await[0];
+    let report = runner.run_pass(1).await.unwrap();
+    assert_eq!(report.retried, [id]);
+    let job = db.job(id).await;
+    assert_eq!(job.status, "queued");
+    assert_eq!(job.last_error_code.as_deref(), Some("job_timeout"));
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_pruner_deletes_only_finished_jobs_past_retention() {
+    let db = TestDb::new().await;
+    let ids = db.insert_jobs(4).await;
+    sqlx::query(
+        r#"UPDATE "OutboundJob" SET status = 'done', "completedAt" = now() - interval '8 days'
+           WHERE id = ANY($1)"#,
+    )
+    .bind(&ids[..2])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        r#"UPDATE "OutboundJob" SET status = 'failed', "completedAt" = now() - interval '1 day'
+           WHERE id = $1"#,
+    )
+    .bind(ids[2])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let deleted = store::prune(&db.pool, Duration::from_secs(7 * 86400), 1000)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2);
+    let left: Vec<i64> = sqlx::query_scalar(r#"SELECT id FROM "OutboundJob" ORDER BY id"#)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ids[2..]);
+}
+
+#[tokio::test]
+async fn an_unknown_send_fails_the_job_per_on_unknown() {
+    let db = TestDb::new().await;
+    let handler = Scripted::new(vec![Err(JobError::new(
+        Action::Unknown,
+        "timeout",
+        "no answer after the request was written",
+    ))]);
+    let runner = spawn_passive(&db, handler, |_| {}).await;
+    let id = db.insert_jobs(1).await[0];
+    let report = runner.run_pass(1).await.unwrap();
+    assert_eq!(report.failed, [id]);
+    let job = db.job(id).await;
+    assert_eq!(job.status, "failed");
+    assert_eq!(job.last_error_code.as_deref(), Some("delivery_unknown"));
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_insert_statement_sends_one_notification() {
+    use sqlx::postgres::PgListener;
+    let db = TestDb::new().await;
+    let mut listener = PgListener::connect(&db.url).await.unwrap();
+    listener
+        .listen(outbound_runner::queue::CHANNEL)
+        .await
+        .unwrap();
+    db.insert_jobs(100).await;
+    db.insert_jobs(1).await;
+    // An insert that inserts nothing runnable sends nothing.
+    sqlx::query(r#"INSERT INTO "OutboundJob" (payload, status) VALUES ('{}', 'done')"#)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut n = 0;
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await {
+        n += 1;
+    }
+    assert_eq!(n, 2);
+}

@@ -1,0 +1,219 @@
+//! Test helpers: a fresh database per test, runners with test settings, scripted handlers.
+
+pub mod handlers;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbound_runner::config::{self, LoadOptions, Settings};
+use outbound_runner::delivery::JobHandler;
+use outbound_runner::health::Health;
+use outbound_runner::metrics::Metrics;
+use outbound_runner::runner::{Mode, Runner};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Executor};
+
+pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string())
+}
+
+/// A database of its own, migrated, dropped when the test ends.
+pub struct TestDb {
+    pub pool: PgPool,
+    pub url: String,
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let admin: PgConnectOptions = admin_url().parse().expect("TEST_DATABASE_URL parses");
+        let name = format!("or_test_{:016x}", rand::random::<u64>());
+        let mut conn = admin
+            .connect()
+            .await
+            .expect("connecting to the test PostgreSQL (is it running? see README)");
+        conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+            .await
+            .expect("creating the test database");
+        let opts = admin.clone().database(&name);
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .connect_with(opts)
+            .await
+            .expect("connecting to the test database");
+        outbound_runner::db::migrate(&pool)
+            .await
+            .expect("migrations apply");
+        let mut url = url::Url::parse(&admin_url()).unwrap();
+        url.set_path(&name);
+        TestDb {
+            pool,
+            url: url.to_string(),
+            name,
+        }
+    }
+
+    pub fn connect_options(&self) -> PgConnectOptions {
+        self.url.parse().unwrap()
+    }
+
+    /// Inserts `n` valid sandbox text jobs in one statement; returns their ids.
+    pub async fn insert_jobs(&self, n: usize) -> Vec<i64> {
+        sqlx::query_scalar(
+            r#"INSERT INTO "OutboundJob" (payload, "requestId")
+               SELECT jsonb_build_object('to', '1555000' || lpad(g::text, 4, '0'),
+                      'message', jsonb_build_object('type', 'text',
+                          'text', jsonb_build_object('body', 'hello ' || g))),
+                      'req-' || g
+               FROM generate_series(1, $1) g
+               RETURNING id"#,
+        )
+        .bind(n as i32)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn insert_payload(&self, payload: &str) -> i64 {
+        sqlx::query_scalar(r#"INSERT INTO "OutboundJob" (payload) VALUES ($1::jsonb) RETURNING id"#)
+            .bind(payload)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn job(&self, id: i64) -> JobRow {
+        sqlx::query_as(
+            r#"SELECT status, attempts, "lastError", "lastErrorCode", "lockedBy",
+                      EXTRACT(EPOCH FROM "runAt" - now())::float8 AS due_in,
+                      "completedAt" IS NOT NULL AS completed
+               FROM "OutboundJob" WHERE id = $1"#,
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn count(&self, status: &str) -> i64 {
+        sqlx::query_scalar(r#"SELECT count(*) FROM "OutboundJob" WHERE status = $1"#)
+            .bind(status)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Makes every queued job due now (skips backoff waits without sleeping).
+    pub async fn make_due(&self) {
+        sqlx::query(r#"UPDATE "OutboundJob" SET "runAt" = now() WHERE status = 'queued'"#)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct JobRow {
+    pub status: String,
+    pub attempts: i32,
+    #[sqlx(rename = "lastError")]
+    pub last_error: Option<String>,
+    #[sqlx(rename = "lastErrorCode")]
+    pub last_error_code: Option<String>,
+    #[sqlx(rename = "lockedBy")]
+    pub locked_by: Option<String>,
+    pub due_in: f64,
+    pub completed: bool,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop on a thread of its own: Drop cannot await, and the test's runtime may be gone.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let admin: PgConnectOptions = admin_url().parse().unwrap();
+                if let Ok(mut conn) = admin.connect().await {
+                    let _ = conn
+                        .execute(
+                            format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str(),
+                        )
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The built-in defaults, no file, no environment: what each test starts from.
+pub fn test_settings() -> Settings {
+    let mut s = config::load(&LoadOptions {
+        config_path: None,
+        skip_default_path: true,
+        env: HashMap::new(),
+    })
+    .expect("defaults load");
+    s.runner.workers = 4;
+    s.runner.drain_timeout = Duration::from_secs(10);
+    s.http.listen = String::new();
+    s
+}
+
+/// A runner on `db` with `handler`, after `tweak` adjusted the settings.
+pub async fn spawn_runner(
+    db: &TestDb,
+    handler: Arc<dyn JobHandler>,
+    tweak: impl FnOnce(&mut Settings),
+) -> Runner {
+    start(db, handler, tweak, Mode::Daemon).await
+}
+
+/// A runner without a dispatcher: jobs run only when the test calls `run_pass`.
+pub async fn spawn_passive(
+    db: &TestDb,
+    handler: Arc<dyn JobHandler>,
+    tweak: impl FnOnce(&mut Settings),
+) -> Runner {
+    start(db, handler, tweak, Mode::Passive).await
+}
+
+async fn start(
+    db: &TestDb,
+    handler: Arc<dyn JobHandler>,
+    tweak: impl FnOnce(&mut Settings),
+    mode: Mode,
+) -> Runner {
+    let mut settings = test_settings();
+    tweak(&mut settings);
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.pool_size())
+        .connect_with(db.connect_options())
+        .await
+        .unwrap();
+    Runner::start_with(
+        pool,
+        None,
+        Arc::new(settings),
+        handler,
+        Arc::new(Metrics::new()),
+        Arc::new(Health::default()),
+        mode,
+    )
+    .await
+}
+
+/// Awaits a watch counter reaching `n`, bounded.
+pub async fn wait_count(rx: &mut tokio::sync::watch::Receiver<u64>, n: u64, within: Duration) {
+    tokio::time::timeout(within, rx.wait_for(|v| *v >= n))
+        .await
+        .unwrap_or_else(|_| panic!("counter did not reach {n} within {within:?}"))
+        .unwrap();
+}
