@@ -1,6 +1,7 @@
 //! Test helpers: a fresh database per test, runners with test settings, scripted handlers.
 
 pub mod handlers;
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
