@@ -9,7 +9,8 @@ use outbound_runner::queue::store::{self, Reclaim};
 use outbound_runner::queue::{Action, JobError, retry};
 
 use crate::support::handlers::{Counting, Gate, Scripted};
-use crate::support::{TestDb, spawn_passive, spawn_runner, wait_count};
+use crate::support::proxy::{Proxy, upstream_of};
+use crate::support::{TestDb, spawn_passive, spawn_runner, spawn_runner_at, wait_count};
 
 #[tokio::test]
 async fn claim_complete_retry_and_fail_follow_the_state_machine() {
@@ -471,4 +472,75 @@ async fn one_insert_statement_sends_one_notification() {
         n += 1;
     }
     assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn the_listener_reconnects_and_listens_again_after_the_connection_is_cut() {
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(upstream_of(&db.url)).await;
+    let runner = spawn_runner_at(
+        &proxy.url_for(&db.url),
+        None,
+        Arc::new(SandboxHandler),
+        |s| {
+            // Only a notification can deliver a job quickly: the backstop is an hour away.
+            s.runner.poll_interval = Duration::from_secs(3600);
+        },
+    )
+    .await;
+    let mut passes = runner.passes();
+    wait_count(&mut passes, 1, Duration::from_secs(5)).await;
+    assert!(runner.health().listening());
+
+    // The database goes away and comes back: every connection, LISTEN's included, is gone.
+    proxy.cut();
+    proxy.restore();
+    // Reconnecting wakes the dispatcher for a pass (notifications may have been missed).
+    wait_count(&mut passes, 2, Duration::from_secs(10)).await;
+    assert!(runner.health().listening());
+
+    let mut finished = runner.finished();
+    let id = db.insert_jobs(1).await[0];
+    wait_count(&mut finished, 1, Duration::from_secs(2)).await;
+    assert_eq!(db.job(id).await.status, "done");
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn lost_notifications_are_covered_by_the_interval() {
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(upstream_of(&db.url)).await;
+    // The pool goes straight to the database; only LISTEN goes through the proxy.
+    let runner = spawn_runner_at(
+        &db.url,
+        Some(&proxy.url_for(&db.url)),
+        Arc::new(SandboxHandler),
+        |s| {
+            s.runner.poll_interval = Duration::from_secs(2);
+        },
+    )
+    .await;
+    let mut passes = runner.passes();
+    wait_count(&mut passes, 1, Duration::from_secs(5)).await;
+    assert!(runner.health().listening());
+
+    // LISTEN goes silent without an error: notifications stop arriving.
+    proxy.stall();
+    let mut finished = runner.finished();
+    let started = Instant::now();
+    let id = db.insert_jobs(1).await[0];
+    wait_count(&mut finished, 1, Duration::from_secs(6)).await;
+    assert_eq!(db.job(id).await.status, "done");
+    assert!(
+        started.elapsed() <= Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let metrics = runner.shared().metrics.render();
+    assert!(
+        metrics.contains("outbound_runner_wakeups_total{source=\"notify\"} 0"),
+        "the job was not delivered by a notification"
+    );
+    proxy.restore();
+    runner.shutdown().await;
 }

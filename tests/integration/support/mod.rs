@@ -174,7 +174,19 @@ pub async fn spawn_runner(
     handler: Arc<dyn JobHandler>,
     tweak: impl FnOnce(&mut Settings),
 ) -> Runner {
-    start(db, handler, tweak, Mode::Daemon).await
+    start(db.connect_options(), None, handler, tweak, Mode::Daemon).await
+}
+
+/// A daemon-mode runner that reaches the database at `url` and, if given, LISTENs at
+/// `listen_url` (e.g. through a [`proxy::Proxy`]).
+pub async fn spawn_runner_at(
+    url: &str,
+    listen_url: Option<&str>,
+    handler: Arc<dyn JobHandler>,
+    tweak: impl FnOnce(&mut Settings),
+) -> Runner {
+    let listen = listen_url.map(|u| u.parse().unwrap());
+    start(url.parse().unwrap(), listen, handler, tweak, Mode::Daemon).await
 }
 
 /// A runner without a dispatcher: jobs run only when the test calls `run_pass`.
@@ -183,11 +195,12 @@ pub async fn spawn_passive(
     handler: Arc<dyn JobHandler>,
     tweak: impl FnOnce(&mut Settings),
 ) -> Runner {
-    start(db, handler, tweak, Mode::Passive).await
+    start(db.connect_options(), None, handler, tweak, Mode::Passive).await
 }
 
 async fn start(
-    db: &TestDb,
+    options: PgConnectOptions,
+    listen: Option<PgConnectOptions>,
     handler: Arc<dyn JobHandler>,
     tweak: impl FnOnce(&mut Settings),
     mode: Mode,
@@ -196,12 +209,12 @@ async fn start(
     tweak(&mut settings);
     let pool = PgPoolOptions::new()
         .max_connections(settings.pool_size())
-        .connect_with(db.connect_options())
+        .connect_with(options)
         .await
         .unwrap();
     Runner::start_with(
         pool,
-        None,
+        listen,
         Arc::new(settings),
         handler,
         Arc::new(Metrics::new()),

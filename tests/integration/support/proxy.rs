@@ -39,14 +39,18 @@ impl Proxy {
             let conns = conns.clone();
             tokio::spawn(async move {
                 loop {
-                    let Ok((client, _)) = listener.accept().await else { return };
+                    let Ok((client, _)) = listener.accept().await else {
+                        return;
+                    };
                     if *state.borrow() == State::Cut {
                         drop(client);
                         continue;
                     }
                     let rx = state.subscribe();
                     let task = tokio::spawn(async move {
-                        let Ok(server) = TcpStream::connect(upstream).await else { return };
+                        let Ok(server) = TcpStream::connect(upstream).await else {
+                            return;
+                        };
                         let _ = client.set_nodelay(true);
                         let _ = server.set_nodelay(true);
                         let (cr, cw) = client.into_split();
@@ -133,6 +137,12 @@ async fn pump(
 pub fn upstream_of(url: &str) -> SocketAddr {
     let u = url::Url::parse(url).unwrap();
     let host = u.host_str().unwrap_or("127.0.0.1");
-    let host = if host == "localhost" { "127.0.0.1" } else { host };
-    format!("{host}:{}", u.port().unwrap_or(5432)).parse().unwrap()
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    format!("{host}:{}", u.port().unwrap_or(5432))
+        .parse()
+        .unwrap()
 }
