@@ -10,8 +10,12 @@ pub mod sandbox;
 use std::future::Future;
 use std::pin::Pin;
 
+use std::sync::Arc;
+
 use sqlx::PgPool;
 
+use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::queue::{Job, JobError};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -22,5 +26,18 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A handler must only write about the job through fenced statements (`job.fence`): the job may
 /// be taken from it at any time if its lease expires.
 pub trait JobHandler: Send + Sync + 'static {
-    fn handle<'a>(&'a self, job: &'a Job, pool: &'a PgPool) -> BoxFuture<'a, Result<(), JobError>>;
+    fn handle<'a>(
+        &'a self,
+        job: &'a Job,
+        ctx: &'a JobContext,
+    ) -> BoxFuture<'a, Result<(), JobError>>;
+}
+
+/// What a handler works with. `settings` is the configuration in force when the attempt started
+/// (a reload replaces it for later attempts, never under a running one).
+#[derive(Clone)]
+pub struct JobContext {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+    pub metrics: Arc<Metrics>,
 }

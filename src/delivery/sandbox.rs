@@ -2,17 +2,19 @@
 //! `"OutboundMessage"` as `sent` with a fake wamid (`wamid.sandbox.<job>.<seq>`), so the whole
 //! pipeline (claims, ledger, metrics, the guide's SQL) can be exercised without Meta.
 
-use sqlx::PgPool;
-
 use super::payload::{Content, Payload};
-use super::{BoxFuture, JobHandler};
+use super::{BoxFuture, JobContext, JobHandler};
 use crate::queue::{Job, JobError, store};
 
 #[derive(Debug, Default, Clone)]
 pub struct SandboxHandler;
 
 impl JobHandler for SandboxHandler {
-    fn handle<'a>(&'a self, job: &'a Job, pool: &'a PgPool) -> BoxFuture<'a, Result<(), JobError>> {
+    fn handle<'a>(
+        &'a self,
+        job: &'a Job,
+        ctx: &'a JobContext,
+    ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
             let payload = Payload::parse(&job.payload)?;
             let messages = match (&job.composed, payload.content) {
@@ -34,7 +36,7 @@ impl JobHandler for SandboxHandler {
                 "Sending outbound for job {} (sandbox: nothing leaves the machine)",
                 job.id
             );
-            let ours = store::record_sandbox_sends(pool, &job.fence, &payload.to, &messages)
+            let ours = store::record_sandbox_sends(&ctx.pool, &job.fence, &payload.to, &messages)
                 .await
                 .map_err(|e| JobError::retry("database", format!("recording sandbox send: {e}")))?;
             if !ours {

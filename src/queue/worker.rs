@@ -12,6 +12,7 @@ use tracing::Instrument;
 use super::retry::{self, Next};
 use super::{Fence, Job, JobError, Outcome, store};
 use crate::db::redact_sqlx;
+use crate::delivery::JobContext;
 use crate::runner::Shared;
 
 /// A finished job waiting for its `done` write; `ack` says whether the fence held.
@@ -51,10 +52,15 @@ pub async fn execute(shared: &Shared, job: Job) -> Outcome {
         );
 
         let settings = shared.settings();
+        let ctx = JobContext {
+            pool: shared.pool.clone(),
+            settings: settings.clone(),
+            metrics: shared.metrics.clone(),
+        };
         let started = Instant::now();
         let result = match tokio::time::timeout(
             settings.runner.job_timeout,
-            shared.handler.handle(&job, &shared.pool),
+            shared.handler.handle(&job, &ctx),
         )
         .await
         {

@@ -4,9 +4,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use outbound_runner::delivery::sandbox::SandboxHandler;
-use outbound_runner::delivery::{BoxFuture, JobHandler};
+use outbound_runner::delivery::{BoxFuture, JobContext, JobHandler};
 use outbound_runner::queue::{Job, JobError};
-use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore};
 
 /// The sandbox handler, counting how often each job ran.
@@ -17,11 +16,15 @@ pub struct Counting {
 }
 
 impl JobHandler for Counting {
-    fn handle<'a>(&'a self, job: &'a Job, pool: &'a PgPool) -> BoxFuture<'a, Result<(), JobError>> {
+    fn handle<'a>(
+        &'a self,
+        job: &'a Job,
+        ctx: &'a JobContext,
+    ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
             *self.runs.lock().unwrap().entry(job.id).or_default() += 1;
             self.called.notify_one();
-            SandboxHandler.handle(job, pool).await
+            SandboxHandler.handle(job, ctx).await
         })
     }
 }
@@ -41,12 +44,16 @@ impl Scripted {
 }
 
 impl JobHandler for Scripted {
-    fn handle<'a>(&'a self, job: &'a Job, pool: &'a PgPool) -> BoxFuture<'a, Result<(), JobError>> {
+    fn handle<'a>(
+        &'a self,
+        job: &'a Job,
+        ctx: &'a JobContext,
+    ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
             let next = self.script.lock().unwrap().pop_front();
             match next {
                 Some(Err(e)) => Err(e),
-                _ => SandboxHandler.handle(job, pool).await,
+                _ => SandboxHandler.handle(job, ctx).await,
             }
         })
     }
@@ -69,11 +76,15 @@ impl Gate {
 }
 
 impl JobHandler for Gate {
-    fn handle<'a>(&'a self, job: &'a Job, pool: &'a PgPool) -> BoxFuture<'a, Result<(), JobError>> {
+    fn handle<'a>(
+        &'a self,
+        job: &'a Job,
+        ctx: &'a JobContext,
+    ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
             self.entered.add_permits(1);
             self.open.acquire().await.unwrap().forget();
-            SandboxHandler.handle(job, pool).await
+            SandboxHandler.handle(job, ctx).await
         })
     }
 }
