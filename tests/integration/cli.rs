@@ -224,3 +224,100 @@ fn enqueue_without_a_database_says_what_to_do() {
         stderr(&out)
     );
 }
+
+#[tokio::test]
+async fn status_prints_the_guide_numbers_and_fails_on_unhealthy_queues() {
+    let db = TestDb::new().await;
+    let ids = db.insert_jobs(8).await;
+    sqlx::query(r#"UPDATE "OutboundJob" SET status = 'done', "completedAt" = now() - interval '5 minutes' WHERE id = ANY($1)"#)
+        .bind(&ids[0..3])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        r#"UPDATE "OutboundJob" SET status = 'failed', "completedAt" = now() - interval '5 minutes',
+                  "lastErrorCode" = '131026', "lastError" = 'Message undeliverable' WHERE id = $1"#,
+    )
+    .bind(ids[3])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        r#"UPDATE "OutboundJob" SET status = 'running', "lockedBy" = 'dead:1:x',
+                  "leaseUntil" = now() - interval '1 minute' WHERE id = $1"#,
+    )
+    .bind(ids[4])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // Three queued jobs, due for ten minutes: nobody is running them.
+    sqlx::query(r#"UPDATE "OutboundJob" SET "runAt" = now() - interval '10 minutes' WHERE status = 'queued'"#)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let env = [("DATABASE_URL", db.url.as_str())];
+
+    let out = run(&["status", "--json"], &env, None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let count = |s: &str| {
+        v["byStatus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["status"] == s)
+            .unwrap()["count"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(
+        (
+            count("queued"),
+            count("running"),
+            count("done"),
+            count("failed")
+        ),
+        (3, 1, 3, 1)
+    );
+    assert_eq!(v["doneLastHour"], 3);
+    assert_eq!(v["failedLastHour"], 1);
+    assert_eq!(v["expiredLeases"], 1);
+    assert!(v["oldestQueuedAgeSeconds"].as_f64().unwrap() >= 599.0);
+    assert_eq!(v["lastErrors"][0]["code"], "131026");
+    let failing: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    // 1 failed of 4 finished = 25% > 5%.
+    assert_eq!(failing, ["queue", "leases", "failures"]);
+    assert!(stderr(&out).contains("unhealthy: queue"));
+
+    // The table form, with thresholds the queue meets once the stale lease is gone.
+    sqlx::query(r#"UPDATE "OutboundJob" SET status = 'queued', "leaseUntil" = NULL WHERE id = $1"#)
+        .bind(ids[4])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let out = run(
+        &[
+            "status",
+            "--max-queued-age",
+            "1h",
+            "--max-failure-ratio",
+            "0.5",
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("queued"), "{table}");
+    assert!(
+        table.contains("✓ failures  1 failed of 4 finished"),
+        "{table}"
+    );
+    assert!(table.contains("Message undeliverable"), "{table}");
+}

@@ -1,4 +1,7 @@
-//! The command line: `run` (the daemon, default), `migrate`, `enqueue`, `check-config`.
+//! The command line: `run` (the daemon, default), `migrate`, `enqueue`, `status`,
+//! `check-config`.
+
+pub mod status;
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -34,6 +37,8 @@ pub enum Command {
     Migrate,
     /// Insert jobs: one from flags, or JSON lines from stdin.
     Enqueue(EnqueueArgs),
+    /// The queue at a glance: the guide's monitoring queries, with checks (exit 1 if one fails).
+    Status(status::StatusArgs),
     /// Load and validate the configuration; print the effective values, secrets masked.
     CheckConfig,
 }
@@ -81,6 +86,27 @@ pub async fn main(cli: Cli) -> u8 {
             }
         }
         Command::CheckConfig => check_config(&opts, &settings),
+        Command::Status(args) => {
+            with_database(&opts, &settings, |pool| async move {
+                let status = status::collect(&pool, &args)
+                    .await
+                    .context("querying the queue")?;
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                } else {
+                    print!("{}", status::render(&status));
+                }
+                for c in status.checks.iter().filter(|c| !c.ok) {
+                    eprintln!("unhealthy: {}: {}", c.name, c.detail);
+                }
+                Ok(if status.ok {
+                    exit::OK
+                } else {
+                    exit::CHECK_FAILED
+                })
+            })
+            .await
+        }
         Command::Migrate => {
             with_database(&opts, &settings, |pool| async move {
                 db::migrate(&pool).await?;

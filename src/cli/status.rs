@@ -1,0 +1,249 @@
+//! `outbound-runner status`: the guide's monitoring queries answered on one screen, with the
+//! guide's "Expected Behavior" turned into checks that set the exit code.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::queue::STATUSES;
+
+/// Thresholds for the checks.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// A due queued job older than this means the runner is not keeping up (or not running).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+    pub max_queued_age: Duration,
+    /// Failed / (done + failed) over the last hour above this is unhealthy.
+    #[arg(long, default_value_t = 0.05)]
+    pub max_failure_ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub ok: bool,
+    pub by_status: Vec<StatusCount>,
+    pub oldest_queued_age_seconds: Option<f64>,
+    pub expired_leases: i64,
+    pub done_last_hour: i64,
+    pub failed_last_hour: i64,
+    pub done_per_minute: Vec<Bucket>,
+    pub failed_per_hour: Vec<Bucket>,
+    pub last_errors: Vec<LastError>,
+    pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusCount {
+    pub status: String,
+    pub count: i64,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct Bucket {
+    pub at: DateTime<Utc>,
+    pub count: i64,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct LastError {
+    pub id: i64,
+    pub status: String,
+    pub code: Option<String>,
+    pub error: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Runs the queries. Each is the guide's own (or its obvious sibling), so the numbers match what
+/// an operator pasting the guide's SQL would see.
+pub async fn collect(pool: &PgPool, args: &StatusArgs) -> sqlx::Result<Status> {
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as(r#"SELECT status, COUNT(*) FROM "OutboundJob" GROUP BY status"#)
+            .fetch_all(pool)
+            .await?;
+    let by_status = STATUSES
+        .iter()
+        .map(|s| StatusCount {
+            status: s.to_string(),
+            count: counts.iter().find(|(st, _)| st == s).map_or(0, |(_, c)| *c),
+        })
+        .collect();
+    let oldest: Option<f64> = sqlx::query_scalar(
+        r#"SELECT EXTRACT(EPOCH FROM now() - min("runAt"))::float8 FROM "OutboundJob"
+           WHERE status = 'queued' AND "runAt" <= now()"#,
+    )
+    .fetch_one(pool)
+    .await?;
+    let expired_leases: i64 = sqlx::query_scalar(
+        r#"SELECT COUNT(*) FROM "OutboundJob" WHERE status = 'running' AND "leaseUntil" < now()"#,
+    )
+    .fetch_one(pool)
+    .await?;
+    let (done_last_hour, failed_last_hour): (i64, i64) = sqlx::query_as(
+        r#"SELECT COUNT(*) FILTER (WHERE status = 'done'), COUNT(*) FILTER (WHERE status = 'failed')
+           FROM "OutboundJob" WHERE "completedAt" > NOW() - INTERVAL '1 hour'"#,
+    )
+    .fetch_one(pool)
+    .await?;
+    let done_per_minute: Vec<Bucket> = sqlx::query_as(
+        r#"SELECT DATE_TRUNC('minute', "completedAt") AS at, COUNT(*) AS count
+           FROM "OutboundJob"
+           WHERE status = 'done' AND "completedAt" > NOW() - INTERVAL '1 hour'
+           GROUP BY at ORDER BY at DESC"#,
+    )
+    .fetch_all(pool)
+    .await?;
+    let failed_per_hour: Vec<Bucket> = sqlx::query_as(
+        r#"SELECT DATE_TRUNC('hour', "completedAt") AS at, COUNT(*) AS count
+           FROM "OutboundJob"
+           WHERE status = 'failed' AND "completedAt" > NOW() - INTERVAL '24 hours'
+           GROUP BY at ORDER BY at DESC"#,
+    )
+    .fetch_all(pool)
+    .await?;
+    let last_errors: Vec<LastError> = sqlx::query_as(
+        r#"SELECT id, status, "lastErrorCode" AS code, "lastError" AS error, "updatedAt" AS at
+           FROM "OutboundJob" WHERE "lastError" IS NOT NULL
+           ORDER BY "updatedAt" DESC LIMIT 5"#,
+    )
+    .fetch_all(pool)
+    .await?;
+
+    let mut checks = Vec::new();
+    let max_age = args.max_queued_age.as_secs_f64();
+    checks.push(match oldest {
+        Some(age) if age > max_age => Check {
+            name: "queue",
+            ok: false,
+            detail: format!(
+                "the oldest due job has waited {} (limit {}): is a runner running? (guide: Jobs Not Processing)",
+                human(age),
+                human(max_age)
+            ),
+        },
+        Some(age) => Check {
+            name: "queue",
+            ok: true,
+            detail: format!("oldest due job waited {}", human(age)),
+        },
+        None => Check {
+            name: "queue",
+            ok: true,
+            detail: "no due job waiting".into(),
+        },
+    });
+    checks.push(Check {
+        name: "leases",
+        ok: expired_leases == 0,
+        detail: if expired_leases == 0 {
+            "no running job with an expired lease".into()
+        } else {
+            format!(
+                "{expired_leases} running job(s) with an expired lease: their runner died; a live runner rescues them"
+            )
+        },
+    });
+    let finished = done_last_hour + failed_last_hour;
+    let ratio = if finished == 0 {
+        0.0
+    } else {
+        failed_last_hour as f64 / finished as f64
+    };
+    checks.push(Check {
+        name: "failures",
+        ok: ratio <= args.max_failure_ratio,
+        detail: format!(
+            "{failed_last_hour} failed of {finished} finished in the last hour ({:.1}%, limit {:.1}%)",
+            ratio * 100.0,
+            args.max_failure_ratio * 100.0
+        ),
+    });
+    Ok(Status {
+        ok: checks.iter().all(|c| c.ok),
+        by_status,
+        oldest_queued_age_seconds: oldest,
+        expired_leases,
+        done_last_hour,
+        failed_last_hour,
+        done_per_minute,
+        failed_per_hour,
+        last_errors,
+        checks,
+    })
+}
+
+fn human(secs: f64) -> String {
+    humantime::format_duration(Duration::from_secs(secs.max(0.0) as u64)).to_string()
+}
+
+/// The one-screen table.
+pub fn render(s: &Status) -> String {
+    let mut out = String::new();
+    out.push_str("Jobs by status\n");
+    for c in &s.by_status {
+        out.push_str(&format!("  {:<10} {:>8}\n", c.status, c.count));
+    }
+    out.push_str(&format!(
+        "\nLast hour: {} done, {} failed\n",
+        s.done_last_hour, s.failed_last_hour
+    ));
+    out.push_str("\nDone per minute (last hour, newest first)\n");
+    if s.done_per_minute.is_empty() {
+        out.push_str("  none\n");
+    }
+    for b in s.done_per_minute.iter().take(15) {
+        out.push_str(&format!("  {}  {:>6}\n", b.at.format("%H:%M"), b.count));
+    }
+    out.push_str("\nFailed per hour (last 24 hours, newest first)\n");
+    if s.failed_per_hour.is_empty() {
+        out.push_str("  none\n");
+    }
+    for b in &s.failed_per_hour {
+        out.push_str(&format!(
+            "  {}  {:>6}\n",
+            b.at.format("%m-%d %H:00"),
+            b.count
+        ));
+    }
+    out.push_str("\nLast errors\n");
+    if s.last_errors.is_empty() {
+        out.push_str("  none\n");
+    }
+    for e in &s.last_errors {
+        let mut text = e.error.clone().unwrap_or_default().replace('\n', " ");
+        if text.chars().count() > 100 {
+            text = text.chars().take(99).collect::<String>() + "…";
+        }
+        out.push_str(&format!(
+            "  job {:<8} {:<7} {:<18} {}  {}\n",
+            e.id,
+            e.status,
+            e.code.as_deref().unwrap_or("-"),
+            e.at.format("%m-%d %H:%M:%S"),
+            text
+        ));
+    }
+    out.push_str("\nChecks\n");
+    for c in &s.checks {
+        out.push_str(&format!(
+            "  {} {:<9} {}\n",
+            if c.ok { "✓" } else { "✗" },
+            c.name,
+            c.detail
+        ));
+    }
+    out
+}
