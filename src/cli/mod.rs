@@ -1,7 +1,8 @@
-//! The command line: `run` (the daemon, default), `migrate`, `enqueue`, `status`,
+//! The command line: `run` (the daemon, default), `migrate`, `enqueue`, `status`, `verify`,
 //! `check-config`.
 
 pub mod status;
+pub mod verify;
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ pub enum Command {
     Enqueue(EnqueueArgs),
     /// The queue at a glance: the guide's monitoring queries, with checks (exit 1 if one fails).
     Status(status::StatusArgs),
+    /// Check a running runner over HTTP: both trigger endpoints, auth, readiness, metrics.
+    Verify(verify::VerifyArgs),
     /// Load and validate the configuration; print the effective values, secrets masked.
     CheckConfig,
 }
@@ -65,6 +68,10 @@ pub struct EnqueueArgs {
 
 /// Runs a command and returns the process exit code.
 pub async fn main(cli: Cli) -> u8 {
+    // `verify` talks to a runner elsewhere; it needs no local configuration.
+    if let Some(Command::Verify(args)) = &cli.command {
+        return verify::report(&verify::run_checks(args).await);
+    }
     let opts = LoadOptions::from_process(cli.config.clone());
     let settings = match config::load(&opts) {
         Ok(s) => s,
@@ -86,6 +93,7 @@ pub async fn main(cli: Cli) -> u8 {
             }
         }
         Command::CheckConfig => check_config(&opts, &settings),
+        Command::Verify(_) => unreachable!("handled before the configuration is loaded"),
         Command::Status(args) => {
             with_database(&opts, &settings, |pool| async move {
                 let status = status::collect(&pool, &args)

@@ -121,7 +121,8 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
     let mut poll_every = settings.runner.poll_interval;
     let mut interval = tokio::time::interval_at(Instant::now() + poll_every, poll_every);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut heartbeat = tokio::time::interval(settings.runner.heartbeat);
+    let mut beat_every = settings.runner.heartbeat;
+    let mut heartbeat = tokio::time::interval(beat_every);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut error_backoff = Duration::from_millis(250);
     // Start with a pass: jobs may have been queued while no runner was up.
@@ -138,6 +139,11 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
             poll_every = settings.runner.poll_interval;
             interval = tokio::time::interval_at(Instant::now() + poll_every, poll_every);
             interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        }
+        if settings.runner.heartbeat != beat_every {
+            beat_every = settings.runner.heartbeat;
+            heartbeat = tokio::time::interval(beat_every);
+            heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }
 
         if !pending {

@@ -321,3 +321,32 @@ async fn status_prints_the_guide_numbers_and_fails_on_unhealthy_queues() {
     );
     assert!(table.contains("Message undeliverable"), "{table}");
 }
+
+/// Every configuration key is documented in the README's table (docs match the code).
+#[test]
+fn the_readme_documents_every_config_key() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let defaults: toml_like::Table = toml_like::parse(outbound_runner::config::DEFAULTS_TOML);
+    let missing: Vec<String> = defaults
+        .into_iter()
+        .filter(|key| !readme.contains(&format!("| `{key}` |")))
+        .collect();
+    assert!(missing.is_empty(), "keys missing from the README's configuration table: {missing:?}");
+}
+
+/// Just enough TOML to list `section.key` names of config/default.toml.
+mod toml_like {
+    pub type Table = Vec<String>;
+    pub fn parse(text: &str) -> Table {
+        let mut section = String::new();
+        let mut keys = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = s.to_string();
+            } else if !line.starts_with('#') && line.contains(" = ") {
+                keys.push(format!("{section}.{}", line.split(" = ").next().unwrap()));
+            }
+        }
+        keys
+    }
+}
