@@ -306,9 +306,13 @@ impl Runner {
 
     /// Claims and runs up to `max` due jobs now and waits for them: the step function behind the
     /// HTTP trigger (and the tests). Runs beside the dispatcher; `SKIP LOCKED` keeps them apart.
+    /// Claims in rounds of at most `min(runner.batch, runner.workers)` jobs, each round run at
+    /// once, until `max` jobs ran or a round comes back short.
     pub async fn run_pass(&self, max: u32) -> anyhow::Result<PassReport> {
         let mut report = PassReport::default();
-        let batch = self.shared.settings().runner.batch;
+        // At most `workers` jobs at once, like the dispatcher: the pool is sized for that.
+        let settings = self.shared.settings();
+        let batch = settings.runner.batch.min(settings.runner.workers).max(1);
         let mut remaining = max;
         while remaining > 0 {
             if self.shared.closing.load(Ordering::SeqCst) {
