@@ -3,5 +3,6 @@
 
 mod cli;
 mod guide_sql;
+mod http;
 mod queue;
 mod support;
