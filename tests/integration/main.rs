@@ -4,5 +4,6 @@
 mod cli;
 mod guide_sql;
 mod http;
+mod logs;
 mod queue;
 mod support;
