@@ -224,19 +224,36 @@ async fn trigger(
         let _guard = guard;
         let started = Instant::now();
         let result = runner.run_pass_until(max, &stop).await;
-        // The pass took at most `max`; the dispatcher takes whatever else is due now.
-        runner.wake("trigger");
         match &result {
-            Ok(r) => tracing::info!(
-                path,
-                max,
-                processed = r.processed.len(),
-                failed = r.failed.len(),
-                retried = r.retried.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                timed_out = stop.is_cancelled(),
-                "trigger pass finished"
-            ),
+            Ok(r) => {
+                let ran = r.processed.len() + r.failed.len() + r.retried.len();
+                // A full pass may have left due jobs behind: the dispatcher takes them now
+                // rather than at its next interval. A short pass emptied what was due.
+                if ran >= max as usize {
+                    runner.wake("trigger");
+                }
+                // An empty pass (the usual cron tick) is not worth an info line.
+                let level_info = ran > 0 || stop.is_cancelled();
+                macro_rules! finished {
+                    ($level:ident) => {
+                        tracing::$level!(
+                            path,
+                            max,
+                            processed = r.processed.len(),
+                            failed = r.failed.len(),
+                            retried = r.retried.len(),
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            timed_out = stop.is_cancelled(),
+                            "trigger pass finished"
+                        )
+                    };
+                }
+                if level_info {
+                    finished!(info);
+                } else {
+                    finished!(debug);
+                }
+            }
             Err(e) => tracing::warn!(
                 path,
                 error = %redact_sqlx(&format!("{e:#}")),
