@@ -141,7 +141,8 @@ fn cpu_of(pid: &str) -> f64 {
         return 0.0;
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+    let ticks: f64 =
+        fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
     ticks / 100.0
 }
 
@@ -180,17 +181,15 @@ async fn throughput(a: &Args) {
         let start = Instant::now();
         let r = runner(&db, a.workers).await;
         let mut finished = r.finished();
-        finished
-            .wait_for(|n| *n >= a.jobs as u64)
-            .await
-            .unwrap();
+        finished.wait_for(|n| *n >= a.jobs as u64).await.unwrap();
         let elapsed = start.elapsed();
         let cpu1 = (cpu_of("self"), postgres_cpu());
         r.shutdown().await;
-        let done: i64 = sqlx::query_scalar(r#"SELECT count(*) FROM "OutboundJob" WHERE status = 'done'"#)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let done: i64 =
+            sqlx::query_scalar(r#"SELECT count(*) FROM "OutboundJob" WHERE status = 'done'"#)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
         assert_eq!(done, a.jobs as i64, "every job done");
         rates.push(a.jobs as f64 / elapsed.as_secs_f64());
         own.push(cpu1.0 - cpu0.0);

@@ -19,7 +19,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::runner::Runner;
 use crate::telemetry::LogHandle;
-use crate::{exit, systemd};
+use crate::{exit, http, systemd};
 
 /// Why the daemon stopped before it could run.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,8 @@ pub enum StartError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     Embedded(#[from] db::embedded::EmbeddedError),
+    #[error(transparent)]
+    Bind(#[from] http::BindError),
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),
 }
@@ -37,6 +39,7 @@ impl StartError {
         match self {
             StartError::Config(_) => exit::CONFIG,
             StartError::Embedded(_) => exit::UNAVAILABLE,
+            StartError::Bind(e) => e.exit_code(),
             StartError::Other(_) => exit::SOFTWARE,
         }
     }
@@ -106,6 +109,8 @@ async fn serve(
     stop: &CancellationToken,
     hup: &mut tokio::signal::unix::Signal,
 ) -> Result<u8, StartError> {
+    // Bind first: a taken port stops start-up at once, not after the database wait.
+    let listeners = http::bind(&settings).await?;
     let pool = db::pool(&settings, db::connect_options(url)?);
     if !wait_for_database(&pool, stop).await {
         return Ok(exit::OK);
@@ -140,6 +145,9 @@ async fn serve(
     )
     .await;
 
+    let http_stop = CancellationToken::new();
+    let http = http::spawn(listeners, http::HttpState::new(runner.clone()), http_stop);
+
     let aux = CancellationToken::new();
     if let Some(every) = systemd::watchdog_interval() {
         let max_age = (settings.runner.heartbeat * 5).max(every);
@@ -168,7 +176,10 @@ async fn serve(
     systemd::stopping();
     let drain = settings.runner.drain_timeout;
     systemd::extend_timeout(drain + Duration::from_secs(15));
+    // Triggers waiting for a pass get their answer once the drain ends those passes.
+    let http = tokio::spawn(http.finish(drain + Duration::from_secs(5)));
     runner.shutdown().await;
+    let _ = http.await;
     aux.cancel();
     pool.close().await;
     tracing::info!("stopped");

@@ -164,6 +164,8 @@ pub struct HttpSettings {
     pub max_per_request: u32,
     #[serde(with = "humantime_serde")]
     pub pass_timeout: Duration,
+    /// Trigger passes running at once; a request beyond it answers 429.
+    pub max_concurrent_passes: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -675,6 +677,9 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
     }
     if s.http.pass_timeout.is_zero() {
         bad("http.pass_timeout", "must be more than 0s");
+    }
+    if !(1..=256).contains(&s.http.max_concurrent_passes) {
+        bad("http.max_concurrent_passes", "must be between 1 and 256");
     }
 
     if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&s.log.level) {

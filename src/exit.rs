@@ -9,6 +9,11 @@ pub const CHECK_FAILED: u8 = 1;
 pub const UNAVAILABLE: u8 = 69;
 /// EX_SOFTWARE: an internal error.
 pub const SOFTWARE: u8 = 70;
+/// EX_OSERR: the operating system refused something (e.g. a listen socket), for a reason that
+/// may pass.
+pub const OSERR: u8 = 71;
+/// EX_NOPERM: not permitted (e.g. a port below 1024 without the capability).
+pub const NOPERM: u8 = 77;
 /// EX_CONFIG: the configuration is invalid. Restarting will not help.
 pub const CONFIG: u8 = 78;
 /// A second SIGTERM/SIGINT during the drain: exit at once (128 + SIGINT).

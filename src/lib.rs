@@ -10,6 +10,7 @@
 //!   synchronous passes, drain.
 //! - [`delivery`]: what running a job means: the payload contract and the handlers.
 //! - [`app`]: the daemon: start-up order, signals, shutdown.
+//! - [`http`]: the trigger endpoints, `/metrics`, `/healthz`, `/readyz`.
 //! - [`cli`]: the subcommands.
 //! - [`metrics`], [`health`], [`telemetry`], [`systemd`], [`exit`]: what an operator watches.
 //!
@@ -24,6 +25,7 @@ pub mod db;
 pub mod delivery;
 pub mod exit;
 pub mod health;
+pub mod http;
 pub mod metrics;
 pub mod queue;
 pub mod runner;

@@ -308,13 +308,27 @@ impl Runner {
     /// HTTP trigger (and the tests). Runs beside the dispatcher; `SKIP LOCKED` keeps them apart.
     /// Claims in rounds of at most `min(runner.batch, runner.workers)` jobs, each round run at
     /// once, until `max` jobs ran or a round comes back short.
+    ///
+    /// Do not drop this future before it ends: a claim statement cancelled after the server ran
+    /// it leaves jobs `running` that no task works on. Run it on a task of its own and stop it
+    /// with [`Runner::run_pass_until`] instead.
     pub async fn run_pass(&self, max: u32) -> anyhow::Result<PassReport> {
+        self.run_pass_until(max, &CancellationToken::new()).await
+    }
+
+    /// [`Runner::run_pass`] that claims no further batch once `stop` is cancelled. The jobs it
+    /// has already claimed still run to their end and are in the report.
+    pub async fn run_pass_until(
+        &self,
+        max: u32,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<PassReport> {
         let mut report = PassReport::default();
         // At most `workers` jobs at once, like the dispatcher: the pool is sized for that.
         let settings = self.shared.settings();
         let batch = settings.runner.batch.min(settings.runner.workers).max(1);
         let mut remaining = max;
-        while remaining > 0 {
+        while remaining > 0 && !stop.is_cancelled() {
             if self.shared.closing.load(Ordering::SeqCst) {
                 anyhow::bail!("the runner is shutting down");
             }

@@ -370,6 +370,10 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
             s.http.max_per_request.to_string(),
         ),
         ("http.pass_timeout".into(), d(s.http.pass_timeout)),
+        (
+            "http.max_concurrent_passes".into(),
+            s.http.max_concurrent_passes.to_string(),
+        ),
         ("metrics.listen".into(), q(&s.metrics.listen)),
         ("log.level".into(), q(&s.log.level)),
         (

@@ -325,13 +325,17 @@ async fn status_prints_the_guide_numbers_and_fails_on_unhealthy_queues() {
 /// Every configuration key is documented in the README's table (docs match the code).
 #[test]
 fn the_readme_documents_every_config_key() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let defaults: toml_like::Table = toml_like::parse(outbound_runner::config::DEFAULTS_TOML);
     let missing: Vec<String> = defaults
         .into_iter()
         .filter(|key| !readme.contains(&format!("| `{key}` |")))
         .collect();
-    assert!(missing.is_empty(), "keys missing from the README's configuration table: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "keys missing from the README's configuration table: {missing:?}"
+    );
 }
 
 /// Just enough TOML to list `section.key` names of config/default.toml.

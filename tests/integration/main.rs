@@ -4,5 +4,7 @@
 mod cli;
 mod embedded;
 mod guide_sql;
+mod http;
+mod logs;
 mod queue;
 mod support;

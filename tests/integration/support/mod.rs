@@ -1,5 +1,6 @@
 //! Test helpers: a fresh database per test, runners with test settings, scripted handlers.
 
+pub mod app;
 pub mod handlers;
 pub mod proxy;
 

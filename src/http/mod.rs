@@ -1,0 +1,275 @@
+//! The HTTP server: the guide's two trigger endpoints, `/metrics`, `/healthz` and `/readyz`.
+//!
+//! ```text
+//!  bind(settings)          http.listen (and metrics.listen) bound before READY=1
+//!  spawn(listeners, ...)   serves until the shutdown token; in-flight requests finish
+//!  routes                  the handlers and their JSON answers
+//!  auth                    who may trigger: tokens, constant-time comparison, nothing else
+//! ```
+//!
+//! A trigger runs its own synchronous pass ([`Runner::run_pass_until`]) beside the dispatcher;
+//! `SKIP LOCKED` keeps concurrent passes and the dispatcher from ever taking the same job. The
+//! pass runs on a task of its own, so neither a client that hangs up nor `http.pass_timeout`
+//! can cancel a claim half-way: they only stop the pass from claiming another batch, and the
+//! jobs already claimed run to their end (tracked by the drain like every other job).
+//! docs/http.md has the operator's view.
+
+pub mod auth;
+pub mod routes;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::exit;
+use crate::runner::Runner;
+
+/// The largest request body accepted (the endpoints read none; this bounds what a client can
+/// make us receive).
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct HttpState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runner: Runner,
+    /// Trigger passes running now (a pass outlives its request when the request times out).
+    passes: watch::Sender<u32>,
+    /// `/metrics` is served on the API listener (no `metrics.listen` of its own).
+    metrics_on_api: bool,
+}
+
+impl HttpState {
+    pub fn new(runner: Runner) -> Self {
+        let metrics_on_api = runner.settings().metrics_listen().is_none();
+        Self::with_metrics_on_api(runner, metrics_on_api)
+    }
+
+    /// `metrics_on_api`: whether the API listener also answers `/metrics`.
+    pub fn with_metrics_on_api(runner: Runner, metrics_on_api: bool) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                runner,
+                passes: watch::channel(0).0,
+                metrics_on_api,
+            }),
+        }
+    }
+
+    pub fn runner(&self) -> &Runner {
+        &self.inner.runner
+    }
+
+    /// The number of trigger passes running, to watch (tests, the drain).
+    pub fn passes_running(&self) -> watch::Receiver<u32> {
+        self.inner.passes.subscribe()
+    }
+
+    /// Admits one more pass if fewer than `limit` run; the guard lets it go.
+    fn admit(&self, limit: u32) -> Option<PassGuard> {
+        self.inner
+            .passes
+            .send_if_modified(|n| {
+                if *n < limit {
+                    *n += 1;
+                    true
+                } else {
+                    false
+                }
+            })
+            .then(|| PassGuard(self.inner.clone()))
+    }
+}
+
+/// One admitted trigger pass; dropping it frees the place.
+struct PassGuard(Arc<Inner>);
+
+impl Drop for PassGuard {
+    fn drop(&mut self) {
+        self.0.passes.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// The bound listen sockets, before anything is served.
+pub struct Listeners {
+    /// `http.listen`: the triggers, health, and `/metrics` unless it has its own.
+    pub api: Option<TcpListener>,
+    /// `metrics.listen`: `/metrics` only.
+    pub metrics: Option<TcpListener>,
+}
+
+/// A listen address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {key} = {addr}: {reason}")]
+pub struct BindError {
+    /// The configuration key that names the address.
+    pub key: &'static str,
+    pub addr: SocketAddr,
+    pub reason: String,
+    #[source]
+    pub source: io::Error,
+}
+
+impl BindError {
+    fn new(key: &'static str, addr: SocketAddr, source: io::Error) -> Self {
+        let reason = match source.kind() {
+            io::ErrorKind::AddrInUse => {
+                format!("the address is in use by another process; stop it or change {key}")
+            }
+            io::ErrorKind::PermissionDenied => format!(
+                "permission denied (ports below 1024 need CAP_NET_BIND_SERVICE); use a higher \
+                 port or grant the capability ({source})"
+            ),
+            io::ErrorKind::AddrNotAvailable => {
+                format!("no interface of this machine has that address; fix {key}")
+            }
+            _ => source.to_string(),
+        };
+        Self {
+            key,
+            addr,
+            reason,
+            source,
+        }
+    }
+
+    /// The sysexits code: a busy port may free up (a restart can help); a wrong address cannot.
+    pub fn exit_code(&self) -> u8 {
+        match self.source.kind() {
+            io::ErrorKind::AddrInUse => exit::UNAVAILABLE,
+            io::ErrorKind::PermissionDenied => exit::NOPERM,
+            io::ErrorKind::AddrNotAvailable => exit::CONFIG,
+            _ => exit::OSERR,
+        }
+    }
+}
+
+/// Binds `http.listen` and `metrics.listen` (each when set).
+pub async fn bind(settings: &Settings) -> Result<Listeners, BindError> {
+    async fn one(
+        key: &'static str,
+        addr: Option<SocketAddr>,
+    ) -> Result<Option<TcpListener>, BindError> {
+        match addr {
+            None => Ok(None),
+            Some(addr) => TcpListener::bind(addr)
+                .await
+                .map(Some)
+                .map_err(|e| BindError::new(key, addr, e)),
+        }
+    }
+    Ok(Listeners {
+        api: one("http.listen", settings.http_listen()).await?,
+        metrics: one("metrics.listen", settings.metrics_listen()).await?,
+    })
+}
+
+/// Serves the API (triggers, health, and `/metrics` unless it has a listener of its own) on
+/// `listener` until `shutdown` resolves; then stops accepting and lets open requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_router(listener, routes::api(state), shutdown).await
+}
+
+/// Serves `/metrics` alone (for `metrics.listen`).
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: HttpState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_router(listener, routes::metrics_only(state), shutdown).await
+}
+
+async fn serve_router(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    // Answers are small and single: don't let Nagle hold them back.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The running servers.
+pub struct Server {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts serving `listeners` on tasks of their own until `stop` is cancelled (or
+/// [`Server::finish`] is called).
+pub fn spawn(listeners: Listeners, state: HttpState, stop: CancellationToken) -> Server {
+    let mut tasks = Vec::new();
+    let settings = state.runner().settings();
+    if let Some(listener) = listeners.api {
+        let addr = listener.local_addr().ok();
+        tracing::info!(
+            addr = %addr.map(|a| a.to_string()).unwrap_or_default(),
+            "HTTP listening: /api/jobs/run-outbound, /api/cron/run-outbound-jobs, /healthz, /readyz{}",
+            if listeners.metrics.is_none() { ", /metrics" } else { "" }
+        );
+        if settings.http.job_runner_token.is_none() {
+            tracing::warn!(
+                "JOB_RUNNER_TOKEN is not set: /api/jobs/run-outbound is disabled (answers 404)"
+            );
+        }
+        if settings.http.cron_secret.is_none() {
+            tracing::warn!(
+                "CRON_SECRET is not set: /api/cron/run-outbound-jobs is disabled (answers 404)"
+            );
+        }
+        let (state, stop) = (state.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = serve(listener, state, stop.cancelled_owned()).await {
+                tracing::error!(error = %e, "the HTTP server stopped");
+            }
+        }));
+    }
+    if let Some(listener) = listeners.metrics {
+        let addr = listener.local_addr().ok();
+        tracing::info!(
+            addr = %addr.map(|a| a.to_string()).unwrap_or_default(),
+            "metrics listening: /metrics"
+        );
+        let (state, stop) = (state.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = serve_metrics(listener, state, stop.cancelled_owned()).await {
+                tracing::error!(error = %e, "the metrics server stopped");
+            }
+        }));
+    }
+    Server { stop, tasks }
+}
+
+impl Server {
+    /// Stops accepting connections; open requests get `grace` to finish, then are cut.
+    pub async fn finish(self, grace: Duration) {
+        self.stop.cancel();
+        let deadline = tokio::time::Instant::now() + grace;
+        for mut task in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!(grace = ?grace, "HTTP requests still open after the drain; closing them");
+                task.abort();
+            }
+        }
+    }
+}
