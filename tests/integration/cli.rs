@@ -354,3 +354,70 @@ mod toml_like {
         keys
     }
 }
+
+async fn verify(base: &str, token: &str, secret: &str) -> Output {
+    let (base, token, secret) = (base.to_string(), token.to_string(), secret.to_string());
+    tokio::task::spawn_blocking(move || {
+        run(
+            &["verify", &base],
+            &[("JOB_RUNNER_TOKEN", &token), ("CRON_SECRET", &secret)],
+            None,
+        )
+    })
+    .await
+    .unwrap()
+}
+
+async fn serve_daemon() -> crate::support::app::App {
+    use crate::support::app::{App, CRON, TOKEN};
+    let db = TestDb::new().await;
+    let runner = crate::support::spawn_runner(
+        &db,
+        std::sync::Arc::new(outbound_runner::delivery::sandbox::SandboxHandler),
+        |s| {
+            s.http.job_runner_token = Some(secrecy::SecretString::from(TOKEN));
+            s.http.cron_secret = Some(secrecy::SecretString::from(CRON));
+        },
+    )
+    .await;
+    App::serve(db, runner).await
+}
+
+#[tokio::test]
+async fn verify_passes_against_a_healthy_runner() {
+    use crate::support::app::{CRON, TOKEN};
+    let app = serve_daemon().await;
+    let out = verify(&app.base, TOKEN, CRON).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("all 7 checks passed"), "{text}");
+    assert!(
+        !text.contains(TOKEN) && !text.contains(CRON),
+        "a secret was printed: {text}"
+    );
+}
+
+#[tokio::test]
+async fn verify_with_a_wrong_token_reports_exactly_the_failing_check() {
+    use crate::support::app::CRON;
+    let app = serve_daemon().await;
+    let out = verify(&app.base, "not-the-token", CRON).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let failed: Vec<&str> = text.lines().filter(|l| l.starts_with('✗')).collect();
+    assert_eq!(failed.len(), 1, "{text}");
+    assert!(
+        failed[0].starts_with("✗ run-outbound ") && failed[0].contains("401"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hint: 401: the token does not match JOB_RUNNER_TOKEN"),
+        "{text}"
+    );
+    assert!(text.contains("1 of 7 checks failed"), "{text}");
+
+    // Nothing listening: every check fails, each with a hint, and the exit code says so.
+    let out = verify("http://127.0.0.1:9", "x", "y").await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("7 of 7 checks failed"));
+}
