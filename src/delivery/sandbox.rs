@@ -45,6 +45,7 @@ impl JobHandler for SandboxHandler {
                     "the job was taken from this runner",
                 ));
             }
+            ctx.metrics.messages_sent.inc_by(messages.len() as u64);
             Ok(())
         })
     }

@@ -76,6 +76,11 @@ async fn claim_complete_retry_and_fail_follow_the_state_machine() {
             .await
             .unwrap();
     assert_eq!(wamid, format!("wamid.sandbox.{ok}.0"));
+    let metrics = &runner.shared().metrics;
+    assert_eq!(metrics.messages_sent.get(), 1);
+    assert_eq!(metrics.jobs_finished.with_label_values(&["retry"]).get(), 2);
+    assert_eq!(metrics.jobs_finished.with_label_values(&["failed"]).get(), 1);
+    assert_eq!(metrics.jobs_finished.with_label_values(&["done"]).get(), 1);
     runner.shutdown().await;
 }
 
