@@ -72,10 +72,17 @@ pub async fn lease_keeper(shared: Arc<Shared>, stop: CancellationToken) {
         if !pause(&stop, lease / 3).await {
             return;
         }
-        if shared.inflight.lock().expect("inflight lock").is_empty() {
+        let ids: Vec<i64> = shared
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .keys()
+            .copied()
+            .collect();
+        if ids.is_empty() {
             continue;
         }
-        if let Err(e) = store::extend_leases(&shared.pool, &shared.locked_by, lease).await {
+        if let Err(e) = store::extend_leases(&shared.pool, &shared.locked_by, &ids, lease).await {
             tracing::warn!(error = %redact_sqlx(&e), "extending leases failed");
         }
     }

@@ -175,15 +175,22 @@ pub async fn holds(pool: &PgPool, fence: &Fence) -> sqlx::Result<bool> {
     .await
 }
 
-/// Extends the lease of every job this runner holds. One statement for all of them.
-pub async fn extend_leases(pool: &PgPool, locked_by: &str, lease: Duration) -> sqlx::Result<u64> {
+/// Extends the leases of the jobs this runner is working on (`ids`), in one statement. Only
+/// jobs a task of ours is running are renewed: a claim nobody works on expires and is rescued.
+pub async fn extend_leases(
+    pool: &PgPool,
+    locked_by: &str,
+    ids: &[i64],
+    lease: Duration,
+) -> sqlx::Result<u64> {
     let done = sqlx::query(
         r#"
-        UPDATE "OutboundJob" SET "leaseUntil" = now() + make_interval(secs => $2)
-        WHERE status = 'running' AND "lockedBy" = $1
+        UPDATE "OutboundJob" SET "leaseUntil" = now() + make_interval(secs => $3)
+        WHERE id = ANY($2) AND status = 'running' AND "lockedBy" = $1
         "#,
     )
     .bind(locked_by)
+    .bind(ids)
     .bind(lease.as_secs_f64())
     .execute(pool)
     .await?;

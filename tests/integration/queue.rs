@@ -79,7 +79,10 @@ async fn claim_complete_retry_and_fail_follow_the_state_machine() {
     let metrics = &runner.shared().metrics;
     assert_eq!(metrics.messages_sent.get(), 1);
     assert_eq!(metrics.jobs_finished.with_label_values(&["retry"]).get(), 2);
-    assert_eq!(metrics.jobs_finished.with_label_values(&["failed"]).get(), 1);
+    assert_eq!(
+        metrics.jobs_finished.with_label_values(&["failed"]).get(),
+        1
+    );
     assert_eq!(metrics.jobs_finished.with_label_values(&["done"]).get(), 1);
     runner.shutdown().await;
 }
@@ -548,4 +551,42 @@ async fn lost_notifications_are_covered_by_the_interval() {
     );
     proxy.restore();
     runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn only_leases_of_jobs_in_flight_are_extended() {
+    let db = TestDb::new().await;
+    let ids = db.insert_jobs(3).await;
+    sqlx::query(
+        r#"UPDATE "OutboundJob" SET status = 'running', attempts = 1, "lockedBy" = 'me:1:a',
+                  "leaseUntil" = now() + interval '1 second' WHERE id = ANY($1)"#,
+    )
+    .bind(&ids)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(r#"UPDATE "OutboundJob" SET "lockedBy" = 'other:2:b' WHERE id = $1"#)
+        .bind(ids[2])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // In flight: ids[0] (ours) and ids[2] (someone else's, so untouched). ids[1] is a stranded
+    // claim of ours that no task works on: it must be left to expire.
+    let n = store::extend_leases(
+        &db.pool,
+        "me:1:a",
+        &[ids[0], ids[2]],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 1);
+    let leases: Vec<f64> = sqlx::query_scalar(
+        r#"SELECT EXTRACT(EPOCH FROM "leaseUntil" - now())::float8 FROM "OutboundJob" ORDER BY id"#,
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(leases[0] > 50.0, "{leases:?}");
+    assert!(leases[1] < 2.0 && leases[2] < 2.0, "{leases:?}");
 }
