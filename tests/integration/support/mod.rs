@@ -1,6 +1,8 @@
 //! Test helpers: a fresh database per test, runners with test settings, scripted handlers.
 
 pub mod handlers;
+pub mod mock_meta;
+pub mod mock_orchestrator;
 pub mod proxy;
 
 use std::collections::HashMap;
