@@ -18,6 +18,13 @@
 //!
 //! Every function returns `Ok(false)` (or `Ok(None)`) when the fence did not hold: the job was
 //! taken from us, and nothing more may be sent for it.
+//!
+//! Durability: only [`mark_sending`] must be on disk before the request leaves, and it commits
+//! synchronously. The other writes commit with `synchronous_commit = off` (no fsync of their
+//! own): PostgreSQL flushes its WAL in order, so the next synchronous commit (the next
+//! `mark_sending`, or the job's requeue, failure or completion) makes them durable too. A crash
+//! in between loses at most a `pending` row (recreated by the next attempt, nothing was sent) or
+//! a `sent` that stays `sending` (the rescuer makes it `unknown`: never a second send).
 
 use serde_json::Value;
 use sqlx::{PgPool, Row};
@@ -75,6 +82,14 @@ const OWNER: &str = r#"owner AS (
     FOR KEY SHARE
 )"#;
 
+/// The fence of a write that may commit without its own fsync (see the module docs): the same
+/// as [`OWNER`], setting `synchronous_commit = off` for this statement's transaction.
+const OWNER_RELAXED: &str = r#"owner AS (
+    SELECT id FROM "OutboundJob", (SELECT set_config('synchronous_commit', 'off', true)) relaxed
+    WHERE id = $1 AND status = 'running' AND "lockedBy" = $2 AND attempts = $3
+    FOR KEY SHARE OF "OutboundJob"
+)"#;
+
 /// Before any send: saves the orchestrator's answer in `composed` (when given and not saved
 /// yet) and creates the job's message rows as `pending` (rows that exist are kept as they are),
 /// in one statement. Returns every message row of the job in `seq` order, or `None` if the fence
@@ -88,7 +103,7 @@ pub async fn prepare(
 ) -> sqlx::Result<Option<Vec<Message>>> {
     let sql = format!(
         r#"
-        WITH {OWNER}, save AS (
+        WITH {OWNER_RELAXED}, save AS (
             UPDATE "OutboundJob" j SET composed = $4, "updatedAt" = now()
             FROM owner o
             WHERE j.id = o.id AND $4::jsonb IS NOT NULL AND j.composed IS NULL
@@ -173,7 +188,7 @@ pub async fn record_sent(
 ) -> sqlx::Result<bool> {
     let sql = format!(
         r#"
-        WITH {OWNER}
+        WITH {OWNER_RELAXED}
         UPDATE "OutboundMessage" m
         SET status = 'sent', wamid = $5, "sentAt" = now(), "lastErrorCode" = NULL,
             "updatedAt" = now()
@@ -203,7 +218,7 @@ pub async fn settle(
 ) -> sqlx::Result<bool> {
     let sql = format!(
         r#"
-        WITH {OWNER}
+        WITH {OWNER_RELAXED}
         UPDATE "OutboundMessage" m SET status = $5, "lastErrorCode" = $6, "updatedAt" = now()
         FROM owner o
         WHERE m."jobId" = o.id AND m.seq = $4 AND m.status = 'sending'

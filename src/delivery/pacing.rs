@@ -248,7 +248,7 @@ impl Pacer {
                 );
                 return Err(recipient_deferral(delay, pair));
             }
-            tokio::time::sleep_until(at).await;
+            sleep_until(at).await;
         }
 
         // The number's throughput: one slot every 1/rate s.
@@ -273,7 +273,7 @@ impl Pacer {
             n.next_slot = Some(slot + spacing);
             slot
         };
-        tokio::time::sleep_until(slot).await;
+        sleep_until(slot).await;
 
         // A circuit or a pause may have started while we waited.
         self.wait_for_number(number, spacing, deadline).await?;
@@ -319,7 +319,7 @@ impl Pacer {
                     _ => return Ok(()),
                 }
             };
-            tokio::time::sleep_until(until).await;
+            sleep_until(until).await;
         }
     }
 
@@ -459,6 +459,14 @@ fn recipient_deferral(delay: Duration, pair: Duration) -> Deferral {
             human(pair),
             human(delay)
         ),
+    }
+}
+
+/// Sleeps until `at` if it is still ahead (tokio rounds every timer up to the next millisecond,
+/// so even a deadline that has passed would cost up to 1 ms).
+async fn sleep_until(at: Instant) {
+    if at > Instant::now() {
+        tokio::time::sleep_until(at).await;
     }
 }
 
