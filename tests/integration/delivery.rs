@@ -401,7 +401,7 @@ async fn assert_ambiguous_is_not_resent(reply: Reply, code: &str) {
     let db = TestDb::new().await;
     let meta = MockMeta::start().await;
     let runner = passive(&db, &meta, |s| {
-        s.whatsapp.timeout = Duration::from_millis(300);
+        s.whatsapp.timeout = Duration::from_secs(1);
     })
     .await;
     meta.script([reply]);
@@ -546,12 +546,18 @@ async fn a_send_cut_off_by_job_timeout_is_not_resent_on_the_next_attempt() {
     let db = TestDb::new().await;
     let meta = MockMeta::start().await;
     let runner = passive(&db, &meta, |s| {
-        s.runner.job_timeout = Duration::from_millis(300);
+        s.runner.job_timeout = Duration::from_secs(2);
     })
     .await;
     meta.script([Reply::Hold]);
     let id = text_job(&db, "15551230901", "hello").await;
-    assert_eq!(runner.run_pass(1).await.unwrap().retried, [id]);
+    let pass = {
+        let runner = runner.clone();
+        tokio::spawn(async move { runner.run_pass(1).await })
+    };
+    // Accepted by Meta, the answer held past runner.job_timeout.
+    wait_count(&mut meta.recorded(), 1, Duration::from_secs(10)).await;
+    assert_eq!(pass.await.unwrap().unwrap().retried, [id]);
     assert_eq!(
         db.job(id).await.last_error_code.as_deref(),
         Some("job_timeout")
@@ -643,7 +649,7 @@ async fn orchestrator_failures_end_as_documented() {
     let orch = MockOrchestrator::start(mock_orchestrator::two_texts()).await;
     let runner = passive(&db, &meta, |s| {
         s.orchestrator.url = orch.url();
-        s.orchestrator.timeout = Duration::from_millis(300);
+        s.orchestrator.timeout = Duration::from_secs(1);
     })
     .await;
     let job =
@@ -700,6 +706,12 @@ async fn orchestrator_failures_end_as_documented() {
             ledger(&db, id).await.is_empty(),
             "nothing recorded, nothing sent"
         );
+        // A retried job must not be claimed in the next case's pass.
+        sqlx::query(r#"UPDATE "OutboundJob" SET status = 'cancelled' WHERE id = $1"#)
+            .bind(id)
+            .execute(&db.pool)
+            .await
+            .unwrap();
     }
     assert_eq!(seen(&meta), 0);
     runner.shutdown().await;

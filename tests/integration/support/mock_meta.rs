@@ -241,6 +241,8 @@ struct Conn(Option<Arc<std::net::TcpStream>>);
 
 impl Connected<IncomingStream<'_, TcpListener>> for Conn {
     fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        // Like Meta's front ends: no Nagle delay on small answers.
+        let _ = stream.io().set_nodelay(true);
         let dup = stream
             .io()
             .as_fd()
