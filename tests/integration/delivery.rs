@@ -846,3 +846,81 @@ async fn handler_for_builds_the_live_handler() {
     live(&mut s, &meta);
     assert!(outbound_runner::app::handler_for(&s).is_ok());
 }
+
+#[tokio::test]
+async fn an_answer_that_arrives_after_the_job_was_rescued_changes_nothing() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let runner = passive(&db, &meta, |_| {}).await;
+    meta.script([Reply::Hold]);
+    let id = text_job(&db, "15551235001", "hello").await;
+    let pass = {
+        let runner = runner.clone();
+        tokio::spawn(async move { runner.run_pass(1).await })
+    };
+    wait_count(&mut meta.recorded(), 1, Duration::from_secs(10)).await;
+    // The worker hangs long enough for its lease to expire and the job to be rescued.
+    sqlx::query(
+        r#"UPDATE "OutboundJob" SET "leaseUntil" = now() - interval '1 second' WHERE id = $1"#,
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let rescued = store::reclaim(&db.pool, Reclaim::Expired, true, 5)
+        .await
+        .unwrap();
+    assert_eq!(rescued.in_doubt, 1);
+    // Meta's answer arrives now: the fenced write of the wamid matches nothing.
+    meta.release(1);
+    let report = pass.await.unwrap().unwrap();
+    assert!(
+        report.processed.is_empty() && report.failed.is_empty(),
+        "{report:?}"
+    );
+    let job = db.job(id).await;
+    assert_eq!(job.status, "failed");
+    assert_eq!(job.last_error_code.as_deref(), Some("delivery_unknown"));
+    let rows = ledger(&db, id).await;
+    assert_eq!(
+        (rows[0].status.as_str(), rows[0].wamid.as_deref()),
+        ("unknown", None)
+    );
+    assert_eq!(seen(&meta), 1);
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_live_runners_send_every_message_exactly_once() {
+    const JOBS: usize = 300;
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let tweak = |s: &mut Settings| {
+        live(s, &meta);
+        s.runner.workers = 4;
+        s.whatsapp.rate_per_second = 100_000;
+    };
+    let a = spawn_runner(&db, handler(), tweak).await;
+    let b = spawn_runner(&db, handler(), tweak).await;
+    let (mut fa, mut fb) = (a.finished(), b.finished());
+    db.insert_jobs(JOBS).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while db.count("done").await < JOBS as i64 {
+        tokio::time::timeout_at(deadline, async {
+            tokio::select! { r = fa.changed() => r, r = fb.changed() => r }
+        })
+        .await
+        .expect("all jobs done within 60s")
+        .unwrap();
+    }
+    let (da, db_) = tokio::join!(a.shutdown(), b.shutdown());
+    assert_eq!(da.aborted + db_.aborted, 0);
+    assert_eq!(meta.accepted().len(), JOBS);
+    assert_once_each(&meta);
+    let runners: i64 =
+        sqlx::query_scalar(r#"SELECT count(DISTINCT "lockedBy") FROM "OutboundJob""#)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(runners, 2, "both runners took part");
+}
