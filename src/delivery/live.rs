@@ -57,11 +57,6 @@ impl LiveHandler {
         })
     }
 
-    /// The pacing state (tests look at the circuit).
-    pub fn pacer(&self) -> &Pacer {
-        &self.pacer
-    }
-
     fn client(&self, settings: &Settings) -> reqwest::Client {
         let want = timeouts(settings);
         let mut http = self.http.lock().unwrap_or_else(|p| p.into_inner());
