@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, LoadOptions, Settings};
 use crate::db::{self, embedded::EmbeddedPostgres};
-use crate::delivery::{JobHandler, sandbox::SandboxHandler};
+use crate::delivery::{JobHandler, live::LiveHandler, sandbox::SandboxHandler};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::runner::Runner;
@@ -58,12 +58,9 @@ pub fn state_dir(settings: &Settings, opts: &LoadOptions) -> PathBuf {
 pub fn handler_for(settings: &Settings) -> Result<Arc<dyn JobHandler>, StartError> {
     match settings.delivery.mode {
         config::DeliveryMode::Sandbox => Ok(Arc::new(SandboxHandler)),
-        config::DeliveryMode::Live => Err(StartError::Config(config::ConfigError {
-            problems: vec![config::Problem {
-                key: "delivery.mode".into(),
-                reason: "\"live\" is not available in this build; use \"sandbox\"".into(),
-            }],
-        })),
+        config::DeliveryMode::Live => Ok(Arc::new(
+            LiveHandler::new(settings).context("building the HTTP client for live delivery")?,
+        )),
     }
 }
 

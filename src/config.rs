@@ -659,6 +659,9 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
     if w.timeout.is_zero() {
         bad("whatsapp.timeout", "must be more than 0s");
     }
+    if w.halt_cooldown.is_zero() {
+        bad("whatsapp.halt_cooldown", "must be more than 0s");
+    }
 
     if !s.http.listen.is_empty() && s.http.listen.parse::<SocketAddr>().is_err() {
         bad(

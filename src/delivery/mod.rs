@@ -3,9 +3,18 @@
 //!
 //! - [`sandbox::SandboxHandler`]: logs the message and records it in `"OutboundMessage"` with a
 //!   fake wamid. Nothing leaves the machine (`delivery.mode = "sandbox"`).
+//! - [`live::LiveHandler`]: the pipeline of `delivery.mode = "live"`: compose
+//!   ([`orchestrator`]), record ([`ledger`]), pace ([`pacing`]) and send ([`whatsapp`]).
+//!
+//! docs/delivery.md describes the semantics for operators.
 
+pub mod ledger;
+pub mod live;
+pub mod orchestrator;
+pub mod pacing;
 pub mod payload;
 pub mod sandbox;
+pub mod whatsapp;
 
 use std::future::Future;
 use std::pin::Pin;

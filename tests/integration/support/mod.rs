@@ -2,6 +2,8 @@
 
 pub mod app;
 pub mod handlers;
+pub mod mock_meta;
+pub mod mock_orchestrator;
 pub mod proxy;
 
 use std::collections::HashMap;

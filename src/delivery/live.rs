@@ -1,0 +1,429 @@
+//! Live delivery: the pipeline that sends a job's messages through the WhatsApp Cloud API.
+//!
+//! One attempt:
+//!
+//! 1. **Check** the payload (`bad_payload` fails the job) and the circuit (open: the job is
+//!    deferred without spending an attempt).
+//! 2. **Compose**: the payload's `message`; else the `composed` answer an earlier attempt saved;
+//!    else ask the orchestrator. Then, in one fenced statement, save the answer and create the
+//!    `pending` message rows, before anything is sent.
+//! 3. **Send** each message in `seq` order. `sent`: skipped. `unknown`: never sent again (an
+//!    operator decides). `sending` (an earlier attempt was cut off mid-send): in doubt, per
+//!    `delivery.on_unknown`. Otherwise: pace → mark `sending` (committed) → POST → on 200 store
+//!    the wamid and `sent` in one statement; on an error settle the message and say what the job
+//!    does next (see [`super::whatsapp::Class`]).
+//! 4. `Ok(())` when every message is `sent`: the worker marks the job done.
+//!
+//! Delivery is at most once per message: a message is sent only from `pending` (or `failed`,
+//! refused by Meta for good, when an operator requeues its job), and the request leaves only
+//! after `sending` is committed, so whatever happens to this process afterwards leaves a trace
+//! the rescuer turns into `unknown` instead of a second send.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::ledger::{self, Message, Status};
+use super::orchestrator;
+use super::pacing::{Pacer, Permit};
+use super::payload::{Content, Payload};
+use super::whatsapp::{Class, CloudApi, SendError};
+use super::{BoxFuture, JobContext, JobHandler};
+use crate::config::{OnUnknown, Settings};
+use crate::db::redact_sqlx;
+use crate::queue::{Action, Job, JobError};
+
+/// The handler of `delivery.mode = "live"`. One per process: it holds the HTTP client (its
+/// connection pool) and the pacing state.
+pub struct LiveHandler {
+    http: Mutex<Http>,
+    pacer: Pacer,
+}
+
+/// The HTTP client, rebuilt when a reload changes the timeouts it was built for.
+struct Http {
+    timeouts: (Duration, Duration),
+    client: reqwest::Client,
+}
+
+impl LiveHandler {
+    pub fn new(settings: &Settings) -> Result<Self, reqwest::Error> {
+        let timeouts = timeouts(settings);
+        Ok(Self {
+            http: Mutex::new(Http {
+                timeouts,
+                client: build_client(timeouts)?,
+            }),
+            pacer: Pacer::new(),
+        })
+    }
+
+    fn client(&self, settings: &Settings) -> reqwest::Client {
+        let want = timeouts(settings);
+        let mut http = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        if http.timeouts != want {
+            match build_client(want) {
+                Ok(client) => {
+                    *http = Http {
+                        timeouts: want,
+                        client,
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    error = %super::whatsapp::describe(e),
+                    "rebuilding the HTTP client for new timeouts failed; keeping the old one"
+                ),
+            }
+        }
+        http.client.clone()
+    }
+
+    async fn attempt(&self, job: &Job, ctx: &JobContext) -> Result<(), JobError> {
+        let settings = &ctx.settings;
+        let payload = Payload::parse(&job.payload)?;
+        self.admit(ctx).await?;
+        let http = self.client(settings);
+
+        // Compose, and record the messages before any send.
+        let (messages, answer) = match (&payload.content, &job.composed) {
+            (Content::Messages(m), _) => (m.clone(), None),
+            (Content::Input(_), Some(saved)) => {
+                let m = orchestrator::messages_of(saved).map_err(|why| {
+                    JobError::fail(
+                        "bad_composed",
+                        format!("the saved orchestrator answer (composed) cannot be sent: {why}"),
+                    )
+                })?;
+                (m, None)
+            }
+            (Content::Input(input), None) => {
+                let c =
+                    orchestrator::compose(&http, &settings.orchestrator, job, &payload.to, input)
+                        .await?;
+                (c.messages, Some(c.answer))
+            }
+        };
+        let rows = match ledger::prepare(
+            &ctx.pool,
+            &job.fence,
+            &payload.to,
+            answer.as_ref(),
+            &messages,
+        )
+        .await
+        {
+            Ok(Some(rows)) => rows,
+            Ok(None) => return Err(lost()),
+            Err(e) => return Err(database("recording the messages", &e)),
+        };
+
+        let pending = rows.iter().filter(|m| m.status != Status::Sent).count();
+        if pending > 0 {
+            tracing::info!(
+                job_id = job.id,
+                messages = rows.len(),
+                pending,
+                "Sending outbound for job {}",
+                job.id
+            );
+        }
+        let api = CloudApi::new(http);
+        for message in &rows {
+            self.deliver(job, ctx, &api, message, rows.len()).await?;
+        }
+        Ok(())
+    }
+
+    /// Notices a reload or an ended cooldown; defers the job while the circuit is open.
+    async fn admit(&self, ctx: &JobContext) -> Result<(), JobError> {
+        let admitted = self.pacer.admit(&ctx.settings);
+        ctx.metrics
+            .circuit_open
+            .set(i64::from(self.pacer.circuit_open()));
+        let admission = admitted.map_err(|d| d.into_job_error())?;
+        if admission.closed_after_cooldown {
+            tracing::info!("whatsapp.halt_cooldown has passed: sending resumes for the number");
+        }
+        if admission.closed_by_reload {
+            tracing::info!("the configuration was reloaded: sending resumes for the number");
+            match ledger::wake_circuit_deferred(&ctx.pool).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(jobs = n, "jobs deferred by the circuit are due again")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    error = %redact_sqlx(&e),
+                    "making the jobs the circuit deferred due failed; they run after their delay"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// One message of the job: skipped if sent, refused if in doubt, else paced and sent.
+    async fn deliver(
+        &self,
+        job: &Job,
+        ctx: &JobContext,
+        api: &CloudApi,
+        message: &Message,
+        total: usize,
+    ) -> Result<(), JobError> {
+        let settings = &ctx.settings;
+        let on_unknown = settings.delivery.on_unknown;
+        let seq = message.seq;
+        match message.status {
+            Status::Sent => return Ok(()),
+            Status::Unknown => {
+                return Err(JobError::fail(
+                    "delivery_unknown",
+                    format!(
+                        "message {} is unknown: an earlier attempt may have delivered it, so it is \
+                         not sent again (an operator can set its status to 'pending' to resend \
+                         it, or 'sent')",
+                        seq + 1
+                    ),
+                ));
+            }
+            Status::Sending if on_unknown == OnUnknown::Fail => {
+                // An earlier attempt was cut off mid-send (e.g. runner.job_timeout).
+                let why = format!(
+                    "message {} was being sent when an earlier attempt ended; Meta may or may not \
+                     have accepted it, so it is not sent again",
+                    seq + 1
+                );
+                return match ledger::settle(
+                    &ctx.pool,
+                    &job.fence,
+                    seq,
+                    Status::Unknown,
+                    "delivery_unknown",
+                )
+                .await
+                {
+                    Ok(true) => Err(JobError::unknown("delivery_unknown", why)),
+                    Ok(false) => Err(lost()),
+                    Err(e) => Err(database("marking the message unknown", &e)),
+                };
+            }
+            Status::Sending | Status::Pending | Status::Failed => {}
+        }
+
+        let permit = self
+            .pacer
+            .acquire(settings, &message.to)
+            .await
+            .map_err(|d| d.into_job_error())?;
+        let resend_in_doubt = on_unknown == OnUnknown::Retry;
+        match ledger::mark_sending(&ctx.pool, &job.fence, seq, resend_in_doubt).await {
+            Ok(true) => {}
+            Ok(false) => return Err(lost()),
+            Err(e) => return Err(database("marking the message sending", &e)),
+        }
+
+        let started = Instant::now();
+        let result = api
+            .send(&settings.whatsapp, &message.to, job.id, &message.body)
+            .await;
+        ctx.metrics
+            .send_duration
+            .observe(started.elapsed().as_secs_f64());
+
+        match result {
+            Ok(wamid) => {
+                permit.done(true);
+                self.pacer.accepted(settings);
+                ctx.metrics.messages_sent.inc();
+                self.record_sent(job, ctx, seq, &wamid).await
+            }
+            Err(err) => {
+                ctx.metrics
+                    .whatsapp_errors
+                    .with_label_values(&[err.class.label()])
+                    .inc();
+                let mut refused = self.refused(job, ctx, seq, permit, err).await;
+                if total > 1 && refused.code != "lost" {
+                    refused.message =
+                        format!("message {} of {total}: {}", seq + 1, refused.message);
+                }
+                Err(refused)
+            }
+        }
+    }
+
+    /// Stores the wamid, retrying a short database outage: the message was accepted, so giving
+    /// up here must never lead to a second send.
+    async fn record_sent(
+        &self,
+        job: &Job,
+        ctx: &JobContext,
+        seq: i32,
+        wamid: &str,
+    ) -> Result<(), JobError> {
+        let mut delay = Duration::from_millis(100);
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            match ledger::record_sent(&ctx.pool, &job.fence, seq, wamid).await {
+                Ok(true) => {
+                    tracing::debug!(job_id = job.id, seq, wamid, "message accepted");
+                    return Ok(());
+                }
+                Ok(false) => {
+                    tracing::warn!(
+                        job_id = job.id,
+                        seq,
+                        wamid,
+                        "Meta accepted the message but the job was taken from this runner \
+                         meanwhile; the ledger keeps the message in doubt (not resent)"
+                    );
+                    return Err(lost());
+                }
+                Err(e) => {
+                    last_error = redact_sqlx(&e);
+                    tracing::warn!(job_id = job.id, error = %last_error, "recording a sent message failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        tracing::error!(
+            job_id = job.id,
+            seq,
+            wamid,
+            "Meta accepted the message but recording it failed; it is not resent"
+        );
+        Err(JobError::fail(
+            "ledger_write_failed",
+            format!(
+                "Meta accepted message {} (wamid {wamid}) but recording it failed \
+                 ({last_error}); it is not sent again",
+                seq + 1
+            ),
+        ))
+    }
+
+    /// A send that did not end in a wamid: settle the message and say what the job does next.
+    async fn refused(
+        &self,
+        job: &Job,
+        ctx: &JobContext,
+        seq: i32,
+        permit: Permit,
+        err: SendError,
+    ) -> JobError {
+        let settings = &ctx.settings;
+        let SendError {
+            class,
+            code,
+            mut message,
+            retry_after,
+        } = err;
+        let (status, next) = match class {
+            Class::Retry => {
+                permit.done(false);
+                (Status::Pending, Action::Retry { after: retry_after })
+            }
+            Class::SlowNumber => {
+                permit.done(false);
+                let delay = self.pacer.pause_number(settings, retry_after, &code);
+                message.push_str(&format!(
+                    "; the phone number is paused, this job runs again in {} (no attempt spent)",
+                    humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+                ));
+                tracing::warn!(job_id = job.id, code = %code, "rate limited by Meta: pausing the phone number");
+                (Status::Pending, Action::Defer { delay })
+            }
+            Class::SlowRecipient => {
+                let backoff = permit.pair_limited();
+                let after = retry_after.map_or(backoff, |r| r.max(backoff));
+                message.push_str(&format!(
+                    "; this recipient backs off {}",
+                    humantime::format_duration(after)
+                ));
+                (Status::Pending, Action::Retry { after: Some(after) })
+            }
+            Class::Halt => {
+                permit.done(false);
+                let (delay, opened) = self.pacer.open_circuit(settings, &message);
+                ctx.metrics.circuit_open.set(1);
+                if opened {
+                    tracing::error!(
+                        code = %code,
+                        phone_number_id = %settings.whatsapp.phone_number_id,
+                        cooldown = %humantime::format_duration(settings.whatsapp.halt_cooldown),
+                        "sending HALTED for the phone number: {message}; jobs stay queued without \
+                         spending attempts until whatsapp.halt_cooldown passes or the \
+                         configuration is reloaded"
+                    );
+                }
+                (Status::Pending, Action::Defer { delay })
+            }
+            Class::Fail => {
+                permit.done(false);
+                (Status::Failed, Action::Fail)
+            }
+            Class::Unknown => {
+                permit.done(false);
+                let status = match settings.delivery.on_unknown {
+                    OnUnknown::Fail => Status::Unknown,
+                    OnUnknown::Retry => Status::Pending,
+                };
+                tracing::error!(
+                    job_id = job.id,
+                    seq,
+                    code = %code,
+                    "the outcome of a send is unknown: {message}"
+                );
+                (status, Action::Unknown)
+            }
+        };
+        match ledger::settle(&ctx.pool, &job.fence, seq, status, &code).await {
+            Ok(true) => {}
+            Ok(false) => return lost(),
+            Err(e) => tracing::warn!(
+                job_id = job.id,
+                error = %redact_sqlx(&e),
+                "recording a refused send failed; the message stays 'sending' (in doubt)"
+            ),
+        }
+        JobError::new(next, code, message)
+    }
+}
+
+impl JobHandler for LiveHandler {
+    fn handle<'a>(
+        &'a self,
+        job: &'a Job,
+        ctx: &'a JobContext,
+    ) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(self.attempt(job, ctx))
+    }
+}
+
+fn timeouts(s: &Settings) -> (Duration, Duration) {
+    (s.whatsapp.timeout, s.orchestrator.timeout)
+}
+
+/// One client for Meta and the orchestrator (rustls, no redirects). The connect timeout is well
+/// under the request timeouts, so a slow connect is reported as a connect failure (nothing
+/// sent, safe to retry), not as a timeout after the request was written (in doubt).
+fn build_client(
+    (whatsapp, orchestrator): (Duration, Duration),
+) -> reqwest::Result<reqwest::Client> {
+    let connect =
+        (whatsapp.min(orchestrator) / 3).clamp(Duration::from_millis(50), Duration::from_secs(10));
+    reqwest::Client::builder()
+        .user_agent(concat!("outbound-runner/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(connect)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .build()
+}
+
+fn lost() -> JobError {
+    JobError::retry("lost", "the job was taken from this runner")
+}
+
+fn database(what: &str, e: &sqlx::Error) -> JobError {
+    JobError::retry("database", format!("{what}: {}", redact_sqlx(e)))
+}

@@ -1,0 +1,692 @@
+//! Pacing: staying under Meta's limits instead of bouncing off them.
+//!
+//! Per phone number (`whatsapp.phone_number_id`):
+//! - **throughput**: a token bucket of one token refilled every `1 / whatsapp.rate_per_second`
+//!   (default 80/s): sends are spaced evenly, so no one-second window ever holds more than the
+//!   rate (a bigger bucket would allow bursts Meta counts against us);
+//! - **pause**: after a rate-limit answer (4, 80007, 130429, 131057) the whole number pauses for
+//!   `Retry-After`, or 1 s doubling per consecutive rate-limit answer up to 60 s;
+//! - **circuit**: after a halt-class answer (bad token, restricted account, ...) nothing is sent
+//!   for `whatsapp.halt_cooldown`, or until the configuration is reloaded.
+//!
+//! Per recipient: one send at a time, and the next one starts at least `whatsapp.pair_interval`
+//! (default 6 s) after the previous one *ended* (measuring from the end keeps the spacing Meta
+//! sees even when two requests travel at different speeds). A pair-rate answer (131056) backs
+//! that recipient off 4^x s (1, 4, 16, ... up to 4^5 s), x counting its consecutive 131056s.
+//!
+//! A worker never waits long: a wait that ends within [`MAX_SLEEP`] is slept; a longer one
+//! becomes a [`Deferral`]: the job goes back to the queue without spending an attempt, due when
+//! its turn comes. Deferred jobs are promised slots spaced at the rate that applies (the
+//! number's throughput, the pair interval), so a thousand jobs deferred by one pause come back
+//! one after another, not all at once.
+//!
+//! All of this is **per process**: two runners sending for the same number each pace at the full
+//! rate. Run one runner per number, or divide `rate_per_second` between them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
+
+use crate::config::Settings;
+use crate::queue::JobError;
+
+/// The longest a worker sleeps for pacing; a longer wait defers the job.
+pub const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// While the circuit is open, the job that opened it comes back this often (or after the
+/// cooldown, if shorter) to notice a configuration reload.
+pub const PROBE_EVERY: Duration = Duration::from_secs(30);
+/// The longest number-wide pause without a `Retry-After`.
+pub const MAX_PAUSE: Duration = Duration::from_secs(60);
+/// The largest exponent of the 131056 backoff (4^5 s ≈ 17 min).
+pub const MAX_PAIR_EXPONENT: u32 = 5;
+/// Idle recipients are forgotten once this many are known.
+const RECIPIENTS_SWEEP_AT: usize = 10_000;
+
+/// A job that should wait longer than [`MAX_SLEEP`]: requeue it, due after `delay`, without
+/// spending an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deferral {
+    pub delay: Duration,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Deferral {
+    pub fn into_job_error(self) -> JobError {
+        JobError::defer(self.delay, self.code, self.message)
+    }
+}
+
+/// What [`Pacer::admit`] noticed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// The configuration changed while the circuit was open: it is closed now, and jobs deferred
+    /// by it may run at once.
+    pub closed_by_reload: bool,
+    /// The cooldown ended: the circuit is closed now.
+    pub closed_after_cooldown: bool,
+}
+
+/// The pacing state of this process.
+#[derive(Default)]
+pub struct Pacer {
+    numbers: Mutex<HashMap<String, Number>>,
+    recipients: Mutex<Recipients>,
+}
+
+#[derive(Default)]
+struct Number {
+    /// The next free throughput slot.
+    next_slot: Option<Instant>,
+    /// The last slot promised to a deferred job.
+    promised: Option<Instant>,
+    pause_until: Option<Instant>,
+    pause_reason: String,
+    /// Consecutive rate-limit answers (reset by an accepted send).
+    slow_strikes: u32,
+    circuit: Option<Circuit>,
+    /// The settings this number last ran under: a different `Arc` is a reload.
+    seen: Weak<Settings>,
+}
+
+#[derive(Debug, Clone)]
+struct Circuit {
+    until: Instant,
+    reason: String,
+}
+
+#[derive(Default)]
+struct Recipients {
+    map: HashMap<(String, String), Arc<Recipient>>,
+    sweep_at: usize,
+}
+
+#[derive(Default)]
+struct Recipient {
+    /// One send at a time.
+    turn: Arc<tokio::sync::Mutex<()>>,
+    timing: Mutex<Timing>,
+}
+
+#[derive(Default)]
+struct Timing {
+    /// No send starts before this.
+    next_at: Option<Instant>,
+    promised: Option<Instant>,
+    /// Consecutive 131056 answers.
+    strikes: u32,
+}
+
+/// The right to send one message to one recipient now. Tell it how the send ended; dropped
+/// without an outcome (the attempt was abandoned) it counts as a send.
+pub struct Permit {
+    turn: Option<OwnedMutexGuard<()>>,
+    recipient: Arc<Recipient>,
+    pair_interval: Duration,
+}
+
+impl Permit {
+    /// The send ended: accepted, or refused for a reason other than the pair rate.
+    pub fn done(mut self, accepted: bool) {
+        let pair = self.pair_interval;
+        self.finish(|t| {
+            t.next_at = Some(Instant::now() + pair);
+            if accepted {
+                t.strikes = 0;
+            }
+        });
+    }
+
+    /// Meta answered 131056 (pair rate limit): this recipient backs off 4^x s. Returns the
+    /// backoff.
+    pub fn pair_limited(mut self) -> Duration {
+        let pair = self.pair_interval;
+        let mut backoff = Duration::ZERO;
+        self.finish(|t| {
+            backoff = Duration::from_secs(4u64.pow(t.strikes.min(MAX_PAIR_EXPONENT)));
+            t.strikes = t.strikes.saturating_add(1);
+            t.next_at = Some(Instant::now() + backoff.max(pair));
+        });
+        backoff
+    }
+
+    fn finish(&mut self, f: impl FnOnce(&mut Timing)) {
+        if let Some(turn) = self.turn.take() {
+            f(&mut lock(&self.recipient.timing));
+            drop(turn);
+        }
+    }
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("pair_interval", &self.pair_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let pair = self.pair_interval;
+        self.finish(|t| t.next_at = Some(Instant::now() + pair));
+    }
+}
+
+impl Pacer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Before a job's first send: notices a reload and an ended cooldown, and defers the job
+    /// while the circuit is open.
+    pub fn admit(&self, settings: &Arc<Settings>) -> Result<Admission, Deferral> {
+        let now = Instant::now();
+        let spacing = spacing(settings);
+        let mut numbers = lock(&self.numbers);
+        let n = numbers
+            .entry(settings.whatsapp.phone_number_id.clone())
+            .or_default();
+        let mut out = Admission::default();
+        let current = Arc::downgrade(settings);
+        if !Weak::ptr_eq(&n.seen, &current) {
+            if n.circuit.take().is_some() {
+                out.closed_by_reload = true;
+                n.promised = None;
+            }
+            n.seen = current;
+        }
+        if n.circuit.as_ref().is_some_and(|c| c.until <= now) {
+            n.circuit = None;
+            out.closed_after_cooldown = true;
+        }
+        if let Some(c) = &n.circuit {
+            let until = c.until;
+            let delay = promise(&mut n.promised, until, spacing, now);
+            return Err(circuit_deferral(delay, &c.reason, until - now));
+        }
+        Ok(out)
+    }
+
+    /// Waits for the right to send to `to` now (at most [`MAX_SLEEP`]), or says how long to
+    /// defer the job.
+    pub async fn acquire(&self, settings: &Arc<Settings>, to: &str) -> Result<Permit, Deferral> {
+        let wa = &settings.whatsapp;
+        let number = wa.phone_number_id.as_str();
+        let spacing = spacing(settings);
+        let pair = wa.pair_interval;
+        let deadline = Instant::now() + MAX_SLEEP;
+
+        self.wait_for_number(number, spacing, deadline).await?;
+
+        // The recipient: one send at a time, `pair` after the previous one ended.
+        let recipient = self.recipient(number, to);
+        let turn =
+            match tokio::time::timeout_at(deadline, recipient.turn.clone().lock_owned()).await {
+                Ok(turn) => turn,
+                Err(_) => {
+                    // Another send to this recipient is still in flight.
+                    let now = Instant::now();
+                    let mut t = lock(&recipient.timing);
+                    let earliest = t.next_at.unwrap_or(now).max(now + pair);
+                    let delay = promise(&mut t.promised, earliest, pair.max(spacing), now);
+                    return Err(recipient_deferral(delay, pair));
+                }
+            };
+        let next_at = lock(&recipient.timing).next_at;
+        if let Some(at) = next_at {
+            if at > deadline {
+                let now = Instant::now();
+                let delay = promise(
+                    &mut lock(&recipient.timing).promised,
+                    at,
+                    pair.max(spacing),
+                    now,
+                );
+                return Err(recipient_deferral(delay, pair));
+            }
+            sleep_until(at).await;
+        }
+
+        // The number's throughput: one slot every 1/rate s.
+        let slot = {
+            let now = Instant::now();
+            let mut numbers = lock(&self.numbers);
+            let n = numbers.entry(number.to_string()).or_default();
+            let slot = n.next_slot.map_or(now, |s| s.max(now));
+            if slot > deadline {
+                let delay = promise(&mut n.promised, slot, spacing, now);
+                return Err(Deferral {
+                    delay,
+                    code: "number_paced",
+                    message: format!(
+                        "throughput: the phone number sends at most {}/s \
+                         (whatsapp.rate_per_second); next slot in {}",
+                        wa.rate_per_second,
+                        human(delay)
+                    ),
+                });
+            }
+            n.next_slot = Some(slot + spacing);
+            slot
+        };
+        sleep_until(slot).await;
+
+        // A circuit or a pause may have started while we waited.
+        self.wait_for_number(number, spacing, deadline).await?;
+        Ok(Permit {
+            turn: Some(turn),
+            recipient,
+            pair_interval: pair,
+        })
+    }
+
+    /// An open circuit defers; a pause is slept if it ends before `deadline`, else deferred.
+    async fn wait_for_number(
+        &self,
+        number: &str,
+        spacing: Duration,
+        deadline: Instant,
+    ) -> Result<(), Deferral> {
+        loop {
+            let until = {
+                let now = Instant::now();
+                let mut numbers = lock(&self.numbers);
+                let n = numbers.entry(number.to_string()).or_default();
+                if let Some(c) = n.circuit.as_ref().filter(|c| c.until > now) {
+                    let (until, reason) = (c.until, c.reason.clone());
+                    let delay = promise(&mut n.promised, until, spacing, now);
+                    return Err(circuit_deferral(delay, &reason, until - now));
+                }
+                match n.pause_until {
+                    Some(until) if until > deadline => {
+                        let delay = promise(&mut n.promised, until, spacing, now);
+                        return Err(Deferral {
+                            delay,
+                            code: "number_paused",
+                            message: format!(
+                                "the phone number is paused after a rate-limit answer ({}); \
+                                 next send in {}",
+                                n.pause_reason,
+                                human(delay)
+                            ),
+                        });
+                    }
+                    Some(until) if until > now => until,
+                    _ => return Ok(()),
+                }
+            };
+            sleep_until(until).await;
+        }
+    }
+
+    /// An accepted send: the number's rate-limit strikes are forgiven.
+    pub fn accepted(&self, settings: &Settings) {
+        if let Some(n) = lock(&self.numbers).get_mut(&settings.whatsapp.phone_number_id) {
+            n.slow_strikes = 0;
+        }
+    }
+
+    /// A rate-limit answer: pause the whole number for `retry_after`, or 1 s doubling per
+    /// consecutive strike up to [`MAX_PAUSE`]. Returns how long the job that got the answer
+    /// should wait.
+    pub fn pause_number(
+        &self,
+        settings: &Settings,
+        retry_after: Option<Duration>,
+        reason: &str,
+    ) -> Duration {
+        let now = Instant::now();
+        let spacing = spacing(settings);
+        let mut numbers = lock(&self.numbers);
+        let n = numbers
+            .entry(settings.whatsapp.phone_number_id.clone())
+            .or_default();
+        n.slow_strikes = n.slow_strikes.saturating_add(1);
+        let pause = retry_after.unwrap_or_else(|| {
+            Duration::from_secs(1u64 << (n.slow_strikes - 1).min(6)).min(MAX_PAUSE)
+        });
+        let until = now + pause;
+        if n.pause_until.is_none_or(|u| u < until) {
+            n.pause_until = Some(until);
+            n.pause_reason = reason.to_string();
+        }
+        let until = n.pause_until.unwrap_or(until);
+        promise(&mut n.promised, until, spacing, now)
+    }
+
+    /// A halt-class answer: no sends for the number until `whatsapp.halt_cooldown` has passed or
+    /// the configuration is reloaded. Returns how long the job that got the answer should wait
+    /// ([`PROBE_EVERY`] at most, so it notices a reload) and whether this opened the circuit
+    /// (false: it was open already).
+    pub fn open_circuit(&self, settings: &Arc<Settings>, reason: &str) -> (Duration, bool) {
+        let now = Instant::now();
+        let cooldown = settings.whatsapp.halt_cooldown;
+        let mut numbers = lock(&self.numbers);
+        let n = numbers
+            .entry(settings.whatsapp.phone_number_id.clone())
+            .or_default();
+        // A halt answer under settings this number has not seen yet is for those settings.
+        n.seen = Arc::downgrade(settings);
+        let opened = match &mut n.circuit {
+            Some(c) if c.until > now => {
+                c.until = c.until.max(now + cooldown);
+                false
+            }
+            _ => {
+                n.circuit = Some(Circuit {
+                    until: now + cooldown,
+                    reason: reason.to_string(),
+                });
+                n.promised = None;
+                true
+            }
+        };
+        (cooldown.min(PROBE_EVERY), opened)
+    }
+
+    /// Whether sending is halted for any number.
+    pub fn circuit_open(&self) -> bool {
+        let now = Instant::now();
+        lock(&self.numbers)
+            .values()
+            .any(|n| n.circuit.as_ref().is_some_and(|c| c.until > now))
+    }
+
+    fn recipient(&self, number: &str, to: &str) -> Arc<Recipient> {
+        let mut r = lock(&self.recipients);
+        if r.map.len() >= r.sweep_at.max(RECIPIENTS_SWEEP_AT) {
+            let now = Instant::now();
+            r.map.retain(|_, rec| {
+                let t = lock(&rec.timing);
+                Arc::strong_count(rec) > 1
+                    || t.strikes > 0
+                    || t.next_at.is_some_and(|at| at > now)
+                    || t.promised.is_some_and(|at| at > now)
+            });
+            r.sweep_at = r.map.len() * 2;
+        }
+        r.map
+            .entry((number.to_string(), to.to_string()))
+            .or_default()
+            .clone()
+    }
+}
+
+/// The time between two throughput slots.
+fn spacing(settings: &Settings) -> Duration {
+    Duration::from_secs_f64(1.0 / f64::from(settings.whatsapp.rate_per_second.max(1)))
+}
+
+/// The next promised slot not before `earliest` and `spacing` after the last one; returns the
+/// delay until it.
+fn promise(
+    promised: &mut Option<Instant>,
+    earliest: Instant,
+    spacing: Duration,
+    now: Instant,
+) -> Duration {
+    let slot = match *promised {
+        Some(last) if last + spacing > earliest => last + spacing,
+        _ => earliest,
+    };
+    *promised = Some(slot);
+    slot.saturating_duration_since(now)
+}
+
+fn circuit_deferral(delay: Duration, reason: &str, remaining: Duration) -> Deferral {
+    Deferral {
+        delay,
+        code: "circuit_open",
+        message: format!(
+            "sending is halted for this phone number ({reason}); it resumes in {} \
+             (whatsapp.halt_cooldown) or on a configuration reload",
+            human(remaining)
+        ),
+    }
+}
+
+fn recipient_deferral(delay: Duration, pair: Duration) -> Deferral {
+    Deferral {
+        delay,
+        code: "recipient_paced",
+        message: format!(
+            "pair rate: one message per {} to the same recipient (whatsapp.pair_interval); \
+             next send in {}",
+            human(pair),
+            human(delay)
+        ),
+    }
+}
+
+/// Sleeps until `at` if it is still ahead (tokio rounds every timer up to the next millisecond,
+/// so even a deadline that has passed would cost up to 1 ms).
+async fn sleep_until(at: Instant) {
+    if at > Instant::now() {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// A duration for people: whole milliseconds.
+fn human(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LoadOptions, load};
+
+    fn settings(tweak: impl FnOnce(&mut Settings)) -> Arc<Settings> {
+        let mut s = load(&LoadOptions {
+            skip_default_path: true,
+            ..Default::default()
+        })
+        .unwrap();
+        s.whatsapp.phone_number_id = "1000".into();
+        tweak(&mut s);
+        Arc::new(s)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throughput_spaces_sends_evenly() {
+        let s = settings(|s| {
+            s.whatsapp.rate_per_second = 10;
+            s.whatsapp.pair_interval = Duration::ZERO;
+        });
+        let pacer = Pacer::new();
+        let start = Instant::now();
+        let mut at = Vec::new();
+        for i in 0..5 {
+            let p = pacer.acquire(&s, &format!("1555000000{i}")).await.unwrap();
+            at.push((Instant::now() - start).as_millis());
+            p.done(true);
+        }
+        assert_eq!(at, [0, 100, 200, 300, 400]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_past_one_second_is_deferred_and_spread() {
+        let s = settings(|s| {
+            s.whatsapp.rate_per_second = 2;
+            s.whatsapp.pair_interval = Duration::ZERO;
+        });
+        let pacer = Pacer::new();
+        // Slots at 0 s, 0.5 s and 1 s are within reach; reserve them without sleeping.
+        {
+            let mut numbers = lock(&pacer.numbers);
+            numbers.entry("1000".into()).or_default().next_slot =
+                Some(Instant::now() + Duration::from_millis(1500));
+        }
+        let a = pacer.acquire(&s, "15550000001").await.unwrap_err();
+        let b = pacer.acquire(&s, "15550000002").await.unwrap_err();
+        assert_eq!(a.code, "number_paced");
+        assert_eq!(a.delay, Duration::from_millis(1500));
+        assert_eq!(
+            b.delay,
+            Duration::from_millis(2000),
+            "promised the next slot"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pair_interval_is_slept_when_short_and_deferred_when_long() {
+        let short = settings(|s| s.whatsapp.pair_interval = Duration::from_millis(300));
+        let pacer = Pacer::new();
+        pacer
+            .acquire(&short, "15551112222")
+            .await
+            .unwrap()
+            .done(true);
+        let start = Instant::now();
+        pacer
+            .acquire(&short, "15551112222")
+            .await
+            .unwrap()
+            .done(true);
+        assert_eq!((Instant::now() - start).as_millis(), 300);
+        // Another recipient does not wait.
+        let start = Instant::now();
+        pacer
+            .acquire(&short, "15553334444")
+            .await
+            .unwrap()
+            .done(true);
+        assert!(Instant::now() - start < Duration::from_millis(20));
+
+        let long = settings(|s| s.whatsapp.pair_interval = Duration::from_secs(6));
+        let pacer = Pacer::new();
+        pacer
+            .acquire(&long, "15551112222")
+            .await
+            .unwrap()
+            .done(true);
+        let first = pacer.acquire(&long, "15551112222").await.unwrap_err();
+        let second = pacer.acquire(&long, "15551112222").await.unwrap_err();
+        assert_eq!(first.code, "recipient_paced");
+        assert_eq!(first.delay, Duration::from_secs(6));
+        assert_eq!(
+            second.delay,
+            Duration::from_secs(12),
+            "spread by the pair interval"
+        );
+        assert!(first.message.contains("6s"), "{}", first.message);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_send_at_a_time_per_recipient() {
+        let s = settings(|s| s.whatsapp.pair_interval = Duration::ZERO);
+        let pacer = Arc::new(Pacer::new());
+        let held = pacer.acquire(&s, "15551112222").await.unwrap();
+        // Held past the one-second budget: the second job is deferred.
+        let err = pacer.acquire(&s, "15551112222").await.unwrap_err();
+        assert_eq!(err.code, "recipient_paced");
+        // Released within the budget: the second job gets its turn.
+        let waiter = {
+            let (pacer, s) = (pacer.clone(), s.clone());
+            tokio::spawn(async move { pacer.acquire(&s, "15551112222").await.map(|_| ()) })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        held.done(true);
+        waiter.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pair_rate_answers_back_off_four_to_the_x() {
+        let s = settings(|s| s.whatsapp.pair_interval = Duration::ZERO);
+        let pacer = Pacer::new();
+        let mut backoffs = Vec::new();
+        for _ in 0..7 {
+            let p = loop {
+                match pacer.acquire(&s, "15551112222").await {
+                    Ok(p) => break p,
+                    Err(d) => tokio::time::sleep(d.delay).await,
+                }
+            };
+            backoffs.push(p.pair_limited().as_secs());
+        }
+        assert_eq!(backoffs, [1, 4, 16, 64, 256, 1024, 1024]);
+        // An accepted send resets the exponent.
+        tokio::time::sleep(Duration::from_secs(1024)).await;
+        pacer.acquire(&s, "15551112222").await.unwrap().done(true);
+        let p = pacer.acquire(&s, "15551112222").await.unwrap();
+        assert_eq!(p.pair_limited(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limit_pauses_the_whole_number() {
+        let s = settings(|s| s.whatsapp.pair_interval = Duration::ZERO);
+        let pacer = Pacer::new();
+        // Short pause: slept.
+        assert_eq!(
+            pacer.pause_number(&s, Some(Duration::from_millis(400)), "130429"),
+            Duration::from_millis(400)
+        );
+        let start = Instant::now();
+        pacer.acquire(&s, "15550000001").await.unwrap().done(true);
+        assert!(Instant::now() - start >= Duration::from_millis(400));
+        // Escalating pauses without Retry-After: 2 s (the second strike), then 4 s: deferred.
+        assert_eq!(
+            pacer.pause_number(&s, None, "130429"),
+            Duration::from_secs(2)
+        );
+        let d = pacer.acquire(&s, "15550000002").await.unwrap_err();
+        assert_eq!(d.code, "number_paused");
+        assert!(d.message.contains("130429"), "{}", d.message);
+        assert_eq!(pacer.pause_number(&s, None, "4"), Duration::from_secs(4));
+        // An accepted send forgives the strikes.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        pacer.acquire(&s, "15550000003").await.unwrap().done(true);
+        pacer.accepted(&s);
+        assert_eq!(pacer.pause_number(&s, None, "4"), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_circuit_closes_after_the_cooldown_or_on_reload() {
+        let s = settings(|s| s.whatsapp.halt_cooldown = Duration::from_secs(300));
+        let pacer = Pacer::new();
+        assert_eq!(pacer.admit(&s), Ok(Admission::default()));
+        let (probe, opened) = pacer.open_circuit(&s, "Cloud API error 190");
+        assert!(opened);
+        assert_eq!(probe, PROBE_EVERY);
+        assert!(!pacer.open_circuit(&s, "again").1, "already open");
+        assert!(pacer.circuit_open());
+        let d = pacer.admit(&s).unwrap_err();
+        assert_eq!(d.code, "circuit_open");
+        assert_eq!(d.delay, Duration::from_secs(300));
+        assert!(d.message.contains("Cloud API error 190"), "{}", d.message);
+        assert_eq!(
+            pacer.acquire(&s, "15550000001").await.unwrap_err().code,
+            "circuit_open"
+        );
+
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert!(!pacer.circuit_open());
+        assert_eq!(
+            pacer.admit(&s),
+            Ok(Admission {
+                closed_after_cooldown: true,
+                ..Default::default()
+            })
+        );
+
+        pacer.open_circuit(&s, "Cloud API error 190");
+        let reloaded = Arc::new((*s).clone());
+        assert_eq!(
+            pacer.admit(&reloaded),
+            Ok(Admission {
+                closed_by_reload: true,
+                ..Default::default()
+            })
+        );
+        assert!(!pacer.circuit_open());
+        pacer.acquire(&reloaded, "15550000001").await.unwrap();
+    }
+}

@@ -1,0 +1,926 @@
+//! Live delivery against the mock Cloud API and the mock orchestrator: every error class ends
+//! in its documented state, nothing is ever sent twice, pacing stays under Meta's limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbound_runner::config::{DeliveryMode, OnUnknown, Settings};
+use outbound_runner::delivery::live::LiveHandler;
+use outbound_runner::queue::store::{self, Reclaim};
+use outbound_runner::runner::Runner;
+use serde_json::{Value, json};
+
+use crate::support::mock_meta::{self, Limits, MockMeta, Reply};
+use crate::support::mock_orchestrator::{self, Answer, MockOrchestrator};
+use crate::support::{TestDb, spawn_passive, spawn_runner, test_settings, wait_count};
+
+/// Live delivery to `meta`, no pair spacing (tests that pace set their own).
+fn live(s: &mut Settings, meta: &MockMeta) {
+    s.delivery.mode = DeliveryMode::Live;
+    s.whatsapp.api_base = meta.api_base();
+    s.whatsapp.phone_number_id = mock_meta::PHONE_NUMBER_ID.into();
+    s.whatsapp.access_token = Some(mock_meta::TOKEN.to_string().into());
+    s.whatsapp.timeout = Duration::from_secs(5);
+    s.whatsapp.pair_interval = Duration::ZERO;
+}
+
+fn handler() -> Arc<LiveHandler> {
+    Arc::new(LiveHandler::new(&test_settings()).unwrap())
+}
+
+/// A passive live runner on `db` sending to `meta`.
+async fn passive(db: &TestDb, meta: &MockMeta, tweak: impl FnOnce(&mut Settings)) -> Runner {
+    spawn_passive(db, handler(), |s| {
+        live(s, meta);
+        tweak(s);
+    })
+    .await
+}
+
+async fn text_job(db: &TestDb, to: &str, body: &str) -> i64 {
+    db.insert_payload(
+        &json!({"to": to, "message": {"type": "text", "text": {"body": body}}}).to_string(),
+    )
+    .await
+}
+
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+struct Msg {
+    seq: i32,
+    status: String,
+    wamid: Option<String>,
+    #[sqlx(rename = "lastErrorCode")]
+    code: Option<String>,
+}
+
+async fn ledger(db: &TestDb, job: i64) -> Vec<Msg> {
+    sqlx::query_as(
+        r#"SELECT seq, status, wamid, "lastErrorCode" FROM "OutboundMessage"
+           WHERE "jobId" = $1 ORDER BY seq"#,
+    )
+    .bind(job)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn statuses(db: &TestDb, job: i64) -> Vec<String> {
+    ledger(db, job)
+        .await
+        .into_iter()
+        .map(|m| m.status)
+        .collect()
+}
+
+fn errors(runner: &Runner, class: &str) -> u64 {
+    runner
+        .shared()
+        .metrics
+        .whatsapp_errors
+        .with_label_values(&[class])
+        .get()
+}
+
+fn seen(meta: &MockMeta) -> u64 {
+    *meta.seen().borrow()
+}
+
+/// Asserts nothing was accepted twice.
+fn assert_once_each(meta: &MockMeta) {
+    let twice: Vec<_> = meta
+        .accepted_per_message()
+        .into_iter()
+        .filter(|(_, n)| *n != 1)
+        .collect();
+    assert!(twice.is_empty(), "accepted more than once: {twice:?}");
+}
+
+#[tokio::test]
+async fn a_job_is_sent_once_with_the_envelope_and_its_wamids_are_recorded() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let runner = passive(&db, &meta, |_| {}).await;
+    let id = db
+        .insert_payload(
+            &json!({"to": "+15551230001", "message": [
+                {"type": "text", "text": {"body": "Your order shipped"}},
+                {"type": "template", "template": {"name": "order_update", "language": {"code": "en_US"}}}
+            ]})
+            .to_string(),
+        )
+        .await;
+
+    let report = runner.run_pass(10).await.unwrap();
+    assert_eq!(report.processed, [id]);
+    let job = db.job(id).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("done", 1));
+
+    let accepted = meta.accepted_for(id);
+    assert_eq!(accepted.len(), 2);
+    let rows = ledger(&db, id).await;
+    assert_eq!(
+        rows.iter().map(|m| m.status.as_str()).collect::<Vec<_>>(),
+        ["sent", "sent"]
+    );
+    for (row, a) in rows.iter().zip(&accepted) {
+        assert_eq!(row.wamid.as_deref(), Some(a.wamid.as_str()));
+        assert_eq!(a.to, "15551230001");
+    }
+    assert_eq!(accepted[0].message["text"]["body"], "Your order shipped");
+    assert_eq!(accepted[1].message["template"]["name"], "order_update");
+    for request in meta.requests() {
+        assert_eq!(request["messaging_product"], "whatsapp");
+        assert_eq!(request["recipient_type"], "individual");
+        assert_eq!(request["to"], "15551230001");
+        assert_eq!(request["biz_opaque_callback_data"], id.to_string());
+    }
+    let bearer = format!("Bearer {}", mock_meta::TOKEN);
+    assert!(
+        meta.authorizations()
+            .iter()
+            .all(|a| a.as_deref() == Some(bearer.as_str()))
+    );
+    let metrics = &runner.shared().metrics;
+    assert_eq!(metrics.messages_sent.get(), 2);
+    assert_eq!(metrics.send_duration.get_sample_count(), 2);
+
+    // Nothing left to do: another pass sends nothing.
+    assert!(runner.run_pass(10).await.unwrap().processed.is_empty());
+    assert_eq!(seen(&meta), 2);
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried_with_the_code_kept_and_then_sent_once() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let runner = passive(&db, &meta, |s| s.retry.max_attempts = 10).await;
+    meta.script([
+        Reply::error(500, 131000),
+        // The same code under a 400 is still transient: the code decides, not the status.
+        Reply::error(400, 131000),
+        Reply::Html(502),
+        // A code the table does not list, under a 5xx.
+        Reply::error(503, 999_999),
+        Reply::error(400, 131016),
+    ]);
+    let id = text_job(&db, "15551230002", "hello").await;
+    let expected = [
+        ("131000", "HTTP 500"),
+        ("131000", "HTTP 400"),
+        ("http_502", "non-JSON body"),
+        ("999999", "HTTP 503"),
+        ("131016", "HTTP 400"),
+    ];
+    for (attempt, (code, needle)) in expected.iter().enumerate() {
+        let report = runner.run_pass(1).await.unwrap();
+        assert_eq!(report.retried, [id], "attempt {}", attempt + 1);
+        let job = db.job(id).await;
+        assert_eq!(job.status, "queued");
+        assert_eq!(job.attempts, attempt as i32 + 1);
+        assert_eq!(job.last_error_code.as_deref(), Some(*code));
+        let reason = job.last_error.unwrap();
+        assert!(reason.contains(needle), "{reason}");
+        if !code.starts_with("http_") {
+            assert!(reason.contains("details: mock details"), "{reason}");
+            assert!(reason.contains("fbtrace_id: AmockTRACE42"), "{reason}");
+        }
+        let rows = ledger(&db, id).await;
+        assert_eq!(rows[0].status, "pending", "nothing was accepted");
+        assert_eq!(rows[0].code.as_deref(), Some(*code));
+        db.make_due().await;
+    }
+    let report = runner.run_pass(1).await.unwrap();
+    assert_eq!(report.processed, [id]);
+    assert_eq!(db.job(id).await.attempts, 6);
+    assert_eq!(meta.accepted_for(id).len(), 1);
+    assert_eq!(errors(&runner, "retry"), 5);
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connect_failure_is_retried_and_no_secret_reaches_the_error() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    // A port nothing listens on: the connection is refused before anything is written.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let runner = passive(&db, &meta, |s| {
+        s.whatsapp.api_base = format!("http://{closed}");
+    })
+    .await;
+    let id = text_job(&db, "15551230003", "hello").await;
+    assert_eq!(runner.run_pass(1).await.unwrap().retried, [id]);
+    let job = db.job(id).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("queued", 1));
+    assert_eq!(job.last_error_code.as_deref(), Some("connect_failed"));
+    let reason = job.last_error.unwrap();
+    assert!(reason.contains("nothing was sent"), "{reason}");
+    assert!(!reason.contains(&closed.to_string()), "no URL: {reason}");
+    assert!(!reason.contains(mock_meta::TOKEN), "no token: {reason}");
+    assert_eq!(statuses(&db, id).await, ["pending"]);
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn permanent_errors_fail_the_job_with_metas_code() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let runner = passive(&db, &meta, |_| {}).await;
+    meta.script([
+        Reply::error(400, 131026),
+        // The same code under a 500 is still permanent.
+        Reply::error(500, 131026),
+        // An unlisted code under a 4xx.
+        Reply::error(404, 777),
+    ]);
+    let mut ids = Vec::new();
+    for (n, (code, status)) in [("131026", 400), ("131026", 500), ("777", 404)]
+        .into_iter()
+        .enumerate()
+    {
+        let id = text_job(&db, &format!("1555123010{n}"), "hello").await;
+        assert_eq!(runner.run_pass(1).await.unwrap().failed, [id]);
+        let job = db.job(id).await;
+        assert_eq!((job.status.as_str(), job.attempts), ("failed", 1));
+        assert_eq!(job.last_error_code.as_deref(), Some(code));
+        let reason = job.last_error.unwrap();
+        assert!(
+            reason.contains(&format!("Cloud API error {code}")),
+            "{reason}"
+        );
+        assert!(reason.contains(&format!("HTTP {status}")), "{reason}");
+        assert!(reason.contains("fbtrace_id: AmockTRACE42"), "{reason}");
+        let rows = ledger(&db, id).await;
+        assert_eq!(rows[0].status, "failed");
+        assert_eq!(rows[0].code.as_deref(), Some(code));
+        ids.push(id);
+    }
+    assert_eq!(errors(&runner, "fail"), 3);
+
+    // In a two-message job, the first stays sent and the reason names the second.
+    meta.script([Reply::Accept, Reply::error(400, 131047)]);
+    let id = db
+        .insert_payload(
+            &json!({"to": "15551230199", "message": [
+                {"type": "text", "text": {"body": "one"}}, {"type": "text", "text": {"body": "two"}}
+            ]})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(runner.run_pass(1).await.unwrap().failed, [id]);
+    assert_eq!(statuses(&db, id).await, ["sent", "failed"]);
+    let reason = db.job(id).await.last_error.unwrap();
+    assert!(
+        reason.starts_with("message 2 of 2: Cloud API error 131047"),
+        "{reason}"
+    );
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rate_limit_pauses_the_number_without_spending_attempts() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let runner = passive(&db, &meta, |_| {}).await;
+    meta.script([Reply::Error {
+        status: 429,
+        code: 130429,
+        details: "throughput reached",
+        retry_after: Some(3),
+    }]);
+    let first = text_job(&db, "15551230201", "a").await;
+    assert_eq!(runner.run_pass(1).await.unwrap().retried, [first]);
+    let job = db.job(first).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("queued", 0));
+    assert_eq!(job.last_error_code.as_deref(), Some("130429"));
+    assert!(
+        (2.0..=3.5).contains(&job.due_in),
+        "Retry-After honoured: {}",
+        job.due_in
+    );
+    assert!(job.last_error.unwrap().contains("paused"));
+    assert_eq!(statuses(&db, first).await, ["pending"]);
+
+    // Another recipient waits too, without a request reaching Meta.
+    let second = text_job(&db, "15551230202", "b").await;
+    assert_eq!(runner.run_pass(1).await.unwrap().retried, [second]);
+    let job = db.job(second).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("queued", 0));
+    assert_eq!(job.last_error_code.as_deref(), Some("number_paused"));
+    assert!(job.due_in > 2.0, "{}", job.due_in);
+    assert_eq!(seen(&meta), 1);
+    assert_eq!(errors(&runner, "slow_number"), 1);
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pair_rate_answer_backs_off_only_that_recipient() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let runner = passive(&db, &meta, |_| {}).await;
+    meta.script([Reply::error(400, 131056)]);
+    let limited = text_job(&db, "15551230301", "a").await;
+    assert_eq!(runner.run_pass(1).await.unwrap().retried, [limited]);
+    let job = db.job(limited).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("queued", 1));
+    assert_eq!(job.last_error_code.as_deref(), Some("131056"));
+    assert!(job.due_in >= 0.5, "at least 4^0 s: {}", job.due_in);
+    assert!(job.last_error.unwrap().contains("backs off 1s"));
+
+    // Another recipient is not slowed down.
+    let other = text_job(&db, "15551230302", "b").await;
+    assert_eq!(runner.run_pass(1).await.unwrap().processed, [other]);
+
+    // The limited recipient's next send waits out its backoff (under a second: slept).
+    db.make_due().await;
+    assert_eq!(runner.run_pass(1).await.unwrap().processed, [limited]);
+    assert_eq!(db.job(limited).await.attempts, 2);
+    assert_eq!(errors(&runner, "slow_recipient"), 1);
+    assert_once_each(&meta);
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_halt_answer_opens_the_circuit_until_a_reload() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let runner = passive(&db, &meta, |_| {}).await;
+    meta.script([Reply::error(401, 190)]);
+    let gauge = || runner.shared().metrics.circuit_open.get();
+
+    let tripped = text_job(&db, "15551230401", "a").await;
+    assert_eq!(runner.run_pass(1).await.unwrap().retried, [tripped]);
+    let job = db.job(tripped).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("queued", 0));
+    assert_eq!(job.last_error_code.as_deref(), Some("190"));
+    assert!(
+        job.due_in <= 31.0,
+        "comes back to notice a reload: {}",
+        job.due_in
+    );
+    assert_eq!(gauge(), 1);
+    assert_eq!(errors(&runner, "halt"), 1);
+
+    // While the circuit is open nothing reaches Meta and no attempt is spent.
+    let held = text_job(&db, "15551230402", "b").await;
+    assert_eq!(runner.run_pass(1).await.unwrap().retried, [held]);
+    let job = db.job(held).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("queued", 0));
+    assert_eq!(job.last_error_code.as_deref(), Some("circuit_open"));
+    assert!(
+        job.due_in > 250.0,
+        "deferred for the cooldown: {}",
+        job.due_in
+    );
+    let reason = job.last_error.unwrap();
+    assert!(reason.contains("Cloud API error 190"), "{reason}");
+    assert!(reason.contains("configuration reload"), "{reason}");
+    assert_eq!(seen(&meta), 1);
+
+    // A reload (the operator fixed the token) closes the circuit; the next job notices it and
+    // makes the jobs the circuit deferred due at once.
+    runner.apply(Arc::new((*runner.settings()).clone()));
+    let fresh = text_job(&db, "15551230403", "c").await;
+    assert_eq!(runner.run_pass(1).await.unwrap().processed, [fresh]);
+    assert_eq!(gauge(), 0);
+    assert!(db.job(held).await.due_in <= 0.0, "woken by the reload");
+    assert_eq!(runner.run_pass(1).await.unwrap().processed, [held]);
+    db.make_due().await;
+    assert_eq!(runner.run_pass(1).await.unwrap().processed, [tripped]);
+    assert_eq!(db.job(tripped).await.attempts, 1);
+    assert_eq!(meta.accepted().len(), 3);
+    assert_once_each(&meta);
+    runner.shutdown().await;
+}
+
+/// The answers after which nobody knows whether Meta accepted the message.
+async fn assert_ambiguous_is_not_resent(reply: Reply, code: &str) {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let runner = passive(&db, &meta, |s| {
+        s.whatsapp.timeout = Duration::from_secs(1);
+    })
+    .await;
+    meta.script([reply]);
+    let id = text_job(&db, "15551230501", "hello").await;
+    assert_eq!(runner.run_pass(1).await.unwrap().failed, [id]);
+    let job = db.job(id).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("failed", 1), "{code}");
+    assert_eq!(job.last_error_code.as_deref(), Some("delivery_unknown"));
+    let rows = ledger(&db, id).await;
+    assert_eq!(rows[0].status, "unknown");
+    assert_eq!(rows[0].code.as_deref(), Some(code));
+    assert!(
+        job.last_error.unwrap().contains("may have been accepted"),
+        "{code}"
+    );
+
+    // Not retried, however often the runner looks.
+    db.make_due().await;
+    assert!(runner.run_pass(10).await.unwrap().processed.is_empty());
+    assert_eq!(
+        meta.accepted_for(id).len(),
+        1,
+        "{code}: accepted exactly once"
+    );
+    assert_eq!(seen(&meta), 1);
+    assert_eq!(errors(&runner, "unknown"), 1);
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn accept_then_drop_is_accepted_once_and_the_message_is_unknown() {
+    assert_ambiguous_is_not_resent(Reply::AcceptThenDrop, "connection_lost").await;
+}
+
+#[tokio::test]
+async fn an_answer_past_the_timeout_is_unknown_and_not_resent() {
+    assert_ambiguous_is_not_resent(Reply::SlowAccept(Duration::from_secs(3)), "timeout").await;
+}
+
+#[tokio::test]
+async fn a_success_without_a_wamid_is_unknown_and_not_resent() {
+    assert_ambiguous_is_not_resent(Reply::AcceptGarbage, "no_wamid").await;
+}
+
+#[tokio::test]
+async fn with_on_unknown_retry_an_ambiguous_send_is_sent_again() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let runner = passive(&db, &meta, |s| s.delivery.on_unknown = OnUnknown::Retry).await;
+    meta.script([Reply::AcceptThenDrop]);
+    let id = text_job(&db, "15551230601", "hello").await;
+    assert_eq!(runner.run_pass(1).await.unwrap().retried, [id]);
+    let job = db.job(id).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("queued", 1));
+    assert_eq!(statuses(&db, id).await, ["pending"]);
+    db.make_due().await;
+    assert_eq!(runner.run_pass(1).await.unwrap().processed, [id]);
+    // At least once, as configured: Meta got it twice.
+    assert_eq!(meta.accepted_for(id).len(), 2);
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_between_sending_and_the_answer_is_not_resent_by_the_rescuer() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let runner = passive(&db, &meta, |_| {}).await;
+    meta.script([Reply::Hold]);
+    let id = text_job(&db, "15551230701", "hello").await;
+    let pass = {
+        let runner = runner.clone();
+        tokio::spawn(async move { runner.run_pass(1).await })
+    };
+    // Meta accepted the message; its answer has not come back.
+    wait_count(&mut meta.recorded(), 1, Duration::from_secs(10)).await;
+    assert_eq!(statuses(&db, id).await, ["sending"]);
+
+    // The worker dies.
+    let abort = runner.shared().inflight.lock().unwrap().get(&id).cloned();
+    abort.expect("the job is in flight").abort();
+    let report = pass.await.unwrap().unwrap();
+    assert!(report.processed.is_empty() && report.failed.is_empty());
+    assert_eq!(db.job(id).await.status, "running");
+
+    // Its lease expires; the rescuer takes the job back.
+    sqlx::query(
+        r#"UPDATE "OutboundJob" SET "leaseUntil" = now() - interval '1 second' WHERE id = $1"#,
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let rescued = store::reclaim(&db.pool, Reclaim::Expired, true, 5)
+        .await
+        .unwrap();
+    assert_eq!((rescued.failed, rescued.in_doubt), (1, 1));
+    meta.release(1);
+
+    let job = db.job(id).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("failed", 1));
+    assert_eq!(job.last_error_code.as_deref(), Some("delivery_unknown"));
+    assert_eq!(statuses(&db, id).await, ["unknown"]);
+    db.make_due().await;
+    assert!(runner.run_pass(10).await.unwrap().processed.is_empty());
+    assert_eq!(seen(&meta), 1, "never sent again");
+    assert_eq!(meta.accepted_for(id).len(), 1);
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_drain_that_cuts_a_send_short_leaves_the_message_unknown() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let runner = spawn_runner(&db, handler(), |s| {
+        live(s, &meta);
+        s.runner.drain_timeout = Duration::from_millis(200);
+    })
+    .await;
+    meta.script([Reply::Hold]);
+    let id = text_job(&db, "15551230801", "hello").await;
+    wait_count(&mut meta.recorded(), 1, Duration::from_secs(10)).await;
+    // Stopped mid-send: the drain gives up on the job and releases the claim.
+    let report = runner.shutdown().await;
+    assert_eq!(report.aborted, 1);
+    assert_eq!((report.released.failed, report.released.in_doubt), (1, 1));
+    meta.release(1);
+    let job = db.job(id).await;
+    assert_eq!(job.status, "failed");
+    assert_eq!(job.last_error_code.as_deref(), Some("delivery_unknown"));
+    assert_eq!(statuses(&db, id).await, ["unknown"]);
+
+    // A new runner does not send it again.
+    let runner = passive(&db, &meta, |_| {}).await;
+    db.make_due().await;
+    assert!(runner.run_pass(10).await.unwrap().processed.is_empty());
+    assert_eq!(seen(&meta), 1);
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_send_cut_off_by_job_timeout_is_not_resent_on_the_next_attempt() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let runner = passive(&db, &meta, |s| {
+        s.runner.job_timeout = Duration::from_secs(2);
+    })
+    .await;
+    meta.script([Reply::Hold]);
+    let id = text_job(&db, "15551230901", "hello").await;
+    let pass = {
+        let runner = runner.clone();
+        tokio::spawn(async move { runner.run_pass(1).await })
+    };
+    // Accepted by Meta, the answer held past runner.job_timeout.
+    wait_count(&mut meta.recorded(), 1, Duration::from_secs(10)).await;
+    assert_eq!(pass.await.unwrap().unwrap().retried, [id]);
+    assert_eq!(
+        db.job(id).await.last_error_code.as_deref(),
+        Some("job_timeout")
+    );
+    assert_eq!(statuses(&db, id).await, ["sending"]);
+
+    db.make_due().await;
+    assert_eq!(runner.run_pass(1).await.unwrap().failed, [id]);
+    let job = db.job(id).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("failed", 2));
+    assert_eq!(job.last_error_code.as_deref(), Some("delivery_unknown"));
+    assert_eq!(statuses(&db, id).await, ["unknown"]);
+    assert_eq!(seen(&meta), 1);
+    meta.release(1);
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_orchestrator_composes_once_across_three_send_retries() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let orch = MockOrchestrator::start(mock_orchestrator::two_texts()).await;
+    let runner = passive(&db, &meta, |s| {
+        s.orchestrator.url = orch.url();
+        s.orchestrator.token = Some(mock_orchestrator::TOKEN.to_string().into());
+    })
+    .await;
+    meta.script([
+        // Attempt 1: the first message fails.
+        Reply::error(500, 131000),
+        // Attempt 2: the first is accepted, the second fails.
+        Reply::Accept,
+        Reply::Html(502),
+        // Attempt 3: the second fails again.
+        Reply::error(503, 2),
+    ]);
+    let input = json!({"text": "where is my order?", "from": "15551231001"});
+    let id: i64 = sqlx::query_scalar(
+        r#"INSERT INTO "OutboundJob" (payload, "requestId") VALUES ($1, 'req-77') RETURNING id"#,
+    )
+    .bind(json!({"to": "15551231001", "input": input}))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+
+    for attempt in 1..=3 {
+        assert_eq!(
+            runner.run_pass(1).await.unwrap().retried,
+            [id],
+            "attempt {attempt}"
+        );
+        db.make_due().await;
+    }
+    assert_eq!(statuses(&db, id).await, ["sent", "pending"]);
+    assert_eq!(runner.run_pass(1).await.unwrap().processed, [id]);
+    assert_eq!(db.job(id).await.attempts, 4);
+
+    let requests = orch.requests();
+    assert_eq!(requests.len(), 1, "composed once");
+    let (auth, body) = &requests[0];
+    assert_eq!(
+        auth.as_deref(),
+        Some(format!("Bearer {}", mock_orchestrator::TOKEN).as_str())
+    );
+    assert_eq!(
+        body,
+        &json!({"jobId": id, "requestId": "req-77", "to": "15551231001", "input": input})
+    );
+    let composed: Value = sqlx::query_scalar(r#"SELECT composed FROM "OutboundJob" WHERE id = $1"#)
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(composed, mock_orchestrator::two_texts());
+    let sent: Vec<Value> = meta
+        .accepted_for(id)
+        .into_iter()
+        .map(|a| a.message)
+        .collect();
+    assert_eq!(sent, composed["messages"].as_array().unwrap().clone());
+    assert_once_each(&meta);
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn orchestrator_failures_end_as_documented() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let orch = MockOrchestrator::start(mock_orchestrator::two_texts()).await;
+    let runner = passive(&db, &meta, |s| {
+        s.orchestrator.url = orch.url();
+        s.orchestrator.timeout = Duration::from_secs(1);
+    })
+    .await;
+    let job =
+        |n: u32| json!({"to": format!("155512320{n:02}"), "input": {"text": "hi"}}).to_string();
+    let cases: Vec<(Answer, &str, &str, &str)> = vec![
+        (
+            Answer::Raw(503, "text/plain", "overloaded"),
+            "queued",
+            "orchestrator_503",
+            "HTTP 503",
+        ),
+        (
+            Answer::Slow(Duration::from_secs(3), mock_orchestrator::two_texts()),
+            "queued",
+            "orchestrator_unavailable",
+            "did not answer within orchestrator.timeout",
+        ),
+        (
+            Answer::Raw(400, "application/json", r#"{"error":"unknown intent"}"#),
+            "failed",
+            "orchestrator_rejected",
+            "HTTP 400",
+        ),
+        (
+            Answer::Raw(200, "text/plain", "Sure! Here is your reply."),
+            "failed",
+            "orchestrator_bad_answer",
+            "not JSON",
+        ),
+        (
+            Answer::Json(json!({"reply": "hi"})),
+            "failed",
+            "orchestrator_bad_answer",
+            "no `messages`",
+        ),
+        (
+            Answer::Json(json!({"messages": [{"type": "template", "template": {}}]})),
+            "failed",
+            "orchestrator_bad_answer",
+            "template.name",
+        ),
+    ];
+    for (n, (answer, status, code, needle)) in cases.into_iter().enumerate() {
+        orch.script([answer]);
+        let id = db.insert_payload(&job(n as u32)).await;
+        runner.run_pass(1).await.unwrap();
+        let row = db.job(id).await;
+        assert_eq!(row.status, status, "case {n}");
+        assert_eq!(row.attempts, 1, "case {n}");
+        assert_eq!(row.last_error_code.as_deref(), Some(code), "case {n}");
+        let reason = row.last_error.unwrap();
+        assert!(reason.contains(needle), "case {n}: {reason}");
+        assert!(
+            ledger(&db, id).await.is_empty(),
+            "nothing recorded, nothing sent"
+        );
+        // A retried job must not be claimed in the next case's pass.
+        sqlx::query(r#"UPDATE "OutboundJob" SET status = 'cancelled' WHERE id = $1"#)
+            .bind(id)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    assert_eq!(seen(&meta), 0);
+    runner.shutdown().await;
+
+    // No orchestrator configured.
+    let runner = passive(&db, &meta, |_| {}).await;
+    let id = db.insert_payload(&job(99)).await;
+    assert_eq!(runner.run_pass(1).await.unwrap().failed, [id]);
+    assert_eq!(
+        db.job(id).await.last_error_code.as_deref(),
+        Some("no_orchestrator")
+    );
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_fails_its_job_with_a_readable_reason() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let runner = passive(&db, &meta, |_| {}).await;
+    let cases = [
+        (
+            json!({"to": "555-CALL-NOW", "message": {"type": "text", "text": {"body": "hi"}}}),
+            "`to` must be an E.164 phone number",
+        ),
+        (
+            json!({"to": "15551233001", "message": {"type": "text", "text": {"body": "  "}}}),
+            "a text message needs a non-empty `text.body`",
+        ),
+        (
+            json!({"to": "15551233002", "message": {"type": "template",
+                "template": {"language": {"code": "en_US"}}}}),
+            "a template message needs `template.name`",
+        ),
+    ];
+    for (payload, needle) in cases {
+        let id = db.insert_payload(&payload.to_string()).await;
+        assert_eq!(runner.run_pass(1).await.unwrap().failed, [id]);
+        let job = db.job(id).await;
+        assert_eq!((job.status.as_str(), job.attempts), ("failed", 1));
+        assert_eq!(job.last_error_code.as_deref(), Some("bad_payload"));
+        let reason = job.last_error.unwrap();
+        assert!(reason.contains(needle), "{reason}");
+    }
+    assert_eq!(seen(&meta), 0);
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_recipient_paced_for_longer_than_a_second_is_deferred_without_spending_an_attempt() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let runner = passive(&db, &meta, |s| {
+        s.whatsapp.pair_interval = Duration::from_secs(6);
+    })
+    .await;
+    let a = text_job(&db, "15551234001", "first").await;
+    let b = text_job(&db, "15551234001", "second").await;
+    let report = runner.run_pass(2).await.unwrap();
+    assert_eq!(report.processed.len(), 1);
+    assert_eq!(report.retried.len(), 1);
+    let deferred = db.job(report.retried[0]).await;
+    assert_eq!((deferred.status.as_str(), deferred.attempts), ("queued", 0));
+    assert_eq!(deferred.last_error_code.as_deref(), Some("recipient_paced"));
+    assert!(
+        (5.0..=6.5).contains(&deferred.due_in),
+        "{}",
+        deferred.due_in
+    );
+    assert_eq!(meta.accepted().len(), 1);
+    assert!([a, b].contains(&report.processed[0]));
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn pacing_keeps_500_jobs_to_5_recipients_under_metas_limits() {
+    const JOBS: i64 = 500;
+    // Meta's limits, the pair interval scaled down from 6 s so the test stays fast.
+    let pair = Duration::from_millis(40);
+    let db = TestDb::new().await;
+    let meta = MockMeta::start_with(
+        Limits {
+            rate_per_second: Some(80),
+            pair_interval: Some(pair),
+        },
+        Duration::ZERO,
+    )
+    .await;
+    let runner = spawn_runner(&db, handler(), |s| {
+        live(&mut *s, &meta);
+        s.runner.workers = 8;
+        s.whatsapp.rate_per_second = 80;
+        s.whatsapp.pair_interval = pair;
+    })
+    .await;
+    let mut finished = runner.finished();
+    sqlx::query(
+        r#"INSERT INTO "OutboundJob" (payload)
+           SELECT jsonb_build_object('to', '1555900000' || (g % 5),
+                  'message', jsonb_build_object('type', 'text',
+                      'text', jsonb_build_object('body', 'paced ' || g)))
+           FROM generate_series(1, $1) g"#,
+    )
+    .bind(JOBS as i32)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while db.count("done").await < JOBS {
+        tokio::time::timeout_at(deadline, finished.changed())
+            .await
+            .expect("all jobs done within 60s")
+            .unwrap();
+    }
+    assert_eq!(
+        meta.refused(130429),
+        0,
+        "never over the number's throughput"
+    );
+    assert_eq!(meta.refused(131056), 0, "never over a pair rate");
+    assert_eq!(meta.accepted().len(), JOBS as usize);
+    assert_once_each(&meta);
+    assert_eq!(db.count("failed").await, 0);
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn handler_for_builds_the_live_handler() {
+    let meta = MockMeta::start().await;
+    let mut s = test_settings();
+    live(&mut s, &meta);
+    assert!(outbound_runner::app::handler_for(&s).is_ok());
+}
+
+#[tokio::test]
+async fn an_answer_that_arrives_after_the_job_was_rescued_changes_nothing() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let runner = passive(&db, &meta, |_| {}).await;
+    meta.script([Reply::Hold]);
+    let id = text_job(&db, "15551235001", "hello").await;
+    let pass = {
+        let runner = runner.clone();
+        tokio::spawn(async move { runner.run_pass(1).await })
+    };
+    wait_count(&mut meta.recorded(), 1, Duration::from_secs(10)).await;
+    // The worker hangs long enough for its lease to expire and the job to be rescued.
+    sqlx::query(
+        r#"UPDATE "OutboundJob" SET "leaseUntil" = now() - interval '1 second' WHERE id = $1"#,
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let rescued = store::reclaim(&db.pool, Reclaim::Expired, true, 5)
+        .await
+        .unwrap();
+    assert_eq!(rescued.in_doubt, 1);
+    // Meta's answer arrives now: the fenced write of the wamid matches nothing.
+    meta.release(1);
+    let report = pass.await.unwrap().unwrap();
+    assert!(
+        report.processed.is_empty() && report.failed.is_empty(),
+        "{report:?}"
+    );
+    let job = db.job(id).await;
+    assert_eq!(job.status, "failed");
+    assert_eq!(job.last_error_code.as_deref(), Some("delivery_unknown"));
+    let rows = ledger(&db, id).await;
+    assert_eq!(
+        (rows[0].status.as_str(), rows[0].wamid.as_deref()),
+        ("unknown", None)
+    );
+    assert_eq!(seen(&meta), 1);
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_live_runners_send_every_message_exactly_once() {
+    const JOBS: usize = 300;
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let tweak = |s: &mut Settings| {
+        live(s, &meta);
+        s.runner.workers = 4;
+        s.whatsapp.rate_per_second = 100_000;
+    };
+    let a = spawn_runner(&db, handler(), tweak).await;
+    let b = spawn_runner(&db, handler(), tweak).await;
+    let (mut fa, mut fb) = (a.finished(), b.finished());
+    db.insert_jobs(JOBS).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while db.count("done").await < JOBS as i64 {
+        tokio::time::timeout_at(deadline, async {
+            tokio::select! { r = fa.changed() => r, r = fb.changed() => r }
+        })
+        .await
+        .expect("all jobs done within 60s")
+        .unwrap();
+    }
+    let (da, db_) = tokio::join!(a.shutdown(), b.shutdown());
+    assert_eq!(da.aborted + db_.aborted, 0);
+    assert_eq!(meta.accepted().len(), JOBS);
+    assert_once_each(&meta);
+    let runners: i64 =
+        sqlx::query_scalar(r#"SELECT count(DISTINCT "lockedBy") FROM "OutboundJob""#)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(runners, 2, "both runners took part");
+}

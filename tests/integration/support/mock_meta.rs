@@ -1,0 +1,480 @@
+//! A mock WhatsApp Cloud API on 127.0.0.1:0 that speaks Meta's shapes.
+//!
+//! - `POST /{version}/{phone_number_id}/messages` with `Authorization: Bearer {TOKEN}`;
+//! - 200 `{"messaging_product":"whatsapp","contacts":[{"input","wa_id"}],"messages":[{"id":"wamid.…"}]}`;
+//! - Meta's error envelope `{"error":{"message","type","code","error_data":{"messaging_product",
+//!   "details"},"error_subcode"?,"fbtrace_id"}}` under whatever HTTP status a test scripts;
+//! - HTML 502 bodies, slow answers, accept-then-drop (the message is recorded, then the
+//!   connection is shut without an answer), held answers released by the test, 200s without a
+//!   wamid;
+//! - optional limits like Meta's: a per-number token bucket (`rate_per_second`, bucket of one
+//!   second) answering 130429, and a per-recipient pair interval answering 131056;
+//! - a configurable latency for every answer.
+//!
+//! Every accepted message is recorded with its `biz_opaque_callback_data` and body, so tests
+//! can assert "exactly one accepted send per message". Replies are scripted per test: a queue
+//! consumed one per request; an empty queue accepts.
+//!
+//! Self-contained (axum, tokio, serde_json): the delivery benchmark includes this file too.
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::serve::IncomingStream;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+/// The access token the mock accepts.
+pub const TOKEN: &str = "mock-access-token-3f9a";
+/// The phone number id the mock serves.
+pub const PHONE_NUMBER_ID: &str = "106540352242922";
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// 200 with a wamid (subject to the limits).
+    Accept,
+    /// Meta's error envelope with `code` under HTTP `status`; nothing is accepted.
+    Error {
+        status: u16,
+        code: i64,
+        details: &'static str,
+        retry_after: Option<u64>,
+    },
+    /// An HTML error page (a proxy in front of Meta), e.g. 502.
+    Html(u16),
+    /// Accepted and recorded at once, answered after the delay (past the client's timeout).
+    SlowAccept(Duration),
+    /// Accepted and recorded, then the connection is shut without an answer.
+    AcceptThenDrop,
+    /// Accepted and recorded at once; the answer waits until [`MockMeta::release`] (a worker
+    /// can be killed between the send and the answer).
+    Hold,
+    /// Accepted and recorded, answered 200 with a body that is not JSON.
+    AcceptGarbage,
+}
+
+impl Reply {
+    pub fn error(status: u16, code: i64) -> Reply {
+        Reply::Error {
+            status,
+            code,
+            details: "mock details",
+            retry_after: None,
+        }
+    }
+}
+
+/// A message the mock accepted.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// `biz_opaque_callback_data`: the job id.
+    pub job: String,
+    pub to: String,
+    /// The request body without the envelope fields.
+    pub message: Value,
+    pub wamid: String,
+    pub at: Instant,
+}
+
+/// Limits like Meta's; `None` is unlimited.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    pub rate_per_second: Option<u32>,
+    pub pair_interval: Option<Duration>,
+}
+
+#[derive(Default)]
+struct Inner {
+    script: VecDeque<Reply>,
+    accepted: Vec<Accepted>,
+    /// Requests answered with an error, by code.
+    refused: HashMap<i64, u64>,
+    latency: Duration,
+    limits: Limits,
+    bucket: Option<(f64, Instant)>,
+    last_to: HashMap<String, Instant>,
+    next_id: u64,
+    /// Every request body seen, in order.
+    requests: Vec<Value>,
+    authorizations: Vec<Option<String>>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    seen: watch::Sender<u64>,
+    recorded: watch::Sender<u64>,
+    hold: Semaphore,
+}
+
+/// A running mock; stops when dropped.
+pub struct MockMeta {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for MockMeta {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MockMeta {
+    pub async fn start() -> MockMeta {
+        Self::start_with(Limits::default(), Duration::ZERO).await
+    }
+
+    pub async fn start_with(limits: Limits, latency: Duration) -> MockMeta {
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                limits,
+                latency,
+                ..Default::default()
+            }),
+            seen: watch::channel(0).0,
+            recorded: watch::channel(0).0,
+            hold: Semaphore::new(0),
+        });
+        let app = Router::new()
+            .route("/{version}/{phone}/messages", post(messages))
+            .with_state(shared.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app.into_make_service_with_connect_info::<Conn>()).await;
+        });
+        MockMeta { addr, shared, task }
+    }
+
+    /// `whatsapp.api_base` for this mock.
+    pub fn api_base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.shared.inner.lock().unwrap()
+    }
+
+    /// Queues answers for the next requests (an empty queue accepts).
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.inner().script.extend(replies);
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.inner().latency = latency;
+    }
+
+    /// Lets `n` held requests answer.
+    pub fn release(&self, n: usize) {
+        self.shared.hold.add_permits(n);
+    }
+
+    pub fn accepted(&self) -> Vec<Accepted> {
+        self.inner().accepted.clone()
+    }
+
+    /// Accepted messages of one job, in arrival order.
+    pub fn accepted_for(&self, job: i64) -> Vec<Accepted> {
+        let job = job.to_string();
+        self.inner()
+            .accepted
+            .iter()
+            .filter(|a| a.job == job)
+            .cloned()
+            .collect()
+    }
+
+    /// How often each (job, message body) was accepted: every value is 1 when nothing was sent
+    /// twice.
+    pub fn accepted_per_message(&self) -> HashMap<(String, String), usize> {
+        let mut out = HashMap::new();
+        for a in self.inner().accepted.iter() {
+            *out.entry((a.job.clone(), a.message.to_string()))
+                .or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// Requests answered with `code`.
+    pub fn refused(&self, code: i64) -> u64 {
+        self.inner().refused.get(&code).copied().unwrap_or(0)
+    }
+
+    /// Every request body received, in order.
+    pub fn requests(&self) -> Vec<Value> {
+        self.inner().requests.clone()
+    }
+
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.inner().authorizations.clone()
+    }
+
+    /// Counts requests as they arrive (before any latency or hold).
+    pub fn seen(&self) -> watch::Receiver<u64> {
+        self.shared.seen.subscribe()
+    }
+
+    /// Counts accepted messages as they are recorded.
+    pub fn recorded(&self) -> watch::Receiver<u64> {
+        self.shared.recorded.subscribe()
+    }
+}
+
+/// The connection a request came on, so accept-then-drop can shut it. Holds a duplicate of
+/// the socket's descriptor; `shutdown` acts on the socket itself.
+#[derive(Clone)]
+struct Conn(Option<Arc<std::net::TcpStream>>);
+
+impl Connected<IncomingStream<'_, TcpListener>> for Conn {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        // Like Meta's front ends: no Nagle delay on small answers.
+        let _ = stream.io().set_nodelay(true);
+        let dup = stream
+            .io()
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(|fd| Arc::new(std::net::TcpStream::from(fd)));
+        Conn(dup)
+    }
+}
+
+const ENVELOPE_FIELDS: [&str; 4] = [
+    "messaging_product",
+    "recipient_type",
+    "to",
+    "biz_opaque_callback_data",
+];
+
+async fn messages(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    Path((_version, phone)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    shared.seen.send_modify(|n| *n += 1);
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let latency = {
+        let mut inner = shared.inner.lock().unwrap();
+        inner.authorizations.push(auth.clone());
+        inner.requests.push(parsed.clone().unwrap_or(Value::Null));
+        inner.latency
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+
+    if auth.as_deref() != Some(&format!("Bearer {TOKEN}")) {
+        return meta_error(&shared, 401, 190, "Invalid OAuth access token", None);
+    }
+    if phone != PHONE_NUMBER_ID {
+        return meta_error(&shared, 400, 100, "Unknown phone number id", None);
+    }
+    let Some(req) = parsed.filter(|v| {
+        v.get("messaging_product") == Some(&json!("whatsapp"))
+            && v.get("to").is_some_and(Value::is_string)
+            && v.get("type").is_some_and(Value::is_string)
+    }) else {
+        return meta_error(
+            &shared,
+            400,
+            100,
+            "(#100) Invalid parameter: messaging_product, to and type are required",
+            None,
+        );
+    };
+
+    let reply = shared
+        .inner
+        .lock()
+        .unwrap()
+        .script
+        .pop_front()
+        .unwrap_or(Reply::Accept);
+    let (status, code, details, retry_after) = match reply {
+        Reply::Error {
+            status,
+            code,
+            details,
+            retry_after,
+        } => (status, code, details, retry_after),
+        Reply::Html(status) => {
+            return (
+                StatusCode::from_u16(status).unwrap(),
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                format!("<html><head><title>{status}</title></head><body><h1>{status} Bad Gateway</h1></body></html>"),
+            )
+                .into_response();
+        }
+        accepting => {
+            if let Some(limited) = limit(&shared, &req) {
+                return limited;
+            }
+            let (wamid, to) = record(&shared, &req);
+            if matches!(accepting, Reply::Hold) {
+                shared.hold.acquire().await.unwrap().forget();
+            }
+            return match accepting {
+                Reply::SlowAccept(delay) => {
+                    tokio::time::sleep(delay).await;
+                    ok(&wamid, &to)
+                }
+                Reply::AcceptThenDrop => {
+                    if let Some(sock) = &conn.0 {
+                        let _ = sock.shutdown(std::net::Shutdown::Both);
+                    }
+                    // The answer is written to a closed socket: the client never sees it.
+                    ok(&wamid, &to)
+                }
+                Reply::AcceptGarbage => (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "text/html")],
+                    "<html>ok</html>",
+                )
+                    .into_response(),
+                _ => ok(&wamid, &to),
+            };
+        }
+    };
+    let mut response = meta_error(&shared, status, code, details, None);
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, secs.to_string().parse().unwrap());
+    }
+    response
+}
+
+/// Meta's limits: the number's throughput (130429), the recipient's pair rate (131056).
+fn limit(shared: &Shared, req: &Value) -> Option<Response> {
+    let now = Instant::now();
+    let to = req["to"].as_str().unwrap_or_default().to_string();
+    let (rate_hit, pair_hit) = {
+        let mut inner = shared.inner.lock().unwrap();
+        let limits = inner.limits.clone();
+        let pair_hit = match (limits.pair_interval, inner.last_to.get(&to)) {
+            (Some(min), Some(last)) => now.duration_since(*last) < min,
+            _ => false,
+        };
+        let mut rate_hit = false;
+        if let Some(rate) = limits.rate_per_second {
+            let rate = f64::from(rate);
+            let (tokens, at) = inner.bucket.unwrap_or((rate, now));
+            let tokens = (tokens + now.duration_since(at).as_secs_f64() * rate).min(rate);
+            if tokens >= 1.0 && !pair_hit {
+                inner.bucket = Some((tokens - 1.0, now));
+            } else {
+                inner.bucket = Some((tokens, now));
+                rate_hit = tokens < 1.0;
+            }
+        }
+        if !pair_hit && !rate_hit {
+            inner.last_to.insert(to, now);
+        }
+        (rate_hit, pair_hit)
+    };
+    if rate_hit {
+        return Some(meta_error(
+            shared,
+            400,
+            130429,
+            "(#130429) Rate limit hit: Cloud API message throughput has been reached",
+            None,
+        ));
+    }
+    if pair_hit {
+        return Some(meta_error(
+            shared,
+            400,
+            131056,
+            "(#131056) (Business Account, Consumer Account) pair rate limit hit",
+            None,
+        ));
+    }
+    None
+}
+
+fn record(shared: &Shared, req: &Value) -> (String, String) {
+    let mut inner = shared.inner.lock().unwrap();
+    inner.next_id += 1;
+    let wamid = format!("wamid.MOCK{:012}", inner.next_id);
+    let to = req["to"].as_str().unwrap_or_default().to_string();
+    let mut message = req.clone();
+    if let Some(m) = message.as_object_mut() {
+        for f in ENVELOPE_FIELDS {
+            m.remove(f);
+        }
+    }
+    inner.accepted.push(Accepted {
+        job: req["biz_opaque_callback_data"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        to: to.clone(),
+        message,
+        wamid: wamid.clone(),
+        at: Instant::now(),
+    });
+    drop(inner);
+    shared.recorded.send_modify(|n| *n += 1);
+    (wamid, to)
+}
+
+fn ok(wamid: &str, to: &str) -> Response {
+    axum::Json(json!({
+        "messaging_product": "whatsapp",
+        "contacts": [{"input": to, "wa_id": to}],
+        "messages": [{"id": wamid}],
+    }))
+    .into_response()
+}
+
+fn meta_error(
+    shared: &Shared,
+    status: u16,
+    code: i64,
+    details: &str,
+    subcode: Option<i64>,
+) -> Response {
+    *shared
+        .inner
+        .lock()
+        .unwrap()
+        .refused
+        .entry(code)
+        .or_insert(0) += 1;
+    let mut error = json!({
+        "message": format!("(#{code}) {details}"),
+        "type": "OAuthException",
+        "code": code,
+        "error_data": {"messaging_product": "whatsapp", "details": details},
+        "fbtrace_id": "AmockTRACE42",
+    });
+    if let Some(s) = subcode {
+        error["error_subcode"] = json!(s);
+    }
+    (
+        StatusCode::from_u16(status).unwrap(),
+        axum::Json(json!({ "error": error })),
+    )
+        .into_response()
+}
