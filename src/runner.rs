@@ -79,7 +79,7 @@ impl Shared {
     }
 
     /// Runs one claimed job on its own task, tracked for the drain and abortable.
-    /// `slot` is a dispatcher worker slot, held until the job's task ends.
+    /// `slot` is a dispatcher worker slot, held until the job's handler returns.
     pub fn spawn_job(
         self: &Arc<Self>,
         job: Job,
@@ -88,8 +88,7 @@ impl Shared {
         let shared = self.clone();
         let id = job.id;
         let handle = self.tracker.spawn(async move {
-            let _slot = slot;
-            let outcome = worker::execute(&shared, job).await;
+            let outcome = worker::execute(&shared, job, slot).await;
             shared.inflight.lock().expect("inflight lock").remove(&id);
             shared.finished.send_modify(|n| *n += 1);
             outcome
@@ -355,13 +354,19 @@ impl Runner {
         Ok(report)
     }
 
+    /// The first step of [`Runner::shutdown`], effective at once: no claim starts after it
+    /// returns (the dispatcher stops, passes refuse), and readiness reports "draining".
+    pub fn stop_claiming(&self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        self.shared.health.set_draining();
+        self.stop.cancel();
+    }
+
     /// Stops claiming, lets in-flight jobs finish within `runner.drain_timeout`, aborts the rest
     /// and releases their claims without spending an attempt.
     pub async fn shutdown(self) -> DrainReport {
+        self.stop_claiming();
         let shared = &self.shared;
-        shared.closing.store(true, Ordering::SeqCst);
-        shared.health.set_draining();
-        self.stop.cancel();
         let drain = shared.settings().runner.drain_timeout;
         let running = shared.inflight.lock().expect("inflight lock").len();
         tracing::info!(running, drain_timeout = ?drain, "draining");

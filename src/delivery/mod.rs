@@ -49,4 +49,44 @@ pub struct JobContext {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
+    /// Messages to record as sent in the same statement that marks the job `done` (fenced by
+    /// it): sandbox sends, which need no write of their own before the job completes.
+    pub(crate) record_with_completion: Arc<std::sync::Mutex<Option<SentRecords>>>,
+}
+
+/// Messages a handler reports as sent, recorded atomically with the job's completion.
+#[derive(Debug, Clone, Default)]
+pub struct SentRecords {
+    pub to: String,
+    pub messages: Vec<serde_json::Value>,
+}
+
+impl JobContext {
+    pub(crate) fn new(pool: PgPool, settings: Arc<Settings>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            pool,
+            settings,
+            metrics,
+            record_with_completion: Arc::default(),
+        }
+    }
+
+    /// Records `messages` to `to` as sent (with fake wamids) when, and only when, the job's
+    /// completion lands.
+    pub fn record_with_completion(&self, to: &str, messages: Vec<serde_json::Value>) {
+        *self
+            .record_with_completion
+            .lock()
+            .expect("completion records lock") = Some(SentRecords {
+            to: to.to_string(),
+            messages,
+        });
+    }
+
+    pub(crate) fn take_records(&self) -> Option<SentRecords> {
+        self.record_with_completion
+            .lock()
+            .expect("completion records lock")
+            .take()
+    }
 }

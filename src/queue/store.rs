@@ -20,7 +20,8 @@ use sqlx::{PgPool, Row};
 use super::{CHANNEL, Fence, Job};
 
 /// Claims up to `limit` due jobs in one statement. `SKIP LOCKED` lets any number of runners
-/// claim concurrently without waiting on each other or taking the same row.
+/// claim concurrently without waiting on each other or taking the same row. The claim commits
+/// without waiting for its own fsync (see the comment in the statement).
 pub async fn claim(
     pool: &PgPool,
     locked_by: &std::sync::Arc<str>,
@@ -44,7 +45,10 @@ pub async fn claim(
             ORDER BY priority, "runAt", id
             LIMIT $3
             FOR UPDATE SKIP LOCKED
-        ) c
+        ) c,
+        -- No fsync of its own: a claim lost in a server crash leaves the job queued, and every
+        -- send is preceded by a synchronous commit that flushes the claim with it.
+        (SELECT set_config('synchronous_commit', 'off', true)) relaxed
         WHERE j.id = c.id
         RETURNING j.id, j.payload, j."requestId", j.attempts,
                   COALESCE(j."maxAttempts", $4) AS max_attempts,
@@ -88,25 +92,55 @@ pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
         .await
 }
 
-/// Marks a batch of jobs `done` in one statement. Returns the ids whose fence held.
+/// Messages recorded as sent together with their job's completion (sandbox sends).
+#[derive(Debug, Default)]
+pub struct CompletionRecords {
+    pub job: Vec<i64>,
+    pub seq: Vec<i32>,
+    pub to: Vec<String>,
+    pub body: Vec<serde_json::Value>,
+}
+
+/// Marks a batch of jobs `done` in one statement, and records `records` (sandbox sends) for the
+/// jobs whose fence held, in the same statement. Returns the ids whose fence held.
+///
+/// This commit is synchronous on purpose: it makes the ledger writes before it (committed with
+/// `synchronous_commit = off`) durable too.
 pub async fn complete(
     pool: &PgPool,
     locked_by: &str,
     ids: &[i64],
     attempts: &[i32],
+    records: &CompletionRecords,
 ) -> sqlx::Result<Vec<i64>> {
     sqlx::query_scalar(
         r#"
-        UPDATE "OutboundJob" j
-        SET status = 'done', "completedAt" = now(), "updatedAt" = now(), "leaseUntil" = NULL
-        FROM unnest($2::bigint[], $3::int[]) AS d(id, attempts)
-        WHERE j.id = d.id AND j.status = 'running' AND j."lockedBy" = $1 AND j.attempts = d.attempts
-        RETURNING j.id
+        WITH done AS (
+            UPDATE "OutboundJob" j
+            SET status = 'done', "completedAt" = now(), "updatedAt" = now(), "leaseUntil" = NULL
+            FROM unnest($2::bigint[], $3::int[]) AS d(id, attempts)
+            WHERE j.id = d.id AND j.status = 'running' AND j."lockedBy" = $1
+              AND j.attempts = d.attempts
+            RETURNING j.id
+        ), sandbox AS (
+            INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, wamid, "sentAt")
+            SELECT r.job, r.seq, 'sent', r.recipient, r.body,
+                   'wamid.sandbox.' || r.job || '.' || r.seq, now()
+            FROM unnest($4::bigint[], $5::int[], $6::text[], $7::jsonb[])
+                 AS r(job, seq, recipient, body)
+            WHERE r.job IN (SELECT id FROM done)
+            ON CONFLICT ("jobId", seq) DO NOTHING
+        )
+        SELECT id FROM done
         "#,
     )
     .bind(locked_by)
     .bind(ids)
     .bind(attempts)
+    .bind(&records.job)
+    .bind(&records.seq)
+    .bind(&records.to)
+    .bind(&records.body)
     .fetch_all(pool)
     .await
 }
@@ -382,40 +416,6 @@ pub async fn enqueue(pool: &PgPool, jobs: &[NewJob]) -> sqlx::Result<Vec<(i64, O
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
-/// Records messages as sent with fake wamids (sandbox delivery), if the fence holds.
-/// Returns false if it did not.
-pub async fn record_sandbox_sends(
-    pool: &PgPool,
-    fence: &Fence,
-    to: &str,
-    messages: &[serde_json::Value],
-) -> sqlx::Result<bool> {
-    let written: Option<bool> = sqlx::query_scalar(
-        r#"
-        WITH owner AS (
-            SELECT 1 FROM "OutboundJob"
-            WHERE id = $1 AND status = 'running' AND "lockedBy" = $2 AND attempts = $3
-        ), ins AS (
-            INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, wamid, "sentAt")
-            SELECT $1, (m.n - 1)::int, 'sent', $4, m.body,
-                   'wamid.sandbox.' || $1 || '.' || (m.n - 1), now()
-            FROM unnest($5::jsonb[]) WITH ORDINALITY AS m(body, n)
-            WHERE EXISTS (SELECT 1 FROM owner)
-            ON CONFLICT ("jobId", seq) DO NOTHING
-        )
-        SELECT EXISTS (SELECT 1 FROM owner)
-        "#,
-    )
-    .bind(fence.id)
-    .bind(&*fence.locked_by)
-    .bind(fence.attempts)
-    .bind(to)
-    .bind(messages)
-    .fetch_optional(pool)
-    .await?;
-    Ok(written.unwrap_or(false))
 }
 
 /// Jobs per status and the age of the oldest due queued job: the queue gauges.

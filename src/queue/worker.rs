@@ -5,19 +5,21 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::retry::{self, Next};
 use super::{Fence, Job, JobError, Outcome, store};
 use crate::db::redact_sqlx;
-use crate::delivery::JobContext;
+use crate::delivery::{JobContext, SentRecords};
 use crate::runner::Shared;
 
 /// A finished job waiting for its `done` write; `ack` says whether the fence held.
 pub struct CompleteRequest {
     pub fence: Fence,
+    /// Sandbox sends to record with the completion.
+    pub records: Option<SentRecords>,
     pub ack: oneshot::Sender<bool>,
 }
 
@@ -29,8 +31,10 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// Runs one attempt of a claimed job and writes where it left the job.
-pub async fn execute(shared: &Shared, job: Job) -> Outcome {
+/// Runs one attempt of a claimed job and writes where it left the job. `slot` (a dispatcher
+/// worker slot) is given back as soon as the handler returns: the job's final write is batched
+/// with others and its fsync need not hold a worker.
+pub async fn execute(shared: &Shared, job: Job, slot: Option<OwnedSemaphorePermit>) -> Outcome {
     let span = tracing::info_span!(
         "job",
         job_id = job.id,
@@ -52,11 +56,11 @@ pub async fn execute(shared: &Shared, job: Job) -> Outcome {
         );
 
         let settings = shared.settings();
-        let ctx = JobContext {
-            pool: shared.pool.clone(),
-            settings: settings.clone(),
-            metrics: shared.metrics.clone(),
-        };
+        let ctx = JobContext::new(
+            shared.pool.clone(),
+            settings.clone(),
+            shared.metrics.clone(),
+        );
         let started = Instant::now();
         let result = match tokio::time::timeout(
             settings.runner.job_timeout,
@@ -73,7 +77,8 @@ pub async fn execute(shared: &Shared, job: Job) -> Outcome {
                 ),
             )),
         };
-        let outcome = finish(shared, &job, result).await;
+        drop(slot);
+        let outcome = finish(shared, &job, result, ctx.take_records()).await;
         let label = match outcome {
             Outcome::Done => Some("done"),
             Outcome::Retried => Some("retry"),
@@ -94,12 +99,18 @@ pub async fn execute(shared: &Shared, job: Job) -> Outcome {
 }
 
 /// Writes the job's next state.
-async fn finish(shared: &Shared, job: &Job, result: Result<(), JobError>) -> Outcome {
+async fn finish(
+    shared: &Shared,
+    job: &Job,
+    result: Result<(), JobError>,
+    records: Option<SentRecords>,
+) -> Outcome {
     let err = match result {
         Ok(()) => {
             let (ack, done) = oneshot::channel();
             let request = CompleteRequest {
                 fence: job.fence.clone(),
+                records,
                 ack,
             };
             if shared.completer.send(request).await.is_err() {
@@ -224,10 +235,22 @@ pub async fn completer(
         }
         let ids: Vec<i64> = batch.iter().map(|r| r.fence.id).collect();
         let attempts: Vec<i32> = batch.iter().map(|r| r.fence.attempts).collect();
-        let held =
-            with_retries(|| store::complete(&shared.pool, &shared.locked_by, &ids, &attempts))
-                .await
-                .unwrap_or_default();
+        let mut records = store::CompletionRecords::default();
+        for request in &batch {
+            if let Some(sent) = &request.records {
+                for (seq, body) in sent.messages.iter().enumerate() {
+                    records.job.push(request.fence.id);
+                    records.seq.push(seq as i32);
+                    records.to.push(sent.to.clone());
+                    records.body.push(body.clone());
+                }
+            }
+        }
+        let held = with_retries(|| {
+            store::complete(&shared.pool, &shared.locked_by, &ids, &attempts, &records)
+        })
+        .await
+        .unwrap_or_default();
         for request in batch.drain(..) {
             let _ = request.ack.send(held.contains(&request.fence.id));
         }

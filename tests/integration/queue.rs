@@ -327,6 +327,7 @@ async fn graceful_shutdown_finishes_in_flight_jobs_and_leaves_none_running() {
     db.insert_jobs(20).await;
     gate.wait_entered(4).await;
     // Stop while four jobs are in flight; they finish during the drain, no new claims start.
+    runner.stop_claiming();
     let stopping = tokio::spawn(runner.clone().shutdown());
     gate.open.add_permits(1000);
     let report = stopping.await.unwrap();
