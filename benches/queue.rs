@@ -174,6 +174,7 @@ async fn throughput(a: &Args) {
     let mut rates = Vec::new();
     let mut own = Vec::new();
     let mut server = Vec::new();
+    let mut claim_stats = Vec::new();
     for _ in 0..a.runs {
         let db = Db::new().await;
         db.insert(a.jobs).await;
@@ -184,6 +185,12 @@ async fn throughput(a: &Args) {
         finished.wait_for(|n| *n >= a.jobs as u64).await.unwrap();
         let elapsed = start.elapsed();
         let cpu1 = (cpu_of("self"), postgres_cpu());
+        let m = &r.shared().metrics;
+        let claims = m.claim_duration.get_sample_count() as f64;
+        claim_stats.push((
+            m.jobs_claimed.get() as f64 / claims,
+            m.claim_duration.get_sample_sum() / claims * 1000.0,
+        ));
         r.shutdown().await;
         let done: i64 =
             sqlx::query_scalar(r#"SELECT count(*) FROM "OutboundJob" WHERE status = 'done'"#)
@@ -203,6 +210,14 @@ async fn throughput(a: &Args) {
         median(rates),
         median(own),
         median(server),
+        a.runs
+    );
+    println!(
+        "| claims during the drain | {} jobs, {} workers | {:.1} jobs per claim statement, {:.2} ms per statement | | median of {} |",
+        a.jobs,
+        a.workers,
+        median(claim_stats.iter().map(|c| c.0).collect()),
+        median(claim_stats.iter().map(|c| c.1).collect()),
         a.runs
     );
 }
