@@ -5,3 +5,4 @@ mod cli;
 mod guide_sql;
 mod queue;
 mod support;
+mod systemd;

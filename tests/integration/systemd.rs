@@ -1,0 +1,538 @@
+//! The daemon as systemd sees it: the real binary, a Unix datagram socket as `NOTIFY_SOCKET`,
+//! signals. Every wait reads datagrams (or log lines) with a deadline; nothing sleeps.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::UnixDatagram;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::support::TestDb;
+use crate::support::proxy::{Proxy, upstream_of};
+
+const BIN: &str = env!("CARGO_BIN_EXE_outbound-runner");
+
+/// Whether a datagram carries `field` (`READY=1`) or, for `NAME=`, any value of it.
+fn has(datagram: &str, field: &str) -> bool {
+    datagram.lines().any(|l| {
+        if field.ends_with('=') {
+            l.starts_with(field)
+        } else {
+            l == field
+        }
+    })
+}
+
+fn status_of(datagram: &str) -> Option<&str> {
+    datagram.lines().find_map(|l| l.strip_prefix("STATUS="))
+}
+
+/// A running `outbound-runner run`, its notification socket and its log.
+struct Daemon {
+    child: Child,
+    notify: UnixDatagram,
+    dir: PathBuf,
+    config: PathBuf,
+    /// Every datagram so far, for failure messages.
+    seen: Vec<String>,
+    log: Arc<Mutex<Vec<String>>>,
+    log_rx: mpsc::UnboundedReceiver<String>,
+}
+
+impl Daemon {
+    /// Starts the daemon on `database_url` with `config` as its configuration file. The HTTP
+    /// server is off. `watchdog` sets WATCHDOG_USEC.
+    fn start(
+        database_url: &str,
+        config: &str,
+        watchdog: Option<Duration>,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("or-sd-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("notify.sock");
+        let notify = UnixDatagram::bind(&socket).unwrap();
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, config).unwrap();
+
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(&config_path)
+            .arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &dir)
+            .env("NO_COLOR", "1")
+            .env("DATABASE_URL", database_url)
+            .env("NOTIFY_SOCKET", &socket)
+            .env("OUTBOUND_RUNNER__HTTP__LISTEN", "")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(w) = watchdog {
+            cmd.env("WATCHDOG_USEC", w.as_micros().to_string());
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawning outbound-runner");
+
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, log_rx) = mpsc::unbounded_channel();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let all = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                all.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Daemon {
+            child,
+            notify,
+            dir,
+            config: config_path,
+            seen: Vec::new(),
+            log,
+            log_rx,
+        }
+    }
+
+    fn signal(&self, sig: Signal) {
+        let pid = Pid::from_raw(self.child.id().expect("the daemon is running") as i32);
+        kill(pid, sig).unwrap();
+    }
+
+    fn write_config(&self, text: &str) {
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    fn diagnostics(&self) -> String {
+        let log = self.log.lock().unwrap();
+        let tail = log.len().saturating_sub(40);
+        format!(
+            "\n--- datagrams ---\n{}\n--- stderr (tail) ---\n{}",
+            self.seen.join("\n~~\n"),
+            log[tail..].join("\n")
+        )
+    }
+
+    /// The next datagram, or `None` after `within`.
+    async fn recv(&mut self, within: Duration) -> Option<String> {
+        let mut buf = vec![0u8; 4096];
+        match tokio::time::timeout(within, self.notify.recv(&mut buf)).await {
+            Ok(Ok(n)) => {
+                let d = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.seen.push(d.clone());
+                Some(d)
+            }
+            Ok(Err(e)) => panic!("reading the notification socket: {e}"),
+            Err(_) => None,
+        }
+    }
+
+    /// Reads datagrams until one satisfies `pred`; returns it and the ones before it.
+    async fn expect(
+        &mut self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> (String, Vec<String>) {
+        let deadline = Instant::now() + within;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv(left).await {
+                Some(d) if pred(&d) => return (d, before),
+                Some(d) => before.push(d),
+                None => panic!(
+                    "no datagram with {what} within {within:?}{}",
+                    self.diagnostics()
+                ),
+            }
+        }
+    }
+
+    /// Asserts that no datagram satisfying `pred` arrives for `window`.
+    async fn expect_none(&mut self, what: &str, window: Duration, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + window;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.recv(left).await {
+                Some(d) if pred(&d) => panic!(
+                    "{what} arrived within {window:?}: {d:?}{}",
+                    self.diagnostics()
+                ),
+                Some(_) => {}
+                None => return,
+            }
+        }
+    }
+
+    /// Reads stderr until a line satisfies `pred`.
+    async fn expect_log(&mut self, what: &str, within: Duration, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.log_rx.recv()).await {
+                Ok(Some(line)) if pred(&line) => return,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => panic!(
+                    "no log line with {what} within {within:?}{}",
+                    self.diagnostics()
+                ),
+            }
+        }
+    }
+
+    /// Forgets the log lines read so far (they stay in the diagnostics).
+    fn skip_log(&mut self) {
+        while self.log_rx.try_recv().is_ok() {}
+    }
+
+    /// Waits for the process to exit; returns its exit code and the datagrams it sent last.
+    async fn exit(&mut self, within: Duration) -> (Option<i32>, Vec<String>) {
+        let status = match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(s) => s.unwrap(),
+            Err(_) => panic!(
+                "the daemon did not exit within {within:?}{}",
+                self.diagnostics()
+            ),
+        };
+        // Whatever it sent before exiting is already queued on the socket.
+        let mut rest = Vec::new();
+        while let Some(d) = self.recv(Duration::from_millis(200)).await {
+            rest.push(d);
+        }
+        (status.code(), rest)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An empty database: the daemon must migrate it before READY=1.
+async fn unmigrated() -> TestDb {
+    let db = TestDb::new().await;
+    sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    db
+}
+
+async fn table_exists(db: &TestDb, name: &str) -> bool {
+    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(name)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[tokio::test]
+async fn ready_after_migrations_and_listen_then_the_watchdog_follows_the_database() {
+    let db = unmigrated().await;
+    assert!(!table_exists(&db, "\"OutboundJob\"").await);
+    let proxy = Proxy::start(upstream_of(&db.url)).await;
+    // WATCHDOG_USEC=1s: a ping every 0.5 s. A 200 ms heartbeat probes the database every 1 s.
+    let mut d = Daemon::start(
+        &proxy.url_for(&db.url),
+        "",
+        Some(SECOND),
+        &[("OUTBOUND_RUNNER__RUNNER__HEARTBEAT", "200ms")],
+    );
+
+    let (ready, before) = d
+        .expect("READY=1", 60 * SECOND, |m| has(m, "READY=1"))
+        .await;
+    assert!(
+        before.iter().any(|m| has(m, "EXTEND_TIMEOUT_USEC=")),
+        "migrating asks for more start-up time: {before:?}"
+    );
+    assert!(
+        !before.iter().any(|m| has(m, "WATCHDOG=1")),
+        "no watchdog ping before READY=1: {before:?}"
+    );
+    let status = status_of(&ready).expect("READY=1 carries a STATUS line");
+    assert!(
+        status.contains("queued=") && status.contains("last pass"),
+        "{status}"
+    );
+    assert!(status.chars().count() <= 190, "{status}");
+    // READY=1 came after the migrations and LISTEN.
+    assert!(table_exists(&db, "\"OutboundJob\"").await);
+    assert!(table_exists(&db, "_sqlx_migrations").await);
+    let listening: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'outbound-runner'
+           AND query ILIKE 'LISTEN %'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(listening, 1, "a LISTEN connection is up at READY=1");
+
+    // The workers run: a job is done, and STATUS says so soon after.
+    db.insert_jobs(1).await;
+    d.expect("STATUS with done=1", 15 * SECOND, |m| {
+        status_of(m).is_some_and(|s| s.contains("done=1"))
+    })
+    .await;
+
+    // Pings arrive periodically while all is well.
+    for _ in 0..3 {
+        d.expect("WATCHDOG=1", 5 * SECOND, |m| has(m, "WATCHDOG=1"))
+            .await;
+    }
+
+    // The database goes away: STATUS says so, and the pings stop for good.
+    proxy.cut();
+    d.expect("STATUS database unreachable", 20 * SECOND, |m| {
+        status_of(m).is_some_and(|s| s.starts_with("database unreachable"))
+    })
+    .await;
+    d.expect_none("WATCHDOG=1 while the database is away", 3 * SECOND, |m| {
+        has(m, "WATCHDOG=1")
+    })
+    .await;
+    assert!(
+        d.running(),
+        "the daemon waits for the database; it does not exit"
+    );
+
+    // It returns: so do the pings.
+    proxy.restore();
+    d.expect("WATCHDOG=1 after the database returned", 30 * SECOND, |m| {
+        has(m, "WATCHDOG=1")
+    })
+    .await;
+
+    // SIGTERM: STOPPING=1 and a clean exit. Nothing was in flight, so the drain cannot outlast
+    // TimeoutStopSec and asks for no extra time.
+    d.signal(Signal::SIGTERM);
+    d.expect("STOPPING=1", 10 * SECOND, |m| has(m, "STOPPING=1"))
+        .await;
+    let (code, rest) = d.exit(30 * SECOND).await;
+    assert_eq!(code, Some(0), "{}", d.diagnostics());
+    assert!(
+        !rest.iter().any(|m| has(m, "EXTEND_TIMEOUT_USEC=")),
+        "an idle drain asks for no extension: {rest:?}"
+    );
+    assert_eq!(db.count("running").await, 0);
+    assert_eq!(db.count("done").await, 1);
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_log_level_and_a_broken_config_keeps_the_running_one() {
+    let db = TestDb::new().await;
+    let config = |level: &str, heartbeat: &str, extra: &str| {
+        format!("[runner]\nheartbeat = \"{heartbeat}\"\n{extra}\n[log]\nlevel = \"{level}\"\n")
+    };
+    let mut d = Daemon::start(&db.url, &config("info", "200ms", ""), None, &[]);
+    d.expect("READY=1", 60 * SECOND, |m| has(m, "READY=1"))
+        .await;
+    assert!(
+        !d.log.lock().unwrap().iter().any(|l| l.contains("DEBUG")),
+        "{}",
+        d.diagnostics()
+    );
+
+    // A good reload: RELOADING=1 and MONOTONIC_USEC in one datagram, then READY=1 with the
+    // outcome; the new log level is in force.
+    d.write_config(&config("debug", "200ms", ""));
+    d.skip_log();
+    d.signal(Signal::SIGHUP);
+    let (reloading, _) = d
+        .expect("RELOADING=1", 10 * SECOND, |m| has(m, "RELOADING=1"))
+        .await;
+    assert!(has(&reloading, "MONOTONIC_USEC="), "{reloading:?}");
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap()
+        .parse()
+        .expect("MONOTONIC_USEC is a number");
+    assert!(usec > 0);
+    let (ready, between) = d
+        .expect("READY=1 after the reload", 10 * SECOND, |m| {
+            has(m, "READY=1")
+        })
+        .await;
+    assert!(
+        !between.iter().any(|m| has(m, "RELOADING=1")),
+        "{between:?}"
+    );
+    assert_eq!(status_of(&ready), Some("reloaded"), "{ready:?}");
+    d.expect_log("a DEBUG line", 15 * SECOND, |l| l.contains("DEBUG"))
+        .await;
+
+    // A broken reload (workers = 0, and level back to info): refused, the daemon runs on, and
+    // still on the old configuration (debug lines keep coming).
+    d.write_config(&config("info", "200ms", "workers = 0"));
+    d.signal(Signal::SIGHUP);
+    d.expect("RELOADING=1", 10 * SECOND, |m| has(m, "RELOADING=1"))
+        .await;
+    let (ready, _) = d
+        .expect("READY=1 after the broken reload", 10 * SECOND, |m| {
+            has(m, "READY=1")
+        })
+        .await;
+    let status = status_of(&ready).unwrap_or_default();
+    assert!(
+        status.starts_with("reload failed, running on the previous configuration")
+            && status.contains("runner.workers"),
+        "{status}"
+    );
+    assert!(d.running());
+    d.skip_log();
+    d.expect_log("a DEBUG line after the refused reload", 15 * SECOND, |l| {
+        l.contains("DEBUG")
+    })
+    .await;
+    d.expect(
+        "a STATUS line that remembers the failed reload",
+        15 * SECOND,
+        |m| status_of(m).is_some_and(|s| s.contains("last reload failed")),
+    )
+    .await;
+
+    // A key that only a restart applies is reported as such.
+    d.write_config(&config("debug", "300ms", ""));
+    d.signal(Signal::SIGHUP);
+    let (ready, _) = d
+        .expect("READY=1 after the third reload", 10 * SECOND, |m| {
+            has(m, "READY=1")
+        })
+        .await;
+    assert_eq!(
+        status_of(&ready),
+        Some("reloaded; restart needed for runner.heartbeat"),
+        "{ready:?}"
+    );
+
+    d.signal(Signal::SIGTERM);
+    d.expect("STOPPING=1", 10 * SECOND, |m| has(m, "STOPPING=1"))
+        .await;
+    let (code, _) = d.exit(30 * SECOND).await;
+    assert_eq!(code, Some(0), "{}", d.diagnostics());
+}
+
+/// A job the sandbox handler cannot finish: its message's wamid is taken by an uncommitted row
+/// of another job, so the sandbox's insert waits on that transaction. Returns the job's id and
+/// the open transaction.
+async fn stuck_job(db: &TestDb) -> (i64, sqlx::Transaction<'static, sqlx::Postgres>) {
+    let other: i64 = sqlx::query_scalar(
+        r#"INSERT INTO "OutboundJob" (status, payload) VALUES ('cancelled', '{}') RETURNING id"#,
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let id = db
+        .insert_payload(r#"{"to":"15551230000","message":{"type":"text","text":{"body":"hi"}}}"#)
+        .await;
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query(
+        r#"INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, wamid)
+           VALUES ($1, 0, 'sent', '15551230000', '{}', 'wamid.sandbox.' || $2::bigint || '.0')"#,
+    )
+    .bind(other)
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    (id, tx)
+}
+
+#[tokio::test]
+async fn sigterm_drains_a_job_in_flight_asks_for_time_and_exits_0() {
+    let db = TestDb::new().await;
+    let (id, blocker) = stuck_job(&db).await;
+    let mut d = Daemon::start(
+        &db.url,
+        "[runner]\ndrain_timeout = \"2s\"\nheartbeat = \"200ms\"\n",
+        None,
+        &[],
+    );
+    d.expect("READY=1", 60 * SECOND, |m| has(m, "READY=1"))
+        .await;
+    d.expect("STATUS with the job in flight", 15 * SECOND, |m| {
+        status_of(m).is_some_and(|s| s.starts_with("working") && s.contains("busy=1/"))
+    })
+    .await;
+    assert_eq!(db.job(id).await.status, "running");
+
+    d.signal(Signal::SIGTERM);
+    d.expect("STOPPING=1", 10 * SECOND, |m| has(m, "STOPPING=1"))
+        .await;
+    // A job in flight can hold the drain up to drain_timeout: time is asked for.
+    let (extend, _) = d
+        .expect("EXTEND_TIMEOUT_USEC while draining", 10 * SECOND, |m| {
+            has(m, "EXTEND_TIMEOUT_USEC=")
+        })
+        .await;
+    let usec: u64 = extend
+        .lines()
+        .find_map(|l| l.strip_prefix("EXTEND_TIMEOUT_USEC="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        usec > 2_000_000 && usec <= 17_000_000,
+        "the rest of the 2 s drain plus the release margin: {usec}"
+    );
+    let (code, _) = d.exit(30 * SECOND).await;
+    assert_eq!(code, Some(0), "{}", d.diagnostics());
+
+    // The unfinished job was released, its attempt refunded; nothing is left running.
+    let job = db.job(id).await;
+    assert_eq!(job.status, "queued");
+    assert_eq!(job.attempts, 0);
+    assert!(job.locked_by.is_none());
+    assert_eq!(db.count("running").await, 0);
+    // The abandoned insert now fails on the wamid instead of recording a send.
+    blocker.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_second_sigterm_exits_at_once_with_130() {
+    let db = TestDb::new().await;
+    let (_id, _blocker) = stuck_job(&db).await;
+    let mut d = Daemon::start(
+        &db.url,
+        "[runner]\ndrain_timeout = \"60s\"\nheartbeat = \"200ms\"\n",
+        None,
+        &[],
+    );
+    d.expect("READY=1", 60 * SECOND, |m| has(m, "READY=1"))
+        .await;
+    d.expect("STATUS with the job in flight", 15 * SECOND, |m| {
+        status_of(m).is_some_and(|s| s.contains("busy=1/"))
+    })
+    .await;
+    d.signal(Signal::SIGTERM);
+    d.expect("STOPPING=1", 10 * SECOND, |m| has(m, "STOPPING=1"))
+        .await;
+    d.signal(Signal::SIGTERM);
+    let (code, _) = d.exit(10 * SECOND).await;
+    assert_eq!(code, Some(130), "{}", d.diagnostics());
+}
