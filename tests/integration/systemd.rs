@@ -536,3 +536,183 @@ async fn a_second_sigterm_exits_at_once_with_130() {
     let (code, _) = d.exit(10 * SECOND).await;
     assert_eq!(code, Some(130), "{}", d.diagnostics());
 }
+
+// --- The unit and the packaged configuration agree with the daemon -----------------------------
+
+fn repo_file(path: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// `Key=value` lines of a unit file, in order.
+fn directives(unit: &str) -> Vec<(String, String)> {
+    unit.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn directive(unit: &str, key: &str) -> Vec<String> {
+    directives(unit)
+        .into_iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+#[test]
+fn the_unit_fits_the_daemon() {
+    let unit = repo_file("systemd/outbound-runner.service");
+    let one = |key: &str| {
+        let v = directive(&unit, key);
+        assert_eq!(v.len(), 1, "{key}= once: {v:?}");
+        v[0].clone()
+    };
+    assert_eq!(one("Type"), "notify-reload");
+    assert_eq!(one("ExecStart"), "/usr/bin/outbound-runner run");
+    assert_eq!(
+        one("ExecStartPre"),
+        "-/usr/bin/outbound-runner check-config"
+    );
+    assert_eq!(one("Restart"), "on-failure");
+    assert_eq!(
+        one("RestartPreventExitStatus"),
+        outbound_runner::exit::CONFIG.to_string()
+    );
+    assert_eq!(one("KillMode"), "mixed");
+
+    // The stop timeout covers the default drain plus the release margin the daemon asks for,
+    // and the watchdog period leaves the dispatcher's heartbeat room to be late.
+    let builtin = outbound_runner::config::load(&outbound_runner::config::LoadOptions {
+        skip_default_path: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let drain = builtin.runner.drain_timeout;
+    let stop = humantime::parse_duration(&one("TimeoutStopSec")).unwrap();
+    assert!(
+        stop >= drain + Duration::from_secs(15),
+        "TimeoutStopSec={stop:?} for a {drain:?} drain"
+    );
+    let watchdog = humantime::parse_duration(&one("WatchdogSec")).unwrap();
+    assert!(watchdog >= builtin.runner.heartbeat * 10, "{watchdog:?}");
+
+    // Every credential the unit loads is one the configuration reads, under that name.
+    let ids: Vec<String> = directive(&unit, "LoadCredential")
+        .iter()
+        .map(|v| {
+            v.split_once(':')
+                .map_or(v.as_str(), |(id, _)| id)
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    let dir = std::env::temp_dir().join(format!("or-cred-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for id in &ids {
+        let value = if id.contains("url") {
+            "postgres://u:secret@db.example.internal/app"
+        } else {
+            "a-secret"
+        };
+        std::fs::write(dir.join(id), format!("{value}\n")).unwrap();
+    }
+    let s = outbound_runner::config::load(&outbound_runner::config::LoadOptions {
+        skip_default_path: true,
+        env: [(
+            "CREDENTIALS_DIRECTORY".to_string(),
+            dir.to_string_lossy().into_owned(),
+        )]
+        .into(),
+        ..Default::default()
+    })
+    .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(s.database.url.is_some());
+    assert!(s.database.listen_url.is_some());
+    assert!(s.http.job_runner_token.is_some());
+    assert!(s.http.cron_secret.is_some());
+    assert!(s.orchestrator.token.is_some());
+    assert!(s.whatsapp.access_token.is_some());
+
+    // The drop-in for systemd < 253 gives the same reload through a signal.
+    let compat = repo_file("packaging/systemd-before-253.conf");
+    assert_eq!(directive(&compat, "Type"), ["notify"]);
+    assert_eq!(
+        directive(&compat, "ExecReload"),
+        ["/bin/kill -HUP $MAINPID"]
+    );
+}
+
+#[test]
+fn the_packaged_config_lists_every_key_commented_and_sets_only_live_delivery() {
+    let packaged = repo_file("packaging/config.toml");
+    let defaults = repo_file("config/default.toml");
+
+    // Every key of the built-in defaults appears, commented out, in its section.
+    let keys = |text: &str, commented: bool| -> Vec<String> {
+        let mut section = String::new();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_string();
+                continue;
+            }
+            let line = if commented {
+                match line.strip_prefix('#') {
+                    Some(l) if !l.starts_with(' ') && !l.starts_with('#') => l,
+                    _ => continue,
+                }
+            } else {
+                line
+            };
+            if let Some((key, _)) = line.split_once(" = ") {
+                if !key.starts_with('#') && !key.contains(' ') {
+                    out.push(format!("{section}.{key}"));
+                }
+            }
+        }
+        out
+    };
+    let all = keys(&defaults, false);
+    assert!(all.len() > 40, "{all:?}");
+    let mut listed = keys(&packaged, true);
+    listed.extend(keys(&packaged, false));
+    for key in &all {
+        assert!(
+            listed.contains(key),
+            "{key} is not in packaging/config.toml"
+        );
+    }
+    // The one active setting.
+    assert_eq!(keys(&packaged, false), ["delivery.mode"]);
+    assert!(packaged.contains("\nmode = \"live\"\n"));
+
+    // It loads, and with the number and the token it is a valid live configuration.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/config.toml");
+    let load = |env: &[(&str, &str)]| {
+        outbound_runner::config::load(&outbound_runner::config::LoadOptions {
+            config_path: Some(path.clone()),
+            skip_default_path: true,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+    };
+    let missing = load(&[]).unwrap_err();
+    let named: Vec<&str> = missing.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        named,
+        ["whatsapp.phone_number_id", "whatsapp.access_token"],
+        "{missing}"
+    );
+    let s = load(&[
+        ("OUTBOUND_RUNNER__WHATSAPP__PHONE_NUMBER_ID", "123456"),
+        ("OUTBOUND_RUNNER__WHATSAPP__ACCESS_TOKEN", "token"),
+    ])
+    .unwrap();
+    assert_eq!(s.delivery.mode, outbound_runner::config::DeliveryMode::Live);
+}
