@@ -107,6 +107,8 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// Pets the watchdog every `every`, but only while the dispatcher loop has ticked within
 /// `max_age` and the database answered its last probe. Otherwise it stays silent, and systemd
 /// restarts the service when the watchdog period runs out.
+/// It ends when the drain begins: the dispatcher stops ticking then, and systemd does not watch
+/// a stopping service.
 pub async fn watchdog(
     health: Arc<Health>,
     every: Duration,
@@ -122,6 +124,9 @@ pub async fn watchdog(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if health.draining() {
+            return;
         }
         let alive = health.alive(max_age);
         if alive {
