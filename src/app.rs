@@ -93,6 +93,8 @@ pub async fn run(opts: LoadOptions, settings: Settings, log: LogHandle) -> Resul
     };
     let result = serve(&opts, settings, log, &url, &stop, &mut hup).await;
     if let Some(mut pg) = embedded {
+        // Its fast shutdown is quick, but it may take up to 30 s.
+        systemd::extend_timeout(Duration::from_secs(35));
         pg.stop().await;
     }
     result
@@ -155,27 +157,35 @@ async fn serve(
             aux.clone(),
         ));
     }
+    let board = Arc::new(systemd::StatusBoard::new(health.clone(), metrics.clone()));
     tokio::spawn(systemd::status_loop(
-        health.clone(),
-        metrics.clone(),
+        board.clone(),
+        runner.finished(),
         aux.clone(),
     ));
-    systemd::ready(&systemd::status_line(&health, &metrics));
+    systemd::ready(&board.line());
     tracing::info!("ready");
 
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = hup.recv() => reload(opts, &runner, &log),
+            _ = hup.recv() => reload(opts, &settings, &runner, &log, &board),
         }
     }
 
-    systemd::stopping();
+    // STOPPING=1 went out with the signal. The drain may outlast TimeoutStopSec only while jobs
+    // are in flight: ask for more time then, and only then.
+    health.set_draining();
     let drain = settings.runner.drain_timeout;
-    systemd::extend_timeout(drain + Duration::from_secs(15));
     // Triggers waiting for a pass get their answer once the drain ends those passes.
     let http = tokio::spawn(http.finish(drain + Duration::from_secs(5)));
+    let shared = runner.shared().clone();
+    let keepalive = tokio::spawn(systemd::drain_keepalive(
+        runner.settings().runner.drain_timeout,
+        move || shared.inflight.lock().map_or(0, |m| m.len()),
+    ));
     runner.shutdown().await;
+    keepalive.abort();
     let _ = http.await;
     aux.cancel();
     pool.close().await;
@@ -184,29 +194,50 @@ async fn serve(
 }
 
 /// SIGHUP: re-read the configuration; apply what can change live, keep the old one on error.
-fn reload(opts: &LoadOptions, runner: &Runner, log: &LogHandle) {
+/// `started` is the configuration the process started with: what a restart-only key still is.
+fn reload(
+    opts: &LoadOptions,
+    started: &Settings,
+    runner: &Runner,
+    log: &LogHandle,
+    board: &systemd::StatusBoard,
+) {
     systemd::reloading();
     let mut opts = opts.clone();
     opts.env = std::env::vars().collect();
     let outcome = match config::load(&opts) {
         Ok(new) => {
-            let old = runner.settings();
-            let restart = needs_restart(&old, &new);
+            let restart = needs_restart(started, &new);
             if let Err(e) = log.set_level(&new.log.level) {
                 tracing::warn!(error = %e, "log.level not applied");
             }
             runner.apply(Arc::new(new));
             if restart.is_empty() {
                 tracing::info!("configuration reloaded");
+                board.set_note(None);
                 "reloaded".to_string()
             } else {
                 tracing::warn!(keys = ?restart, "configuration reloaded; these keys need a restart to take effect");
-                format!("reloaded; restart needed for {}", restart.join(", "))
+                let note = format!("restart needed for {}", restart.join(", "));
+                board.set_note(Some(note.clone()));
+                format!("reloaded; {note}")
             }
         }
         Err(e) => {
             tracing::error!("reload refused, keeping the running configuration: {e}");
-            "reload failed: kept the running configuration (see the log)".to_string()
+            board.set_note(Some(
+                "last reload failed: running on the previous configuration".into(),
+            ));
+            let first = e
+                .problems
+                .first()
+                .map(|p| format!(": {}: {}", p.key, p.reason))
+                .unwrap_or_default();
+            let more = match e.problems.len() {
+                0 | 1 => String::new(),
+                n => format!(" (+{} more, see the log)", n - 1),
+            };
+            format!("reload failed, running on the previous configuration{first}{more}")
         }
     };
     systemd::ready(&outcome);
@@ -226,6 +257,15 @@ pub fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
     }
     if old.database.max_connections != new.database.max_connections {
         out.push("database.max_connections");
+    }
+    if old.database.connect_timeout != new.database.connect_timeout {
+        out.push("database.connect_timeout");
+    }
+    if old.database.embedded_dir != new.database.embedded_dir {
+        out.push("database.embedded_dir");
+    }
+    if old.runner.heartbeat != new.runner.heartbeat {
+        out.push("runner.heartbeat");
     }
     if old.http.listen != new.http.listen {
         out.push("http.listen");
@@ -249,6 +289,7 @@ fn spawn_stop_signals(stop: CancellationToken) -> anyhow::Result<()> {
     tokio::spawn(async move {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         tracing::info!("stop requested: draining (send the signal again to exit at once)");
+        systemd::stopping();
         stop.cancel();
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         eprintln!(

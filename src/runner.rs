@@ -420,8 +420,16 @@ impl Runner {
         }
         self.stop_late.cancel();
         let tasks: Vec<JoinHandle<()>> = self.tasks.lock().expect("tasks lock").drain(..).collect();
-        for t in tasks {
-            let _ = t.await;
+        for mut t in tasks {
+            // A task stuck in a statement (a lock held elsewhere) must not hold the exit up: its
+            // work is fenced, and the leases of anything it held expire.
+            if tokio::time::timeout(Duration::from_secs(5), &mut t)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a background task did not stop within 5s; abandoning it");
+                t.abort();
+            }
         }
         tracing::info!(
             aborted = report.aborted,

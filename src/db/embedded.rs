@@ -113,6 +113,7 @@ impl EmbeddedPostgres {
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
             as_user(&mut cmd, run_as.as_ref());
+            not_for_systemd(&mut cmd);
             let out = cmd
                 .output()
                 .await
@@ -155,10 +156,14 @@ impl EmbeddedPostgres {
             .arg("-k")
             .arg(&socket_dir)
             .args(["-c", "listen_addresses=", "-c", "max_connections=200"])
+            // JIT needs writable and executable memory, which the packaged unit denies
+            // (MemoryDenyWriteExecute=yes); our queries are far too cheap to want it anyway.
+            .args(["-c", "jit=off"])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
         as_user(&mut cmd, run_as.as_ref());
+        not_for_systemd(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| EmbeddedError::Failed(format!("starting postgres: {e}")))?;
@@ -223,6 +228,14 @@ fn as_user(cmd: &mut tokio::process::Command, user: Option<&User>) {
     if let Some(user) = user {
         cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
         cmd.env("HOME", &user.dir);
+    }
+}
+
+/// The server is our child, not the service: a PostgreSQL built with systemd support would
+/// otherwise send its own READY=1 to our notification socket.
+fn not_for_systemd(cmd: &mut tokio::process::Command) {
+    for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        cmd.env_remove(var);
     }
 }
 

@@ -12,8 +12,9 @@ use crate::config::OnUnknown;
 use crate::db::redact_sqlx;
 use crate::runner::Shared;
 
-/// How often the prober checks the database and refreshes the queue gauges.
+/// The longest time between two database probes, and between a probe and its answer.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Queue gauges cost a scan; they are refreshed every this many probes.
 const STATS_EVERY_N_PROBES: u32 = 3;
 
@@ -122,9 +123,17 @@ pub async fn pruner(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// How often the database is probed: five dispatcher heartbeats (5 s by default), at most
+/// [`PROBE_EVERY`]. The watchdog goes silent within about one probe of the database going away.
+/// Like the heartbeat itself, fixed at start.
+pub fn probe_period(heartbeat: Duration) -> Duration {
+    (heartbeat * 5).min(PROBE_EVERY)
+}
+
 /// Probes the database (health, watchdog) and refreshes the queue gauges.
 pub async fn prober(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut every = tokio::time::interval(PROBE_EVERY);
+    let period = probe_period(shared.settings().runner.heartbeat);
+    let mut every = tokio::time::interval(period);
     every.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut n: u32 = 0;
     loop {
@@ -134,7 +143,7 @@ pub async fn prober(shared: Arc<Shared>, stop: CancellationToken) {
         }
         let ok = matches!(
             tokio::time::timeout(
-                Duration::from_secs(3),
+                period.min(PROBE_TIMEOUT),
                 sqlx::query("SELECT 1").execute(&shared.pool)
             )
             .await,

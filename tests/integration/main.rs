@@ -9,3 +9,4 @@ mod http;
 mod logs;
 mod queue;
 mod support;
+mod systemd;
