@@ -35,6 +35,8 @@ pub struct Counts {
     pub unknown: usize,
     /// Of those, how many the mock had accepted.
     pub unknown_accepted: usize,
+    /// Of those, how many never reached the mock at all (no request seen).
+    pub unknown_unseen: usize,
     /// Failed jobs per `"lastErrorCode"`.
     pub failed_codes: BTreeMap<String, usize>,
     pub violations: Vec<String>,
@@ -110,6 +112,19 @@ pub async fn verify(pool: &PgPool, mock: &MockMeta, produced: &[i64]) -> anyhow:
     .fetch_all(pool)
     .await?;
     let accepted = mock.accepted();
+    let requested: HashSet<(String, String)> = mock
+        .requests()
+        .iter()
+        .map(|r| {
+            (
+                r["biz_opaque_callback_data"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                text_of(r),
+            )
+        })
+        .collect();
 
     // No loss.
     c.jobs = jobs.len();
@@ -185,6 +200,9 @@ pub async fn verify(pool: &PgPool, mock: &MockMeta, produced: &[i64]) -> anyhow:
                 c.unknown += 1;
                 if per_message.contains_key(&key) {
                     c.unknown_accepted += 1;
+                }
+                if !requested.contains(&key) {
+                    c.unknown_unseen += 1;
                 }
                 jobs_in_doubt_or_refused.insert(*job);
             }

@@ -33,13 +33,19 @@ impl Server {
 
     /// A fresh, migrated database of its own.
     pub async fn create_db(&self) -> anyhow::Result<Db> {
+        self.create_db_in(None).await
+    }
+
+    /// A fresh, migrated database whose files live in `tablespace` (or the default one).
+    pub async fn create_db_in(&self, tablespace: Option<&str>) -> anyhow::Result<Db> {
         let name = format!("or_chaos_{:012x}", rand::random::<u64>() >> 16);
         let admin: PgConnectOptions = self.admin_url().parse()?;
         let mut conn = admin
             .connect()
             .await
             .context("connecting to PostgreSQL (see README: Tests)")?;
-        conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+        let ts = tablespace.map_or(String::new(), |t| format!(r#" TABLESPACE "{t}""#));
+        conn.execute(format!(r#"CREATE DATABASE "{name}"{ts}"#).as_str())
             .await?;
         conn.close().await?;
         let mut url = url::Url::parse(&self.admin_url())?;
@@ -182,5 +188,57 @@ impl Private {
     pub async fn shutdown(&self) {
         self.stop().await;
         let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// A small tmpfs mounted on a temporary directory and given to the `postgres` account: a disk
+/// that fills up. Unmounted (lazily) when dropped.
+pub struct Tmpfs {
+    pub dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts `mib` MiB, or says why it cannot (not root, no mount permission).
+    pub fn mount(mib: u32) -> Result<Tmpfs, String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("mounting a small tmpfs needs root".into());
+        }
+        let dir = std::env::temp_dir().join(format!("or-chaos-disk-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !status.success() {
+            let _ = std::fs::remove_dir(&dir);
+            return Err("mount -t tmpfs was refused (no CAP_SYS_ADMIN in this sandbox)".into());
+        }
+        let m = Tmpfs { dir };
+        let user = nix::unistd::User::from_name("postgres")
+            .ok()
+            .flatten()
+            .ok_or("no postgres account")?;
+        std::os::unix::fs::chown(&m.dir, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+            .map_err(|e| e.to_string())?;
+        Ok(m)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }

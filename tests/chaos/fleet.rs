@@ -79,6 +79,10 @@ impl LogBook {
             .count()
     }
 
+    pub fn all(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
     pub fn tail(&self, n: usize) -> String {
         let lines = self.lines.lock().unwrap();
         let start = lines.len().saturating_sub(n);

@@ -30,59 +30,29 @@ pub struct Scenario {
     pub run: fn(Ctx) -> Fut,
 }
 
-pub static SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "kill9_once",
-        run: |c| Box::pin(kill9_once(c)),
-    },
-    Scenario {
-        name: "kill9_repeated",
-        run: |c| Box::pin(kill9_repeated(c)),
-    },
-    Scenario {
-        name: "postgres_restart",
-        run: |c| Box::pin(postgres_restart(c)),
-    },
-    Scenario {
-        name: "postgres_crash",
-        run: |c| Box::pin(postgres_crash(c)),
-    },
-    Scenario {
-        name: "terminate_storm",
-        run: |c| Box::pin(terminate_storm(c)),
-    },
-    Scenario {
-        name: "pool_exhaustion",
-        run: |c| Box::pin(pool_exhaustion(c)),
-    },
-    Scenario {
-        name: "idle_in_transaction",
-        run: |c| Box::pin(idle_in_transaction(c)),
-    },
-    Scenario {
-        name: "mock_faults",
-        run: |c| Box::pin(mock_faults(c)),
-    },
-    Scenario {
-        name: "lost_notifications",
-        run: |c| Box::pin(lost_notifications(c)),
-    },
-    Scenario {
-        name: "future_jobs",
-        run: |c| Box::pin(future_jobs(c)),
-    },
-    Scenario {
-        name: "backoff_survives_restart",
-        run: |c| Box::pin(backoff_survives_restart(c)),
-    },
-    Scenario {
-        name: "database_down_at_start",
-        run: |c| Box::pin(database_down_at_start(c)),
-    },
-    Scenario {
-        name: "read_only_database",
-        run: |c| Box::pin(read_only_database(c)),
-    },
+/// One entry per scenario, named after its function.
+macro_rules! scenarios {
+    ($($f:ident),* $(,)?) => {
+        &[$(Scenario { name: stringify!($f), run: |c| Box::pin($f(c)) }),*]
+    };
+}
+
+/// In the order they run (the table's order).
+pub static SCENARIOS: &[Scenario] = scenarios![
+    kill9_once,
+    kill9_repeated,
+    postgres_restart,
+    postgres_crash,
+    terminate_storm,
+    pool_exhaustion,
+    idle_in_transaction,
+    mock_faults,
+    lost_notifications,
+    future_jobs,
+    backoff_survives_restart,
+    database_down_at_start,
+    read_only_database,
+    full_disk,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -136,6 +106,8 @@ pub struct Row {
     pub recovery: Option<Duration>,
     pub notes: String,
     pub took: Duration,
+    /// Could not run here; `notes` says why.
+    pub skipped: bool,
 }
 
 pub fn table_header() -> String {
@@ -146,6 +118,12 @@ pub fn table_header() -> String {
 
 impl Row {
     pub fn line(&self) -> String {
+        if self.skipped {
+            return format!(
+                "| {} | - | - | - | - | - | - | skipped: {} |",
+                self.name, self.notes
+            );
+        }
         let c = &self.counts;
         format!(
             "| {} | {} | {} | {} | {} ({}) | {} | {} | {} |",
@@ -429,6 +407,12 @@ impl Setup {
                 .push(format!("exit codes after SIGTERM: {codes:?} (expected 0)"));
         }
         let mut notes = notes;
+        if counts.unknown_unseen > 0 {
+            notes.push_str(&format!(
+                "; {} unknown never reached the mock",
+                counts.unknown_unseen
+            ));
+        }
         if counts.failed > 0 {
             notes.push_str(&format!("; failed: {}", counts.failed_summary()));
         }
@@ -444,6 +428,7 @@ impl Setup {
             counts: counts.clone(),
             notes: notes.trim_start_matches("; ").to_string(),
             took: Duration::ZERO,
+            skipped: false,
         };
         if !counts.violations.is_empty() {
             let report = format!(
@@ -461,6 +446,17 @@ impl Setup {
     }
 
     async fn cleanup(mut self) {
+        // CHAOS_LOGS=DIR keeps every daemon's log: DIR/<scenario>.<slot>.log.
+        if let Some(dir) = std::env::var_os("CHAOS_LOGS") {
+            let dir = std::path::PathBuf::from(dir);
+            let _ = std::fs::create_dir_all(&dir);
+            for d in &self.fleet.daemons {
+                let _ = std::fs::write(
+                    dir.join(format!("{}.{}.log", self.name, d.slot)),
+                    d.log.all(),
+                );
+            }
+        }
         for d in &mut self.fleet.daemons {
             d.kill9().await;
         }
@@ -1217,6 +1213,104 @@ async fn read_only_database(ctx: Ctx) -> anyhow::Result<Row> {
             snapshot.len(),
             new_ids.len(),
             readyz.map_or("nothing".into(), |c| c.to_string())
+        ),
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. A full disk (private cluster, the database in a tablespace on a small tmpfs)
+
+async fn full_disk(ctx: Ctx) -> anyhow::Result<Row> {
+    let disk = match cluster::Tmpfs::mount(48) {
+        Ok(d) => d,
+        Err(why) => {
+            return Ok(Row {
+                name: "full_disk",
+                notes: why,
+                skipped: true,
+                ..Row::default()
+            });
+        }
+    };
+    let private = ctx.private().await?;
+    let server = Server::Private(private.clone());
+    let admin = cluster::admin_pool(&server).await?;
+    let ts = format!("chaos_disk_{:08x}", rand::random::<u32>());
+    admin
+        .execute(
+            format!(
+                r#"CREATE TABLESPACE "{ts}" LOCATION '{}'"#,
+                disk.dir.display()
+            )
+            .as_str(),
+        )
+        .await?;
+    let result = full_disk_on(&ctx, &server, &ts).await;
+    let _ = admin
+        .execute(format!(r#"DROP TABLESPACE IF EXISTS "{ts}""#).as_str())
+        .await;
+    admin.close().await;
+    drop(disk);
+    result
+}
+
+async fn full_disk_on(ctx: &Ctx, server: &Server, ts: &str) -> anyhow::Result<Row> {
+    let db = server.create_db_in(Some(ts)).await?;
+    let s = Setup::on("full_disk", server, db, Opts::default()).await?;
+    s.warm(40).await?;
+    let hold = ctx.pick(Duration::from_secs(6), Duration::from_secs(60));
+    // Jobs that come due while the disk is full.
+    let waiting = ctx.pick(150, 1000);
+    s.producer.burst(waiting, Duration::from_secs(3)).await?;
+    // Fill the disk: big statements first, then smaller ones, until not one row fits.
+    let t_fill = Instant::now();
+    let mut filler = s.db.connect().await?;
+    filler.execute("CREATE TABLE ballast (b text)").await?;
+    let mut full_error = String::new();
+    for rows in [2000, 200, 20, 1] {
+        loop {
+            let r = filler
+                .execute(
+                    format!("INSERT INTO ballast SELECT repeat('x', 1500) FROM generate_series(1, {rows})")
+                        .as_str(),
+                )
+                .await;
+            if let Err(e) = r {
+                full_error = e.to_string();
+                break;
+            }
+        }
+    }
+    ensure!(
+        full_error.contains("No space left on device") || full_error.contains("could not extend"),
+        "filling the disk ended with: {full_error}"
+    );
+    let filled_in = t_fill.elapsed();
+    let log_from: Vec<usize> = s.fleet.daemons.iter().map(|d| d.log.len()).collect();
+    sleep(hold).await;
+    let said = s
+        .fleet
+        .daemons
+        .iter()
+        .zip(&log_from)
+        .map(|(d, from)| d.log.count(*from, "No space left on device"))
+        .sum::<usize>();
+    let open: i64 = sqlx::query_scalar(
+        r#"SELECT count(*) FROM "OutboundJob" WHERE status IN ('queued', 'running')"#,
+    )
+    .fetch_one(&s.db.pool)
+    .await?;
+    filler.execute("DROP TABLE ballast").await?;
+    drop(filler);
+    let fault_end = Instant::now();
+    s.finish(
+        fault_end,
+        format!(
+            "tablespace disk full (filled in {}) for {} with {waiting} jobs coming due: {open} \
+             still open at the end, {said} daemon log lines say \"No space left on device\"",
+            secs(filled_in),
+            secs(hold)
         ),
     )
     .await
