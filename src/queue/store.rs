@@ -89,6 +89,12 @@ pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
 }
 
 /// Marks a batch of jobs `done` in one statement. Returns the ids whose fence held.
+///
+/// A job is only marked done while every message of its ledger is `sent`. The ledger's `sent`
+/// commits without its own fsync: if PostgreSQL crashes before that reaches the disk, crash
+/// recovery puts the message back to `sending` while this runner, still alive, retries the
+/// completion. The job is then not marked done (it counts as taken from us) and the rescuer
+/// settles it like any send cut short: the message `unknown`, the job `failed`.
 pub async fn complete(
     pool: &PgPool,
     locked_by: &str,
@@ -101,6 +107,8 @@ pub async fn complete(
         SET status = 'done', "completedAt" = now(), "updatedAt" = now(), "leaseUntil" = NULL
         FROM unnest($2::bigint[], $3::int[]) AS d(id, attempts)
         WHERE j.id = d.id AND j.status = 'running' AND j."lockedBy" = $1 AND j.attempts = d.attempts
+          AND NOT EXISTS (SELECT 1 FROM "OutboundMessage" m
+                          WHERE m."jobId" = j.id AND m.status <> 'sent')
         RETURNING j.id
         "#,
     )
