@@ -74,18 +74,9 @@ pub struct Db {
 }
 
 impl Db {
-    /// Drops the database (its connections too).
+    /// Closes the pool; the database itself is dropped when this value is.
     pub async fn drop_db(self) {
         self.pool.close().await;
-        if let Ok(admin) = self.server.admin_url().parse::<PgConnectOptions>() {
-            if let Ok(mut conn) = admin.connect().await {
-                let _ = conn
-                    .execute(
-                        format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name).as_str(),
-                    )
-                    .await;
-            }
-        }
     }
 
     /// A connection of its own to this database (outside the pool).
@@ -107,6 +98,36 @@ impl Db {
         .fetch_one(admin)
         .await?;
         Ok(row)
+    }
+}
+
+impl Drop for Db {
+    /// Drops the database (its connections too), also when a scenario failed half-way. On a
+    /// thread of its own: Drop cannot await.
+    fn drop(&mut self) {
+        let (name, admin) = (self.name.clone(), self.server.admin_url());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let Ok(opts) = admin.parse::<PgConnectOptions>() else {
+                    return;
+                };
+                let connect = tokio::time::timeout(Duration::from_secs(5), opts.connect());
+                if let Ok(Ok(mut conn)) = connect.await {
+                    let _ = conn
+                        .execute(
+                            format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str(),
+                        )
+                        .await;
+                }
+            });
+        })
+        .join();
     }
 }
 
