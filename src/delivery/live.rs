@@ -217,7 +217,20 @@ impl LiveHandler {
         match ledger::mark_sending(&ctx.pool, &job.fence, seq, resend_in_doubt).await {
             Ok(true) => {}
             Ok(false) => return Err(lost()),
-            Err(e) => return Err(database("marking the message sending", &e)),
+            Err(e) => {
+                // Nothing was sent: the request leaves only after this write. If the write
+                // landed all the same (its answer was lost with the connection), the message is
+                // put back to `pending`, or the next attempt would take it for a send in doubt
+                // and fail the job without sending.
+                let held = persist(job, seq, "putting back a message that was not sent", || {
+                    ledger::unmark_sending(&ctx.pool, &job.fence, seq)
+                })
+                .await;
+                if !held {
+                    return Err(lost());
+                }
+                return Err(database("marking the message sending", &e));
+            }
         }
 
         let started = Instant::now();
