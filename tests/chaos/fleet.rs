@@ -191,6 +191,13 @@ impl Daemon {
         }
     }
 
+    /// Sends `signal` to the process (e.g. SIGSTOP / SIGCONT: a pause).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        }
+    }
+
     /// Sends SIGTERM (the drain begins).
     pub fn sigterm(&self) {
         if let Some(pid) = self.pid() {
