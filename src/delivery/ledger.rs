@@ -179,6 +179,30 @@ pub async fn mark_sending(
     Ok(done.rows_affected() == 1)
 }
 
+/// Puts a message back from `sending` to `pending` after [`mark_sending`] reported an error:
+/// the request was not sent, but the write may have landed all the same (its answer was lost
+/// with the connection). Returns whether the fence held (a message that is not `sending` is left
+/// as it is).
+pub async fn unmark_sending(pool: &PgPool, fence: &Fence, seq: i32) -> sqlx::Result<bool> {
+    let sql = format!(
+        r#"
+        WITH {OWNER_RELAXED}, back AS (
+            UPDATE "OutboundMessage" m SET status = 'pending', "updatedAt" = now()
+            FROM owner o
+            WHERE m."jobId" = o.id AND m.seq = $4 AND m.status = 'sending'
+        )
+        SELECT EXISTS (SELECT 1 FROM owner)
+        "#
+    );
+    sqlx::query_scalar(&sql)
+        .bind(fence.id)
+        .bind(&*fence.locked_by)
+        .bind(fence.attempts)
+        .bind(seq)
+        .fetch_one(pool)
+        .await
+}
+
 /// Meta accepted the message: its wamid and `sent`, in one statement.
 pub async fn record_sent(
     pool: &PgPool,

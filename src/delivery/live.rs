@@ -217,7 +217,20 @@ impl LiveHandler {
         match ledger::mark_sending(&ctx.pool, &job.fence, seq, resend_in_doubt).await {
             Ok(true) => {}
             Ok(false) => return Err(lost()),
-            Err(e) => return Err(database("marking the message sending", &e)),
+            Err(e) => {
+                // Nothing was sent: the request leaves only after this write. If the write
+                // landed all the same (its answer was lost with the connection), the message is
+                // put back to `pending`, or the next attempt would take it for a send in doubt
+                // and fail the job without sending.
+                let held = persist(job, seq, "putting back a message that was not sent", || {
+                    ledger::unmark_sending(&ctx.pool, &job.fence, seq)
+                })
+                .await;
+                if !held {
+                    return Err(lost());
+                }
+                return Err(database("marking the message sending", &e));
+            }
         }
 
         let started = Instant::now();
@@ -250,8 +263,11 @@ impl LiveHandler {
         }
     }
 
-    /// Stores the wamid, retrying a short database outage: the message was accepted, so giving
-    /// up here must never lead to a second send.
+    /// Stores the wamid. Meta accepted the message, so this write is retried for as long as the
+    /// attempt runs (a database restart, a failover, a read-only spell): giving up would fail
+    /// the job with its message left `sending`, although it was delivered. If the database does
+    /// not come back, `runner.job_timeout` (or a drain) ends the attempt; the message stays
+    /// `sending` and the next attempt or the rescuer makes it `unknown`: never a second send.
     async fn record_sent(
         &self,
         job: &Job,
@@ -259,46 +275,24 @@ impl LiveHandler {
         seq: i32,
         wamid: &str,
     ) -> Result<(), JobError> {
-        let mut delay = Duration::from_millis(100);
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            match ledger::record_sent(&ctx.pool, &job.fence, seq, wamid).await {
-                Ok(true) => {
-                    tracing::debug!(job_id = job.id, seq, wamid, "message accepted");
-                    return Ok(());
-                }
-                Ok(false) => {
-                    tracing::warn!(
-                        job_id = job.id,
-                        seq,
-                        wamid,
-                        "Meta accepted the message but the job was taken from this runner \
-                         meanwhile; the ledger keeps the message in doubt (not resent)"
-                    );
-                    return Err(lost());
-                }
-                Err(e) => {
-                    last_error = redact_sqlx(&e);
-                    tracing::warn!(job_id = job.id, error = %last_error, "recording a sent message failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-            }
+        let what = format!("recording wamid {wamid} of an accepted message");
+        let written = persist(job, seq, &what, || {
+            ledger::record_sent(&ctx.pool, &job.fence, seq, wamid)
+        })
+        .await;
+        if written {
+            tracing::debug!(job_id = job.id, seq, wamid, "message accepted");
+            Ok(())
+        } else {
+            tracing::warn!(
+                job_id = job.id,
+                seq,
+                wamid,
+                "Meta accepted the message but the job was taken from this runner meanwhile; the \
+                 ledger keeps the message in doubt (not resent)"
+            );
+            Err(lost())
         }
-        tracing::error!(
-            job_id = job.id,
-            seq,
-            wamid,
-            "Meta accepted the message but recording it failed; it is not resent"
-        );
-        Err(JobError::fail(
-            "ledger_write_failed",
-            format!(
-                "Meta accepted message {} (wamid {wamid}) but recording it failed \
-                 ({last_error}); it is not sent again",
-                seq + 1
-            ),
-        ))
     }
 
     /// A send that did not end in a wamid: settle the message and say what the job does next.
@@ -376,14 +370,14 @@ impl LiveHandler {
                 (status, Action::Unknown)
             }
         };
-        match ledger::settle(&ctx.pool, &job.fence, seq, status, &code).await {
-            Ok(true) => {}
-            Ok(false) => return lost(),
-            Err(e) => tracing::warn!(
-                job_id = job.id,
-                error = %redact_sqlx(&e),
-                "recording a refused send failed; the message stays 'sending' (in doubt)"
-            ),
+        // Like the wamid, the outcome must land before the job moves on: a job failed with its
+        // message still `sending` would claim a send was in flight.
+        let settled = persist(job, seq, "recording the outcome of a send", || {
+            ledger::settle(&ctx.pool, &job.fence, seq, status, &code)
+        })
+        .await;
+        if !settled {
+            return lost();
         }
         JobError::new(next, code, message)
     }
@@ -418,6 +412,46 @@ fn build_client(
         .pool_idle_timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
         .build()
+}
+
+/// A fenced ledger write after a request left: retried (100 ms doubling to 2 s) until the
+/// database answers, for as long as the attempt runs. Returns whether the fence held.
+async fn persist<F, Fut>(job: &Job, seq: i32, what: &str, mut write: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<bool>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut failures = 0u32;
+    loop {
+        match write().await {
+            Ok(held) => {
+                if failures > 0 {
+                    tracing::info!(
+                        job_id = job.id,
+                        seq,
+                        failures,
+                        "{what}: written after the database came back"
+                    );
+                }
+                return held;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures % 10 == 0 {
+                    tracing::warn!(
+                        job_id = job.id,
+                        seq,
+                        failures,
+                        error = %redact_sqlx(&e),
+                        "{what} failed; retrying until the database answers (runner.job_timeout bounds the attempt)"
+                    );
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 fn lost() -> JobError {

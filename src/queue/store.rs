@@ -106,6 +106,12 @@ pub struct CompletionRecords {
 ///
 /// This commit is synchronous on purpose: it makes the ledger writes before it (committed with
 /// `synchronous_commit = off`) durable too.
+///
+/// A job is only marked done while every message of its ledger is `sent`. The ledger's `sent`
+/// commits without its own fsync: if PostgreSQL crashes before that reaches the disk, crash
+/// recovery puts the message back to `sending` while this runner, still alive, retries the
+/// completion. The job is then not marked done (it counts as taken from us) and the rescuer
+/// settles it like any send cut short: the message `unknown`, the job `failed`.
 pub async fn complete(
     pool: &PgPool,
     locked_by: &str,
@@ -121,6 +127,8 @@ pub async fn complete(
             FROM unnest($2::bigint[], $3::int[]) AS d(id, attempts)
             WHERE j.id = d.id AND j.status = 'running' AND j."lockedBy" = $1
               AND j.attempts = d.attempts
+              AND NOT EXISTS (SELECT 1 FROM "OutboundMessage" m
+                              WHERE m."jobId" = j.id AND m.status <> 'sent')
             RETURNING j.id
         ), sandbox AS (
             INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, wamid, "sentAt")

@@ -186,7 +186,8 @@ async fn finish(
 
 fn lost(job: &Job) -> Outcome {
     tracing::warn!(
-        "job {} was taken from this runner (its lease expired); result dropped",
+        "job {} was not ours to finish: its lease expired and it was taken from this runner, \
+         or its ledger shows a message not recorded as sent; result dropped (the rescuer settles it)",
         job.id
     );
     Outcome::Lost

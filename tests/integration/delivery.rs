@@ -12,7 +12,10 @@ use serde_json::{Value, json};
 
 use crate::support::mock_meta::{self, Limits, MockMeta, Reply};
 use crate::support::mock_orchestrator::{self, Answer, MockOrchestrator};
-use crate::support::{TestDb, spawn_passive, spawn_runner, test_settings, wait_count};
+use crate::support::proxy::{Proxy, upstream_of};
+use crate::support::{
+    TestDb, spawn_passive, spawn_runner, spawn_runner_at, test_settings, wait_count,
+};
 
 /// Live delivery to `meta`, no pair spacing (tests that pace set their own).
 fn live(s: &mut Settings, meta: &MockMeta) {
@@ -508,6 +511,130 @@ async fn a_worker_killed_between_sending_and_the_answer_is_not_resent_by_the_res
     assert!(runner.run_pass(10).await.unwrap().processed.is_empty());
     assert_eq!(seen(&meta), 1, "never sent again");
     assert_eq!(meta.accepted_for(id).len(), 1);
+    runner.shutdown().await;
+}
+
+/// Found by the chaos suite (postgres_restart, read_only_database): the wamid write used to be
+/// given up after about 3 s, failing the job (`ledger_write_failed`) with its message left
+/// `sending` although Meta had accepted it.
+#[tokio::test]
+async fn an_accepted_message_is_recorded_after_a_database_outage_of_several_seconds() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let proxy = Proxy::start(upstream_of(&db.url)).await;
+    let runner = spawn_runner_at(&proxy.url_for(&db.url), Some(&db.url), handler(), |s| {
+        live(s, &meta)
+    })
+    .await;
+    let mut finished = runner.finished();
+    meta.script([Reply::Hold]);
+    let id = text_job(&db, "15551230901", "hello").await;
+    wait_count(&mut meta.recorded(), 1, Duration::from_secs(10)).await;
+
+    // Meta accepted the message; the database goes away before the answer comes back, for
+    // longer than a few seconds (a restart, a failover).
+    proxy.cut();
+    meta.release(1);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    proxy.restore();
+
+    wait_count(&mut finished, 1, Duration::from_secs(20)).await;
+    let job = db.job(id).await;
+    assert_eq!(
+        (job.status.as_str(), job.attempts),
+        ("done", 1),
+        "{:?}",
+        job.last_error
+    );
+    let rows = ledger(&db, id).await;
+    let wamid = meta.accepted_for(id)[0].wamid.clone();
+    assert_eq!(
+        (rows[0].status.as_str(), rows[0].wamid.as_deref()),
+        ("sent", Some(wamid.as_str()))
+    );
+    assert_eq!(seen(&meta), 1);
+    runner.shutdown().await;
+}
+
+/// Found by the chaos suite (postgres_crash, long form: an `unknown` message the mock never
+/// saw): a `sending` mark that landed but whose answer was lost with the connection made the
+/// next attempt take the message for a send in doubt and fail the job, although nothing had
+/// been sent.
+#[tokio::test]
+async fn a_sending_mark_whose_answer_was_lost_does_not_make_the_message_unknown() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let proxy = Proxy::start(upstream_of(&db.url)).await;
+    let runner = spawn_runner_at(&proxy.url_for(&db.url), Some(&db.url), handler(), |s| {
+        live(s, &meta);
+        s.retry.base = Duration::from_millis(50);
+        s.retry.cap = Duration::from_millis(50);
+    })
+    .await;
+    meta.script([Reply::Hold]);
+    let payload = json!({"to": "15551230902", "message": [
+        {"type": "text", "text": {"body": "one"}},
+        {"type": "text", "text": {"body": "two"}},
+    ]});
+    let id = db.insert_payload(&payload.to_string()).await;
+    // Message 1 is accepted; its answer is held.
+    wait_count(&mut meta.recorded(), 1, Duration::from_secs(10)).await;
+
+    // Hold message 2's ledger row, so its `sending` mark waits for us.
+    let mut lock = db.pool.begin().await.unwrap();
+    sqlx::query(r#"SELECT 1 FROM "OutboundMessage" WHERE "jobId" = $1 AND seq = 1 FOR UPDATE"#)
+        .bind(id)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    meta.release(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(&db.name)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mark never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The mark lands; its answer never reaches the runner: the connection is cut.
+    proxy.stall();
+    lock.commit().await.unwrap();
+    while statuses(&db, id).await != ["sent", "sending"] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mark never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut();
+    proxy.restore();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let job = loop {
+        let job = db.job(id).await;
+        if job.status == "done" || job.status == "failed" {
+            break job;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(job.status, "done", "{:?}", job.last_error);
+    assert_eq!(statuses(&db, id).await, ["sent", "sent"]);
+    assert_eq!(meta.accepted_for(id).len(), 2);
+    assert_once_each(&meta);
     runner.shutdown().await;
 }
 

@@ -4,8 +4,13 @@
 //! - `cut()`: closes every connection and refuses new ones (a crash, a restart).
 //! - `stall()`: keeps connections open but forwards nothing (a dead NAT entry, a partition).
 //! - `restore()`: back to forwarding.
+//!
+//! Shared with the chaos suite (tests/chaos), which uses parts the integration tests do not.
+
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,6 +30,8 @@ pub struct Proxy {
     state: watch::Sender<State>,
     conns: Arc<Mutex<Vec<AbortHandle>>>,
     accept: AbortHandle,
+    /// Connections accepted so far, refused ones (while cut) included.
+    accepted: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -34,14 +41,17 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let (state, _) = watch::channel(State::Open);
         let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let accepted = Arc::new(AtomicU64::new(0));
         let accept = {
             let state = state.clone();
             let conns = conns.clone();
+            let accepted = accepted.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((client, _)) = listener.accept().await else {
                         return;
                     };
+                    accepted.fetch_add(1, Ordering::Relaxed);
                     if *state.borrow() == State::Cut {
                         drop(client);
                         continue;
@@ -67,7 +77,13 @@ impl Proxy {
             state,
             conns,
             accept,
+            accepted,
         }
+    }
+
+    /// Connections accepted so far, including those refused while cut: how often clients tried.
+    pub fn connections(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// `url` (a postgres URL to the upstream) rewritten to go through this proxy.
