@@ -20,9 +20,9 @@ unshare -m --propagation private bash -euo pipefail -s "$deb" "$scratch" <<'INNE
 deb=$1
 scratch=$2
 for d in etc usr var; do
-  mkdir -p "$scratch/upper/$d" "$scratch/work/$d"
+  mkdir -p "$scratch/upper/$d" "$scratch/ovl-work/$d"
   mount -t overlay overlay \
-    -o "lowerdir=/$d,upperdir=$scratch/upper/$d,workdir=$scratch/work/$d" "/$d"
+    -o "lowerdir=/$d,upperdir=$scratch/upper/$d,workdir=$scratch/ovl-work/$d" "/$d"
 done
 # Nothing below may reach the real system: stop unless every overlay is in place.
 for d in etc usr var; do
