@@ -67,6 +67,8 @@ cargo bench --bench queue -- [options]
   --wakeup-jobs N            jobs of the wake-up latency section (default 500; quick 100)
   --large-rows N             the large table's big size (default 1000000; quick 100000)
   --idle-seconds S           the idle daemon's window (default 60; quick 5)
+  --drain-cap S              stop a throughput drain after S seconds and rate the jobs done
+                             by then (default 120; quick 30)
 
 Needs a PostgreSQL it can create databases on: TEST_DATABASE_URL (default
 postgres://postgres@127.0.0.1:5432/postgres), and pgbench (PATH or /usr/lib/postgresql/*/bin).";
@@ -81,6 +83,8 @@ pub struct Args {
     pub wakeup_jobs: usize,
     pub large_rows: usize,
     pub idle_seconds: u64,
+    /// A drain still running after this is stopped and its rate taken from the jobs done.
+    pub drain_cap: Duration,
 }
 
 impl Args {
@@ -128,6 +132,7 @@ pub fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, String
     let mut wakeup_jobs = None;
     let mut large_rows = None;
     let mut idle_seconds = None;
+    let mut drain_cap = None;
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -139,6 +144,7 @@ pub fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, String
             "--wakeup-jobs" => wakeup_jobs = Some(one::<usize>("--wakeup-jobs", it.next())?),
             "--large-rows" => large_rows = Some(one::<usize>("--large-rows", it.next())?),
             "--idle-seconds" => idle_seconds = Some(one::<u64>("--idle-seconds", it.next())?),
+            "--drain-cap" => drain_cap = Some(one::<u64>("--drain-cap", it.next())?),
             // `cargo bench` passes --bench to every bench target.
             "--bench" => {}
             "-h" | "--help" => return Err(String::new()),
@@ -160,6 +166,7 @@ pub fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, String
         wakeup_jobs: wakeup_jobs.unwrap_or(if quick { 100 } else { 500 }).max(1),
         large_rows: large_rows.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
         idle_seconds: idle_seconds.unwrap_or(if quick { 5 } else { 60 }),
+        drain_cap: Duration::from_secs(drain_cap.unwrap_or(if quick { 30 } else { 120 }).max(1)),
     };
     if a.workers.contains(&0) {
         return Err("--workers: at least 1".into());
