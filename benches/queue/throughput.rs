@@ -274,7 +274,11 @@ fn drain_row(w: u32, n: usize, ds: &[Drain], ls: &[Option<&Vec<Limit>>], cap: Du
         }
     }
     let pick = |f: fn(&Drain) -> f64| median(&ds.iter().map(f).collect::<Vec<_>>());
-    let capped = ds.iter().filter(|d| d.capped).count();
+    let capped: Vec<String> = ds
+        .iter()
+        .filter(|d| d.capped)
+        .map(|d| format!("{} jobs done, {} jobs/s", int(d.jobs), int(d.jobs_per_s)))
+        .collect();
     Row {
         section: "throughput",
         measure: "sandbox jobs drained by the runner".into(),
@@ -287,13 +291,13 @@ fn drain_row(w: u32, n: usize, ds: &[Drain], ls: &[Option<&Vec<Limit>>], cap: Du
             pick(|d| d.server_cpu / d.jobs * 1e6),
             pick(|d| d.jobs_per_claim),
             pick(|d| d.ms_per_claim),
-            if capped > 0 {
+            if !capped.is_empty() {
                 format!(
-                    "; **{capped} of {} runs stopped at the {} s cap** (rate of the jobs done by then, {} of {})",
+                    "; **{} of {} runs stopped at the {} s cap** ({})",
+                    capped.len(),
                     ds.len(),
                     cap.as_secs(),
-                    int(pick(|d| d.jobs)),
-                    int(n as f64)
+                    capped.join("; ")
                 )
             } else {
                 String::new()
