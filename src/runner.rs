@@ -79,7 +79,7 @@ impl Shared {
     }
 
     /// Runs one claimed job on its own task, tracked for the drain and abortable.
-    /// `slot` is a dispatcher worker slot, held until the job's handler returns.
+    /// `slot` is a dispatcher worker slot, held until the job's final write is acknowledged.
     pub fn spawn_job(
         self: &Arc<Self>,
         job: Job,

@@ -32,8 +32,8 @@ impl Drop for Busy<'_> {
 }
 
 /// Runs one attempt of a claimed job and writes where it left the job. `slot` (a dispatcher
-/// worker slot) is given back as soon as the handler returns: the job's final write is batched
-/// with others and its fsync need not hold a worker.
+/// worker slot) is given back once that write is acknowledged, so this runner never has more
+/// jobs `running` than it has workers.
 pub async fn execute(shared: &Shared, job: Job, slot: Option<OwnedSemaphorePermit>) -> Outcome {
     let span = tracing::info_span!(
         "job",
@@ -77,8 +77,11 @@ pub async fn execute(shared: &Shared, job: Job, slot: Option<OwnedSemaphorePermi
                 ),
             )),
         };
-        drop(slot);
         let outcome = finish(shared, &job, result, ctx.take_records()).await;
+        // The slot is held until the job's final write is acknowledged: freeing it earlier let
+        // claims outrun lagging completions (tens of thousands of rows `running`, each
+        // completion batch slower than the last). Group commit still batches completions.
+        drop(slot);
         let label = match outcome {
             Outcome::Done => Some("done"),
             Outcome::Retried => Some("retry"),
