@@ -122,6 +122,7 @@ async fn serve(
             "the database schema is not current and database.migrate is off: run `outbound-runner migrate`"
         )));
     }
+    db::warn_if_not_vacuumed(&pool).await;
     let listen_options = match &settings.database.listen_url {
         Some(u) => Some(db::connect_options(secrecy::ExposeSecret::expose_secret(
             u,

@@ -26,6 +26,10 @@ pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
 /// A pool sized for the workers. Connects lazily: the daemon's start-up loop decides how long to
 /// wait for the database, not the pool.
 pub fn pool(settings: &Settings, opts: PgConnectOptions) -> PgPool {
+    // Room for one claim statement per claim size (see `queue::store::claim`) beside the rest,
+    // so no prepared statement is evicted and re-planned in a steady drain.
+    let claim_sizes = settings.runner.batch.min(settings.runner.workers) as usize;
+    let opts = opts.statement_cache_capacity(100 + claim_sizes);
     PgPoolOptions::new()
         .max_connections(settings.pool_size())
         .min_connections(0)
@@ -60,6 +64,26 @@ pub async fn migrations_current(pool: &PgPool) -> anyhow::Result<bool> {
             .await
             .unwrap_or_default();
     Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
+}
+
+/// Every claim and completion leaves a dead row version behind; only VACUUM reclaims them. A
+/// server (or a table) with autovacuum off lets them pile up until claims slow down: say so at
+/// start-up, once. (Nothing is said when the check itself fails: it is advice, not a gate.)
+pub async fn warn_if_not_vacuumed(pool: &PgPool) {
+    let off: Result<bool, _> = sqlx::query_scalar(
+        r#"SELECT NOT current_setting('autovacuum')::bool
+               OR COALESCE((SELECT 'autovacuum_enabled=false' = ANY(reloptions)
+                            FROM pg_class WHERE oid = '"OutboundJob"'::regclass), false)"#,
+    )
+    .fetch_one(pool)
+    .await;
+    if let Ok(true) = off {
+        tracing::warn!(
+            "autovacuum is off for \"OutboundJob\": nothing removes the dead rows every claim and \
+             completion leaves, and claims slow down as they pile up; turn autovacuum on or \
+             VACUUM the table on a schedule (docs/operations.md, \"Vacuum\")"
+        );
+    }
 }
 
 /// sqlx errors can quote the connection string; never let one reach a log.

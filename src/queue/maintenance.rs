@@ -15,8 +15,12 @@ use crate::runner::Shared;
 /// The longest time between two database probes, and between a probe and its answer.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Queue gauges cost a scan; they are refreshed every this many probes.
+/// The queue gauges (`queued`, `running`: partial-index counts) are refreshed every this many
+/// probes (15 s by default)...
 const STATS_EVERY_N_PROBES: u32 = 3;
+/// ...and the finished statuses, which cost a pass over the retained rows, every this many
+/// refreshes (5 minutes by default).
+const FINISHED_EVERY_N_STATS: u32 = 20;
 
 /// Waits `period` (re-read from the settings each time) or until `stop`. False on stop.
 async fn pause(stop: &CancellationToken, period: Duration) -> bool {
@@ -158,17 +162,22 @@ pub async fn prober(shared: Arc<Shared>, stop: CancellationToken) {
         }
         shared.health.set_db_ok(ok);
         if ok && n % STATS_EVERY_N_PROBES == 0 {
-            refresh_gauges(&shared).await;
+            let all = (n / STATS_EVERY_N_PROBES) % FINISHED_EVERY_N_STATS == 0;
+            refresh_gauges(&shared, all).await;
         }
         n = n.wrapping_add(1);
     }
 }
 
-/// One cheap query pair on a timer, never per scrape.
-pub async fn refresh_gauges(shared: &Shared) {
-    match store::queue_stats(&shared.pool).await {
+/// One cheap query pair on a timer, never per scrape. Without `all`, only the `queued` and
+/// `running` gauges move (the others keep their last count).
+pub async fn refresh_gauges(shared: &Shared, all: bool) {
+    match store::queue_stats(&shared.pool, all).await {
         Ok(stats) => {
             for status in super::STATUSES {
+                if !all && !matches!(status, "queued" | "running") {
+                    continue;
+                }
                 let count = stats
                     .by_status
                     .iter()

@@ -22,6 +22,12 @@ use super::{CHANNEL, Fence, Job};
 /// Claims up to `limit` due jobs in one statement. `SKIP LOCKED` lets any number of runners
 /// claim concurrently without waiting on each other or taking the same row. The claim commits
 /// without waiting for its own fsync (see the comment in the statement).
+///
+/// The `LIMIT` is a literal, one statement text per claim size (at most
+/// `min(runner.batch, runner.workers)` of them, see [`claim_sql`]): with `LIMIT $n` PostgreSQL
+/// estimates a tenth of the table and re-plans the claim at every execution (about as long as
+/// running it, and far longer right after a large delete, when planning walks dead index
+/// entries); with a literal it settles on the cached generic plan after five executions.
 pub async fn claim(
     pool: &PgPool,
     locked_by: &std::sync::Arc<str>,
@@ -29,38 +35,13 @@ pub async fn claim(
     limit: i64,
     default_max_attempts: i32,
 ) -> sqlx::Result<Vec<Job>> {
-    let rows = sqlx::query(
-        r#"
-        UPDATE "OutboundJob" j
-        SET status = 'running',
-            attempts = j.attempts + 1,
-            "lockedBy" = $1,
-            "lockedAt" = now(),
-            "leaseUntil" = now() + make_interval(secs => $2),
-            "startedAt" = now(),
-            "updatedAt" = now()
-        FROM (
-            SELECT id FROM "OutboundJob"
-            WHERE status = 'queued' AND "runAt" <= now()
-            ORDER BY priority, "runAt", id
-            LIMIT $3
-            FOR UPDATE SKIP LOCKED
-        ) c,
-        -- No fsync of its own: a claim lost in a server crash leaves the job queued, and every
-        -- send is preceded by a synchronous commit that flushes the claim with it.
-        (SELECT set_config('synchronous_commit', 'off', true)) relaxed
-        WHERE j.id = c.id
-        RETURNING j.id, j.payload, j."requestId", j.attempts,
-                  COALESCE(j."maxAttempts", $4) AS max_attempts,
-                  j.composed, j."createdAt", j."runAt"
-        "#,
-    )
-    .bind(&**locked_by)
-    .bind(lease.as_secs_f64())
-    .bind(limit)
-    .bind(default_max_attempts)
-    .fetch_all(pool)
-    .await?;
+    let sql = claim_sql(limit);
+    let rows = sqlx::query(&sql)
+        .bind(&**locked_by)
+        .bind(lease.as_secs_f64())
+        .bind(default_max_attempts)
+        .fetch_all(pool)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -85,6 +66,47 @@ pub async fn claim(
         .collect())
 }
 
+/// The claim statement for claims of `limit` jobs, built once per size.
+fn claim_sql(limit: i64) -> std::sync::Arc<str> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock, Mutex};
+    static TEXTS: LazyLock<Mutex<HashMap<i64, Arc<str>>>> = LazyLock::new(Default::default);
+    let limit = limit.max(1);
+    let mut texts = TEXTS.lock().expect("claim statement cache");
+    texts
+        .entry(limit)
+        .or_insert_with(|| {
+            format!(
+                r#"
+        UPDATE "OutboundJob" j
+        SET status = 'running',
+            attempts = j.attempts + 1,
+            "lockedBy" = $1,
+            "lockedAt" = now(),
+            "leaseUntil" = now() + make_interval(secs => $2),
+            "startedAt" = now(),
+            "updatedAt" = now()
+        FROM (
+            SELECT id FROM "OutboundJob"
+            WHERE status = 'queued' AND "runAt" <= now()
+            ORDER BY priority, "runAt", id
+            LIMIT {limit}
+            FOR UPDATE SKIP LOCKED
+        ) c,
+        -- No fsync of its own: a claim lost in a server crash leaves the job queued, and every
+        -- send is preceded by a synchronous commit that flushes the claim with it.
+        (SELECT set_config('synchronous_commit', 'off', true)) relaxed
+        WHERE j.id = c.id
+        RETURNING j.id, j.payload, j."requestId", j.attempts,
+                  COALESCE(j."maxAttempts", $3) AS max_attempts,
+                  j.composed, j."createdAt", j."runAt"
+        "#
+            )
+            .into()
+        })
+        .clone()
+}
+
 /// When the earliest queued job becomes due (a scheduled job, or one backing off).
 pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar(r#"SELECT min("runAt") FROM "OutboundJob" WHERE status = 'queued'"#)
@@ -100,6 +122,32 @@ pub struct CompletionRecords {
     pub to: Vec<String>,
     pub body: Vec<serde_json::Value>,
 }
+
+/// The batched completion (see [`complete`]); public so a test can check its plan.
+#[doc(hidden)]
+pub const COMPLETE_SQL: &str = r#"
+        WITH done AS (
+            UPDATE "OutboundJob" j
+            SET status = 'done', "completedAt" = now(), "updatedAt" = now(), "leaseUntil" = NULL
+            FROM unnest($2::bigint[], $3::int[]) AS d(id, attempts)
+            -- `j.id = ANY($2)` as well as the join: an index condition on the primary key
+            -- whatever plan the join gets.
+            WHERE j.id = d.id AND j.id = ANY($2) AND j.status = 'running' AND j."lockedBy" = $1
+              AND j.attempts = d.attempts
+              AND NOT EXISTS (SELECT 1 FROM "OutboundMessage" m
+                              WHERE m."jobId" = j.id AND m.status <> 'sent')
+            RETURNING j.id
+        ), sandbox AS (
+            INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, wamid, "sentAt")
+            SELECT r.job, r.seq, 'sent', r.recipient, r.body,
+                   'wamid.sandbox.' || r.job || '.' || r.seq, now()
+            FROM unnest($4::bigint[], $5::int[], $6::text[], $7::jsonb[])
+                 AS r(job, seq, recipient, body)
+            WHERE r.job IN (SELECT id FROM done)
+            ON CONFLICT ("jobId", seq) DO NOTHING
+        )
+        SELECT id FROM done
+        "#;
 
 /// Marks a batch of jobs `done` in one statement, and records `records` (sandbox sends) for the
 /// jobs whose fence held, in the same statement. Returns the ids whose fence held.
@@ -119,38 +167,16 @@ pub async fn complete(
     attempts: &[i32],
     records: &CompletionRecords,
 ) -> sqlx::Result<Vec<i64>> {
-    sqlx::query_scalar(
-        r#"
-        WITH done AS (
-            UPDATE "OutboundJob" j
-            SET status = 'done', "completedAt" = now(), "updatedAt" = now(), "leaseUntil" = NULL
-            FROM unnest($2::bigint[], $3::int[]) AS d(id, attempts)
-            WHERE j.id = d.id AND j.status = 'running' AND j."lockedBy" = $1
-              AND j.attempts = d.attempts
-              AND NOT EXISTS (SELECT 1 FROM "OutboundMessage" m
-                              WHERE m."jobId" = j.id AND m.status <> 'sent')
-            RETURNING j.id
-        ), sandbox AS (
-            INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, wamid, "sentAt")
-            SELECT r.job, r.seq, 'sent', r.recipient, r.body,
-                   'wamid.sandbox.' || r.job || '.' || r.seq, now()
-            FROM unnest($4::bigint[], $5::int[], $6::text[], $7::jsonb[])
-                 AS r(job, seq, recipient, body)
-            WHERE r.job IN (SELECT id FROM done)
-            ON CONFLICT ("jobId", seq) DO NOTHING
-        )
-        SELECT id FROM done
-        "#,
-    )
-    .bind(locked_by)
-    .bind(ids)
-    .bind(attempts)
-    .bind(&records.job)
-    .bind(&records.seq)
-    .bind(&records.to)
-    .bind(&records.body)
-    .fetch_all(pool)
-    .await
+    sqlx::query_scalar(COMPLETE_SQL)
+        .bind(locked_by)
+        .bind(ids)
+        .bind(attempts)
+        .bind(&records.job)
+        .bind(&records.seq)
+        .bind(&records.to)
+        .bind(&records.body)
+        .fetch_all(pool)
+        .await
 }
 
 /// Puts a job back to `queued`, due after `delay`. With `refund`, the attempt is not counted
@@ -269,16 +295,22 @@ pub async fn reclaim(
     fail_in_doubt: bool,
     default_max_attempts: i32,
 ) -> sqlx::Result<Rescued> {
-    let (expired_only, locked_by, refund) = match which {
-        Reclaim::Expired => (true, "", 0),
-        Reclaim::Ours(me) => (false, me, 1),
+    let (locked_by, refund) = match which {
+        Reclaim::Expired => (None, 0),
+        Reclaim::Ours(me) => (Some(me), 1),
     };
-    let rows = sqlx::query(
+    // Two statement texts, so each target can use its index (the lease index for expired
+    // leases; a CASE in the WHERE clause would make every rescue scan the whole table).
+    let target = match which {
+        // ($1, this runner, is NULL here: every expired lease is taken back.)
+        Reclaim::Expired => r#""leaseUntil" < now() AND $1::text IS NULL"#,
+        Reclaim::Ours(_) => r#""lockedBy" = $1"#,
+    };
+    let sql = format!(
         r#"
         WITH target AS (
             SELECT id FROM "OutboundJob"
-            WHERE status = 'running'
-              AND CASE WHEN $1 THEN "leaseUntil" < now() ELSE "lockedBy" = $2 END
+            WHERE status = 'running' AND {target}
             ORDER BY id
             LIMIT 1000
             FOR UPDATE SKIP LOCKED
@@ -286,19 +318,19 @@ pub async fn reclaim(
             UPDATE "OutboundMessage" m
             SET status = 'unknown', "lastErrorCode" = 'delivery_unknown', "updatedAt" = now()
             FROM target t
-            WHERE $3 AND m."jobId" = t.id AND m.status = 'sending'
+            WHERE $2 AND m."jobId" = t.id AND m.status = 'sending'
             RETURNING m."jobId"
         ), retry_msgs AS (
             UPDATE "OutboundMessage" m
             SET status = 'pending', "updatedAt" = now()
             FROM target t
-            WHERE NOT $3 AND m."jobId" = t.id AND m.status = 'sending'
+            WHERE NOT $2 AND m."jobId" = t.id AND m.status = 'sending'
             RETURNING m."jobId"
         ), decided AS (
             SELECT j.id,
                    CASE
                      WHEN j.id IN (SELECT "jobId" FROM unknown_msgs) THEN 'delivery_unknown'
-                     WHEN j.attempts - $4 >= COALESCE(j."maxAttempts", $5) THEN 'lease_expired'
+                     WHEN j.attempts - $3 >= COALESCE(j."maxAttempts", $4) THEN 'lease_expired'
                    END AS fail_code,
                    (SELECT count(*) FROM unknown_msgs u WHERE u."jobId" = j.id)
                  + (SELECT count(*) FROM retry_msgs r WHERE r."jobId" = j.id) AS in_doubt
@@ -306,7 +338,7 @@ pub async fn reclaim(
         )
         UPDATE "OutboundJob" j
         SET status = CASE WHEN d.fail_code IS NULL THEN 'queued' ELSE 'failed' END,
-            attempts = j.attempts - $4,
+            attempts = j.attempts - $3,
             "runAt" = now(),
             "completedAt" = CASE WHEN d.fail_code IS NULL THEN NULL ELSE now() END,
             "lastErrorCode" = COALESCE(d.fail_code, j."lastErrorCode"),
@@ -324,15 +356,15 @@ pub async fn reclaim(
         FROM decided d
         WHERE j.id = d.id
         RETURNING j.status, d.in_doubt
-        "#,
-    )
-    .bind(expired_only)
-    .bind(locked_by)
-    .bind(fail_in_doubt)
-    .bind(refund)
-    .bind(default_max_attempts)
-    .fetch_all(pool)
-    .await?;
+        "#
+    );
+    let rows = sqlx::query(&sql)
+        .bind(locked_by)
+        .bind(fail_in_doubt)
+        .bind(refund)
+        .bind(default_max_attempts)
+        .fetch_all(pool)
+        .await?;
     let mut out = Rescued::default();
     for row in rows {
         let status: &str = row.get(0);
@@ -433,12 +465,23 @@ pub struct QueueStats {
     pub oldest_queued_age: Option<Duration>,
 }
 
-pub async fn queue_stats(pool: &PgPool) -> sqlx::Result<QueueStats> {
-    let by_status = sqlx::query_as::<_, (String, i64)>(
-        r#"SELECT status, count(*) FROM "OutboundJob" GROUP BY status"#,
-    )
-    .fetch_all(pool)
-    .await?;
+/// The queue gauges. `queued` and `running` are counted from their partial indexes, so they cost
+/// what the queue holds, not what the table holds; the finished statuses (`all`) need a pass over
+/// every row a week of retention keeps, and are counted only when asked for.
+pub async fn queue_stats(pool: &PgPool, all: bool) -> sqlx::Result<QueueStats> {
+    let sql = if all {
+        r#"SELECT status, count(*) FROM "OutboundJob" GROUP BY status"#
+    } else {
+        // A running row always has a lease (the claim sets it, every move out of 'running'
+        // clears it): counted from the lease index.
+        r#"SELECT 'queued', count(*) FROM "OutboundJob" WHERE status = 'queued'
+           UNION ALL
+           SELECT 'running', count(*) FROM "OutboundJob"
+           WHERE "leaseUntil" IS NOT NULL AND status = 'running'"#
+    };
+    let by_status = sqlx::query_as::<_, (String, i64)>(sql)
+        .fetch_all(pool)
+        .await?;
     let oldest: Option<f64> = sqlx::query_scalar(
         r#"SELECT EXTRACT(EPOCH FROM now() - min("runAt"))::float8 FROM "OutboundJob"
            WHERE status = 'queued' AND "runAt" <= now()"#,

@@ -591,3 +591,90 @@ async fn only_leases_of_jobs_in_flight_are_extended() {
     assert!(leases[0] > 50.0, "{leases:?}");
     assert!(leases[1] < 2.0 && leases[2] < 2.0, "{leases:?}");
 }
+
+/// One connection, so `pg_prepared_statements` (per session) sees every execution.
+async fn one_connection(db: &TestDb) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(db.connect_options())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_claim_settles_on_a_cached_plan_instead_of_planning_every_time() {
+    let db = TestDb::new().await;
+    db.insert_jobs(200).await;
+    sqlx::query(r#"ANALYZE "OutboundJob""#)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let pool = one_connection(&db).await;
+    let me: Arc<str> = "planner-test".into();
+    for _ in 0..10 {
+        let jobs = store::claim(&pool, &me, Duration::from_secs(60), 4, 5)
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 4);
+    }
+    // PostgreSQL tries five custom plans, then keeps the generic one if it is no worse. With a
+    // `LIMIT $n` it never was (estimated at a tenth of the table): every claim was planned anew.
+    let (generic, custom): (i64, i64) = sqlx::query_as(
+        r#"SELECT generic_plans, custom_plans FROM pg_prepared_statements
+           WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%'"#,
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(generic + custom, 10);
+    assert!(
+        generic >= 5,
+        "the claim was planned {custom} times in 10 executions"
+    );
+}
+
+#[tokio::test]
+async fn the_completion_finds_jobs_by_primary_key_whatever_the_statistics_say() {
+    let db = TestDb::new().await;
+    // Statistics taken while nothing ran (they say: no running rows), then jobs claimed.
+    let ids = db.insert_jobs(3000).await;
+    sqlx::query(r#"UPDATE "OutboundJob" SET status = 'done', "completedAt" = now() WHERE id > $1"#)
+        .bind(ids[99])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(r#"VACUUM ANALYZE "OutboundJob""#)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let me: Arc<str> = "planner-test".into();
+    let claimed = store::claim(&db.pool, &me, Duration::from_secs(60), 64, 5)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 64);
+
+    // The plan the plan cache would keep after five executions (a generic plan).
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "PREPARE complete_check(text, bigint[], int[], bigint[], int[], text[], jsonb[]) AS {}",
+        store::COMPLETE_SQL
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN EXECUTE complete_check('planner-test', '{1,2}', '{1,1}', '{}', '{}', '{}', '{}')",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("OutboundJob_pkey"), "{plan}");
+    // The lease index holds every running job: scanning it once per completed job made each
+    // completion O(running × batch).
+    assert!(!plan.contains("OutboundJob_lease_idx"), "{plan}");
+}
