@@ -10,7 +10,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -46,6 +46,13 @@ pub struct Shared {
     /// it without waiting for the interval.
     pub due_hint: Mutex<Option<tokio::time::Instant>>,
     pub completer: mpsc::Sender<worker::CompleteRequest>,
+    /// Jobs whose handler succeeded and whose `done` write is not acknowledged yet. A job gives
+    /// its worker slot back when its handler returns, so the next claim overlaps the completion;
+    /// the dispatcher stops claiming while this is at `runner.workers`, so claims can never
+    /// outrun lagging completions (see [`worker::completer`]).
+    pub completing: AtomicUsize,
+    /// Notified after every completion statement.
+    pub completions_flushed: Notify,
     /// The dispatcher's worker slots: one permit per job it runs at once.
     pub slots: Arc<Semaphore>,
     /// The slot count `slots` is being brought to (changes on reload).
@@ -201,6 +208,8 @@ impl Runner {
             wake: Notify::new(),
             due_hint: Mutex::new(None),
             completer: tx,
+            completing: AtomicUsize::new(0),
+            completions_flushed: Notify::new(),
             slots: Arc::new(Semaphore::new(workers as usize)),
             workers: AtomicU32::new(workers),
             tracker: TaskTracker::new(),

@@ -6,6 +6,7 @@
 //! sized to its free worker slots until a claim comes back short: the queue has no due job left.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPoolOptions};
@@ -164,6 +165,20 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
             if hint.is_some_and(|h| h <= Instant::now()) {
                 *hint = None;
             }
+        }
+
+        // Completions lag (the database is slow to commit them): wait for them rather than
+        // claim more jobs that would only wait behind them with their leases running.
+        let flushed = shared.completions_flushed.notified();
+        let workers = shared.workers.load(Ordering::SeqCst) as usize;
+        if shared.completing.load(Ordering::SeqCst) >= workers.max(1) {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = flushed => {}
+                _ = heartbeat.tick() => {}
+            }
+            pending = true;
+            continue;
         }
 
         // Free worker slots: wait for one, then take every other free one up to a batch.

@@ -3,6 +3,7 @@
 //! finished while the previous statement ran).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
@@ -32,8 +33,9 @@ impl Drop for Busy<'_> {
 }
 
 /// Runs one attempt of a claimed job and writes where it left the job. `slot` (a dispatcher
-/// worker slot) is given back once that write is acknowledged, so this runner never has more
-/// jobs `running` than it has workers.
+/// worker slot) is given back when a successful job is handed to the completer (the next claim
+/// then overlaps its `done` write, bounded by `Shared::completing`), or once a retry or
+/// failure is written.
 pub async fn execute(shared: &Shared, job: Job, slot: Option<OwnedSemaphorePermit>) -> Outcome {
     let span = tracing::info_span!(
         "job",
@@ -77,11 +79,7 @@ pub async fn execute(shared: &Shared, job: Job, slot: Option<OwnedSemaphorePermi
                 ),
             )),
         };
-        let outcome = finish(shared, &job, result, ctx.take_records()).await;
-        // The slot is held until the job's final write is acknowledged: freeing it earlier let
-        // claims outrun lagging completions (tens of thousands of rows `running`, each
-        // completion batch slower than the last). Group commit still batches completions.
-        drop(slot);
+        let outcome = finish(shared, &job, result, ctx.take_records(), slot).await;
         let label = match outcome {
             Outcome::Done => Some("done"),
             Outcome::Retried => Some("retry"),
@@ -107,6 +105,7 @@ async fn finish(
     job: &Job,
     result: Result<(), JobError>,
     records: Option<SentRecords>,
+    slot: Option<OwnedSemaphorePermit>,
 ) -> Outcome {
     let err = match result {
         Ok(()) => {
@@ -116,7 +115,13 @@ async fn finish(
                 records,
                 ack,
             };
-            if shared.completer.send(request).await.is_err() {
+            // Counted before the slot is given back, so the dispatcher never sees neither;
+            // the completer uncounts it once its statement has run.
+            shared.completing.fetch_add(1, Ordering::SeqCst);
+            drop(slot);
+            if let Err(unsent) = shared.completer.send(request).await {
+                drop(unsent);
+                shared.completing.fetch_sub(1, Ordering::SeqCst);
                 return Outcome::Lost;
             }
             return match done.await {
@@ -133,6 +138,8 @@ async fn finish(
         }
         Err(err) => err,
     };
+    // A retry or a failure is one write of its own: the slot is held until it is done.
+    let _slot = slot;
 
     let settings = shared.settings();
     let next = retry::decide(
@@ -255,8 +262,11 @@ pub async fn completer(
         })
         .await
         .unwrap_or_default();
+        let flushed = batch.len();
         for request in batch.drain(..) {
             let _ = request.ack.send(held.contains(&request.fence.id));
         }
+        shared.completing.fetch_sub(flushed, Ordering::SeqCst);
+        shared.completions_flushed.notify_waiters();
     }
 }

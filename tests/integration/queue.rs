@@ -678,3 +678,40 @@ async fn the_completion_finds_jobs_by_primary_key_whatever_the_statistics_say() 
     // completion O(running × batch).
     assert!(!plan.contains("OutboundJob_lease_idx"), "{plan}");
 }
+
+#[tokio::test]
+async fn claims_stop_while_completions_lag() {
+    let db = TestDb::new().await;
+    db.insert_jobs(200).await;
+    // Sandbox completions insert into "OutboundMessage": a SHARE lock on it holds every
+    // completion statement (the claims, which never touch it, go on).
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::query(r#"LOCK TABLE "OutboundMessage" IN SHARE MODE"#)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let workers = 4;
+    let runner = spawn_runner(&db, Arc::new(SandboxHandler), |s| {
+        s.runner.workers = workers;
+    })
+    .await;
+    let mut passes = runner.passes();
+    wait_count(&mut passes, 1, Duration::from_secs(5)).await;
+    // A window, because what is checked is that nothing more happens: without the bound the
+    // dispatcher claimed all 200 jobs in a few milliseconds, each one waiting for the lock with
+    // its lease running.
+    runner.wake("test");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let running = db.count("running").await;
+    assert!(
+        (1..=2 * i64::from(workers)).contains(&running),
+        "{running} jobs running with {workers} workers while completions were held"
+    );
+    assert_eq!(db.count("queued").await, 200 - running);
+
+    blocker.rollback().await.unwrap();
+    let mut finished = runner.finished();
+    wait_count(&mut finished, 200, Duration::from_secs(20)).await;
+    assert_eq!(db.count("done").await, 200);
+    runner.shutdown().await;
+}
