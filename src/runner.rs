@@ -86,7 +86,8 @@ impl Shared {
     }
 
     /// Runs one claimed job on its own task, tracked for the drain and abortable.
-    /// `slot` is a dispatcher worker slot, held until the job's final write is acknowledged.
+    /// `slot` is a dispatcher worker slot, given back as the job is handed to the completer or its
+    /// retry or failure is written (see [`worker::execute`]).
     pub fn spawn_job(
         self: &Arc<Self>,
         job: Job,
