@@ -337,11 +337,8 @@ impl Db {
     /// A pool for a runner with `s`, its connections opened before the clock starts (pgbench
     /// does not count its connection time either).
     pub async fn runner_pool(&self, s: &Settings) -> PgPool {
-        let pool = PgPoolOptions::new()
-            .max_connections(s.pool_size())
-            .connect_with(self.opts.clone())
-            .await
-            .unwrap();
+        // The daemon's own pool (size, statement cache), opened eagerly.
+        let pool = outbound_runner::db::pool(s, self.opts.clone());
         let mut held = Vec::new();
         for _ in 0..s.pool_size() {
             held.push(pool.acquire().await.unwrap());
