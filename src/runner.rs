@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
-use crate::delivery::JobHandler;
+use crate::delivery::{JobHandler, ledger};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::queue::store::{self, Reclaim, Rescued};
@@ -53,6 +53,8 @@ pub struct Shared {
     pub completing: AtomicUsize,
     /// Notified after every completion statement.
     pub completions_flushed: Notify,
+    /// Live delivery's batched ledger writes (see [`ledger::Writers`]).
+    pub ledger: ledger::Writers,
     /// The dispatcher's worker slots: one permit per job it runs at once.
     pub slots: Arc<Semaphore>,
     /// The slot count `slots` is being brought to (changes on reload).
@@ -149,7 +151,7 @@ pub struct Runner {
     shared: Arc<Shared>,
     /// Stops claiming and the loops that only matter while running.
     stop: CancellationToken,
-    /// Stops what must outlive the drain: the completer and the lease keeper.
+    /// Stops what must outlive the drain: the completer, the sending gate and the lease keeper.
     stop_late: CancellationToken,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -196,6 +198,9 @@ impl Runner {
         mode: Mode,
     ) -> Runner {
         let (tx, rx) = mpsc::channel(4096);
+        let stop = CancellationToken::new();
+        let stop_late = CancellationToken::new();
+        let (writers, writer_tasks) = ledger::Writers::start(&pool, &stop_late);
         let workers = settings.runner.workers;
         metrics.workers.set(workers as i64);
         let shared = Arc::new(Shared {
@@ -211,6 +216,7 @@ impl Runner {
             completer: tx,
             completing: AtomicUsize::new(0),
             completions_flushed: Notify::new(),
+            ledger: writers,
             slots: Arc::new(Semaphore::new(workers as usize)),
             workers: AtomicU32::new(workers),
             tracker: TaskTracker::new(),
@@ -219,16 +225,15 @@ impl Runner {
             passes: watch::channel(0).0,
             finished: watch::channel(0).0,
         });
-        let stop = CancellationToken::new();
-        let stop_late = CancellationToken::new();
 
-        let mut tasks = vec![
+        let mut tasks = writer_tasks;
+        tasks.extend([
             tokio::spawn(worker::completer(shared.clone(), rx, stop_late.clone())),
             tokio::spawn(maintenance::lease_keeper(shared.clone(), stop_late.clone())),
             tokio::spawn(maintenance::rescuer(shared.clone(), stop.clone())),
             tokio::spawn(maintenance::pruner(shared.clone(), stop.clone())),
             tokio::spawn(maintenance::prober(shared.clone(), stop.clone())),
-        ];
+        ]);
         if mode == Mode::Daemon {
             // LISTEN before the first pass: a job committed between the two is then either seen
             // by the pass or announced by a notification.

@@ -20,14 +20,18 @@
 //! taken from us, and nothing more may be sent for it.
 //!
 //! Durability: only [`mark_sending`] must be on disk before the request leaves, and it commits
-//! synchronously. The other writes commit with `synchronous_commit = off` (no fsync of their
-//! own): PostgreSQL flushes its WAL in order, so the next synchronous commit (the next
-//! `mark_sending`, or the job's requeue, failure or completion) makes them durable too. A crash
+//! synchronously (for all the jobs about to send at once, through [`Writers`]). The
+//! other writes commit with `synchronous_commit = off` (no fsync of their own): PostgreSQL
+//! flushes its WAL in order, so the next synchronous commit (the next `mark_sending`, or the
+//! job's requeue, failure or completion) makes them durable too. A crash
 //! in between loses at most a `pending` row (recreated by the next attempt, nothing was sent) or
 //! a `sent` that stays `sending` (the rescuer makes it `unknown`: never a second send).
 
 use serde_json::Value;
 use sqlx::{PgPool, Row};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::queue::Fence;
 
@@ -75,15 +79,9 @@ pub struct Message {
     pub wamid: Option<String>,
 }
 
-/// The fence as a CTE: `$1` id, `$2` lockedBy, `$3` attempts.
-const OWNER: &str = r#"owner AS (
-    SELECT id FROM "OutboundJob"
-    WHERE id = $1 AND status = 'running' AND "lockedBy" = $2 AND attempts = $3
-    FOR KEY SHARE
-)"#;
-
-/// The fence of a write that may commit without its own fsync (see the module docs): the same
-/// as [`OWNER`], setting `synchronous_commit = off` for this statement's transaction.
+/// The fence of one job's write as a CTE (`$1` id, `$2` lockedBy, `$3` attempts), for a write
+/// that may commit without its own fsync (see the module docs): it sets
+/// `synchronous_commit = off` for this statement's transaction.
 const OWNER_RELAXED: &str = r#"owner AS (
     SELECT id FROM "OutboundJob", (SELECT set_config('synchronous_commit', 'off', true)) relaxed
     WHERE id = $1 AND status = 'running' AND "lockedBy" = $2 AND attempts = $3
@@ -150,33 +148,165 @@ pub async fn prepare(
     Ok(Some(out))
 }
 
-/// Marks a message `sending`, committed before its request leaves. Only a message that was
-/// not sent and is not in doubt (`pending`, `failed`), or `sending` when `resend_in_doubt`
-/// (`delivery.on_unknown = "retry"`), can be marked.
-pub async fn mark_sending(
-    pool: &PgPool,
-    fence: &Fence,
-    seq: i32,
-    resend_in_doubt: bool,
-) -> sqlx::Result<bool> {
-    let sql = format!(
+/// A message to mark `sending` (see [`mark_sending`]).
+#[derive(Debug, Clone)]
+pub struct Mark {
+    pub fence: Fence,
+    pub seq: i32,
+    /// `delivery.on_unknown = "retry"`: a message left `sending` by an earlier attempt may be
+    /// marked (and sent) again.
+    pub resend_in_doubt: bool,
+}
+
+/// Marks messages `sending` — of any number of jobs, in one statement — committed (with its
+/// fsync) before their requests leave. Only a message that was not sent and is not in doubt
+/// (`pending`, `failed`), or `sending` when `resend_in_doubt`, can be marked; each row is fenced
+/// by its own job's claim. Returns, for each mark, whether it landed.
+pub async fn mark_sending(pool: &PgPool, marks: &[Mark]) -> sqlx::Result<Vec<bool>> {
+    let ids: Vec<i64> = marks.iter().map(|m| m.fence.id).collect();
+    let owners: Vec<&str> = marks.iter().map(|m| &*m.fence.locked_by).collect();
+    let attempts: Vec<i32> = marks.iter().map(|m| m.fence.attempts).collect();
+    let seqs: Vec<i32> = marks.iter().map(|m| m.seq).collect();
+    let resend: Vec<bool> = marks.iter().map(|m| m.resend_in_doubt).collect();
+    let landed: Vec<i64> = sqlx::query_scalar(
         r#"
-        WITH {OWNER}
+        WITH req AS (
+            SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::bool[])
+                WITH ORDINALITY AS r(job, locked_by, attempts, seq, resend, n)
+        ), owner AS (
+            SELECT r.n, r.job, r.seq, r.resend
+            FROM "OutboundJob" j JOIN req r ON j.id = r.job
+            WHERE j.id = ANY($1) AND j.status = 'running' AND j."lockedBy" = r.locked_by
+              AND j.attempts = r.attempts
+            FOR KEY SHARE OF j
+        )
         UPDATE "OutboundMessage" m SET status = 'sending', "updatedAt" = now()
         FROM owner o
-        WHERE m."jobId" = o.id AND m.seq = $4
-          AND (m.status IN ('pending', 'failed') OR ($5 AND m.status = 'sending'))
-        "#
-    );
-    let done = sqlx::query(&sql)
-        .bind(fence.id)
-        .bind(&*fence.locked_by)
-        .bind(fence.attempts)
-        .bind(seq)
-        .bind(resend_in_doubt)
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected() == 1)
+        WHERE m."jobId" = o.job AND m.seq = o.seq
+          AND (m.status IN ('pending', 'failed') OR (o.resend AND m.status = 'sending'))
+        RETURNING o.n
+        "#,
+    )
+    .bind(&ids)
+    .bind(&owners)
+    .bind(&attempts)
+    .bind(&seqs)
+    .bind(&resend)
+    .fetch_all(pool)
+    .await?;
+    Ok(landed_of(marks.len(), landed))
+}
+
+/// The ledger writes every send makes, each batched across the runner's jobs (a group commit):
+/// one task per kind of write takes every request waiting and writes them in one statement,
+/// so many jobs sending at once cost one round trip (and, for the marks, one fsync) per batch
+/// instead of one per message. Every row is still fenced by its own job, and every request
+/// waits for its own statement: a mark is committed before its request leaves, as before.
+#[derive(Clone)]
+pub struct Writers {
+    pub sending: Gate<Mark, bool>,
+    pub sent: Gate<Sent, bool>,
+}
+
+impl Writers {
+    /// Starts the writers' tasks; they end when `stop` is cancelled (after the drain: a job in
+    /// flight may still send).
+    pub fn start(pool: &PgPool, stop: &CancellationToken) -> (Writers, Vec<JoinHandle<()>>) {
+        let (sending, a) = Gate::start(pool.clone(), stop.clone(), |pool, marks| async move {
+            mark_sending(&pool, &marks).await
+        });
+        let (sent, b) = Gate::start(pool.clone(), stop.clone(), |pool, sent| async move {
+            record_sent(&pool, &sent).await
+        });
+        (Writers { sending, sent }, vec![a, b])
+    }
+}
+
+type Waiting<R, T> = (R, oneshot::Sender<Result<T, String>>);
+
+/// One batched write (see [`Writers`]).
+pub struct Gate<R, T> {
+    tx: mpsc::Sender<Waiting<R, T>>,
+}
+
+impl<R, T> Clone for Gate<R, T> {
+    fn clone(&self) -> Self {
+        Gate {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<R: Send + 'static, T: Send + 'static> Gate<R, T> {
+    fn start<F, Fut>(pool: PgPool, stop: CancellationToken, write: F) -> (Self, JoinHandle<()>)
+    where
+        F: Fn(PgPool, Vec<R>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = sqlx::Result<Vec<T>>> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(4096);
+        (Gate { tx }, tokio::spawn(batches(pool, rx, stop, write)))
+    }
+
+    /// Writes `request` with whatever other requests are waiting. An error is the statement's
+    /// (redacted): the write may have landed all the same.
+    pub async fn write(&self, request: R) -> Result<T, String> {
+        let (ack, answer) = oneshot::channel();
+        self.tx
+            .send((request, ack))
+            .await
+            .map_err(|_| "the runner is stopping".to_string())?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the runner is stopping".to_string()))
+    }
+}
+
+async fn batches<R, T, F, Fut>(
+    pool: PgPool,
+    mut rx: mpsc::Receiver<Waiting<R, T>>,
+    stop: CancellationToken,
+    write: F,
+) where
+    F: Fn(PgPool, Vec<R>) -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<Vec<T>>>,
+{
+    const MAX_BATCH: usize = 256;
+    let mut batch: Vec<Waiting<R, T>> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let first = tokio::select! {
+            r = rx.recv() => match r { Some(r) => r, None => return },
+            _ = stop.cancelled() => return,
+        };
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        // A job that stopped waiting (its attempt timed out or was aborted) is left out: it
+        // will not send, and a `sending` left behind would read as a send in doubt.
+        batch.retain(|(_, ack)| !ack.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let (requests, acks): (Vec<R>, Vec<_>) = batch.drain(..).unzip();
+        match write(pool.clone(), requests).await {
+            Ok(results) => {
+                for (ack, result) in acks.into_iter().zip(results) {
+                    let _ = ack.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                // Every request of the batch hears it and retries or settles on its own (an
+                // error fails the whole batch: one statement, one transaction).
+                let why = crate::db::redact_sqlx(&e);
+                for ack in acks {
+                    let _ = ack.send(Err(why.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// Puts a message back from `sending` to `pending` after [`mark_sending`] reported an error:
@@ -203,32 +333,66 @@ pub async fn unmark_sending(pool: &PgPool, fence: &Fence, seq: i32) -> sqlx::Res
         .await
 }
 
-/// Meta accepted the message: its wamid and `sent`, in one statement.
-pub async fn record_sent(
-    pool: &PgPool,
-    fence: &Fence,
-    seq: i32,
-    wamid: &str,
-) -> sqlx::Result<bool> {
-    let sql = format!(
+/// A message Meta accepted (see [`record_sent`]).
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub fence: Fence,
+    pub seq: i32,
+    pub wamid: String,
+}
+
+/// Meta accepted these messages: their wamids and `sent`, in one statement (any number of
+/// jobs, each row fenced by its own job; no fsync of its own, see the module docs). Returns,
+/// for each, whether it landed.
+pub async fn record_sent(pool: &PgPool, sent: &[Sent]) -> sqlx::Result<Vec<bool>> {
+    let ids: Vec<i64> = sent.iter().map(|m| m.fence.id).collect();
+    let owners: Vec<&str> = sent.iter().map(|m| &*m.fence.locked_by).collect();
+    let attempts: Vec<i32> = sent.iter().map(|m| m.fence.attempts).collect();
+    let seqs: Vec<i32> = sent.iter().map(|m| m.seq).collect();
+    let wamids: Vec<&str> = sent.iter().map(|m| m.wamid.as_str()).collect();
+    let landed: Vec<i64> = sqlx::query_scalar(
         r#"
-        WITH {OWNER_RELAXED}
+        WITH req AS (
+            SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[])
+                WITH ORDINALITY AS r(job, locked_by, attempts, seq, wamid, n)
+        ), owner AS (
+            SELECT r.n, r.job, r.seq, r.wamid
+            FROM "OutboundJob" j JOIN req r ON j.id = r.job,
+                 (SELECT set_config('synchronous_commit', 'off', true)) relaxed
+            WHERE j.id = ANY($1) AND j.status = 'running' AND j."lockedBy" = r.locked_by
+              AND j.attempts = r.attempts
+            FOR KEY SHARE OF j
+        )
         UPDATE "OutboundMessage" m
-        SET status = 'sent', wamid = $5, "sentAt" = now(), "lastErrorCode" = NULL,
+        SET status = 'sent', wamid = o.wamid, "sentAt" = now(), "lastErrorCode" = NULL,
             "updatedAt" = now()
         FROM owner o
-        WHERE m."jobId" = o.id AND m.seq = $4 AND m.status = 'sending'
-        "#
-    );
-    let done = sqlx::query(&sql)
-        .bind(fence.id)
-        .bind(&*fence.locked_by)
-        .bind(fence.attempts)
-        .bind(seq)
-        .bind(wamid)
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected() == 1)
+        WHERE m."jobId" = o.job AND m.seq = o.seq AND m.status = 'sending'
+        RETURNING o.n
+        "#,
+    )
+    .bind(&ids)
+    .bind(&owners)
+    .bind(&attempts)
+    .bind(&seqs)
+    .bind(&wamids)
+    .fetch_all(pool)
+    .await?;
+    Ok(landed_of(sent.len(), landed))
+}
+
+/// Which of `n` requests landed, from the 1-based ordinals a statement returned.
+fn landed_of(n: usize, landed: Vec<i64>) -> Vec<bool> {
+    let mut out = vec![false; n];
+    for ordinal in landed {
+        if let Some(slot) = usize::try_from(ordinal - 1)
+            .ok()
+            .and_then(|i| out.get_mut(i))
+        {
+            *slot = true;
+        }
+    }
+    out
 }
 
 /// A `sending` message whose send did not end in a wamid: back to `pending` (Meta refused it

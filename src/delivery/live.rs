@@ -213,8 +213,12 @@ impl LiveHandler {
             .acquire(settings, &message.to)
             .await
             .map_err(|d| d.into_job_error())?;
-        let resend_in_doubt = on_unknown == OnUnknown::Retry;
-        match ledger::mark_sending(&ctx.pool, &job.fence, seq, resend_in_doubt).await {
+        let mark = ledger::Mark {
+            fence: job.fence.clone(),
+            seq,
+            resend_in_doubt: on_unknown == OnUnknown::Retry,
+        };
+        match ctx.ledger.sending.write(mark).await {
             Ok(true) => {}
             Ok(false) => return Err(lost()),
             Err(e) => {
@@ -277,7 +281,11 @@ impl LiveHandler {
     ) -> Result<(), JobError> {
         let what = format!("recording wamid {wamid} of an accepted message");
         let written = persist(job, seq, &what, || {
-            ledger::record_sent(&ctx.pool, &job.fence, seq, wamid)
+            ctx.ledger.sent.write(ledger::Sent {
+                fence: job.fence.clone(),
+                seq,
+                wamid: wamid.to_string(),
+            })
         })
         .await;
         if written {
@@ -416,10 +424,11 @@ fn build_client(
 
 /// A fenced ledger write after a request left: retried (100 ms doubling to 2 s) until the
 /// database answers, for as long as the attempt runs. Returns whether the fence held.
-async fn persist<F, Fut>(job: &Job, seq: i32, what: &str, mut write: F) -> bool
+async fn persist<F, Fut, E>(job: &Job, seq: i32, what: &str, mut write: F) -> bool
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = sqlx::Result<bool>>,
+    Fut: std::future::Future<Output = Result<bool, E>>,
+    E: std::fmt::Display,
 {
     let mut delay = Duration::from_millis(100);
     let mut failures = 0u32;
@@ -458,6 +467,6 @@ fn lost() -> JobError {
     JobError::retry("lost", "the job was taken from this runner")
 }
 
-fn database(what: &str, e: &sqlx::Error) -> JobError {
+fn database(what: &str, e: &dyn std::fmt::Display) -> JobError {
     JobError::retry("database", format!("{what}: {}", redact_sqlx(e)))
 }

@@ -49,6 +49,8 @@ pub struct JobContext {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
+    /// The batched ledger writes of live delivery, shared by the runner's jobs.
+    pub ledger: ledger::Writers,
     /// Messages to record as sent in the same statement that marks the job `done` (fenced by
     /// it): sandbox sends, which need no write of their own before the job completes.
     pub(crate) record_with_completion: Arc<std::sync::Mutex<Option<SentRecords>>>,
@@ -62,11 +64,17 @@ pub struct SentRecords {
 }
 
 impl JobContext {
-    pub(crate) fn new(pool: PgPool, settings: Arc<Settings>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        pool: PgPool,
+        settings: Arc<Settings>,
+        metrics: Arc<Metrics>,
+        ledger: ledger::Writers,
+    ) -> Self {
         Self {
             pool,
             settings,
             metrics,
+            ledger,
             record_with_completion: Arc::default(),
         }
     }

@@ -62,6 +62,7 @@ pub async fn execute(shared: &Shared, job: Job, slot: Option<OwnedSemaphorePermi
             shared.pool.clone(),
             settings.clone(),
             shared.metrics.clone(),
+            shared.ledger.clone(),
         );
         let started = Instant::now();
         let result = match tokio::time::timeout(

@@ -1051,3 +1051,74 @@ async fn two_live_runners_send_every_message_exactly_once() {
             .unwrap();
     assert_eq!(runners, 2, "both runners took part");
 }
+
+#[tokio::test]
+async fn marks_of_several_jobs_land_in_one_statement_each_fenced_by_its_own_job() {
+    use outbound_runner::delivery::ledger::{self, Mark};
+    let db = TestDb::new().await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(text_job(&db, "15551230000", &format!("m{n}")).await);
+    }
+    let me: Arc<str> = "gate-test".into();
+    let jobs = store::claim(&db.pool, &me, Duration::from_secs(60), 4, 5)
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 4);
+    for job in &jobs {
+        let body = json!({"type": "text", "text": {"body": "x"}});
+        ledger::prepare(&db.pool, &job.fence, "15551230000", None, &[body])
+            .await
+            .unwrap()
+            .expect("fence holds");
+    }
+    // Job 2's message went out already; job 3's mark comes from a stale claim.
+    sqlx::query(r#"UPDATE "OutboundMessage" SET status = 'sent', wamid = 'w' WHERE "jobId" = $1"#)
+        .bind(jobs[2].id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mark = |i: usize| Mark {
+        fence: jobs[i].fence.clone(),
+        seq: 0,
+        resend_in_doubt: false,
+    };
+    let mut stale = mark(3);
+    stale.fence.attempts += 1;
+    let landed = ledger::mark_sending(&db.pool, &[mark(0), mark(1), mark(2), stale])
+        .await
+        .unwrap();
+    assert_eq!(landed, [true, true, false, false]);
+    let by_job = |i: usize| statuses(&db, jobs[i].id);
+    assert_eq!(by_job(0).await, ["sending"]);
+    assert_eq!(by_job(1).await, ["sending"]);
+    assert_eq!(by_job(2).await, ["sent"]);
+    assert_eq!(by_job(3).await, ["pending"]);
+    // A message in `sending` is not marked again (in doubt) unless resends are allowed.
+    let again = ledger::mark_sending(&db.pool, &[mark(0)]).await.unwrap();
+    assert_eq!(again, [false]);
+    let mut retry = mark(0);
+    retry.resend_in_doubt = true;
+    assert_eq!(
+        ledger::mark_sending(&db.pool, &[retry]).await.unwrap(),
+        [true]
+    );
+
+    // Recording wamids: fenced per row too, and only for messages in `sending`.
+    let sent = |i: usize, wamid: &str| ledger::Sent {
+        fence: jobs[i].fence.clone(),
+        seq: 0,
+        wamid: wamid.into(),
+    };
+    let mut stale = sent(1, "wamid.b");
+    stale.fence.locked_by = "someone-else".into();
+    let landed = ledger::record_sent(&db.pool, &[sent(0, "wamid.a"), stale, sent(3, "wamid.d")])
+        .await
+        .unwrap();
+    assert_eq!(landed, [true, false, false]);
+    let first = ledger(&db, jobs[0].id).await;
+    assert_eq!(first[0].status, "sent");
+    assert_eq!(first[0].wamid.as_deref(), Some("wamid.a"));
+    assert_eq!(by_job(1).await, ["sending"]);
+    assert_eq!(by_job(3).await, ["pending"]);
+}
