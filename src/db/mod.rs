@@ -31,6 +31,10 @@ pub fn pool(settings: &Settings, opts: PgConnectOptions) -> PgPool {
     let claim_sizes = settings.runner.batch.min(settings.runner.workers) as usize;
     let opts = opts.statement_cache_capacity(100 + claim_sizes);
     PgPoolOptions::new()
+        // No ping before every statement (a round trip each, as many as the statements
+        // themselves): a connection that died is found by the statement that uses it, and every
+        // caller already retries or settles a failed statement.
+        .test_before_acquire(false)
         .max_connections(settings.pool_size())
         .min_connections(0)
         .acquire_timeout(settings.database.connect_timeout)
