@@ -295,16 +295,12 @@ pub async fn reclaim(
     fail_in_doubt: bool,
     default_max_attempts: i32,
 ) -> sqlx::Result<Rescued> {
-    let (locked_by, refund) = match which {
-        Reclaim::Expired => (None, 0),
-        Reclaim::Ours(me) => (Some(me), 1),
-    };
     // Two statement texts, so each target can use its index (the lease index for expired
     // leases; a CASE in the WHERE clause would make every rescue scan the whole table).
-    let target = match which {
+    let (target, locked_by, refund) = match which {
         // ($1, this runner, is NULL here: every expired lease is taken back.)
-        Reclaim::Expired => r#""leaseUntil" < now() AND $1::text IS NULL"#,
-        Reclaim::Ours(_) => r#""lockedBy" = $1"#,
+        Reclaim::Expired => (r#""leaseUntil" < now() AND $1::text IS NULL"#, None, 0),
+        Reclaim::Ours(me) => (r#""lockedBy" = $1"#, Some(me), 1),
     };
     let sql = format!(
         r#"
