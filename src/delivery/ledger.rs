@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::Fence;
+use crate::queue::{Fence, fence_arrays};
 
 /// The statuses of `"OutboundMessage".status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,9 +163,7 @@ pub struct Mark {
 /// (`pending`, `failed`), or `sending` when `resend_in_doubt`, can be marked; each row is fenced
 /// by its own job's claim. Returns, for each mark, whether it landed.
 pub async fn mark_sending(pool: &PgPool, marks: &[Mark]) -> sqlx::Result<Vec<bool>> {
-    let ids: Vec<i64> = marks.iter().map(|m| m.fence.id).collect();
-    let owners: Vec<&str> = marks.iter().map(|m| &*m.fence.locked_by).collect();
-    let attempts: Vec<i32> = marks.iter().map(|m| m.fence.attempts).collect();
+    let (ids, owners, attempts) = fence_arrays(marks.iter().map(|m| &m.fence));
     let seqs: Vec<i32> = marks.iter().map(|m| m.seq).collect();
     let resend: Vec<bool> = marks.iter().map(|m| m.resend_in_doubt).collect();
     let landed: Vec<i64> = sqlx::query_scalar(
@@ -272,18 +270,7 @@ async fn batches<R, T, F, Fut>(
 {
     const MAX_BATCH: usize = 256;
     let mut batch: Vec<Waiting<R, T>> = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let first = tokio::select! {
-            r = rx.recv() => match r { Some(r) => r, None => return },
-            _ = stop.cancelled() => return,
-        };
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+    while crate::queue::next_batch(&mut rx, &stop, MAX_BATCH, &mut batch).await {
         // A job that stopped waiting (its attempt timed out or was aborted) is left out: it
         // will not send, and a `sending` left behind would read as a send in doubt.
         batch.retain(|(_, ack)| !ack.is_closed());
@@ -345,9 +332,7 @@ pub struct Sent {
 /// jobs, each row fenced by its own job; no fsync of its own, see the module docs). Returns,
 /// for each, whether it landed.
 pub async fn record_sent(pool: &PgPool, sent: &[Sent]) -> sqlx::Result<Vec<bool>> {
-    let ids: Vec<i64> = sent.iter().map(|m| m.fence.id).collect();
-    let owners: Vec<&str> = sent.iter().map(|m| &*m.fence.locked_by).collect();
-    let attempts: Vec<i32> = sent.iter().map(|m| m.fence.attempts).collect();
+    let (ids, owners, attempts) = fence_arrays(sent.iter().map(|m| &m.fence));
     let seqs: Vec<i32> = sent.iter().map(|m| m.seq).collect();
     let wamids: Vec<&str> = sent.iter().map(|m| m.wamid.as_str()).collect();
     let landed: Vec<i64> = sqlx::query_scalar(

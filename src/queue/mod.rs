@@ -44,6 +44,42 @@ pub struct Job {
     pub fence: Fence,
 }
 
+/// The group commit's intake, for the completer and the ledger writers: waits for one request,
+/// then takes every other one already waiting, up to `max`, into `batch`. False once `stop` is
+/// cancelled or every sender is gone.
+pub(crate) async fn next_batch<T>(
+    rx: &mut tokio::sync::mpsc::Receiver<T>,
+    stop: &tokio_util::sync::CancellationToken,
+    max: usize,
+    batch: &mut Vec<T>,
+) -> bool {
+    let first = tokio::select! {
+        r = rx.recv() => match r { Some(r) => r, None => return false },
+        _ = stop.cancelled() => return false,
+    };
+    batch.push(first);
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => break,
+        }
+    }
+    true
+}
+
+/// The fences of a batch as three arrays (ids, `lockedBy`, attempts), to bind to one statement.
+pub(crate) fn fence_arrays<'a>(
+    fences: impl Iterator<Item = &'a Fence>,
+) -> (Vec<i64>, Vec<&'a str>, Vec<i32>) {
+    let mut out = (Vec::new(), Vec::new(), Vec::new());
+    for f in fences {
+        out.0.push(f.id);
+        out.1.push(&*f.locked_by);
+        out.2.push(f.attempts);
+    }
+    out
+}
+
 /// A claim: a write about a job only lands while the row is still `running`, locked by this
 /// runner, on this attempt. A write that matches no row means the job was taken from us (its
 /// lease expired and it was rescued): the result is dropped.

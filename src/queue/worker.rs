@@ -233,18 +233,7 @@ pub async fn completer(
 ) {
     const MAX_BATCH: usize = 1024;
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let first = tokio::select! {
-            r = rx.recv() => match r { Some(r) => r, None => return },
-            _ = stop.cancelled() => return,
-        };
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+    while super::next_batch(&mut rx, &stop, MAX_BATCH, &mut batch).await {
         let ids: Vec<i64> = batch.iter().map(|r| r.fence.id).collect();
         let attempts: Vec<i32> = batch.iter().map(|r| r.fence.attempts).collect();
         let mut records = store::CompletionRecords::default();
