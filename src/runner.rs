@@ -48,7 +48,7 @@ pub struct Shared {
     pub completer: mpsc::Sender<worker::CompleteRequest>,
     /// Jobs whose handler succeeded and whose `done` write is not acknowledged yet. A job gives
     /// its worker slot back when its handler returns, so the next claim overlaps the completion;
-    /// the dispatcher stops claiming while this is at `runner.workers`, so claims can never
+    /// the dispatcher stops claiming while this is at twice `runner.workers`, so claims can never
     /// outrun lagging completions (see [`worker::completer`]).
     pub completing: AtomicUsize,
     /// Notified after every completion statement.
