@@ -591,3 +591,21 @@ pub fn print_table(rows: &[Row]) {
 macro_rules! progress {
     ($($t:tt)*) => { eprintln!("  · {}", format!($($t)*)) };
 }
+
+/// A runner with the sandbox handler and metrics of its own, on `pool` (see [`Db::runner_pool`]).
+pub async fn sandbox_runner(
+    pool: PgPool,
+    s: Settings,
+    mode: outbound_runner::runner::Mode,
+) -> outbound_runner::runner::Runner {
+    outbound_runner::runner::Runner::start_with(
+        pool,
+        None,
+        Arc::new(s),
+        Arc::new(outbound_runner::delivery::sandbox::SandboxHandler),
+        Arc::new(outbound_runner::metrics::Metrics::new()),
+        Arc::new(outbound_runner::health::Health::default()),
+        mode,
+    )
+    .await
+}

@@ -15,16 +15,14 @@
 //! `VACUUM ANALYZE` runs on every table between steps, except on *finished* right after its
 //! prune.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outbound_runner::delivery::sandbox::SandboxHandler;
-use outbound_runner::health::Health;
-use outbound_runner::metrics::Metrics;
 use outbound_runner::queue::store;
 use outbound_runner::runner::{Mode, Runner};
 
-use crate::common::{Args, Db, Row, SMALL_QUEUE, int, median, percentile, settings};
+use crate::common::{
+    Args, Db, Row, SMALL_QUEUE, int, median, percentile, sandbox_runner, settings,
+};
 use crate::progress;
 
 /// A database and the passive runner that claims from it.
@@ -42,16 +40,7 @@ impl Table {
         // The measurement prunes by itself; the runner's own pruner stays out of the way.
         s.runner.retention = Duration::ZERO;
         let pool = db.runner_pool(&s).await;
-        let runner = Runner::start_with(
-            pool,
-            None,
-            Arc::new(s),
-            Arc::new(SandboxHandler),
-            Arc::new(Metrics::new()),
-            Arc::new(Health::default()),
-            Mode::Passive,
-        )
-        .await;
+        let runner = sandbox_runner(pool, s, Mode::Passive).await;
         Table { db, runner, queued }
     }
 

@@ -2,15 +2,11 @@
 //! ("startedAt" - "createdAt") and insert → done ("completedAt" - "createdAt"), both on the
 //! database's clock.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use outbound_runner::delivery::sandbox::SandboxHandler;
-use outbound_runner::health::Health;
-use outbound_runner::metrics::Metrics;
-use outbound_runner::runner::Runner;
+use outbound_runner::runner::Mode;
 
-use crate::common::{Args, Db, Row, median, percentile, settings};
+use crate::common::{Args, Db, Row, median, percentile, sandbox_runner, settings};
 use crate::progress;
 
 const PS: [f64; 3] = [0.5, 0.95, 0.99];
@@ -19,15 +15,7 @@ async fn once(jobs: usize, workers: u32) -> ([f64; 3], [f64; 3]) {
     let db = Db::new().await;
     let s = settings(workers);
     let pool = db.runner_pool(&s).await;
-    let r = Runner::start(
-        pool,
-        None,
-        Arc::new(s),
-        Arc::new(SandboxHandler),
-        Arc::new(Metrics::new()),
-        Arc::new(Health::default()),
-    )
-    .await;
+    let r = sandbox_runner(pool, s, Mode::Daemon).await;
     // Idle: the first pass (start-up) has run and found nothing.
     let mut passes = r.passes();
     passes.wait_for(|n| *n >= 1).await.unwrap();

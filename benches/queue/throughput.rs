@@ -3,17 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outbound_runner::delivery::sandbox::SandboxHandler;
-use outbound_runner::health::Health;
-use outbound_runner::metrics::Metrics;
-use outbound_runner::runner::Runner;
+use outbound_runner::runner::Mode;
 
 use crate::common::{
     Args, Db, Row, Section, ServerCpu, cpu_of, forget_child, int, median, rate, register_child,
-    settings,
+    sandbox_runner, settings,
 };
 use crate::progress;
 
@@ -143,15 +139,7 @@ async fn drain(jobs: usize, workers: u32, cap: Duration) -> Drain {
     let server = ServerCpu::start(&db.name);
     let own0 = cpu_of("self");
     let start = Instant::now();
-    let r = Runner::start(
-        pool,
-        None,
-        Arc::new(s),
-        Arc::new(SandboxHandler),
-        Arc::new(Metrics::new()),
-        Arc::new(Health::default()),
-    )
-    .await;
+    let r = sandbox_runner(pool, s, Mode::Daemon).await;
     let mut finished = r.finished();
     let capped = tokio::time::timeout(cap, finished.wait_for(|n| *n >= jobs as u64))
         .await
