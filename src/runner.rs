@@ -151,7 +151,7 @@ pub struct Runner {
     shared: Arc<Shared>,
     /// Stops claiming and the loops that only matter while running.
     stop: CancellationToken,
-    /// Stops what must outlive the drain: the completer, the sending gate and the lease keeper.
+    /// Stops what must outlive the drain: the completer, the ledger writers and the lease keeper.
     stop_late: CancellationToken,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }

@@ -116,12 +116,11 @@ async fn finish(
                 records,
                 ack,
             };
-            // Counted before the slot is given back, so the dispatcher never sees neither;
-            // the completer uncounts it once its statement has run.
+            // Counted before the slot is given back, so the dispatcher always sees the job as
+            // one or the other; the completer uncounts it once its statement has run.
             shared.completing.fetch_add(1, Ordering::SeqCst);
             drop(slot);
-            if let Err(unsent) = shared.completer.send(request).await {
-                drop(unsent);
+            if shared.completer.send(request).await.is_err() {
                 shared.completing.fetch_sub(1, Ordering::SeqCst);
                 return Outcome::Lost;
             }
