@@ -118,7 +118,12 @@ fn main() -> ExitCode {
                     row.took = t0.elapsed();
                     println!("{}", scenarios::table_header());
                     println!("{}", row.line());
-                    println!("test {} ... ok ({:.1}s)", s.name, row.took.as_secs_f64());
+                    if row.skipped {
+                        // Not run: reported as ignored, never counted as passed.
+                        println!("test {} ... ignored, {}", s.name, row.notes);
+                    } else {
+                        println!("test {} ... ok ({:.1}s)", s.name, row.took.as_secs_f64());
+                    }
                     rows.push(row);
                 }
                 Err(e) => {
@@ -154,11 +159,13 @@ fn main() -> ExitCode {
         }
     }
     let ok = failures.is_empty();
+    let skipped = rows.iter().filter(|r| r.skipped).count();
     println!(
-        "\ntest result: {}. {} passed; {} failed; 0 ignored; 0 measured; {} filtered out; finished in {:.2}s\n",
+        "\ntest result: {}. {} passed; {} failed; {} ignored; 0 measured; {} filtered out; finished in {:.2}s\n",
         if ok { "ok" } else { "FAILED" },
-        rows.len(),
+        rows.len() - skipped,
         failures.len(),
+        skipped,
         SCENARIOS.len() - selected.len(),
         started.elapsed().as_secs_f64()
     );
