@@ -14,9 +14,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{CHANNEL, store};
+use super::Shared;
 use crate::db::redact_sqlx;
-use crate::runner::Shared;
+use crate::queue::{CHANNEL, store};
 
 /// How often the LISTEN connection is probed. A connection cut without a reset (a dead NAT
 /// entry, a firewall) delivers nothing and reports nothing; a query on it finds out.

@@ -7,10 +7,10 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::store::{self, Reclaim};
+use super::Shared;
 use crate::config::OnUnknown;
 use crate::db::redact_sqlx;
-use crate::runner::Shared;
+use crate::queue::store::{self, Reclaim};
 
 /// The longest time between two database probes, and between a probe and its answer.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -174,7 +174,7 @@ pub async fn prober(shared: Arc<Shared>, stop: CancellationToken) {
 pub async fn refresh_gauges(shared: &Shared, all: bool) {
     match store::queue_stats(&shared.pool, all).await {
         Ok(stats) => {
-            for status in super::STATUSES {
+            for status in crate::queue::STATUSES {
                 if !all && !matches!(status, "queued" | "running") {
                     continue;
                 }

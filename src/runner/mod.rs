@@ -8,6 +8,19 @@
 //!  shutdown()     stop claiming → finish in-flight jobs within drain_timeout → abort the rest →
 //!                 release our claims (attempt refunded) → stop
 //! ```
+//!
+//! - `dispatcher`: wakes on NOTIFY, the interval, a trigger or a due backoff; claims batches
+//!   sized to the free workers.
+//! - `worker`: runs one job through the [`crate::delivery::JobHandler`] and turns the result
+//!   into the job's next state; the completer that batches completions.
+//! - `maintenance`: the rescuer (expired leases), the lease keeper, the pruner and the prober.
+//!
+//! The state these tasks share (`Shared`) is private to this module; outside code goes through
+//! [`Runner`]'s accessors.
+
+mod dispatcher;
+mod maintenance;
+mod worker;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -26,57 +39,57 @@ use crate::delivery::{JobHandler, ledger};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::queue::store::{self, Reclaim, Rescued};
-use crate::queue::{Job, Outcome, PassReport, dispatcher, maintenance, worker};
+use crate::queue::{Job, Outcome, PassReport};
 
 /// State shared by the runner's tasks.
-pub struct Shared {
-    pub pool: PgPool,
+pub(crate) struct Shared {
+    pool: PgPool,
     /// Where LISTEN connects: `database.listen_url`, or the pool's own options.
-    pub listen_options: PgConnectOptions,
+    listen_options: PgConnectOptions,
     settings: RwLock<Arc<Settings>>,
-    pub handler: Arc<dyn JobHandler>,
+    handler: Arc<dyn JobHandler>,
     /// `host:pid:random`: unique per process run, so a restarted runner never mistakes an old
     /// claim for its own.
-    pub locked_by: Arc<str>,
-    pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
+    locked_by: Arc<str>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
     /// Wakes the dispatcher. A wake while it is busy is remembered (one permit), so none is lost.
-    pub wake: Notify,
+    wake: Notify,
     /// The earliest known due time of a job we requeued (a backoff), so the dispatcher wakes for
     /// it without waiting for the interval.
-    pub due_hint: Mutex<Option<tokio::time::Instant>>,
-    pub completer: mpsc::Sender<worker::CompleteRequest>,
+    due_hint: Mutex<Option<tokio::time::Instant>>,
+    completer: mpsc::Sender<worker::CompleteRequest>,
     /// Jobs whose handler succeeded and whose `done` write is not acknowledged yet. A job gives
     /// its worker slot back when its handler returns, so the next claim overlaps the completion;
     /// the dispatcher stops claiming while this is at twice `runner.workers`, so claims can never
     /// outrun lagging completions (see [`worker::completer`]).
-    pub completing: AtomicUsize,
+    completing: AtomicUsize,
     /// Notified after every completion statement.
-    pub completions_flushed: Notify,
+    completions_flushed: Notify,
     /// Live delivery's batched ledger writes (see [`ledger::Writers`]).
-    pub ledger: ledger::Writers,
+    ledger: ledger::Writers,
     /// The dispatcher's worker slots: one permit per job it runs at once.
-    pub slots: Arc<Semaphore>,
+    slots: Arc<Semaphore>,
     /// The slot count `slots` is being brought to (changes on reload).
-    pub workers: AtomicU32,
+    workers: AtomicU32,
     /// Every job task, the dispatcher's and the passes', for the drain.
-    pub tracker: TaskTracker,
-    pub inflight: Mutex<HashMap<i64, AbortHandle>>,
+    tracker: TaskTracker,
+    inflight: Mutex<HashMap<i64, AbortHandle>>,
     /// Set once shutdown begins: no new claims from anyone.
-    pub closing: AtomicBool,
+    closing: AtomicBool,
     /// Counts successful claim statements: something to await instead of sleeping.
-    pub passes: watch::Sender<u64>,
+    passes: watch::Sender<u64>,
     /// Counts job attempts that ended, however they ended.
-    pub finished: watch::Sender<u64>,
+    finished: watch::Sender<u64>,
 }
 
 impl Shared {
-    pub fn settings(&self) -> Arc<Settings> {
+    pub(crate) fn settings(&self) -> Arc<Settings> {
         self.settings.read().expect("settings lock").clone()
     }
 
     /// Records a job's next due time so the dispatcher wakes for it.
-    pub fn hint_due(&self, delay: Duration) {
+    pub(crate) fn hint_due(&self, delay: Duration) {
         let at = tokio::time::Instant::now() + delay;
         let mut hint = self.due_hint.lock().expect("due hint lock");
         if hint.is_none_or(|h| at < h) {
@@ -90,7 +103,7 @@ impl Shared {
     /// Runs one claimed job on its own task, tracked for the drain and abortable.
     /// `slot` is a dispatcher worker slot, given back as the job is handed to the completer or its
     /// retry or failure is written (see [`worker::execute`]).
-    pub fn spawn_job(
+    pub(crate) fn spawn_job(
         self: &Arc<Self>,
         job: Job,
         slot: Option<OwnedSemaphorePermit>,
@@ -111,7 +124,7 @@ impl Shared {
     }
 
     /// One claim statement, measured.
-    pub async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Job>> {
+    pub(crate) async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Job>> {
         let settings = self.settings();
         let timer = self.metrics.claim_duration.start_timer();
         let jobs = store::claim(
@@ -261,8 +274,31 @@ impl Runner {
         }
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// The pool the runner's statements use.
+    pub fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Jobs whose task is running now (the dispatcher's and the passes').
+    pub fn in_flight(&self) -> usize {
+        self.shared.inflight.lock().map_or(0, |m| m.len())
+    }
+
+    /// Aborts the task of an in-flight job, as if its worker died (a test's tool: its claim is
+    /// left for the rescuer). False if the job is not in flight.
+    pub fn abort_job(&self, id: i64) -> bool {
+        let handle = self
+            .shared
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .get(&id)
+            .cloned();
+        handle.map(|h| h.abort()).is_some()
     }
 
     pub fn locked_by(&self) -> &str {

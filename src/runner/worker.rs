@@ -10,11 +10,11 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::retry::{self, Next};
-use super::{Fence, Job, JobError, Outcome, store};
+use super::Shared;
 use crate::db::redact_sqlx;
 use crate::delivery::{JobContext, SentRecords};
-use crate::runner::Shared;
+use crate::queue::retry::{self, Next};
+use crate::queue::{Fence, Job, JobError, Outcome, store};
 
 /// A finished job waiting for its `done` write; `ack` says whether the fence held.
 pub struct CompleteRequest {
@@ -232,7 +232,7 @@ pub async fn completer(
 ) {
     const MAX_BATCH: usize = 1024;
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while super::next_batch(&mut rx, &stop, MAX_BATCH, &mut batch).await {
+    while crate::queue::next_batch(&mut rx, &stop, MAX_BATCH, &mut batch).await {
         let ids: Vec<i64> = batch.iter().map(|r| r.fence.id).collect();
         let attempts: Vec<i32> = batch.iter().map(|r| r.fence.attempts).collect();
         let mut records = store::CompletionRecords::default();
