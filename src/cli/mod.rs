@@ -300,6 +300,10 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
         ("database.migrate".into(), s.database.migrate.to_string()),
         ("database.embedded_dir".into(), p(&s.database.embedded_dir)),
         ("runner.workers".into(), s.runner.workers.to_string()),
+        (
+            "runner.max_in_flight".into(),
+            s.runner.max_in_flight.to_string(),
+        ),
         ("runner.batch".into(), s.runner.batch.to_string()),
         ("runner.poll_interval".into(), d(s.runner.poll_interval)),
         ("runner.lease".into(), d(s.runner.lease)),

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use crate::config::OnUnknown;
 use crate::db::redact_sqlx;
+use crate::db::wait::patiently;
 use crate::queue::store::{self, Reclaim};
 
 /// The longest time between two database probes, and between a probe and its answer.
@@ -87,9 +88,24 @@ pub async fn lease_keeper(shared: Arc<Shared>, stop: CancellationToken) {
         if ids.is_empty() {
             continue;
         }
-        if let Err(e) = store::extend_leases(&shared.pool, &shared.locked_by, &ids, lease).await {
+        let extend = || store::extend_leases(&shared.pool, &shared.locked_by, &ids, lease);
+        if let Err(e) = patiently(lease / 3, &shared.metrics.db_waits, extend).await {
             tracing::warn!(error = %redact_sqlx(&e), "extending leases failed");
         }
+    }
+}
+
+/// Re-sizes the in-flight limit every second from the latencies observed (see
+/// [`super::sizing`]).
+pub async fn sizer(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        shared.resize(false);
     }
 }
 

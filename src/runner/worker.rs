@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use super::Shared;
 use crate::db::redact_sqlx;
+use crate::db::wait::patiently;
 use crate::delivery::{JobContext, SentRecords};
 use crate::queue::retry::{self, Next};
 use crate::queue::{Fence, Job, JobError, Outcome, store};
@@ -162,7 +163,7 @@ async fn finish(
                     &err.message,
                 )
             };
-            match with_retries(write).await {
+            match with_retries(shared, write).await {
                 Some(true) => {
                     shared.hint_due(delay);
                     if refund {
@@ -178,7 +179,11 @@ async fn finish(
             }
         }
         Next::Fail { code, message } => {
-            match with_retries(|| store::fail(&shared.pool, &job.fence, &code, &message)).await {
+            match with_retries(shared, || {
+                store::fail(&shared.pool, &job.fence, &code, &message)
+            })
+            .await
+            {
                 Some(true) => {
                     shared
                         .health
@@ -204,15 +209,18 @@ fn lost(job: &Job) -> Outcome {
 }
 
 /// A state write survives a short database outage: retried for a few seconds, then given up
-/// (the lease expires and the rescuer takes the job back; nothing is lost).
-async fn with_retries<T, F, Fut>(mut write: F) -> Option<T>
+/// (the lease expires and the rescuer takes the job back; nothing is lost). A wait for a
+/// connection is no outage: it is waited out for up to a lease (which the lease keeper extends)
+/// before it counts as a failure (see [`crate::db::wait`]).
+async fn with_retries<T, F, Fut>(shared: &Shared, mut write: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = sqlx::Result<T>>,
 {
     let mut delay = Duration::from_millis(100);
+    let bound = shared.settings().runner.lease;
     for attempt in 1..=6 {
-        match write().await {
+        match patiently(bound, &shared.metrics.db_waits, &mut write).await {
             Ok(v) => return Some(v),
             Err(e) => {
                 tracing::warn!(attempt, error = %redact_sqlx(&e), "writing the job's state failed");
@@ -246,7 +254,7 @@ pub async fn completer(
                 }
             }
         }
-        let held = with_retries(|| {
+        let held = with_retries(&shared, || {
             store::complete(&shared.pool, &shared.locked_by, &ids, &attempts, &records)
         })
         .await
