@@ -65,6 +65,41 @@ where
     }
 }
 
+/// Says so at start-up when the role's `CONNECTION LIMIT` or the server's free connections are
+/// below `budget` (`database.max_connections`): the runner still works, but waits for
+/// connections it was promised. Advice, not a gate: nothing is said when the check fails.
+pub async fn warn_if_budget_exceeds(pool: &sqlx::PgPool, budget: u32) {
+    let limits: Result<(i32, i32, i64), _> = sqlx::query_as(
+        r#"SELECT (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user),
+                  current_setting('max_connections')::int
+                    - current_setting('superuser_reserved_connections')::int,
+                  (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"#,
+    )
+    .fetch_one(pool)
+    .await;
+    let Ok((role_limit, server_limit, in_use)) = limits else {
+        return;
+    };
+    let budget = i64::from(budget);
+    if role_limit >= 0 && i64::from(role_limit) < budget {
+        tracing::warn!(
+            role_limit,
+            budget,
+            "the database role's CONNECTION LIMIT is below database.max_connections: the runner \
+             will wait for connections (no job loses an attempt); lower database.max_connections \
+             (docs/operations.md, \"Connections\")"
+        );
+    } else if i64::from(server_limit) - in_use < budget {
+        tracing::warn!(
+            free = i64::from(server_limit) - in_use,
+            budget,
+            "the database server has fewer free connections than database.max_connections; \
+             the runner will wait for connections when it needs them all (docs/operations.md, \
+             \"Connections\")"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
 //! The job queue: the `"OutboundJob"` rows and what may be done to them. A leaf: it imports
-//! nothing from the runtime ([`crate::runner`]), delivery, HTTP, the CLI or the app.
+//! nothing from the runtime (`runner`), delivery, HTTP, the CLI or the app.
 //!
 //! - [`store`]: every SQL statement that moves a job (claim, complete, retry, fail, rescue, prune,
 //!   enqueue). The one place to read to know what the runner does to the table.
@@ -9,7 +9,7 @@
 //!   (`next_batch`).
 //!
 //! The runtime that claims and runs jobs (dispatcher, workers, completer, maintenance loops) is
-//! [`crate::runner`].
+//! `runner`.
 
 pub mod retry;
 pub mod store;
