@@ -123,7 +123,7 @@ async fn serve(
         )));
     }
     db::warn_if_not_vacuumed(&pool).await;
-    db::wait::warn_if_budget_exceeds(&pool, settings.max_connections()).await;
+    let pool = db::wait::fit_budget(pool, &settings).await;
     let listen_options = match &settings.database.listen_url {
         Some(u) => Some(db::connect_options(secrecy::ExposeSecret::expose_secret(
             u,

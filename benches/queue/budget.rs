@@ -138,6 +138,8 @@ async fn drive(
     };
 
     let pool = outbound_runner::db::pool(&s, opts.application_name(APP));
+    // As the daemon does before it starts the runner (app.rs).
+    let pool = outbound_runner::db::wait::fit_budget(pool, &s).await;
     let started = Instant::now();
     let runner = Runner::start(
         pool.clone(),

@@ -13,6 +13,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use prometheus::IntCounter;
+use sqlx::PgPool;
+
+use crate::config::Settings;
 
 /// SQLSTATEs of a connection refused by the server before any statement ran: too many
 /// connections (server or role limit), the server starting up or shutting down.
@@ -65,39 +68,58 @@ where
     }
 }
 
-/// Says so at start-up when the role's `CONNECTION LIMIT` or the server's free connections are
-/// below `budget` (`database.max_connections`): the runner still works, but waits for
-/// connections it was promised. Advice, not a gate: nothing is said when the check fails.
-pub async fn warn_if_budget_exceeds(pool: &sqlx::PgPool, budget: u32) {
-    let limits: Result<(i32, i32, i64), _> = sqlx::query_as(
-        r#"SELECT (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user),
-                  current_setting('max_connections')::int
-                    - current_setting('superuser_reserved_connections')::int,
-                  (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"#,
+/// Fits the pool to what the server leaves at start-up: when the role's `CONNECTION LIMIT`, or
+/// the server's free connections, are below the budget (`database.max_connections`, the LISTEN
+/// connection included), says so and returns a pool of what is left (at least 2 in all), so the
+/// pool never tries to grow into connections the server refuses (each refused attempt holds a
+/// pool slot until the pool's wait runs out). Otherwise, or when the check itself fails, returns
+/// `pool` as it is.
+pub async fn fit_budget(pool: PgPool, settings: &Settings) -> PgPool {
+    let budget = i64::from(settings.max_connections());
+    let room: Result<(Option<i64>, i64), _> = sqlx::query_as(
+        r#"SELECT (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user AND rolconnlimit >= 0)::int8
+                    - (SELECT count(*) FROM pg_stat_activity WHERE usename = current_user),
+                  current_setting('max_connections')::int8
+                    - current_setting('superuser_reserved_connections')::int8
+                    - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"#,
     )
-    .fetch_one(pool)
+    .fetch_one(&pool)
     .await;
-    let Ok((role_limit, server_limit, in_use)) = limits else {
-        return;
+    let Ok((role_room, server_room)) = room else {
+        return pool;
     };
-    let budget = i64::from(budget);
-    if role_limit >= 0 && i64::from(role_limit) < budget {
+    // Our own open connections are part of what is left to us.
+    let ours = i64::from(pool.size());
+    let role_room = role_room.map(|r| r + ours);
+    let server_room = server_room + ours;
+    let room = role_room.map_or(server_room, |r| r.min(server_room));
+    if room >= budget {
+        return pool;
+    }
+    let fitted = room.max(2) as u32;
+    if role_room.is_some_and(|r| r < budget) {
         tracing::warn!(
-            role_limit,
             budget,
-            "the database role's CONNECTION LIMIT is below database.max_connections: the runner \
-             will wait for connections (no job loses an attempt); lower database.max_connections \
-             (docs/operations.md, \"Connections\")"
+            room = role_room.unwrap_or_default(),
+            fitted,
+            "the database role's CONNECTION LIMIT leaves fewer connections than \
+             database.max_connections: using {fitted} (lower database.max_connections to match; \
+             docs/operations.md, \"Connections\")"
         );
-    } else if i64::from(server_limit) - in_use < budget {
+    } else {
         tracing::warn!(
-            free = i64::from(server_limit) - in_use,
             budget,
-            "the database server has fewer free connections than database.max_connections; \
-             the runner will wait for connections when it needs them all (docs/operations.md, \
-             \"Connections\")"
+            room = server_room,
+            fitted,
+            "the database server has fewer free connections than database.max_connections: \
+             using {fitted} (docs/operations.md, \"Connections\")"
         );
     }
+    let mut fitted_settings = settings.clone();
+    fitted_settings.database.max_connections = fitted;
+    let options = (*pool.connect_options()).clone();
+    pool.close().await;
+    super::pool(&fitted_settings, options)
 }
 
 #[cfg(test)]

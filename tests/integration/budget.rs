@@ -173,6 +173,32 @@ async fn a_job_waiting_for_a_connection_keeps_its_attempt() {
 }
 
 #[tokio::test]
+async fn the_pool_is_fitted_to_a_role_connection_limit_at_start() {
+    let db = TestDb::new().await;
+    let role = format!("or_fit_{:08x}", rand::random::<u32>());
+    sqlx::query(&format!(r#"CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 3"#))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let s = test_settings();
+    assert_eq!(s.max_connections(), 8);
+    let pool = outbound_runner::db::pool(&s, db.connect_options().username(&role));
+    let fitted = outbound_runner::db::wait::fit_budget(pool, &s).await;
+    // 3 in all: the pool's 2 and the LISTEN connection.
+    assert_eq!(fitted.options().get_max_connections(), 2);
+    fitted.close().await;
+    // Room enough: the pool is left as it is.
+    let pool = outbound_runner::db::pool(&s, db.connect_options());
+    let same = outbound_runner::db::wait::fit_budget(pool, &s).await;
+    assert!(same.options().get_max_connections() <= s.pool_size());
+    same.close().await;
+    sqlx::query(&format!(r#"DROP ROLE "{role}""#))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn the_in_flight_limit_follows_latency() {
     let db = TestDb::new().await;
     let meta = MockMeta::start_with(Limits::default(), Duration::from_millis(40)).await;
