@@ -218,8 +218,10 @@ where
     Fut: std::future::Future<Output = sqlx::Result<T>>,
 {
     let mut delay = Duration::from_millis(100);
-    let bound = shared.settings().runner.lease;
+    // One lease in all for the waits, however many failures come between them.
+    let patience_ends = tokio::time::Instant::now() + shared.settings().runner.lease;
     for attempt in 1..=6 {
+        let bound = patience_ends.saturating_duration_since(tokio::time::Instant::now());
         match patiently(bound, &shared.metrics.db_waits, &mut write).await {
             Ok(v) => return Some(v),
             Err(e) => {
