@@ -123,6 +123,7 @@ async fn serve(
         )));
     }
     db::warn_if_not_vacuumed(&pool).await;
+    let pool = db::wait::fit_budget(pool, &settings).await;
     let listen_options = match &settings.database.listen_url {
         Some(u) => Some(db::connect_options(secrecy::ExposeSecret::expose_secret(
             u,
@@ -180,10 +181,10 @@ async fn serve(
     let drain = settings.runner.drain_timeout;
     // Triggers waiting for a pass get their answer once the drain ends those passes.
     let http = tokio::spawn(http.finish(drain + Duration::from_secs(5)));
-    let shared = runner.shared().clone();
+    let counter = runner.clone();
     let keepalive = tokio::spawn(systemd::drain_keepalive(
         runner.settings().runner.drain_timeout,
-        move || shared.inflight.lock().map_or(0, |m| m.len()),
+        move || counter.in_flight(),
     ));
     runner.shutdown().await;
     keepalive.abort();

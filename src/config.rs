@@ -51,8 +51,9 @@ pub struct DatabaseSettings {
     pub listen_url: Option<SecretString>,
     #[serde(deserialize_with = "path")]
     pub listen_url_file: Option<PathBuf>,
-    /// 0 means `workers + 4`: one connection per worker, plus the completer, the listener's
-    /// fallback, the rescuer and the HTTP trigger.
+    /// The process's connection budget, the LISTEN connection included: the pool gets one less.
+    /// Independent of how many jobs run at once (a job holds no connection while it waits on
+    /// HTTP). 0 means the default, [`DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -64,7 +65,11 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunnerSettings {
+    /// Jobs in flight at once. 0 (the default): sized by the work, see
+    /// [`crate::runner::sizing`]; a number pins it.
     pub workers: u32,
+    /// The most jobs in flight when `workers` is 0.
+    pub max_in_flight: u32,
     pub batch: u32,
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -188,13 +193,22 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
+/// `database.max_connections` when it is 0: small, whatever the concurrency (docs/operations.md,
+/// "Connections").
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
+
 impl Settings {
-    /// The pool size: explicit, or one connection per worker plus four for the rest.
-    pub fn pool_size(&self) -> u32 {
+    /// The connection budget: `database.max_connections`, or its default.
+    pub fn max_connections(&self) -> u32 {
         match self.database.max_connections {
-            0 => self.runner.workers + 4,
+            0 => DEFAULT_MAX_CONNECTIONS,
             n => n,
         }
+    }
+
+    /// The pool size: the budget less the LISTEN connection, which is not the pool's.
+    pub fn pool_size(&self) -> u32 {
+        self.max_connections().saturating_sub(1)
     }
 
     /// `http.listen` parsed; `None` when the HTTP server is off.
@@ -580,8 +594,14 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
     }
 
     let r = &s.runner;
-    if !(1..=4096).contains(&r.workers) {
-        bad("runner.workers", "must be between 1 and 4096");
+    if r.workers > 4096 {
+        bad(
+            "runner.workers",
+            "must be between 0 (sized by the work) and 4096",
+        );
+    }
+    if !(1..=100_000).contains(&r.max_in_flight) {
+        bad("runner.max_in_flight", "must be between 1 and 100000");
     }
     if !(1..=10_000).contains(&r.batch) {
         bad("runner.batch", "must be between 1 and 10000");
@@ -600,10 +620,10 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
     if r.lease < Duration::from_secs(2) {
         bad("runner.lease", "must be at least 2s");
     }
-    if s.pool_size() < 2 {
+    if s.max_connections() < 2 {
         bad(
             "database.max_connections",
-            "must be at least 2 (or 0 for workers + 4)",
+            &format!("must be at least 2 (or 0 for {DEFAULT_MAX_CONNECTIONS})"),
         );
     }
 
@@ -780,7 +800,9 @@ mod tests {
     #[test]
     fn defaults_load() {
         let s = load(&opts(&[])).unwrap();
-        assert_eq!(s.runner.workers, 8);
+        assert_eq!(s.runner.workers, 0, "sized by the work");
+        assert_eq!(s.max_connections(), DEFAULT_MAX_CONNECTIONS);
+        assert!(s.max_connections() <= 10);
         assert_eq!(s.runner.poll_interval, Duration::from_secs(30));
         assert_eq!(s.delivery.mode, DeliveryMode::Sandbox);
         assert!(s.database.url.is_none());

@@ -4,10 +4,11 @@
 //!
 //! - [`config`]: layered configuration (defaults → file → environment), secrets, validation.
 //! - [`db`]: the connection pool, migrations, and the embedded PostgreSQL of a first run.
-//! - [`queue`]: the job queue itself: every SQL statement that moves a job ([`queue::store`]),
-//!   the retry policy ([`queue::retry`]), the dispatcher, workers and maintenance loops.
-//! - [`runner`]: one process's share of the queue, tying the queue's parts together; start,
-//!   synchronous passes, drain.
+//! - [`queue`]: the job queue itself, a leaf: the job types, every SQL statement that moves a job
+//!   ([`queue::store`]) and the retry policy ([`queue::retry`]).
+//! - [`runner`]: the runtime, one process's share of the queue: the dispatcher, workers,
+//!   completer and maintenance loops, their shared state (private to it); start, synchronous
+//!   passes, drain.
 //! - [`delivery`]: what running a job means: the payload contract and the handlers.
 //! - [`app`]: the daemon: start-up order, signals, shutdown.
 //! - [`http`]: the trigger endpoints, `/metrics`, `/healthz`, `/readyz`.

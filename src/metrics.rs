@@ -30,6 +30,54 @@ pub struct Metrics {
     pub circuit_open: IntGauge,
     pub last_loop_timestamp: Gauge,
     pub build_info: IntGaugeVec,
+    /// The in-flight limit now, and the inputs it was sized from (see `runner::sizing`).
+    pub in_flight_limit: IntGauge,
+    pub in_flight_latency: Gauge,
+    pub in_flight_rate: Gauge,
+    /// Statements that waited for a connection (see [`crate::db::wait`]).
+    pub db_waits: IntCounter,
+    /// Recent latencies of the orchestrator and of Cloud API sends, for the in-flight sizing.
+    pub orchestrator_latency: LatencyWindow,
+    pub send_latency: LatencyWindow,
+}
+
+/// The most recent latencies of one kind of call (at most [`LatencyWindow::SAMPLES`], none older
+/// than [`LatencyWindow::MAX_AGE`]): enough for a p95 that follows a change within seconds.
+#[derive(Default)]
+pub struct LatencyWindow {
+    samples: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, f64)>>,
+}
+
+impl LatencyWindow {
+    pub const SAMPLES: usize = 512;
+    pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+    pub fn record(&self, took: std::time::Duration) {
+        let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if s.len() == Self::SAMPLES {
+            s.pop_front();
+        }
+        s.push_back((std::time::Instant::now(), took.as_secs_f64()));
+    }
+
+    /// The 95th percentile of the recent samples, in seconds; `None` without any.
+    pub fn p95(&self) -> Option<f64> {
+        let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        while s
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() > Self::MAX_AGE)
+        {
+            s.pop_front();
+        }
+        if s.is_empty() {
+            return None;
+        }
+        let mut v: Vec<f64> = s.iter().map(|(_, d)| *d).collect();
+        drop(s);
+        v.sort_by(f64::total_cmp);
+        let i = ((v.len() as f64 * 0.95).ceil() as usize).clamp(1, v.len()) - 1;
+        Some(v[i])
+    }
 }
 
 pub const OUTCOMES: [&str; 3] = ["done", "retry", "failed"];
@@ -124,7 +172,28 @@ impl Metrics {
                 "workers_busy",
                 "Jobs running now in this process."
             )),
-            workers: reg!(IntGauge::new("workers", "Configured worker count.")),
+            workers: reg!(IntGauge::new(
+                "workers",
+                "Jobs this process may have in flight now (the same as in_flight_limit)."
+            )),
+            in_flight_limit: reg!(IntGauge::new(
+                "in_flight_limit",
+                "Jobs this process may have in flight now: runner.workers, or sized by the work."
+            )),
+            in_flight_latency: reg!(Gauge::new(
+                "in_flight_latency_p95_seconds",
+                "The sizing's latency input: recent p95 of the orchestrator plus a Cloud API send."
+            )),
+            in_flight_rate: reg!(Gauge::new(
+                "in_flight_rate_per_second",
+                "The sizing's rate input: whatsapp.rate_per_second."
+            )),
+            db_waits: reg!(IntCounter::new(
+                "db_connection_waits_total",
+                "Statements that waited for a database connection (retried; no attempt spent)."
+            )),
+            orchestrator_latency: LatencyWindow::default(),
+            send_latency: LatencyWindow::default(),
             circuit_open: reg!(IntGauge::new(
                 "circuit_open",
                 "1 while sending is halted for the phone number."

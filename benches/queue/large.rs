@@ -55,7 +55,7 @@ impl Table {
 
     /// One claim of `batch` jobs (and running them); its latency in ms.
     async fn claim(&self, batch: u32) -> f64 {
-        let m = &self.runner.shared().metrics;
+        let m = &self.runner.metrics();
         let (n0, s0) = (
             m.claim_duration.get_sample_count(),
             m.claim_duration.get_sample_sum(),

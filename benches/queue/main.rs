@@ -14,6 +14,8 @@
 //!   both sides, jobs per claim statement; as a percentage of the limit measured in the same
 //!   round;
 //! - `pipeline`: live delivery against the mock Cloud API (instant and 50 ms answers);
+//! - `budget`: the built-in settings at Meta's rates and real latencies (200 ms Cloud API, 5 s
+//!   orchestrator), the connections they hold, a role with `CONNECTION LIMIT 3`, RSS;
 //! - `latency`: wake-up latency of an idle runner, on the database's clock;
 //! - `large`: claim latency with 10k vs 1M queued rows, beside 1M finished rows, after a prune;
 //! - `idle`: the daemon binary idle: CPU, wake-ups and RSS.
@@ -22,7 +24,11 @@
 
 #[path = "../../tests/integration/support/mock_meta.rs"]
 mod mock_meta;
+#[path = "../../tests/integration/support/mock_orchestrator.rs"]
+#[allow(dead_code)]
+mod mock_orchestrator;
 
+mod budget;
 mod common;
 mod idle;
 mod large;
@@ -43,6 +49,10 @@ async fn run_all(a: Args) -> Vec<Row> {
     if a.wants(Section::Pipeline) {
         eprintln!("full pipeline…");
         rows.extend(pipeline::run(&a).await);
+    }
+    if a.wants(Section::Budget) {
+        eprintln!("budget: Meta's rates at real latency, on the built-in settings…");
+        rows.extend(budget::run(&a).await);
     }
     if a.wants(Section::Latency) {
         eprintln!("wake-up latency…");

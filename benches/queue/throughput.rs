@@ -148,7 +148,7 @@ async fn drain(jobs: usize, workers: u32, cap: Duration) -> Drain {
     let done = (*finished.borrow()).min(jobs as u64) as f64;
     let (server_cpu, sampler_cpu) = server.stop();
     let runner_cpu = cpu_of("self") - own0 - sampler_cpu;
-    let m = &r.shared().metrics;
+    let m = &r.metrics();
     let claims = m.claim_duration.get_sample_count() as f64;
     let d = Drain {
         jobs: done,

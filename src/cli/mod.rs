@@ -1,6 +1,7 @@
 //! The command line: `run` (the daemon, default), `migrate`, `enqueue`, `status`, `verify`,
 //! `check-config`.
 
+pub mod in_flight;
 pub mod status;
 pub mod verify;
 
@@ -95,10 +96,12 @@ pub async fn main(cli: Cli) -> u8 {
         Command::CheckConfig => check_config(&opts, &settings),
         Command::Verify(_) => unreachable!("handled before the configuration is loaded"),
         Command::Status(args) => {
+            let daemon = settings.clone();
             with_database(&opts, &settings, |pool| async move {
-                let status = status::collect(&pool, &args)
+                let mut status = status::collect(&pool, &args)
                     .await
                     .context("querying the queue")?;
+                status.in_flight = in_flight::scrape(&daemon).await;
                 if args.json {
                     println!("{}", serde_json::to_string_pretty(&status)?);
                 } else {
@@ -300,6 +303,10 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
         ("database.migrate".into(), s.database.migrate.to_string()),
         ("database.embedded_dir".into(), p(&s.database.embedded_dir)),
         ("runner.workers".into(), s.runner.workers.to_string()),
+        (
+            "runner.max_in_flight".into(),
+            s.runner.max_in_flight.to_string(),
+        ),
         ("runner.batch".into(), s.runner.batch.to_string()),
         ("runner.poll_interval".into(), d(s.runner.poll_interval)),
         ("runner.lease".into(), d(s.runner.lease)),

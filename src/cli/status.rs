@@ -36,6 +36,9 @@ pub struct Status {
     pub failed_per_hour: Vec<Bucket>,
     pub last_errors: Vec<LastError>,
     pub checks: Vec<Check>,
+    /// This host's daemon's in-flight sizing, when its `/metrics` answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<super::in_flight::InFlight>,
 }
 
 #[derive(Debug, Serialize)]
@@ -182,6 +185,7 @@ pub async fn collect(pool: &PgPool, args: &StatusArgs) -> sqlx::Result<Status> {
         failed_per_hour,
         last_errors,
         checks,
+        in_flight: None,
     })
 }
 
@@ -235,6 +239,9 @@ pub fn render(s: &Status) -> String {
             e.at.format("%m-%d %H:%M:%S"),
             text
         ));
+    }
+    if let Some(i) = &s.in_flight {
+        out.push_str(&super::in_flight::render(i));
     }
     out.push_str("\nChecks\n");
     for c in &s.checks {

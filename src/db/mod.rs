@@ -3,6 +3,7 @@
 //! All SQL that moves jobs lives in [`crate::queue::store`]; this module only connects.
 
 pub mod embedded;
+pub mod wait;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,12 +24,12 @@ pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
     Ok(opts.application_name("outbound-runner"))
 }
 
-/// A pool sized for the workers. Connects lazily: the daemon's start-up loop decides how long to
+/// The pool: the connection budget less the LISTEN connection ([`Settings::pool_size`]). Connects lazily: the daemon's start-up loop decides how long to
 /// wait for the database, not the pool.
 pub fn pool(settings: &Settings, opts: PgConnectOptions) -> PgPool {
     // Room for one claim statement per claim size (see `queue::store::claim`) beside the rest,
     // so no prepared statement is evicted and re-planned in a steady drain.
-    let claim_sizes = settings.runner.batch.min(settings.runner.workers) as usize;
+    let claim_sizes = settings.runner.batch as usize;
     let opts = opts.statement_cache_capacity(100 + claim_sizes);
     PgPoolOptions::new()
         // No ping before every statement (a round trip each, as many as the statements

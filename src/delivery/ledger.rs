@@ -27,6 +27,9 @@
 //! in between loses at most a `pending` row (recreated by the next attempt, nothing was sent) or
 //! a `sent` that stays `sending` (the rescuer makes it `unknown`: never a second send).
 
+use std::time::Duration;
+
+use prometheus::IntCounter;
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
@@ -209,18 +212,38 @@ pub struct Writers {
 impl Writers {
     /// Starts the writers' tasks; they end when `stop` is cancelled (after the drain: a job in
     /// flight may still send).
-    pub fn start(pool: &PgPool, stop: &CancellationToken) -> (Writers, Vec<JoinHandle<()>>) {
-        let (sending, a) = Gate::start(pool.clone(), stop.clone(), |pool, marks| async move {
-            mark_sending(&pool, &marks).await
-        });
-        let (sent, b) = Gate::start(pool.clone(), stop.clone(), |pool, sent| async move {
-            record_sent(&pool, &sent).await
-        });
+    /// A batch that waits for a connection is retried for up to `patience` (see
+    /// [`crate::db::wait`]), each wait counted in `waits`.
+    pub fn start(
+        pool: &PgPool,
+        stop: &CancellationToken,
+        waits: IntCounter,
+        patience: Duration,
+    ) -> (Writers, Vec<JoinHandle<()>>) {
+        let patient = Patience { waits, patience };
+        let (sending, a) = Gate::start(
+            pool.clone(),
+            stop.clone(),
+            patient.clone(),
+            |pool, marks| async move { mark_sending(&pool, &marks).await },
+        );
+        let (sent, b) = Gate::start(
+            pool.clone(),
+            stop.clone(),
+            patient,
+            |pool, sent| async move { record_sent(&pool, &sent).await },
+        );
         (Writers { sending, sent }, vec![a, b])
     }
 }
 
 type Waiting<R, T> = (R, oneshot::Sender<Result<T, String>>);
+
+#[derive(Clone)]
+struct Patience {
+    waits: IntCounter,
+    patience: Duration,
+}
 
 /// One batched write (see [`Writers`]).
 pub struct Gate<R, T> {
@@ -235,14 +258,22 @@ impl<R, T> Clone for Gate<R, T> {
     }
 }
 
-impl<R: Send + 'static, T: Send + 'static> Gate<R, T> {
-    fn start<F, Fut>(pool: PgPool, stop: CancellationToken, write: F) -> (Self, JoinHandle<()>)
+impl<R: Clone + Send + Sync + 'static, T: Send + 'static> Gate<R, T> {
+    fn start<F, Fut>(
+        pool: PgPool,
+        stop: CancellationToken,
+        patient: Patience,
+        write: F,
+    ) -> (Self, JoinHandle<()>)
     where
-        F: Fn(PgPool, Vec<R>) -> Fut + Send + 'static,
+        F: Fn(PgPool, Vec<R>) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = sqlx::Result<Vec<T>>> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(4096);
-        (Gate { tx }, tokio::spawn(batches(pool, rx, stop, write)))
+        (
+            Gate { tx },
+            tokio::spawn(batches(pool, rx, stop, patient, write)),
+        )
     }
 
     /// Writes `request` with whatever other requests are waiting. An error is the statement's
@@ -259,10 +290,11 @@ impl<R: Send + 'static, T: Send + 'static> Gate<R, T> {
     }
 }
 
-async fn batches<R, T, F, Fut>(
+async fn batches<R: Clone, T, F, Fut>(
     pool: PgPool,
     mut rx: mpsc::Receiver<Waiting<R, T>>,
     stop: CancellationToken,
+    patient: Patience,
     write: F,
 ) where
     F: Fn(PgPool, Vec<R>) -> Fut,
@@ -278,7 +310,8 @@ async fn batches<R, T, F, Fut>(
             continue;
         }
         let (requests, acks): (Vec<R>, Vec<_>) = batch.drain(..).unzip();
-        match write(pool.clone(), requests).await {
+        let statement = || write(pool.clone(), requests.clone());
+        match crate::db::wait::patiently(patient.patience, &patient.waits, statement).await {
             Ok(results) => {
                 for (ack, result) in acks.into_iter().zip(results) {
                     let _ = ack.send(Ok(result));

@@ -30,6 +30,7 @@ use super::whatsapp::{Class, CloudApi, SendError};
 use super::{BoxFuture, JobContext, JobHandler};
 use crate::config::{OnUnknown, Settings};
 use crate::db::redact_sqlx;
+use crate::db::wait::patiently;
 use crate::queue::{Action, Job, JobError};
 
 /// The handler of `delivery.mode = "live"`. One per process: it holds the HTTP client (its
@@ -96,24 +97,31 @@ impl LiveHandler {
                 (m, None)
             }
             (Content::Input(input), None) => {
-                let c =
+                let started = Instant::now();
+                let composed =
                     orchestrator::compose(&http, &settings.orchestrator, job, &payload.to, input)
-                        .await?;
+                        .await;
+                // The in-flight sizing's input (runner::sizing), answered or not.
+                ctx.metrics.orchestrator_latency.record(started.elapsed());
+                let c = composed?;
                 (c.messages, Some(c.answer))
             }
         };
-        let rows = match ledger::prepare(
-            &ctx.pool,
-            &job.fence,
-            &payload.to,
-            answer.as_ref(),
-            &messages,
-        )
-        .await
-        {
+        // A wait for a connection is not the job's: it waits (up to a lease, which the lease
+        // keeper extends) rather than spend an attempt.
+        let prepare = || {
+            ledger::prepare(
+                &ctx.pool,
+                &job.fence,
+                &payload.to,
+                answer.as_ref(),
+                &messages,
+            )
+        };
+        let rows = match patiently(settings.runner.lease, &ctx.metrics.db_waits, prepare).await {
             Ok(Some(rows)) => rows,
             Ok(None) => return Err(lost()),
-            Err(e) => return Err(database("recording the messages", &e)),
+            Err(e) => return Err(database_sqlx("recording the messages", &e)),
         };
 
         let pending = rows.iter().filter(|m| m.status != Status::Sent).count();
@@ -244,6 +252,7 @@ impl LiveHandler {
         ctx.metrics
             .send_duration
             .observe(started.elapsed().as_secs_f64());
+        ctx.metrics.send_latency.record(started.elapsed());
 
         match result {
             Ok(wamid) => {
@@ -465,6 +474,20 @@ where
 
 fn lost() -> JobError {
     JobError::retry("lost", "the job was taken from this runner")
+}
+
+/// A database error of a job's statement: a wait for a connection (past the caller's patience)
+/// defers the job without spending an attempt; anything else is a transient failure.
+fn database_sqlx(what: &str, e: &sqlx::Error) -> JobError {
+    if crate::db::wait::is_wait(e) {
+        JobError::defer(
+            Duration::from_secs(1),
+            "database_busy",
+            format!("{what}: no database connection: {}", redact_sqlx(e)),
+        )
+    } else {
+        database(what, e)
+    }
 }
 
 fn database(what: &str, e: &dyn std::fmt::Display) -> JobError {

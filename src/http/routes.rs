@@ -340,7 +340,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     } else if !matches!(
         tokio::time::timeout(
             READY_DB_TIMEOUT,
-            sqlx::query("SELECT 1").execute(&runner.shared().pool)
+            sqlx::query("SELECT 1").execute(runner.pool())
         )
         .await,
         Ok(Ok(_))
@@ -366,7 +366,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 async fn metrics(State(state): State<HttpState>) -> Response {
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        state.runner().shared().metrics.render(),
+        state.runner().metrics().render(),
     )
         .into_response()
 }

@@ -1,20 +1,18 @@
-//! The job queue: claiming, running, finishing, retrying and rescuing `"OutboundJob"` rows.
+//! The job queue: the `"OutboundJob"` rows and what may be done to them. A leaf: it imports
+//! nothing from the runtime (`runner`), delivery, HTTP, the CLI or the app.
 //!
 //! - [`store`]: every SQL statement that moves a job (claim, complete, retry, fail, rescue, prune,
 //!   enqueue). The one place to read to know what the runner does to the table.
 //! - [`retry`]: the retry policy: what a failure leads to, and the backoff (exponential, capped,
 //!   full jitter).
-//! - [`dispatcher`]: wakes on NOTIFY, the interval, a trigger or a due backoff; claims batches
-//!   sized to the free workers.
-//! - [`worker`]: runs one job through the [`crate::delivery::JobHandler`] and turns the result
-//!   into the job's next state; the completer that batches completions.
-//! - [`maintenance`]: the rescuer (expired leases), the lease keeper and the pruner.
+//! - The job types ([`Job`], [`JobError`], [`Outcome`]) and the group commit's intake
+//!   (`next_batch`).
+//!
+//! The runtime that claims and runs jobs (dispatcher, workers, completer, maintenance loops) is
+//! `runner`.
 
-pub mod dispatcher;
-pub mod maintenance;
 pub mod retry;
 pub mod store;
-pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;

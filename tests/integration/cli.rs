@@ -54,8 +54,8 @@ fn config_errors_exit_78_and_name_the_key() {
             "runner.workers",
         ),
         (
-            &[("OUTBOUND_RUNNER__RUNNER__WORKERS", "0")],
-            "runner.workers: must be between 1 and 4096",
+            &[("OUTBOUND_RUNNER__RUNNER__WORKERS", "5000")],
+            "runner.workers: must be between 0 (sized by the work) and 4096",
         ),
         (
             &[("OUTBOUND_RUNNER__RUNNER__POLL_INTERVAL", "soon")],

@@ -77,8 +77,7 @@ async fn statuses(db: &TestDb, job: i64) -> Vec<String> {
 
 fn errors(runner: &Runner, class: &str) -> u64 {
     runner
-        .shared()
-        .metrics
+        .metrics()
         .whatsapp_errors
         .with_label_values(&[class])
         .get()
@@ -143,7 +142,7 @@ async fn a_job_is_sent_once_with_the_envelope_and_its_wamids_are_recorded() {
             .iter()
             .all(|a| a.as_deref() == Some(bearer.as_str()))
     );
-    let metrics = &runner.shared().metrics;
+    let metrics = &runner.metrics();
     assert_eq!(metrics.messages_sent.get(), 2);
     assert_eq!(metrics.send_duration.get_sample_count(), 2);
 
@@ -352,7 +351,7 @@ async fn a_halt_answer_opens_the_circuit_until_a_reload() {
     let meta = MockMeta::start().await;
     let runner = passive(&db, &meta, |_| {}).await;
     meta.script([Reply::error(401, 190)]);
-    let gauge = || runner.shared().metrics.circuit_open.get();
+    let gauge = || runner.metrics().circuit_open.get();
 
     let tripped = text_job(&db, "15551230401", "a").await;
     assert_eq!(runner.run_pass(1).await.unwrap().retried, [tripped]);
@@ -483,8 +482,7 @@ async fn a_worker_killed_between_sending_and_the_answer_is_not_resent_by_the_res
     assert_eq!(statuses(&db, id).await, ["sending"]);
 
     // The worker dies.
-    let abort = runner.shared().inflight.lock().unwrap().get(&id).cloned();
-    abort.expect("the job is in flight").abort();
+    assert!(runner.abort_job(id), "the job is in flight");
     let report = pass.await.unwrap().unwrap();
     assert!(report.processed.is_empty() && report.failed.is_empty());
     assert_eq!(db.job(id).await.status, "running");

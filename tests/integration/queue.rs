@@ -76,7 +76,7 @@ async fn claim_complete_retry_and_fail_follow_the_state_machine() {
             .await
             .unwrap();
     assert_eq!(wamid, format!("wamid.sandbox.{ok}.0"));
-    let metrics = &runner.shared().metrics;
+    let metrics = &runner.metrics();
     assert_eq!(metrics.messages_sent.get(), 1);
     assert_eq!(metrics.jobs_finished.with_label_values(&["retry"]).get(), 2);
     assert_eq!(
@@ -545,7 +545,7 @@ async fn lost_notifications_are_covered_by_the_interval() {
         "{:?}",
         started.elapsed()
     );
-    let metrics = runner.shared().metrics.render();
+    let metrics = runner.metrics().render();
     assert!(
         metrics.contains("outbound_runner_wakeups_total{source=\"notify\"} 0"),
         "the job was not delivered by a notification"

@@ -389,9 +389,9 @@ async fn sighup_reloads_the_log_level_and_a_broken_config_keeps_the_running_one(
     d.expect_log("a DEBUG line", 15 * SECOND, |l| l.contains("DEBUG"))
         .await;
 
-    // A broken reload (workers = 0, and level back to info): refused, the daemon runs on, and
+    // A broken reload (workers = 5000, and level back to info): refused, the daemon runs on, and
     // still on the old configuration (debug lines keep coming).
-    d.write_config(&config("info", "200ms", "workers = 0"));
+    d.write_config(&config("info", "200ms", "workers = 5000"));
     d.signal(Signal::SIGHUP);
     d.expect("RELOADING=1", 10 * SECOND, |m| has(m, "RELOADING=1"))
         .await;

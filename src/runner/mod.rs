@@ -8,6 +8,21 @@
 //!  shutdown()     stop claiming → finish in-flight jobs within drain_timeout → abort the rest →
 //!                 release our claims (attempt refunded) → stop
 //! ```
+//!
+//! - `dispatcher`: wakes on NOTIFY, the interval, a trigger or a due backoff; claims batches
+//!   sized to the free workers.
+//! - `worker`: runs one job through the [`crate::delivery::JobHandler`] and turns the result
+//!   into the job's next state; the completer that batches completions.
+//! - [`sizing`]: how many jobs may be in flight (sized by the work; `runner.workers` pins it).
+//! - `maintenance`: the rescuer (expired leases), the lease keeper, the pruner and the prober.
+//!
+//! The state these tasks share (`Shared`) is private to this module; outside code goes through
+//! [`Runner`]'s accessors.
+
+mod dispatcher;
+mod maintenance;
+pub mod sizing;
+mod worker;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -26,57 +41,94 @@ use crate::delivery::{JobHandler, ledger};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::queue::store::{self, Reclaim, Rescued};
-use crate::queue::{Job, Outcome, PassReport, dispatcher, maintenance, worker};
+use crate::queue::{Job, Outcome, PassReport};
 
 /// State shared by the runner's tasks.
-pub struct Shared {
-    pub pool: PgPool,
+pub(crate) struct Shared {
+    pool: PgPool,
     /// Where LISTEN connects: `database.listen_url`, or the pool's own options.
-    pub listen_options: PgConnectOptions,
+    listen_options: PgConnectOptions,
     settings: RwLock<Arc<Settings>>,
-    pub handler: Arc<dyn JobHandler>,
+    handler: Arc<dyn JobHandler>,
     /// `host:pid:random`: unique per process run, so a restarted runner never mistakes an old
     /// claim for its own.
-    pub locked_by: Arc<str>,
-    pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
+    locked_by: Arc<str>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
     /// Wakes the dispatcher. A wake while it is busy is remembered (one permit), so none is lost.
-    pub wake: Notify,
+    wake: Notify,
     /// The earliest known due time of a job we requeued (a backoff), so the dispatcher wakes for
     /// it without waiting for the interval.
-    pub due_hint: Mutex<Option<tokio::time::Instant>>,
-    pub completer: mpsc::Sender<worker::CompleteRequest>,
+    due_hint: Mutex<Option<tokio::time::Instant>>,
+    completer: mpsc::Sender<worker::CompleteRequest>,
     /// Jobs whose handler succeeded and whose `done` write is not acknowledged yet. A job gives
     /// its worker slot back when its handler returns, so the next claim overlaps the completion;
-    /// the dispatcher stops claiming while this is at twice `runner.workers`, so claims can never
+    /// the dispatcher stops claiming while this is at twice the in-flight limit, so claims can never
     /// outrun lagging completions (see [`worker::completer`]).
-    pub completing: AtomicUsize,
+    completing: AtomicUsize,
     /// Notified after every completion statement.
-    pub completions_flushed: Notify,
+    completions_flushed: Notify,
     /// Live delivery's batched ledger writes (see [`ledger::Writers`]).
-    pub ledger: ledger::Writers,
+    ledger: ledger::Writers,
     /// The dispatcher's worker slots: one permit per job it runs at once.
-    pub slots: Arc<Semaphore>,
-    /// The slot count `slots` is being brought to (changes on reload).
-    pub workers: AtomicU32,
+    slots: Arc<Semaphore>,
+    /// The in-flight limit `slots` is being brought to (see [`sizing`]; changes with the
+    /// observed latency and on reload).
+    limit: AtomicU32,
     /// Every job task, the dispatcher's and the passes', for the drain.
-    pub tracker: TaskTracker,
-    pub inflight: Mutex<HashMap<i64, AbortHandle>>,
+    tracker: TaskTracker,
+    inflight: Mutex<HashMap<i64, AbortHandle>>,
     /// Set once shutdown begins: no new claims from anyone.
-    pub closing: AtomicBool,
+    closing: AtomicBool,
     /// Counts successful claim statements: something to await instead of sleeping.
-    pub passes: watch::Sender<u64>,
+    passes: watch::Sender<u64>,
     /// Counts job attempts that ended, however they ended.
-    pub finished: watch::Sender<u64>,
+    finished: watch::Sender<u64>,
 }
 
 impl Shared {
-    pub fn settings(&self) -> Arc<Settings> {
+    pub(crate) fn settings(&self) -> Arc<Settings> {
         self.settings.read().expect("settings lock").clone()
     }
 
+    /// Brings the in-flight limit to what [`sizing::size`] says now (at once if `exact`, else
+    /// only when [`sizing::worth_moving`]), and publishes it and its inputs.
+    pub(crate) fn resize(&self, exact: bool) -> sizing::Sizing {
+        let settings = self.settings();
+        let sizing = sizing::size(&settings, sizing::observed_latency(&self.metrics));
+        self.metrics.in_flight_rate.set(sizing.rate);
+        self.metrics.in_flight_latency.set(sizing.latency);
+        let current = self.limit.load(Ordering::SeqCst);
+        if (exact && sizing.limit != current) || sizing::worth_moving(current, sizing) {
+            self.set_limit(sizing.limit);
+        }
+        sizing
+    }
+
+    fn set_limit(&self, new: u32) {
+        let old = self.limit.swap(new, Ordering::SeqCst);
+        if new > old {
+            self.slots.add_permits((new - old) as usize);
+        } else if new < old {
+            // Take the surplus slots as their jobs finish; nothing running is interrupted. (The
+            // semaphore is fair: claims wait behind this until the limit is met.)
+            let slots = self.slots.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = slots.acquire_many_owned(old - new).await {
+                    p.forget();
+                }
+            });
+        }
+        self.metrics.workers.set(new as i64);
+        self.metrics.in_flight_limit.set(new as i64);
+        if new != old {
+            tracing::debug!(from = old, to = new, "in-flight limit changed");
+        }
+        self.wake.notify_one();
+    }
+
     /// Records a job's next due time so the dispatcher wakes for it.
-    pub fn hint_due(&self, delay: Duration) {
+    pub(crate) fn hint_due(&self, delay: Duration) {
         let at = tokio::time::Instant::now() + delay;
         let mut hint = self.due_hint.lock().expect("due hint lock");
         if hint.is_none_or(|h| at < h) {
@@ -90,7 +142,7 @@ impl Shared {
     /// Runs one claimed job on its own task, tracked for the drain and abortable.
     /// `slot` is a dispatcher worker slot, given back as the job is handed to the completer or its
     /// retry or failure is written (see [`worker::execute`]).
-    pub fn spawn_job(
+    pub(crate) fn spawn_job(
         self: &Arc<Self>,
         job: Job,
         slot: Option<OwnedSemaphorePermit>,
@@ -111,7 +163,7 @@ impl Shared {
     }
 
     /// One claim statement, measured.
-    pub async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Job>> {
+    pub(crate) async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Job>> {
         let settings = self.settings();
         let timer = self.metrics.claim_duration.start_timer();
         let jobs = store::claim(
@@ -200,9 +252,18 @@ impl Runner {
         let (tx, rx) = mpsc::channel(4096);
         let stop = CancellationToken::new();
         let stop_late = CancellationToken::new();
-        let (writers, writer_tasks) = ledger::Writers::start(&pool, &stop_late);
-        let workers = settings.runner.workers;
+        let (writers, writer_tasks) = ledger::Writers::start(
+            &pool,
+            &stop_late,
+            metrics.db_waits.clone(),
+            settings.runner.lease,
+        );
+        let first = sizing::size(&settings, sizing::observed_latency(&metrics));
+        let workers = first.limit;
         metrics.workers.set(workers as i64);
+        metrics.in_flight_limit.set(workers as i64);
+        metrics.in_flight_rate.set(first.rate);
+        metrics.in_flight_latency.set(first.latency);
         let shared = Arc::new(Shared {
             listen_options: listen_options.unwrap_or_else(|| (*pool.connect_options()).clone()),
             pool,
@@ -218,7 +279,7 @@ impl Runner {
             completions_flushed: Notify::new(),
             ledger: writers,
             slots: Arc::new(Semaphore::new(workers as usize)),
-            workers: AtomicU32::new(workers),
+            limit: AtomicU32::new(workers),
             tracker: TaskTracker::new(),
             inflight: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
@@ -233,6 +294,7 @@ impl Runner {
             tokio::spawn(maintenance::rescuer(shared.clone(), stop.clone())),
             tokio::spawn(maintenance::pruner(shared.clone(), stop.clone())),
             tokio::spawn(maintenance::prober(shared.clone(), stop.clone())),
+            tokio::spawn(maintenance::sizer(shared.clone(), stop.clone())),
         ]);
         if mode == Mode::Daemon {
             // LISTEN before the first pass: a job committed between the two is then either seen
@@ -250,7 +312,9 @@ impl Runner {
         }
         tracing::info!(
             locked_by = %shared.locked_by,
-            workers,
+            in_flight_limit = workers,
+            pinned = first.pinned,
+            connections = shared.settings().max_connections(),
             "runner started"
         );
         Runner {
@@ -261,8 +325,31 @@ impl Runner {
         }
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// The pool the runner's statements use.
+    pub fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Jobs whose task is running now (the dispatcher's and the passes').
+    pub fn in_flight(&self) -> usize {
+        self.shared.inflight.lock().map_or(0, |m| m.len())
+    }
+
+    /// Aborts the task of an in-flight job, as if its worker died (a test's tool: its claim is
+    /// left for the rescuer). False if the job is not in flight.
+    pub fn abort_job(&self, id: i64) -> bool {
+        let handle = self
+            .shared
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .get(&id)
+            .cloned();
+        handle.map(|h| h.abort()).is_some()
     }
 
     pub fn locked_by(&self) -> &str {
@@ -297,30 +384,29 @@ impl Runner {
         self.shared.wake.notify_one();
     }
 
-    /// Applies settings that can change while running: worker count, retry policy, intervals,
-    /// tokens (read per request), pacing. The caller reports what needs a restart.
+    /// Applies settings that can change while running: the in-flight limit (`runner.workers`,
+    /// `runner.max_in_flight`, the send rate), retry policy, intervals, tokens (read per request),
+    /// pacing. The caller reports what needs a restart.
     pub fn apply(&self, settings: Arc<Settings>) {
-        let new = settings.runner.workers;
         *self.shared.settings.write().expect("settings lock") = settings;
-        let old = self.shared.workers.swap(new, Ordering::SeqCst);
-        if new > old {
-            self.shared.slots.add_permits((new - old) as usize);
-        } else if new < old {
-            // Take the surplus slots as their jobs finish; nothing running is interrupted.
-            let slots = self.shared.slots.clone();
-            tokio::spawn(async move {
-                if let Ok(p) = slots.acquire_many_owned(old - new).await {
-                    p.forget();
-                }
-            });
-        }
-        self.shared.metrics.workers.set(new as i64);
+        self.shared.resize(true);
         self.shared.wake.notify_one();
+    }
+
+    /// The in-flight limit now (see [`sizing`]).
+    pub fn in_flight_limit(&self) -> u32 {
+        self.shared.limit.load(Ordering::SeqCst)
+    }
+
+    /// Re-sizes the in-flight limit from the latencies observed so far, now (the sizing task
+    /// does this every second); returns the sizing.
+    pub fn resize_now(&self) -> sizing::Sizing {
+        self.shared.resize(false)
     }
 
     /// Claims and runs up to `max` due jobs now and waits for them: the step function behind the
     /// HTTP trigger (and the tests). Runs beside the dispatcher; `SKIP LOCKED` keeps them apart.
-    /// Claims in rounds of at most `min(runner.batch, runner.workers)` jobs, each round run at
+    /// Claims in rounds of at most `min(runner.batch, in-flight limit)` jobs, each round run at
     /// once, until `max` jobs ran or a round comes back short.
     ///
     /// Do not drop this future before it ends: a claim statement cancelled after the server ran
@@ -338,9 +424,13 @@ impl Runner {
         stop: &CancellationToken,
     ) -> anyhow::Result<PassReport> {
         let mut report = PassReport::default();
-        // At most `workers` jobs at once, like the dispatcher: the pool is sized for that.
+        // At most the in-flight limit at once, like the dispatcher.
         let settings = self.shared.settings();
-        let batch = settings.runner.batch.min(settings.runner.workers).max(1);
+        let batch = settings
+            .runner
+            .batch
+            .min(self.shared.limit.load(Ordering::SeqCst))
+            .max(1);
         let mut remaining = max;
         while remaining > 0 && !stop.is_cancelled() {
             if self.shared.closing.load(Ordering::SeqCst) {

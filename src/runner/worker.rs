@@ -10,11 +10,12 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::retry::{self, Next};
-use super::{Fence, Job, JobError, Outcome, store};
+use super::Shared;
 use crate::db::redact_sqlx;
+use crate::db::wait::patiently;
 use crate::delivery::{JobContext, SentRecords};
-use crate::runner::Shared;
+use crate::queue::retry::{self, Next};
+use crate::queue::{Fence, Job, JobError, Outcome, store};
 
 /// A finished job waiting for its `done` write; `ack` says whether the fence held.
 pub struct CompleteRequest {
@@ -162,7 +163,7 @@ async fn finish(
                     &err.message,
                 )
             };
-            match with_retries(write).await {
+            match with_retries(shared, write).await {
                 Some(true) => {
                     shared.hint_due(delay);
                     if refund {
@@ -178,7 +179,11 @@ async fn finish(
             }
         }
         Next::Fail { code, message } => {
-            match with_retries(|| store::fail(&shared.pool, &job.fence, &code, &message)).await {
+            match with_retries(shared, || {
+                store::fail(&shared.pool, &job.fence, &code, &message)
+            })
+            .await
+            {
                 Some(true) => {
                     shared
                         .health
@@ -204,15 +209,20 @@ fn lost(job: &Job) -> Outcome {
 }
 
 /// A state write survives a short database outage: retried for a few seconds, then given up
-/// (the lease expires and the rescuer takes the job back; nothing is lost).
-async fn with_retries<T, F, Fut>(mut write: F) -> Option<T>
+/// (the lease expires and the rescuer takes the job back; nothing is lost). A wait for a
+/// connection is no outage: it is waited out for up to a lease (which the lease keeper extends)
+/// before it counts as a failure (see [`crate::db::wait`]).
+async fn with_retries<T, F, Fut>(shared: &Shared, mut write: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = sqlx::Result<T>>,
 {
     let mut delay = Duration::from_millis(100);
+    // One lease in all for the waits, however many failures come between them.
+    let patience_ends = tokio::time::Instant::now() + shared.settings().runner.lease;
     for attempt in 1..=6 {
-        match write().await {
+        let bound = patience_ends.saturating_duration_since(tokio::time::Instant::now());
+        match patiently(bound, &shared.metrics.db_waits, &mut write).await {
             Ok(v) => return Some(v),
             Err(e) => {
                 tracing::warn!(attempt, error = %redact_sqlx(&e), "writing the job's state failed");
@@ -232,7 +242,7 @@ pub async fn completer(
 ) {
     const MAX_BATCH: usize = 1024;
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while super::next_batch(&mut rx, &stop, MAX_BATCH, &mut batch).await {
+    while crate::queue::next_batch(&mut rx, &stop, MAX_BATCH, &mut batch).await {
         let ids: Vec<i64> = batch.iter().map(|r| r.fence.id).collect();
         let attempts: Vec<i32> = batch.iter().map(|r| r.fence.attempts).collect();
         let mut records = store::CompletionRecords::default();
@@ -246,7 +256,7 @@ pub async fn completer(
                 }
             }
         }
-        let held = with_retries(|| {
+        let held = with_retries(&shared, || {
             store::complete(&shared.pool, &shared.locked_by, &ids, &attempts, &records)
         })
         .await

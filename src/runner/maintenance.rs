@@ -7,10 +7,11 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::store::{self, Reclaim};
+use super::Shared;
 use crate::config::OnUnknown;
 use crate::db::redact_sqlx;
-use crate::runner::Shared;
+use crate::db::wait::patiently;
+use crate::queue::store::{self, Reclaim};
 
 /// The longest time between two database probes, and between a probe and its answer.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -87,9 +88,24 @@ pub async fn lease_keeper(shared: Arc<Shared>, stop: CancellationToken) {
         if ids.is_empty() {
             continue;
         }
-        if let Err(e) = store::extend_leases(&shared.pool, &shared.locked_by, &ids, lease).await {
+        let extend = || store::extend_leases(&shared.pool, &shared.locked_by, &ids, lease);
+        if let Err(e) = patiently(lease / 3, &shared.metrics.db_waits, extend).await {
             tracing::warn!(error = %redact_sqlx(&e), "extending leases failed");
         }
+    }
+}
+
+/// Re-sizes the in-flight limit every second from the latencies observed (see
+/// [`super::sizing`]).
+pub async fn sizer(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        shared.resize(false);
     }
 }
 
@@ -174,7 +190,7 @@ pub async fn prober(shared: Arc<Shared>, stop: CancellationToken) {
 pub async fn refresh_gauges(shared: &Shared, all: bool) {
     match store::queue_stats(&shared.pool, all).await {
         Ok(stats) => {
-            for status in super::STATUSES {
+            for status in crate::queue::STATUSES {
                 if !all && !matches!(status, "queued" | "running") {
                     continue;
                 }

@@ -14,13 +14,16 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{CHANNEL, store};
+use super::Shared;
 use crate::db::redact_sqlx;
-use crate::runner::Shared;
+use crate::queue::{CHANNEL, store};
 
 /// How often the LISTEN connection is probed. A connection cut without a reset (a dead NAT
 /// entry, a firewall) delivers nothing and reports nothing; a query on it finds out.
 const LISTEN_PROBE: Duration = Duration::from_secs(15);
+
+/// How long the dispatcher pauses before a claim while statements wait for connections.
+const SATURATED_PAUSE: Duration = Duration::from_millis(100);
 
 /// A LISTEN connection.
 pub struct Listener(PgListener);
@@ -126,6 +129,7 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
     let mut heartbeat = tokio::time::interval(beat_every);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut error_backoff = Duration::from_millis(250);
+    let mut last_waits = shared.metrics.db_waits.get();
     // Start with a pass: jobs may have been queued while no runner was up.
     let mut pending = true;
 
@@ -172,7 +176,7 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
         // the workers: one batch being written and one gathering never hold the claims up (with
         // `workers` alone, 32-worker drains were a fifth slower).
         let flushed = shared.completions_flushed.notified();
-        let workers = shared.workers.load(Ordering::SeqCst) as usize;
+        let workers = shared.limit.load(Ordering::SeqCst) as usize;
         if shared.completing.load(Ordering::SeqCst) >= 2 * workers.max(1) {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -183,6 +187,23 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
             continue;
         }
 
+        // Back-pressure: while statements wait for connections, more jobs would only wait beside
+        // them. Claim a little at a time, after a pause, until the waits stop.
+        let waits = shared.metrics.db_waits.get();
+        let saturated = waits != last_waits;
+        last_waits = waits;
+        if saturated {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(SATURATED_PAUSE) => {}
+            }
+        }
+        let batch = if saturated {
+            settings.pool_size().max(1)
+        } else {
+            settings.runner.batch
+        };
+
         // Free worker slots: wait for one, then take every other free one up to a batch.
         let first = tokio::select! {
             _ = stop.cancelled() => return,
@@ -190,7 +211,7 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
             _ = heartbeat.tick() => { pending = true; continue }
         };
         let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
-        while permits.len() < settings.runner.batch as usize {
+        while permits.len() < batch as usize {
             match shared.slots.clone().try_acquire_owned() {
                 Ok(p) => permits.push(p),
                 Err(_) => break,
@@ -209,6 +230,13 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
                 if !pending {
                     schedule_next_due(&shared).await;
                 }
+            }
+            Err(e) if crate::db::wait::is_wait(&e) => {
+                // The database is busy, not down: no job was claimed; claim less for a while.
+                drop(permits);
+                shared.metrics.db_waits.inc();
+                tracing::debug!(error = %redact_sqlx(&e), "claiming waited for a connection");
+                pending = true;
             }
             Err(e) => {
                 drop(permits);

@@ -1,0 +1,349 @@
+//! Issue 12's rows: the built-in settings at Meta's rates and real latencies, on a small
+//! connection budget. Each row drives an in-process runner built as the daemon builds it
+//! (`db::pool`, the built-in configuration plus what the row names) while a sampler counts the
+//! runner's connections in `pg_stat_activity` (by `application_name`), its `running` jobs and
+//! this process's RSS every 50 ms.
+//!
+//! - live delivery to the mock Cloud API answering after 200 ms, `whatsapp.rate_per_second` 80
+//!   and 1,000: messages/s against the rate;
+//! - 500 `input` jobs against a mock orchestrator answering after 5 s, rate 1,000: time to done;
+//! - 2,000 sandbox jobs as a role with `CONNECTION LIMIT 3` (the budget, 8, above it): time to
+//!   done, and whether every job took one attempt;
+//! - RSS with 1,000 jobs in flight (the 5 s orchestrator again).
+//!
+//! A row still running after its cap is stopped and rated by the jobs done by then (it says so).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use outbound_runner::config::{DeliveryMode, Settings};
+use outbound_runner::delivery::JobHandler;
+use outbound_runner::delivery::live::LiveHandler;
+use outbound_runner::delivery::sandbox::SandboxHandler;
+use outbound_runner::health::Health;
+use outbound_runner::metrics::Metrics;
+use outbound_runner::runner::Runner;
+use serde_json::json;
+use sqlx::postgres::PgConnectOptions;
+
+use crate::common::{Args, Db, Row, int};
+use crate::mock_meta::{self, Limits, MockMeta};
+use crate::mock_orchestrator::{Answer, MockOrchestrator};
+use crate::progress;
+
+const APP: &str = "or-bench-budget";
+
+/// The built-in configuration, untouched (no worker count: the defaults' own).
+fn defaults() -> Settings {
+    let mut s = outbound_runner::config::load(&outbound_runner::config::LoadOptions {
+        config_path: None,
+        skip_default_path: true,
+        env: Default::default(),
+    })
+    .unwrap();
+    s.http.listen = String::new();
+    s
+}
+
+fn live(s: &mut Settings, meta: &MockMeta, rate: u32) {
+    s.delivery.mode = DeliveryMode::Live;
+    s.whatsapp.api_base = meta.api_base();
+    s.whatsapp.phone_number_id = mock_meta::PHONE_NUMBER_ID.into();
+    s.whatsapp.access_token = Some(mock_meta::TOKEN.to_string().into());
+    s.whatsapp.rate_per_second = rate;
+    // One recipient per job: the pair spacing never applies.
+    s.whatsapp.pair_interval = Duration::ZERO;
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Drive {
+    jobs: usize,
+    done: i64,
+    /// Done jobs that took more than one attempt.
+    retried: i64,
+    elapsed: f64,
+    capped: bool,
+    max_connections: i64,
+    max_running: i64,
+    rss_base_kb: i64,
+    rss_peak_kb: i64,
+}
+
+fn rss_kb() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Inserts `payloads` (one JSON per job), starts a runner with `s` as `opts`' user, and waits
+/// until every job is done or `cap` passes, sampling meanwhile.
+async fn drive(
+    db: &Db,
+    opts: PgConnectOptions,
+    s: Settings,
+    handler: Arc<dyn JobHandler>,
+    jobs: usize,
+    input: bool,
+    cap: Duration,
+) -> Drive {
+    let payload = if input {
+        r#"jsonb_build_object('to', '1555' || lpad(g::text, 7, '0'), 'input', jsonb_build_object('text', 'hi ' || g))"#
+    } else {
+        r#"jsonb_build_object('to', '1555' || lpad(g::text, 7, '0'), 'message', jsonb_build_object('type', 'text', 'text', jsonb_build_object('body', 'bench ' || g)))"#
+    };
+    sqlx::query(&format!(
+        r#"INSERT INTO "OutboundJob" (payload) SELECT {payload} FROM generate_series(1, $1) g"#
+    ))
+    .bind(jobs as i32)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    db.vacuum().await;
+
+    // The sampler: its own connection (not the runner's application_name).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (conns, running, rss) = (
+        Arc::new(AtomicI64::new(0)),
+        Arc::new(AtomicI64::new(0)),
+        Arc::new(AtomicI64::new(0)),
+    );
+    let rss_base_kb = rss_kb();
+    let sampler = {
+        let (stop, conns, running, rss) =
+            (stop.clone(), conns.clone(), running.clone(), rss.clone());
+        let pool = db.pool.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let (c, r): (i64, i64) = sqlx::query_as(
+                    r#"SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name = $1),
+                              (SELECT count(*) FROM "OutboundJob" WHERE status = 'running')"#,
+                )
+                .bind(APP)
+                .fetch_one(&pool)
+                .await
+                .unwrap_or((0, 0));
+                conns.fetch_max(c, Ordering::SeqCst);
+                running.fetch_max(r, Ordering::SeqCst);
+                rss.fetch_max(rss_kb(), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    let pool = outbound_runner::db::pool(&s, opts.application_name(APP));
+    // As the daemon does before it starts the runner (app.rs).
+    let pool = outbound_runner::db::wait::fit_budget(pool, &s).await;
+    let started = Instant::now();
+    let runner = Runner::start(
+        pool.clone(),
+        None,
+        Arc::new(s),
+        handler,
+        Arc::new(Metrics::new()),
+        Arc::new(Health::default()),
+    )
+    .await;
+    let capped = loop {
+        let done = db.count("done").await;
+        if done as usize >= jobs {
+            break false;
+        }
+        if started.elapsed() >= cap {
+            break true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::SeqCst);
+    let _ = sampler.await;
+    runner.shutdown().await;
+    pool.close().await;
+    let (done, retried): (i64, i64) = sqlx::query_as(
+        r#"SELECT count(*) FILTER (WHERE status = 'done'),
+                  count(*) FILTER (WHERE status = 'done' AND attempts <> 1)
+           FROM "OutboundJob""#,
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    Drive {
+        jobs,
+        done,
+        retried,
+        elapsed,
+        capped,
+        max_connections: conns.load(Ordering::SeqCst),
+        max_running: running.load(Ordering::SeqCst),
+        rss_base_kb,
+        rss_peak_kb: rss.load(Ordering::SeqCst),
+    }
+}
+
+fn held(d: &Drive, budget: u32) -> String {
+    format!(
+        "{} connections held at most (budget {budget}); {} jobs running at most",
+        d.max_connections, d.max_running
+    )
+}
+
+fn finished(d: &Drive) -> String {
+    if d.capped {
+        format!(
+            "{} of {} done after {:.0} s (stopped)",
+            int(d.done as f64),
+            int(d.jobs as f64),
+            d.elapsed
+        )
+    } else {
+        format!("all {} done in {:.1} s", int(d.jobs as f64), d.elapsed)
+    }
+}
+
+pub async fn run(a: &Args) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let cap = Duration::from_secs(if a.quick { 20 } else { 30 });
+
+    // Meta at 200 ms, the defaults plus the number's rate.
+    for rate in [80u32, 1000] {
+        let secs = if a.quick { 4 } else { 10 };
+        let jobs = rate as usize * secs;
+        let db = Db::new().await;
+        let meta = MockMeta::start_with(Limits::default(), Duration::from_millis(200)).await;
+        let mut s = defaults();
+        live(&mut s, &meta, rate);
+        let budget = s.pool_size() + 1;
+        let handler = Arc::new(LiveHandler::new(&s).unwrap());
+        let d = drive(&db, db.opts.clone(), s, handler, jobs, false, cap).await;
+        let per_s = d.done as f64 / d.elapsed;
+        progress!(
+            "live, 200 ms, rate {rate}: {} messages/s, {} connections",
+            int(per_s),
+            d.max_connections
+        );
+        rows.push(Row {
+            section: "budget",
+            measure: "live delivery, mock Cloud API answering after 200 ms, built-in settings"
+                .into(),
+            setup: format!(
+                "{} jobs, whatsapp.rate_per_second = {rate}",
+                int(jobs as f64)
+            ),
+            result: format!("{} messages/s", int(per_s)),
+            ratio: format!("{:.0} % of the rate", per_s / f64::from(rate) * 100.0),
+            detail: format!("{}; {}", held(&d, budget), finished(&d)),
+        });
+        db.drop().await;
+    }
+
+    // The orchestrator at 5 s: 500 replies, then the RSS with 1,000 in flight.
+    for (jobs, rss_row) in [(500usize, false), (1000, true)] {
+        let db = Db::new().await;
+        let meta = MockMeta::start().await;
+        let orchestrator = MockOrchestrator::start(json!({"messages": [
+            {"type": "text", "text": {"body": "on it"}}
+        ]}))
+        .await;
+        orchestrator.script((0..jobs).map(|_| {
+            Answer::Slow(
+                Duration::from_secs(5),
+                json!({"messages": [{"type": "text", "text": {"body": "on it"}}]}),
+            )
+        }));
+        let mut s = defaults();
+        live(&mut s, &meta, 1000);
+        s.orchestrator.url = orchestrator.url();
+        let budget = s.pool_size() + 1;
+        let handler = Arc::new(LiveHandler::new(&s).unwrap());
+        let d = drive(&db, db.opts.clone(), s, handler, jobs, true, cap).await;
+        progress!(
+            "{jobs} input jobs, orchestrator 5 s: {}; {} connections; RSS {} → {} MB",
+            finished(&d),
+            d.max_connections,
+            d.rss_base_kb / 1024,
+            d.rss_peak_kb / 1024
+        );
+        rows.push(if rss_row {
+            Row {
+                section: "budget",
+                measure: "memory with 1,000 jobs in flight (orchestrator answering after 5 s)"
+                    .into(),
+                setup: "1,000 input jobs, rate 1000, built-in settings".into(),
+                result: format!("RSS {:.0} MB at the peak", d.rss_peak_kb as f64 / 1024.0),
+                ratio: format!(
+                    "{:.0} MB before the runner started (the bench, its mocks)",
+                    d.rss_base_kb as f64 / 1024.0
+                ),
+                detail: format!("{}; {}", held(&d, budget), finished(&d)),
+            }
+        } else {
+            Row {
+                section: "budget",
+                measure: "input jobs, mock orchestrator answering after 5 s, built-in settings"
+                    .into(),
+                setup: "500 input jobs, whatsapp.rate_per_second = 1000".into(),
+                result: finished(&d),
+                ratio: String::new(),
+                detail: held(&d, budget),
+            }
+        });
+        db.drop().await;
+    }
+
+    // A role the server lets have 3 connections, the budget above it.
+    let jobs = if a.quick { 500 } else { 2000 };
+    let db = Db::new().await;
+    let role = format!("or_bench_limited_{:08x}", rand::random::<u32>());
+    for sql in [
+        format!(r#"CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 3"#),
+        format!(r#"GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}""#),
+        format!(r#"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "{role}""#),
+    ] {
+        sqlx::query(&sql).execute(&db.pool).await.unwrap();
+    }
+    let s = defaults();
+    let budget = s.pool_size() + 1;
+    let d = drive(
+        &db,
+        db.opts.clone().username(&role),
+        s,
+        Arc::new(SandboxHandler),
+        jobs,
+        false,
+        Duration::from_secs(60),
+    )
+    .await;
+    progress!(
+        "CONNECTION LIMIT 3: {}; {} retried; {} connections",
+        finished(&d),
+        d.retried,
+        d.max_connections
+    );
+    rows.push(Row {
+        section: "budget",
+        measure: "sandbox jobs as a role with CONNECTION LIMIT 3, built-in settings".into(),
+        setup: format!("{} jobs, budget {budget}", int(jobs as f64)),
+        result: finished(&d),
+        ratio: format!(
+            "{} of the done jobs took more than one attempt",
+            int(d.retried as f64)
+        ),
+        detail: held(&d, budget),
+    });
+    db.drop().await;
+    if let Ok(admin) = crate::common::admin_url().parse::<PgConnectOptions>() {
+        use sqlx::{ConnectOptions, Executor};
+        if let Ok(mut conn) = admin.connect().await {
+            let _ = conn
+                .execute(format!(r#"DROP ROLE IF EXISTS "{role}""#).as_str())
+                .await;
+        }
+    }
+    rows
+}
