@@ -1,6 +1,7 @@
-//! The command line: `run` (the daemon, default), `migrate`, `enqueue`, `status`, `verify`,
-//! `check-config`.
+//! The command line: `run` (the daemon, default), `migrate`, `enqueue`, `status`, `jobs`,
+//! `verify`, `check-config`.
 
+pub mod jobs;
 pub mod status;
 pub mod verify;
 
@@ -40,6 +41,8 @@ pub enum Command {
     Enqueue(EnqueueArgs),
     /// The queue at a glance: the guide's monitoring queries, with checks (exit 1 if one fails).
     Status(status::StatusArgs),
+    /// Find, inspect, retry, cancel and settle jobs (list|show|retry|cancel|settle).
+    Jobs(jobs::JobsArgs),
     /// Check a running runner over HTTP: both trigger endpoints, auth, readiness, metrics.
     Verify(verify::VerifyArgs),
     /// Load and validate the configuration; print the effective values, secrets masked.
@@ -112,6 +115,13 @@ pub async fn main(cli: Cli) -> u8 {
                 } else {
                     exit::CHECK_FAILED
                 })
+            })
+            .await
+        }
+        Command::Jobs(args) => {
+            let default_max_attempts = settings.retry.max_attempts as i32;
+            with_database(&opts, &settings, |pool| async move {
+                Ok(jobs::run(&pool, &args, default_max_attempts).await)
             })
             .await
         }

@@ -9,7 +9,10 @@
 //! - [`worker`]: runs one job through the [`crate::delivery::JobHandler`] and turns the result
 //!   into the job's next state; the completer that batches completions.
 //! - [`maintenance`]: the rescuer (expired leases), the lease keeper and the pruner.
+//! - [`admin`]: the operators' actions (list, show, retry, cancel, settle) behind
+//!   `outbound-runner jobs` and the admin API.
 
+pub mod admin;
 pub mod dispatcher;
 pub mod maintenance;
 pub mod retry;

@@ -1,0 +1,6 @@
+-- What operators did to a job (`outbound-runner jobs retry|cancel|settle`, the admin API): one
+-- JSON object per action, oldest first, each with what the job was before it (status, attempts,
+-- "maxAttempts", "lastError", "lastErrorCode", "completedAt"). A retry clears "lastError"; the
+-- error stays readable here. The runner never writes this column.
+-- (A column with a constant default is added without rewriting the table.)
+ALTER TABLE "OutboundJob" ADD COLUMN history jsonb NOT NULL DEFAULT '[]';
