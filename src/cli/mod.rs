@@ -375,6 +375,8 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
         ),
         ("http.cron_secret".into(), secret(&s.http.cron_secret)),
         ("http.cron_secret_file".into(), p(&s.http.cron_secret_file)),
+        ("http.admin_token".into(), secret(&s.http.admin_token)),
+        ("http.admin_token_file".into(), p(&s.http.admin_token_file)),
         (
             "http.max_per_request".into(),
             s.http.max_per_request.to_string(),
