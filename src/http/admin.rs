@@ -54,11 +54,11 @@ pub fn routes() -> Router<HttpState> {
         .route("/api/admin/jobs/{id}/settle", post(settle))
 }
 
-/// Disabled (404), a token in the query (400), then the bearer (401).
-fn authorize(state: &HttpState, headers: &HeaderMap, query: Option<&str>) -> Result<(), Response> {
+/// Disabled (404), a token in the query (400), then the bearer (401): the refusal, if any.
+fn refuse(state: &HttpState, headers: &HeaderMap, query: Option<&str>) -> Option<Response> {
     let settings = state.runner().settings();
     if settings.http.admin_token.is_none() {
-        return Err(auth::Denied::Disabled.into_response());
+        return Some(auth::Denied::Disabled.into_response());
     }
     if let Some(q) = query
         && url::form_urlencoded::parse(q.as_bytes())
@@ -68,13 +68,14 @@ fn authorize(state: &HttpState, headers: &HeaderMap, query: Option<&str>) -> Res
             "admin API request refused: a token was given in the query string (header only: \
              Authorization: Bearer)"
         );
-        return Err(error(
+        return Some(error(
             StatusCode::BAD_REQUEST,
             "the admin token is accepted in the Authorization header only, never in the URL",
         ));
     }
     auth::authorize(Endpoint::Admin, &settings.http, headers, None)
-        .map_err(IntoResponse::into_response)
+        .err()
+        .map(IntoResponse::into_response)
 }
 
 fn failure(e: AdminError) -> Response {
@@ -151,7 +152,7 @@ async fn list(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, query.as_deref()) {
+    if let Some(r) = refuse(&state, &headers, query.as_deref()) {
         return r;
     }
     let filter = match filter_from_query(query.as_deref()) {
@@ -177,7 +178,7 @@ async fn show(
     RawQuery(query): RawQuery,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, query.as_deref()) {
+    if let Some(r) = refuse(&state, &headers, query.as_deref()) {
         return r;
     }
     let id = match job_id(&id) {
@@ -258,7 +259,7 @@ async fn retry(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, query.as_deref()) {
+    if let Some(r) = refuse(&state, &headers, query.as_deref()) {
         return r;
     }
     let result = async {
@@ -291,7 +292,7 @@ async fn cancel(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, query.as_deref()) {
+    if let Some(r) = refuse(&state, &headers, query.as_deref()) {
         return r;
     }
     let result = async {
@@ -329,7 +330,7 @@ async fn settle(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, query.as_deref()) {
+    if let Some(r) = refuse(&state, &headers, query.as_deref()) {
         return r;
     }
     let result = async {
