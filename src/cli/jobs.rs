@@ -264,10 +264,10 @@ async fn execute(
             } else {
                 let seqs: Vec<String> = done.messages.iter().map(|s| s.to_string()).collect();
                 println!(
-                    "job {}: message(s) {} settled as {:?}; the job is {}",
+                    "job {}: message(s) {} settled as {}; the job is {}",
                     done.job_id,
                     seqs.join(", "),
-                    done.settled_as,
+                    done.settled_as.as_str(),
                     done.job_status
                 );
             }

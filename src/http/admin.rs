@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::HttpState;
 use super::auth::{self, Endpoint};
@@ -91,15 +91,15 @@ fn failure(e: AdminError) -> Response {
     error(status, &e.to_string())
 }
 
-/// `{"ok":true, …value's fields}`.
+/// `{"ok":true, …value's fields}`, `ok` first like every other answer.
 fn ok_with(value: impl serde::Serialize) -> Response {
-    let mut v = serde_json::to_value(value).unwrap_or_else(|_| json!({}));
-    let mut out = serde_json::Map::new();
-    out.insert("ok".into(), Value::Bool(true));
-    if let Value::Object(fields) = &mut v {
-        out.append(fields);
+    #[derive(serde::Serialize)]
+    struct Answer<T> {
+        ok: bool,
+        #[serde(flatten)]
+        value: T,
     }
-    axum::Json(Value::Object(out)).into_response()
+    axum::Json(Answer { ok: true, value }).into_response()
 }
 
 fn bad(msg: impl Into<String>) -> AdminError {

@@ -769,7 +769,7 @@ impl std::str::FromStr for Settled {
 }
 
 impl Settled {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Settled::Sent => "sent",
             Settled::Failed => "failed",
