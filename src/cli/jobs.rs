@@ -32,7 +32,7 @@ pub enum JobsCommand {
     Show(ShowArgs),
     /// Failed or cancelled jobs back to queued (attempts kept; a fresh allowance of attempts).
     Retry(RetryArgs),
-    /// Queued jobs to cancelled; running jobs are reported and left to finish.
+    /// Queued jobs to cancelled; running jobs are asked to stop before their next send.
     Cancel(CancelArgs),
     /// Decide an `unknown` message: it was sent, or it failed.
     Settle(SettleArgs),
@@ -380,7 +380,8 @@ fn describe_cancel(r: &admin::CancelReport) -> String {
     }
     if r.running > 0 {
         out.push_str(&format!(
-            "\nleft {} running job(s) to finish (a runner holds them): {}",
+            "\n{} {} running job(s) to stop before their next send (never mid-send): {}",
+            if r.dry_run { "would ask" } else { "asked" },
             r.running,
             ids_line(&r.running_ids, r.running)
         ));

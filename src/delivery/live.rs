@@ -464,7 +464,10 @@ where
 }
 
 fn lost() -> JobError {
-    JobError::retry("lost", "the job was taken from this runner")
+    JobError::retry(
+        "lost",
+        "the job was taken from this runner, or an operator asked it to stop (jobs cancel)",
+    )
 }
 
 fn database(what: &str, e: &dyn std::fmt::Display) -> JobError {

@@ -5,14 +5,18 @@
 //! Every action is one statement, and keeps the queue's rules (docs/queue.md):
 //!
 //! - **Only documented transitions.** `retry`: `failed | cancelled → queued`. `cancel`:
-//!   `queued → cancelled`. `settle`: an `unknown` message → `sent | failed`, its job (`failed` or
-//!   `cancelled`) → `done` when every message is now sent. Nothing else is touched.
-//! - **A running job is never written.** A runner's writes are fenced on `status = 'running'`,
-//!   its `"lockedBy"` and `attempts`; these statements never match a running row, so a claim,
-//!   a lease and a fence stay exactly as the runner left them. `cancel` reports running jobs
-//!   and leaves them to finish (their sends are never cut: a send in flight cannot be recalled
-//!   anyway); cancel them once they failed, or retry-then-cancel is not needed: a job that ends
-//!   `done` was delivered.
+//!   `queued → cancelled`, and a running job's request to stop. `settle`: an `unknown` message →
+//!   `sent | failed`, its job (`failed` or `cancelled`) → `done` when every message is now sent.
+//!   Nothing else is touched.
+//! - **A running job's claim is never touched.** A runner's writes are fenced on
+//!   `status = 'running'`, its `"lockedBy"` and `attempts`; no statement here changes those of a
+//!   running row, so its claim, lease and fence stay exactly as the runner left them. `cancel`
+//!   only asks a running job to stop: it sets `"cancelRequestedAt"`. The runner then sends
+//!   nothing more (the ledger refuses to mark another message `sending`; a send already under
+//!   way is never cut, it could not be recalled anyway), and when its attempt ends, the job
+//!   becomes `cancelled` where it would have been requeued or failed (a job whose messages were
+//!   all sent ends `done`: it was delivered). A runner that lost the job on a drain or a crash
+//!   leaves it `queued` with the request; its next attempt stops before sending the same way.
 //! - **Rows are locked before they are judged** (`FOR NO KEY UPDATE`, waiting rather than
 //!   skipping): a claim that takes a queued job at the same moment either commits first (the
 //!   cancel then sees `running` and leaves it) or waits for the cancel (and then finds it
@@ -588,7 +592,8 @@ pub async fn retry(
                         THEN COALESCE((j.history->0->>'maxAttempts')::int, $14)
                     ELSE COALESCE(j."maxAttempts", $14) END,
                 "lockedBy" = NULL, "lockedAt" = NULL, "leaseUntil" = NULL,
-                "lastError" = NULL, "lastErrorCode" = NULL, "updatedAt" = now(),
+                "lastError" = NULL, "lastErrorCode" = NULL, "cancelRequestedAt" = NULL,
+                "updatedAt" = now(),
                 history = j.history || jsonb_build_array(jsonb_build_object(
                     'at', now(), 'action', 'retry', 'by', $13::text, 'status', j.status,
                     'attempts', j.attempts, 'maxAttempts', j."maxAttempts",
@@ -662,7 +667,8 @@ pub struct CancelReport {
     pub matched: i64,
     /// Queued jobs now `cancelled` (dry: that would be).
     pub cancelled: i64,
-    /// Running jobs left to finish: a runner holds them and may be sending.
+    /// Running jobs asked to stop before their next send (or asked already): a runner holds
+    /// them; each ends `cancelled`, or `done` if all its messages were sent.
     pub running: i64,
     /// The cancelled ids, at most [`MAX_REPORTED_IDS`].
     pub ids: Vec<i64>,
@@ -671,7 +677,8 @@ pub struct CancelReport {
 }
 
 /// Queued jobs to `cancelled` (`"completedAt"` set, so the pruner removes them after
-/// `runner.retention`). Running jobs are counted and left alone (see the module docs).
+/// `runner.retention`); running jobs asked to stop at their next safe point (see the module
+/// docs).
 pub async fn cancel(
     pool: &PgPool,
     filter: &Filter,
@@ -703,6 +710,18 @@ pub async fn cancel(
             FROM target t
             WHERE NOT $11 AND j.id = t.id AND t.status = 'queued' AND j.status = 'queued'
             RETURNING j.id
+        ), stop AS (
+            -- Not a fenced column: the runner's claim, lease and attempts stay as they are.
+            UPDATE "OutboundJob" j
+            SET "cancelRequestedAt" = now(),
+                history = j.history || jsonb_build_array(jsonb_build_object(
+                    'at', now(), 'action', 'cancel requested', 'by', $12::text, 'status', j.status,
+                    'attempts', j.attempts, 'maxAttempts', j."maxAttempts",
+                    'lastError', j."lastError", 'lastErrorCode', j."lastErrorCode",
+                    'completedAt', j."completedAt"))
+            FROM target t
+            WHERE NOT $11 AND j.id = t.id AND t.status = 'running' AND j.status = 'running'
+              AND j."cancelRequestedAt" IS NULL
         )
         SELECT (SELECT count(*) FROM target),
                CASE WHEN $11 THEN (SELECT array_agg(id ORDER BY id) FROM target WHERE status = 'queued')
@@ -736,7 +755,7 @@ pub async fn cancel(
             matched = report.matched,
             cancelled = report.cancelled,
             running = report.running,
-            "operator cancel: {} queued job(s) cancelled; {} running left to finish",
+            "operator cancel: {} queued job(s) cancelled; {} running asked to stop before their next send",
             report.cancelled,
             report.running
         );

@@ -243,7 +243,7 @@ async fn retry_never_resends_a_sent_message_unless_asked_and_never_one_in_doubt(
 }
 
 #[tokio::test]
-async fn cancel_takes_queued_jobs_and_leaves_running_ones_to_finish() {
+async fn cancel_takes_queued_jobs_and_asks_running_ones_to_stop_without_touching_their_claim() {
     let db = TestDb::new().await;
     let gate = Gate::new();
     let runner = spawn_passive(&db, gate.clone(), |_| {}).await;
@@ -257,37 +257,30 @@ async fn cancel_takes_queued_jobs_and_leaves_running_ones_to_finish() {
     let before = db.job(running).await;
     assert_eq!(before.status, "running");
 
-    let dry = admin::cancel(
-        &db.pool,
-        &Filter {
-            ids: ids.clone(),
-            ..Filter::default()
-        },
-        &by(true),
-    )
-    .await
-    .unwrap();
+    let all_three = Filter {
+        ids: ids.clone(),
+        ..Filter::default()
+    };
+    let dry = admin::cancel(&db.pool, &all_three, &by(true))
+        .await
+        .unwrap();
     assert_eq!((dry.matched, dry.cancelled, dry.running), (3, 2, 1));
     assert_eq!(db.count("queued").await, 2);
+    assert!(!cancel_requested(&db, running).await);
 
-    let report = admin::cancel(
-        &db.pool,
-        &Filter {
-            ids: ids.clone(),
-            ..Filter::default()
-        },
-        &by(false),
-    )
-    .await
-    .unwrap();
+    let report = admin::cancel(&db.pool, &all_three, &by(false))
+        .await
+        .unwrap();
     assert_eq!((report.cancelled, report.running), (2, 1));
     assert_eq!(report.ids, ids[1..].to_vec());
     assert_eq!(report.running_ids, vec![running]);
-    // The running job's claim and fence are untouched.
+    // The running job is asked to stop; its claim and fence are untouched.
     let after = db.job(running).await;
     assert_eq!(after.status, "running");
     assert_eq!(after.locked_by, before.locked_by);
     assert_eq!(after.attempts, before.attempts);
+    assert!(cancel_requested(&db, running).await);
+    assert_eq!(history(&db, running).await[0]["action"], "cancel requested");
     for id in &ids[1..] {
         let job = db.job(*id).await;
         assert_eq!(job.status, "cancelled");
@@ -298,9 +291,11 @@ async fn cancel_takes_queued_jobs_and_leaves_running_ones_to_finish() {
         assert_eq!(job.last_error_code.as_deref(), Some("cancelled"));
         assert_eq!(history(&db, *id).await[0]["status"], "queued");
     }
+    // The sandbox records its message with the completion: the job was delivered, it is done.
     gate.open.add_permits(1);
     let report = pass.await.unwrap();
     assert_eq!(report.processed, vec![running]);
+    assert_eq!(db.job(running).await.status, "done");
     // Nothing left to claim: cancelled jobs never run.
     gate.open.add_permits(10);
     assert!(runner.run_pass(10).await.unwrap().processed.is_empty());
@@ -320,6 +315,92 @@ async fn cancel_takes_queued_jobs_and_leaves_running_ones_to_finish() {
     .unwrap();
     assert_eq!(r.retried, 2);
     assert_eq!(runner.run_pass(10).await.unwrap().processed.len(), 2);
+    runner.shutdown().await;
+}
+
+async fn cancel_requested(db: &TestDb, id: i64) -> bool {
+    sqlx::query_scalar(r#"SELECT "cancelRequestedAt" IS NOT NULL FROM "OutboundJob" WHERE id = $1"#)
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Live delivery: a job of two messages is cancelled while its first is in flight. The first
+/// send is not cut (Meta has it, its wamid is recorded); the second is never sent; the job ends
+/// `cancelled`, not retried.
+#[tokio::test]
+async fn a_running_job_asked_to_stop_finishes_its_send_and_sends_nothing_more() {
+    use crate::support::mock_meta::{self, MockMeta, Reply};
+    use outbound_runner::config::DeliveryMode;
+    use outbound_runner::delivery::live::LiveHandler;
+
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let handler = Arc::new(LiveHandler::new(&crate::support::test_settings()).unwrap());
+    let runner = spawn_passive(&db, handler, |s| {
+        s.delivery.mode = DeliveryMode::Live;
+        s.whatsapp.api_base = meta.api_base();
+        s.whatsapp.phone_number_id = mock_meta::PHONE_NUMBER_ID.into();
+        s.whatsapp.access_token = Some(mock_meta::TOKEN.to_string().into());
+        s.whatsapp.timeout = Duration::from_secs(5);
+        s.whatsapp.pair_interval = Duration::ZERO;
+    })
+    .await;
+    meta.script([Reply::Hold]);
+    let id = db
+        .insert_payload(
+            r#"{"to":"15551239001","message":[{"type":"text","text":{"body":"one"}},
+                                             {"type":"text","text":{"body":"two"}}]}"#,
+        )
+        .await;
+    let pass = {
+        let runner = runner.clone();
+        tokio::spawn(async move { runner.run_pass(1).await.unwrap() })
+    };
+    // The first message is with Meta; its answer is held.
+    crate::support::wait_count(&mut meta.recorded(), 1, Duration::from_secs(10)).await;
+    let report = admin::cancel(
+        &db.pool,
+        &Filter {
+            ids: vec![id],
+            ..Filter::default()
+        },
+        &by(false),
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.cancelled, report.running), (0, 1));
+    meta.release(1);
+    let pass = tokio::time::timeout(Duration::from_secs(20), pass)
+        .await
+        .expect("the attempt ends")
+        .unwrap();
+    assert!(pass.processed.is_empty() && pass.failed.is_empty());
+
+    let job = db.job(id).await;
+    assert_eq!(job.status, "cancelled");
+    assert!(job.completed);
+    assert_eq!(
+        meta.accepted_for(id).len(),
+        1,
+        "the second message was never sent"
+    );
+    let statuses: Vec<(i32, String, Option<String>)> = sqlx::query_as(
+        r#"SELECT seq, status, wamid FROM "OutboundMessage" WHERE "jobId" = $1 ORDER BY seq"#,
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(statuses.len(), 2);
+    assert_eq!(statuses[0].1, "sent", "the send in flight was not cut");
+    assert!(statuses[0].2.is_some());
+    assert_eq!(statuses[1].1, "pending");
+    // Nothing runs it again.
+    db.make_due().await;
+    assert!(runner.run_pass(10).await.unwrap().processed.is_empty());
+    assert_eq!(meta.accepted_for(id).len(), 1);
     runner.shutdown().await;
 }
 
