@@ -199,7 +199,11 @@ pub async fn requeue(
         SET status = CASE WHEN "cancelRequestedAt" IS NULL THEN 'queued' ELSE 'cancelled' END,
             "completedAt" = CASE WHEN "cancelRequestedAt" IS NULL THEN NULL ELSE now() END,
             "runAt" = now() + make_interval(secs => $4),
-            attempts = attempts - $5, "lastError" = $6, "lastErrorCode" = $7,
+            attempts = attempts - $5,
+            "lastError" = CASE WHEN "cancelRequestedAt" IS NULL THEN $6
+                ELSE 'stopped at an operator''s request (jobs cancel); the attempt ended with '
+                     || $7 || ': ' || $6 END,
+            "lastErrorCode" = CASE WHEN "cancelRequestedAt" IS NULL THEN $7 ELSE 'cancelled' END,
             "lockedBy" = NULL, "lockedAt" = NULL, "leaseUntil" = NULL, "updatedAt" = now()
         WHERE id = $1 AND status = 'running' AND "lockedBy" = $2 AND attempts = $3
         "#,
@@ -216,14 +220,18 @@ pub async fn requeue(
     Ok(done.rows_affected() == 1)
 }
 
-/// Marks a job `failed` for good (`cancelled` when an operator asked it to stop; the error is
-/// kept). Returns false if the fence did not hold.
+/// Marks a job `failed` for good (`cancelled`, code `cancelled`, when an operator asked it to
+/// stop; the error is kept in `"lastError"`). Returns false if the fence did not hold.
 pub async fn fail(pool: &PgPool, fence: &Fence, code: &str, message: &str) -> sqlx::Result<bool> {
     let done = sqlx::query(
         r#"
         UPDATE "OutboundJob"
         SET status = CASE WHEN "cancelRequestedAt" IS NULL THEN 'failed' ELSE 'cancelled' END,
-            "completedAt" = now(), "lastError" = $4, "lastErrorCode" = $5,
+            "completedAt" = now(),
+            "lastError" = CASE WHEN "cancelRequestedAt" IS NULL THEN $4
+                ELSE 'stopped at an operator''s request (jobs cancel); the attempt ended with '
+                     || $5 || ': ' || $4 END,
+            "lastErrorCode" = CASE WHEN "cancelRequestedAt" IS NULL THEN $5 ELSE 'cancelled' END,
             "leaseUntil" = NULL, "updatedAt" = now()
         WHERE id = $1 AND status = 'running' AND "lockedBy" = $2 AND attempts = $3
         "#,

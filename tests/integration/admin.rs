@@ -380,6 +380,15 @@ async fn a_running_job_asked_to_stop_finishes_its_send_and_sends_nothing_more() 
 
     let job = db.job(id).await;
     assert_eq!(job.status, "cancelled");
+    assert_eq!(job.last_error_code.as_deref(), Some("cancelled"));
+    assert!(
+        job.last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("stopped at an operator's request"),
+        "{:?}",
+        job.last_error
+    );
     assert!(job.completed);
     assert_eq!(
         meta.accepted_for(id).len(),
@@ -1003,4 +1012,59 @@ async fn the_jobs_commands_list_retry_with_confirmation_and_refuse_bad_input() {
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(out.contains("cancelled 3 of 3"), "{out}");
+}
+
+#[tokio::test]
+async fn an_attempt_asked_to_stop_ends_cancelled_whether_it_would_be_retried_or_failed() {
+    use outbound_runner::queue::store;
+    let db = TestDb::new().await;
+    let runner = spawn_passive(&db, Arc::new(Counting::default()), |_| {}).await;
+    let ids = db.insert_jobs(2).await;
+    let jobs = runner.shared().claim(2).await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    let f = Filter {
+        ids: ids.clone(),
+        ..Filter::default()
+    };
+    assert_eq!(
+        admin::cancel(&db.pool, &f, &by(false))
+            .await
+            .unwrap()
+            .running,
+        2
+    );
+    // Asking twice changes nothing more.
+    admin::cancel(&db.pool, &f, &by(false)).await.unwrap();
+    assert_eq!(history(&db, ids[0]).await.as_array().unwrap().len(), 1);
+    assert!(
+        store::requeue(
+            &db.pool,
+            &jobs[0].fence,
+            Duration::ZERO,
+            false,
+            "131000",
+            "x"
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        store::fail(&db.pool, &jobs[1].fence, "131026", "y")
+            .await
+            .unwrap()
+    );
+    for job in &jobs {
+        let row = db.job(job.id).await;
+        assert_eq!(row.status, "cancelled", "job {}", job.id);
+        assert_eq!(row.last_error_code.as_deref(), Some("cancelled"));
+        assert!(row.completed);
+    }
+    // Retrying clears the request: the job runs normally again.
+    let r = admin::retry(&db.pool, &f, &by(false), false, 5)
+        .await
+        .unwrap();
+    assert_eq!(r.retried, 2);
+    assert!(!cancel_requested(&db, ids[0]).await);
+    assert_eq!(runner.run_pass(10).await.unwrap().processed.len(), 2);
+    runner.shutdown().await;
 }
