@@ -29,7 +29,8 @@
 //! - **Never a second send by accident.** A retry skips jobs with a message already `sent`
 //!   (`skippedSent`) and jobs with a message in doubt (`unknown`/`sending`: settle them first,
 //!   `skippedInDoubt`). `resend_sent` retries the former too and SENDS THEIR SENT MESSAGES AGAIN:
-//!   those messages go back to `pending`, their wamids moved to the job's history.
+//!   their ledger rows are removed (seq and wamid kept in the job's history), so the next
+//!   attempt records and sends them as if they had never been sent.
 //! - **The history.** Every action appends to the job's `history` column what the job was before
 //!   (status, attempts, `"maxAttempts"`, `"lastError"`, `"lastErrorCode"`, `"completedAt"`), who
 //!   did it and when. A retry clears `"lastError"`/`"lastErrorCode"` (the job reads like a fresh
@@ -580,9 +581,10 @@ pub async fn retry(
             WHERE $11 AND m.status = 'sent'
             GROUP BY m."jobId"
         ), resent AS (
-            UPDATE "OutboundMessage" m
-            SET status = 'pending', wamid = NULL, "sentAt" = NULL, "updatedAt" = now()
-            FROM eligible e
+            -- The ledger rows go (their wamids are kept in the history): the next attempt
+            -- records them anew, live or sandbox, as for a message never sent.
+            DELETE FROM "OutboundMessage" m
+            USING eligible e
             WHERE NOT $12 AND $11 AND m."jobId" = e.id AND m.status = 'sent'
         ), retried AS (
             UPDATE "OutboundJob" j
