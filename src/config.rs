@@ -166,6 +166,11 @@ pub struct HttpSettings {
     pub cron_secret: Option<SecretString>,
     #[serde(deserialize_with = "path")]
     pub cron_secret_file: Option<PathBuf>,
+    /// `None` disables the admin API (`/api/admin/…` answers 404).
+    #[serde(deserialize_with = "secret")]
+    pub admin_token: Option<SecretString>,
+    #[serde(deserialize_with = "path")]
+    pub admin_token_file: Option<PathBuf>,
     pub max_per_request: u32,
     #[serde(with = "humantime_serde")]
     pub pass_timeout: Duration,
@@ -288,7 +293,7 @@ impl ConfigError {
     }
 }
 
-/// The guide's environment names and the key each one sets.
+/// The guide's environment names (and `ADMIN_TOKEN`) and the key each one sets.
 const GUIDE_ENV: &[(&str, &str)] = &[
     ("DATABASE_URL", "database.url"),
     ("DATABASE_URL_FILE", "database.url_file"),
@@ -296,6 +301,8 @@ const GUIDE_ENV: &[(&str, &str)] = &[
     ("JOB_RUNNER_TOKEN_FILE", "http.job_runner_token_file"),
     ("CRON_SECRET", "http.cron_secret"),
     ("CRON_SECRET_FILE", "http.cron_secret_file"),
+    ("ADMIN_TOKEN", "http.admin_token"),
+    ("ADMIN_TOKEN_FILE", "http.admin_token_file"),
 ];
 
 /// Loads, resolves secrets and validates.
@@ -507,6 +514,12 @@ fn resolve_secrets(s: &mut Settings, env: &HashMap<String, String>) -> Result<()
             credential: "cron_secret",
             value: &mut s.http.cron_secret,
             file: &s.http.cron_secret_file,
+        },
+        SecretSlot {
+            key: "http.admin_token",
+            credential: "admin_token",
+            value: &mut s.http.admin_token,
+            file: &s.http.admin_token_file,
         },
         SecretSlot {
             key: "orchestrator.token",

@@ -5,6 +5,9 @@
 pub const OK: u8 = 0;
 /// A `verify` or `status` check failed.
 pub const CHECK_FAILED: u8 = 1;
+/// EX_USAGE: bad arguments (an unknown filter value), or a bulk action refused for want of a
+/// confirmation.
+pub const USAGE: u8 = 64;
 /// EX_UNAVAILABLE: a dependency is missing (no database, no PostgreSQL binaries).
 pub const UNAVAILABLE: u8 = 69;
 /// EX_SOFTWARE: an internal error.

@@ -1,7 +1,8 @@
-//! The command line: `run` (the daemon, default), `migrate`, `enqueue`, `status`, `verify`,
-//! `check-config`.
+//! The command line: `run` (the daemon, default), `migrate`, `enqueue`, `status`, `jobs`,
+//! `verify`, `check-config`.
 
 pub mod in_flight;
+pub mod jobs;
 pub mod status;
 pub mod verify;
 
@@ -41,6 +42,8 @@ pub enum Command {
     Enqueue(EnqueueArgs),
     /// The queue at a glance: the guide's monitoring queries, with checks (exit 1 if one fails).
     Status(status::StatusArgs),
+    /// Find, inspect, retry, cancel and settle jobs (list|show|retry|cancel|settle).
+    Jobs(jobs::JobsArgs),
     /// Check a running runner over HTTP: both trigger endpoints, auth, readiness, metrics.
     Verify(verify::VerifyArgs),
     /// Load and validate the configuration; print the effective values, secrets masked.
@@ -115,6 +118,13 @@ pub async fn main(cli: Cli) -> u8 {
                 } else {
                     exit::CHECK_FAILED
                 })
+            })
+            .await
+        }
+        Command::Jobs(args) => {
+            let default_max_attempts = settings.retry.max_attempts as i32;
+            with_database(&opts, &settings, |pool| async move {
+                Ok(jobs::run(&pool, &args, default_max_attempts).await)
             })
             .await
         }
@@ -372,6 +382,8 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
         ),
         ("http.cron_secret".into(), secret(&s.http.cron_secret)),
         ("http.cron_secret_file".into(), p(&s.http.cron_secret_file)),
+        ("http.admin_token".into(), secret(&s.http.admin_token)),
+        ("http.admin_token_file".into(), p(&s.http.admin_token_file)),
         (
             "http.max_per_request".into(),
             s.http.max_per_request.to_string(),

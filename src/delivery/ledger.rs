@@ -164,7 +164,9 @@ pub struct Mark {
 /// Marks messages `sending` — of any number of jobs, in one statement — committed (with its
 /// fsync) before their requests leave. Only a message that was not sent and is not in doubt
 /// (`pending`, `failed`), or `sending` when `resend_in_doubt`, can be marked; each row is fenced
-/// by its own job's claim. Returns, for each mark, whether it landed.
+/// by its own job's claim, and none of a job an operator asked to stop (`"cancelRequestedAt"`,
+/// see `queue::admin::cancel`): the job then ends its attempt as if taken from us, and its
+/// requeue or failure makes it `cancelled`. Returns, for each mark, whether it landed.
 pub async fn mark_sending(pool: &PgPool, marks: &[Mark]) -> sqlx::Result<Vec<bool>> {
     let (ids, owners, attempts) = fence_arrays(marks.iter().map(|m| &m.fence));
     let seqs: Vec<i32> = marks.iter().map(|m| m.seq).collect();
@@ -179,6 +181,8 @@ pub async fn mark_sending(pool: &PgPool, marks: &[Mark]) -> sqlx::Result<Vec<boo
             FROM "OutboundJob" j JOIN req r ON j.id = r.job
             WHERE j.id = ANY($1) AND j.status = 'running' AND j."lockedBy" = r.locked_by
               AND j.attempts = r.attempts
+              -- An operator asked the job to stop (`jobs cancel`): nothing more is sent.
+              AND j."cancelRequestedAt" IS NULL
             FOR KEY SHARE OF j
         )
         UPDATE "OutboundMessage" m SET status = 'sending', "updatedAt" = now()

@@ -473,7 +473,10 @@ where
 }
 
 fn lost() -> JobError {
-    JobError::retry("lost", "the job was taken from this runner")
+    JobError::retry(
+        "lost",
+        "the job was taken from this runner, or an operator asked it to stop (jobs cancel)",
+    )
 }
 
 /// A database error of a job's statement: a wait for a connection (past the caller's patience)

@@ -3,6 +3,8 @@
 //! - `/api/jobs/run-outbound`: `JOB_RUNNER_TOKEN` (`http.job_runner_token`), given as the
 //!   guide's `?token=` query parameter or as `Authorization: Bearer`.
 //! - `/api/cron/run-outbound-jobs`: `CRON_SECRET` (`http.cron_secret`) as `Authorization: Bearer`.
+//! - `/api/admin/…`: `ADMIN_TOKEN` (`http.admin_token`) as `Authorization: Bearer` only (the
+//!   admin routes refuse a token in the query string before asking, see `super::admin`).
 //!
 //! An unset secret disables its endpoint (404): an empty configuration never opens anything.
 //! Comparison is constant-time in the presented value. `x-vercel-cron` and a Vercel user agent
@@ -24,6 +26,8 @@ pub enum Endpoint {
     JobRunner,
     /// `/api/cron/run-outbound-jobs`: bearer only.
     Cron,
+    /// `/api/admin/…`: bearer only.
+    Admin,
 }
 
 impl Endpoint {
@@ -31,6 +35,7 @@ impl Endpoint {
         match self {
             Endpoint::JobRunner => "/api/jobs/run-outbound",
             Endpoint::Cron => "/api/cron/run-outbound-jobs",
+            Endpoint::Admin => "/api/admin",
         }
     }
 
@@ -38,6 +43,7 @@ impl Endpoint {
         match self {
             Endpoint::JobRunner => http.job_runner_token.as_ref(),
             Endpoint::Cron => http.cron_secret.as_ref(),
+            Endpoint::Admin => http.admin_token.as_ref(),
         }
     }
 
@@ -45,6 +51,7 @@ impl Endpoint {
         match self {
             Endpoint::JobRunner => "JOB_RUNNER_TOKEN",
             Endpoint::Cron => "CRON_SECRET",
+            Endpoint::Admin => "ADMIN_TOKEN",
         }
     }
 }
@@ -97,7 +104,7 @@ pub fn authorize(
     let bearers = bearer_tokens(headers);
     let query_token = match endpoint {
         Endpoint::JobRunner => query.and_then(query_token),
-        Endpoint::Cron => None,
+        Endpoint::Cron | Endpoint::Admin => None,
     };
     // Every candidate is compared, so the time taken does not tell which one matched.
     let mut ok = Choice::from(0);

@@ -14,6 +14,7 @@
 //! jobs already claimed run to their end (tracked by the drain like every other job).
 //! docs/http.md has the operator's view.
 
+pub mod admin;
 pub mod auth;
 pub mod routes;
 

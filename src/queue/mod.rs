@@ -5,12 +5,15 @@
 //!   enqueue). The one place to read to know what the runner does to the table.
 //! - [`retry`]: the retry policy: what a failure leads to, and the backoff (exponential, capped,
 //!   full jitter).
+//! - [`admin`]: the operators' actions (list, show, retry, cancel, settle) behind
+//!   `outbound-runner jobs` and the admin API.
 //! - The job types ([`Job`], [`JobError`], [`Outcome`]) and the group commit's intake
 //!   (`next_batch`).
 //!
 //! The runtime that claims and runs jobs (dispatcher, workers, completer, maintenance loops) is
 //! `runner`.
 
+pub mod admin;
 pub mod retry;
 pub mod store;
 

@@ -10,6 +10,8 @@
 //!                  └────────────────┘
 //!          rescue (lease expired) / release (our drain) put running rows back to queued
 //!          (or to failed when a message was mid-send: nobody knows if Meta accepted it)
+//!          a running job an operator asked to stop ("cancelRequestedAt", `jobs cancel`) goes
+//!          to cancelled where it would have been requeued or failed
 //! ```
 
 use std::time::Duration;
@@ -180,7 +182,9 @@ pub async fn complete(
 }
 
 /// Puts a job back to `queued`, due after `delay`. With `refund`, the attempt is not counted
-/// (the job was deferred for reasons not its own). Returns false if the fence did not hold.
+/// (the job was deferred for reasons not its own). A job an operator asked to stop
+/// (`"cancelRequestedAt"`, `jobs cancel`) becomes `cancelled` instead. Returns false if the
+/// fence did not hold.
 pub async fn requeue(
     pool: &PgPool,
     fence: &Fence,
@@ -192,8 +196,14 @@ pub async fn requeue(
     let done = sqlx::query(
         r#"
         UPDATE "OutboundJob"
-        SET status = 'queued', "runAt" = now() + make_interval(secs => $4),
-            attempts = attempts - $5, "lastError" = $6, "lastErrorCode" = $7,
+        SET status = CASE WHEN "cancelRequestedAt" IS NULL THEN 'queued' ELSE 'cancelled' END,
+            "completedAt" = CASE WHEN "cancelRequestedAt" IS NULL THEN NULL ELSE now() END,
+            "runAt" = now() + make_interval(secs => $4),
+            attempts = attempts - $5,
+            "lastError" = CASE WHEN "cancelRequestedAt" IS NULL THEN $6
+                ELSE 'stopped at an operator''s request (jobs cancel); the attempt ended with '
+                     || $7 || ': ' || $6 END,
+            "lastErrorCode" = CASE WHEN "cancelRequestedAt" IS NULL THEN $7 ELSE 'cancelled' END,
             "lockedBy" = NULL, "lockedAt" = NULL, "leaseUntil" = NULL, "updatedAt" = now()
         WHERE id = $1 AND status = 'running' AND "lockedBy" = $2 AND attempts = $3
         "#,
@@ -210,12 +220,18 @@ pub async fn requeue(
     Ok(done.rows_affected() == 1)
 }
 
-/// Marks a job `failed` for good. Returns false if the fence did not hold.
+/// Marks a job `failed` for good (`cancelled`, code `cancelled`, when an operator asked it to
+/// stop; the error is kept in `"lastError"`). Returns false if the fence did not hold.
 pub async fn fail(pool: &PgPool, fence: &Fence, code: &str, message: &str) -> sqlx::Result<bool> {
     let done = sqlx::query(
         r#"
         UPDATE "OutboundJob"
-        SET status = 'failed', "completedAt" = now(), "lastError" = $4, "lastErrorCode" = $5,
+        SET status = CASE WHEN "cancelRequestedAt" IS NULL THEN 'failed' ELSE 'cancelled' END,
+            "completedAt" = now(),
+            "lastError" = CASE WHEN "cancelRequestedAt" IS NULL THEN $4
+                ELSE 'stopped at an operator''s request (jobs cancel); the attempt ended with '
+                     || $5 || ': ' || $4 END,
+            "lastErrorCode" = CASE WHEN "cancelRequestedAt" IS NULL THEN $5 ELSE 'cancelled' END,
             "leaseUntil" = NULL, "updatedAt" = now()
         WHERE id = $1 AND status = 'running' AND "lockedBy" = $2 AND attempts = $3
         "#,

@@ -1,6 +1,7 @@
 //! One integration binary (one link, shared helpers). Every test gets its own fresh database
 //! on the PostgreSQL named by `TEST_DATABASE_URL` (default: postgres on 127.0.0.1:5432).
 
+mod admin;
 mod budget;
 mod cli;
 mod delivery;

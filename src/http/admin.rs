@@ -1,0 +1,386 @@
+//! The admin API: the operators' actions of `outbound-runner jobs` over HTTP, for scripts and a
+//! future web console. The statements are [`crate::queue::admin`]'s; docs/http.md documents
+//! the routes and their JSON.
+//!
+//! ```text
+//! GET  /api/admin/jobs?status=failed&code=131000&limit=50&cursor=N  {"ok":true,"jobs":[…],"nextCursor":N|null}
+//! GET  /api/admin/jobs/{id}                                         {"ok":true,"job":{…,"messages":[…],"timeline":[…]}}
+//! POST /api/admin/jobs/retry       {"code":"131000","dryRun":true}  {"ok":true,"dryRun":…,"matched":…,"retried":…,…}
+//! POST /api/admin/jobs/cancel      {"ids":[1,2]}                    {"ok":true,"dryRun":…,"matched":…,"cancelled":…,…}
+//! POST /api/admin/jobs/{id}/settle {"as":"sent"}                    {"ok":true,"jobId":…,"messages":[…],"jobStatus":…}
+//! ```
+//!
+//! Auth: `ADMIN_TOKEN` (`http.admin_token`) as `Authorization: Bearer`, compared like the
+//! trigger tokens ([`super::auth`]). Unset: every admin route answers 404. A token-like query
+//! parameter (`token`, `access_token`, …) is refused with 400 whatever the header says: a URL
+//! ends up in logs and histories. Errors are `{"ok":false,"error":…}` (400 bad input, 401,
+//! 404 disabled or no such job, 409 not in a state the action applies to, 503 database).
+//! Every action is logged with who (`admin-api`) and how many rows.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::HttpState;
+use super::auth::{self, Endpoint};
+use super::routes::error;
+use crate::queue::admin::{self, Actor, AdminError, Filter, Settled};
+
+/// Who the history and the log say did it.
+pub const BY: &str = "admin-api";
+
+/// Query parameters that look like a credential: refused.
+const TOKEN_PARAMS: &[&str] = &[
+    "token",
+    "access_token",
+    "admin_token",
+    "adminToken",
+    "bearer",
+    "authorization",
+];
+
+/// The admin routes (mounted on the API listener).
+pub fn routes() -> Router<HttpState> {
+    Router::new()
+        .route("/api/admin/jobs", get(list))
+        .route("/api/admin/jobs/retry", post(retry))
+        .route("/api/admin/jobs/cancel", post(cancel))
+        .route("/api/admin/jobs/{id}", get(show))
+        .route("/api/admin/jobs/{id}/settle", post(settle))
+}
+
+/// Disabled (404), a token in the query (400), then the bearer (401): the refusal, if any.
+fn refuse(state: &HttpState, headers: &HeaderMap, query: Option<&str>) -> Option<Response> {
+    let settings = state.runner().settings();
+    if settings.http.admin_token.is_none() {
+        return Some(auth::Denied::Disabled.into_response());
+    }
+    if let Some(q) = query
+        && url::form_urlencoded::parse(q.as_bytes())
+            .any(|(k, _)| TOKEN_PARAMS.iter().any(|t| k.eq_ignore_ascii_case(t)))
+    {
+        tracing::warn!(
+            "admin API request refused: a token was given in the query string (header only: \
+             Authorization: Bearer)"
+        );
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            "the admin token is accepted in the Authorization header only, never in the URL",
+        ));
+    }
+    auth::authorize(Endpoint::Admin, &settings.http, headers, None)
+        .err()
+        .map(IntoResponse::into_response)
+}
+
+fn failure(e: AdminError) -> Response {
+    let status = match &e {
+        AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
+        AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+        AdminError::Conflict(_) => StatusCode::CONFLICT,
+        AdminError::Database(_) => {
+            tracing::error!("admin API: {e}");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable");
+        }
+    };
+    error(status, &e.to_string())
+}
+
+/// `{"ok":true, …value's fields}`, `ok` first like every other answer.
+fn ok_with(value: impl serde::Serialize) -> Response {
+    #[derive(serde::Serialize)]
+    struct Answer<T> {
+        ok: bool,
+        #[serde(flatten)]
+        value: T,
+    }
+    axum::Json(Answer { ok: true, value }).into_response()
+}
+
+fn bad(msg: impl Into<String>) -> AdminError {
+    AdminError::Invalid(msg.into())
+}
+
+/// The list filter from query parameters; unknown parameters are refused.
+fn filter_from_query(query: Option<&str>) -> Result<Filter, AdminError> {
+    let mut f = Filter::default();
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let v = v.into_owned();
+        let int = |name: &str| -> Result<i64, AdminError> {
+            v.trim()
+                .parse()
+                .map_err(|_| bad(format!("{name}: not a number")))
+        };
+        match &*k {
+            "status" => f.status.extend(v.split(',').map(|s| s.trim().to_string())),
+            "code" => f.code = Some(v),
+            "since" => f.since = Some(admin::parse_time(&v)?),
+            "until" => f.until = Some(admin::parse_time(&v)?),
+            "to" => f.to = Some(v),
+            "requestId" => f.request_id = Some(v),
+            "from" => f.from = Some(v),
+            "id" | "ids" => {
+                for id in v.split(',') {
+                    f.ids.push(
+                        id.trim()
+                            .parse()
+                            .map_err(|_| bad("id: not a number".to_string()))?,
+                    );
+                }
+            }
+            "limit" => f.limit = Some(int("limit")?),
+            "cursor" => f.cursor = Some(int("cursor")?),
+            other => {
+                let other: String = other.chars().take(40).collect();
+                return Err(bad(format!(
+                    "unknown parameter {other:?} (status, code, since, until, to, requestId, \
+                     from, id, limit, cursor)"
+                )));
+            }
+        }
+    }
+    f.validate()
+}
+
+async fn list(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if let Some(r) = refuse(&state, &headers, query.as_deref()) {
+        return r;
+    }
+    let filter = match filter_from_query(query.as_deref()) {
+        Ok(f) => f,
+        Err(e) => return failure(e),
+    };
+    match admin::list(state.runner().pool(), &filter).await {
+        Ok(page) => ok_with(page),
+        Err(e) => failure(e),
+    }
+}
+
+fn job_id(raw: &str) -> Result<i64, AdminError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| bad("the job id must be a positive number"))
+}
+
+async fn show(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = refuse(&state, &headers, query.as_deref()) {
+        return r;
+    }
+    let id = match job_id(&id) {
+        Ok(id) => id,
+        Err(e) => return failure(e),
+    };
+    match admin::show(state.runner().pool(), id).await {
+        Ok(job) => ok_with(json!({ "job": job })),
+        Err(e) => failure(e),
+    }
+}
+
+/// `status` as one string or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The body of retry and cancel: the filter, and how.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ActionBody {
+    status: Option<OneOrMany>,
+    code: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    to: Option<String>,
+    request_id: Option<String>,
+    from: Option<String>,
+    #[serde(default)]
+    ids: Vec<i64>,
+    limit: Option<i64>,
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    dry_run: bool,
+    /// retry only.
+    #[serde(default)]
+    resend_sent: bool,
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, AdminError> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| bad(format!("the JSON body: {e}")))
+}
+
+fn action_filter(body: &ActionBody) -> Result<Filter, AdminError> {
+    let time = |s: &Option<String>| s.as_deref().map(admin::parse_time).transpose();
+    Filter {
+        status: match &body.status {
+            None => Vec::new(),
+            Some(OneOrMany::One(s)) => vec![s.clone()],
+            Some(OneOrMany::Many(v)) => v.clone(),
+        },
+        code: body.code.clone(),
+        since: time(&body.since)?,
+        until: time(&body.until)?,
+        to: body.to.clone(),
+        request_id: body.request_id.clone(),
+        from: body.from.clone(),
+        ids: body.ids.clone(),
+        limit: body.limit,
+        cursor: None,
+        all: body.all,
+    }
+    .validate()
+}
+
+async fn retry(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = refuse(&state, &headers, query.as_deref()) {
+        return r;
+    }
+    let result = async {
+        let body: ActionBody = parse_body(&body)?;
+        let filter = action_filter(&body)?;
+        let settings = state.runner().settings();
+        let actor = Actor {
+            by: BY,
+            dry_run: body.dry_run,
+        };
+        admin::retry(
+            state.runner().pool(),
+            &filter,
+            &actor,
+            body.resend_sent,
+            settings.retry.max_attempts as i32,
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok(report) => ok_with(report),
+        Err(e) => failure(e),
+    }
+}
+
+async fn cancel(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = refuse(&state, &headers, query.as_deref()) {
+        return r;
+    }
+    let result = async {
+        let body: ActionBody = parse_body(&body)?;
+        if body.resend_sent {
+            return Err(bad("resendSent applies to retry only"));
+        }
+        let filter = action_filter(&body)?;
+        let actor = Actor {
+            by: BY,
+            dry_run: body.dry_run,
+        };
+        admin::cancel(state.runner().pool(), &filter, &actor).await
+    }
+    .await;
+    match result {
+        Ok(report) => ok_with(report),
+        Err(e) => failure(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettleBody {
+    #[serde(rename = "as")]
+    settled_as: String,
+    seq: Option<i32>,
+    wamid: Option<String>,
+}
+
+async fn settle(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = refuse(&state, &headers, query.as_deref()) {
+        return r;
+    }
+    let result = async {
+        let id = job_id(&id)?;
+        let body: SettleBody = parse_body(&body)?;
+        let settled_as: Settled = body.settled_as.parse()?;
+        admin::settle(
+            state.runner().pool(),
+            id,
+            body.seq,
+            settled_as,
+            body.wamid.as_deref(),
+            BY,
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok(report) => ok_with(report),
+        Err(e) => failure(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_filters_parse_and_unknown_parameters_are_refused() {
+        let f = filter_from_query(Some("status=failed,cancelled&code=131000&id=3&id=4,5")).unwrap();
+        assert_eq!(f.status, vec!["cancelled", "failed"]);
+        assert_eq!(f.code.as_deref(), Some("131000"));
+        assert_eq!(f.ids, vec![3, 4, 5]);
+        assert!(
+            filter_from_query(Some("colour=red"))
+                .unwrap_err()
+                .to_string()
+                .contains("unknown parameter")
+        );
+        assert!(filter_from_query(Some("status=bogus")).is_err());
+        assert!(filter_from_query(Some("limit=ten")).is_err());
+    }
+
+    #[test]
+    fn action_bodies_refuse_unknown_fields() {
+        let b = Bytes::from_static(br#"{"status":"failed","dryRun":true}"#);
+        let body: ActionBody = parse_body(&b).unwrap();
+        assert!(body.dry_run);
+        assert_eq!(action_filter(&body).unwrap().status, vec!["failed"]);
+        let b = Bytes::from_static(br#"{"stauts":"failed"}"#);
+        assert!(parse_body::<ActionBody>(&b).is_err());
+    }
+}

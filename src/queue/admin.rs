@@ -1,0 +1,1034 @@
+//! Operator actions on jobs: find, inspect, retry, cancel and settle. The one implementation
+//! behind `outbound-runner jobs …` and the admin API (`/api/admin/jobs…`); docs/operations.md
+//! shows the commands, docs/http.md the API.
+//!
+//! Every action is one statement, and keeps the queue's rules (docs/queue.md):
+//!
+//! - **Only documented transitions.** `retry`: `failed | cancelled → queued`. `cancel`:
+//!   `queued → cancelled`, and a running job's request to stop. `settle`: an `unknown` message →
+//!   `sent | failed`, its job (`failed` or `cancelled`) → `done` when every message is now sent.
+//!   Nothing else is touched.
+//! - **A running job's claim is never touched.** A runner's writes are fenced on
+//!   `status = 'running'`, its `"lockedBy"` and `attempts`; no statement here changes those of a
+//!   running row, so its claim, lease and fence stay exactly as the runner left them. `cancel`
+//!   only asks a running job to stop: it sets `"cancelRequestedAt"`. The runner then sends
+//!   nothing more (the ledger refuses to mark another message `sending`; a send already under
+//!   way is never cut, it could not be recalled anyway), and when its attempt ends, the job
+//!   becomes `cancelled` where it would have been requeued or failed (a job whose messages were
+//!   all sent ends `done`: it was delivered). A runner that lost the job on a drain or a crash
+//!   leaves it `queued` with the request; its next attempt stops before sending the same way.
+//! - **Rows are locked before they are judged** (`FOR NO KEY UPDATE`, waiting rather than
+//!   skipping): a claim that takes a queued job at the same moment either commits first (the
+//!   cancel then sees `running` and leaves it) or waits for the cancel (and then finds it
+//!   `cancelled`). Two retries of one job: the second finds it `queued` and counts it as no
+//!   longer matching.
+//! - **`attempts` is never reset.** It numbers the claims and is part of the fence: a runner that
+//!   lost the job long ago still holds a fence with an old number, and must never match again. A
+//!   retry instead gives the job a fresh allowance: `"maxAttempts" = attempts + its original
+//!   limit` (the app's `"maxAttempts"`, else `retry.max_attempts`).
+//! - **Never a second send by accident.** A retry skips jobs with a message already `sent`
+//!   (`skippedSent`) and jobs with a message in doubt (`unknown`/`sending`: settle them first,
+//!   `skippedInDoubt`). `resend_sent` retries the former too and SENDS THEIR SENT MESSAGES AGAIN:
+//!   their ledger rows are removed (seq and wamid kept in the job's history), so the next
+//!   attempt records and sends them as if they had never been sent.
+//! - **The history.** Every action appends to the job's `history` column what the job was before
+//!   (status, attempts, `"maxAttempts"`, `"lastError"`, `"lastErrorCode"`, `"completedAt"`), who
+//!   did it and when. A retry clears `"lastError"`/`"lastErrorCode"` (the job reads like a fresh
+//!   one); the error stays in the history.
+//! - A retry wakes the runners at once: one `NOTIFY outbound_jobs` per statement, delivered at
+//!   its commit.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+use super::{CHANNEL, STATUSES};
+
+/// The most jobs one page of [`list`] holds.
+pub const MAX_PAGE: i64 = 1000;
+/// A page's size when the filter gives no `limit`.
+pub const DEFAULT_PAGE: i64 = 50;
+/// The most ids an action's report lists (the counts are always complete).
+pub const MAX_REPORTED_IDS: usize = 1000;
+/// The most ids a filter may name.
+pub const MAX_IDS: usize = 10_000;
+
+/// Why an action was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Bad input: the filter or an argument (CLI: exit 64; API: 400).
+    #[error("{0}")]
+    Invalid(String),
+    /// The job does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The job is not in a state the action applies to (409).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error: {}", crate::db::redact_sqlx(.0))]
+    Database(#[from] sqlx::Error),
+}
+
+fn invalid(msg: impl Into<String>) -> AdminError {
+    AdminError::Invalid(msg.into())
+}
+
+/// Which jobs an action applies to. Every field narrows; an empty filter matches every job,
+/// which a bulk action refuses unless `all` is set. `since`/`until` are by `"createdAt"`
+/// (`since` inclusive, `until` exclusive).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    /// Any of these statuses.
+    pub status: Vec<String>,
+    /// `"lastErrorCode"` (e.g. `131000`, `delivery_unknown`).
+    pub code: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// The recipient, `payload->>'to'` (digits; a leading `+` is ignored).
+    pub to: Option<String>,
+    /// `"requestId"`.
+    pub request_id: Option<String>,
+    /// The sending number, `payload->>'from'` (payloads that name one).
+    pub from: Option<String>,
+    /// Any of these ids.
+    pub ids: Vec<i64>,
+    /// `list`: the page size (default [`DEFAULT_PAGE`], at most [`MAX_PAGE`]). Actions: the most
+    /// jobs to touch, lowest ids first (default: every match).
+    pub limit: Option<i64>,
+    /// `list`: the page after this cursor (jobs with a lower id; `nextCursor` of the last page).
+    pub cursor: Option<i64>,
+    /// A bulk action with no criterion applies to every job only with this.
+    pub all: bool,
+}
+
+impl Filter {
+    /// Whether the filter has no criterion (`limit`, `cursor` and `all` are not criteria).
+    pub fn is_empty(&self) -> bool {
+        self.status.is_empty()
+            && self.code.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+            && self.to.is_none()
+            && self.request_id.is_none()
+            && self.from.is_none()
+            && self.ids.is_empty()
+    }
+
+    /// Checks every field; normalizes phone numbers (`+` dropped). The error names the field.
+    pub fn validate(mut self) -> Result<Filter, AdminError> {
+        for s in &self.status {
+            if !STATUSES.contains(&s.as_str()) {
+                return Err(invalid(format!(
+                    "unknown status {s:?} (one of {})",
+                    STATUSES.join(", ")
+                )));
+            }
+        }
+        self.status.sort();
+        self.status.dedup();
+        if let Some(code) = &self.code {
+            let ok = (1..=64).contains(&code.len())
+                && code
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+            if !ok {
+                return Err(invalid(format!(
+                    "code {:?} is not an error code (letters, digits, _ . : -; at most 64)",
+                    truncate(code)
+                )));
+            }
+        }
+        for (name, number) in [("to", &mut self.to), ("from", &mut self.from)] {
+            if let Some(n) = number {
+                let digits = n.strip_prefix('+').unwrap_or(n);
+                if !(1..=20).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit())
+                {
+                    return Err(invalid(format!(
+                        "{name} {:?} is not a phone number (E.164 digits)",
+                        truncate(n)
+                    )));
+                }
+                *n = digits.to_string();
+            }
+        }
+        if let Some(r) = &self.request_id
+            && !(1..=200).contains(&r.len())
+        {
+            return Err(invalid("requestId must be 1 to 200 characters"));
+        }
+        if let (Some(a), Some(b)) = (self.since, self.until)
+            && a >= b
+        {
+            return Err(invalid("since must be before until"));
+        }
+        if self.ids.len() > MAX_IDS {
+            return Err(invalid(format!("at most {MAX_IDS} ids")));
+        }
+        if let Some(bad) = self.ids.iter().find(|id| **id < 1) {
+            return Err(invalid(format!("id {bad} is not a job id")));
+        }
+        self.ids.sort_unstable();
+        self.ids.dedup();
+        if let Some(l) = self.limit
+            && l < 1
+        {
+            return Err(invalid("limit must be at least 1"));
+        }
+        if let Some(c) = self.cursor
+            && c < 1
+        {
+            return Err(invalid("cursor must be a job id"));
+        }
+        Ok(self)
+    }
+
+    /// For a bulk action: refuses an empty filter unless `all`, and statuses the action does
+    /// not apply to. Returns the statuses to look at.
+    fn for_action(&self, action: &str, applies: &[&str]) -> Result<Vec<String>, AdminError> {
+        if self.is_empty() && !self.all {
+            return Err(invalid(format!(
+                "{action} with no filter would touch every job: give a filter (status, code, \
+                 since, until, to, requestId, from, id) or `all`"
+            )));
+        }
+        if let Some(s) = self.status.iter().find(|s| !applies.contains(&s.as_str())) {
+            return Err(invalid(format!(
+                "{action} applies to {} jobs, not {s}",
+                applies.join(" or ")
+            )));
+        }
+        Ok(if self.status.is_empty() {
+            applies.iter().map(|s| s.to_string()).collect()
+        } else {
+            self.status.clone()
+        })
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+/// A point in time for `since`/`until`: RFC 3339 (`2026-11-29T08:00:00Z`), a date
+/// (`2026-11-29`, midnight UTC), or a duration ago (`24h`, `7days`).
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, AdminError> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
+    }
+    if let Ok(ago) = humantime::parse_duration(s)
+        && let Ok(ago) = chrono::Duration::from_std(ago)
+        && let Some(t) = Utc::now().checked_sub_signed(ago)
+    {
+        return Ok(t);
+    }
+    Err(invalid(format!(
+        "{:?} is not a time (RFC 3339, YYYY-MM-DD, or a duration ago like 24h)",
+        truncate(s)
+    )))
+}
+
+/// The filter as SQL over `"OutboundJob" j`, binding `$1`…`$9` (see [`bind_filter`]).
+const FILTER_SQL: &str = r#"
+        ($1::text[] IS NULL OR j.status = ANY($1))
+    AND ($2::text IS NULL OR j."lastErrorCode" = $2)
+    AND ($3::timestamptz IS NULL OR j."createdAt" >= $3)
+    AND ($4::timestamptz IS NULL OR j."createdAt" < $4)
+    AND ($5::text IS NULL OR j.payload->>'to' = $5)
+    AND ($6::text IS NULL OR j."requestId" = $6)
+    AND ($7::text IS NULL OR j.payload->>'from' = $7)
+    AND ($8::bigint[] IS NULL OR j.id = ANY($8))
+    AND ($9::bigint IS NULL OR j.id < $9)
+"#;
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds `$1`…`$9` of [`FILTER_SQL`]; `statuses` replaces the filter's own.
+fn bind_filter<'q>(
+    q: Query<'q>,
+    f: &'q Filter,
+    statuses: Option<&'q [String]>,
+    cursor: bool,
+) -> Query<'q> {
+    let statuses = statuses.or((!f.status.is_empty()).then_some(f.status.as_slice()));
+    q.bind(statuses)
+        .bind(f.code.as_deref())
+        .bind(f.since)
+        .bind(f.until)
+        .bind(f.to.as_deref())
+        .bind(f.request_id.as_deref())
+        .bind(f.from.as_deref())
+        .bind((!f.ids.is_empty()).then_some(f.ids.as_slice()))
+        .bind(if cursor { f.cursor } else { None })
+}
+
+/// A job in a list.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSummary {
+    pub id: i64,
+    pub status: String,
+    pub to: Option<String>,
+    pub request_id: Option<String>,
+    pub attempts: i32,
+    pub max_attempts: Option<i32>,
+    pub last_error_code: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// One page of jobs, newest first.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Page {
+    pub jobs: Vec<JobSummary>,
+    /// The `cursor` of the next page; `None` on the last.
+    pub next_cursor: Option<i64>,
+}
+
+/// The jobs matching `filter`, newest (highest id) first, one page at a time (keyset paging by
+/// id: a page costs the same at any depth).
+pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Page, AdminError> {
+    let limit = filter.limit.unwrap_or(DEFAULT_PAGE);
+    if limit > MAX_PAGE {
+        return Err(invalid(format!(
+            "limit {limit} is more than a page holds ({MAX_PAGE}); page with the cursor"
+        )));
+    }
+    let sql = format!(
+        r#"SELECT j.id, j.status, j.payload->>'to', j."requestId", j.attempts, j."maxAttempts",
+                  j."lastErrorCode", j."lastError", j."createdAt", j."updatedAt", j."completedAt"
+           FROM "OutboundJob" j
+           WHERE {FILTER_SQL}
+           ORDER BY j.id DESC
+           LIMIT $10"#
+    );
+    let rows = bind_filter(sqlx::query(&sql), filter, None, true)
+        .bind(limit + 1)
+        .persistent(false)
+        .fetch_all(pool)
+        .await?;
+    let mut jobs: Vec<JobSummary> = rows
+        .iter()
+        .map(|r| JobSummary {
+            id: r.get(0),
+            status: r.get(1),
+            to: r.get(2),
+            request_id: r.get(3),
+            attempts: r.get(4),
+            max_attempts: r.get(5),
+            last_error_code: r.get(6),
+            last_error: r.get(7),
+            created_at: r.get(8),
+            updated_at: r.get(9),
+            completed_at: r.get(10),
+        })
+        .collect();
+    let next_cursor = if jobs.len() as i64 > limit {
+        jobs.truncate(limit as usize);
+        jobs.last().map(|j| j.id)
+    } else {
+        None
+    };
+    Ok(Page { jobs, next_cursor })
+}
+
+/// One `"OutboundMessage"` row.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageRow {
+    pub seq: i32,
+    pub status: String,
+    pub to: String,
+    pub wamid: Option<String>,
+    pub last_error_code: Option<String>,
+    pub body: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// One line of a job's timeline.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Event {
+    pub at: DateTime<Utc>,
+    pub event: String,
+}
+
+/// Everything about one job.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobDetail {
+    pub id: i64,
+    pub status: String,
+    pub payload: serde_json::Value,
+    pub request_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub priority: i16,
+    pub run_at: DateTime<Utc>,
+    pub attempts: i32,
+    pub max_attempts: Option<i32>,
+    pub locked_by: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub composed: Option<serde_json::Value>,
+    pub last_error: Option<String>,
+    pub last_error_code: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The operators' actions (see the module docs).
+    pub history: serde_json::Value,
+    pub messages: Vec<MessageRow>,
+    /// What happened, oldest first, from the timestamps the rows keep (the last attempt's start,
+    /// each message's creation, send and settling, the operators' actions, the end).
+    pub timeline: Vec<Event>,
+}
+
+/// The job `id`, its messages and its timeline.
+pub async fn show(pool: &PgPool, id: i64) -> Result<JobDetail, AdminError> {
+    let row = sqlx::query(
+        r#"SELECT id, status, payload, "requestId", "idempotencyKey", priority, "runAt", attempts,
+                  "maxAttempts", "lockedBy", "leaseUntil", composed, "lastError", "lastErrorCode",
+                  "createdAt", "updatedAt", "startedAt", "completedAt", history
+           FROM "OutboundJob" WHERE id = $1"#,
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| AdminError::NotFound(format!("no job {id}")))?;
+    let messages: Vec<MessageRow> = sqlx::query(
+        r#"SELECT seq, status, "to", wamid, "lastErrorCode", body, "createdAt", "updatedAt", "sentAt"
+           FROM "OutboundMessage" WHERE "jobId" = $1 ORDER BY seq"#,
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| MessageRow {
+        seq: r.get(0),
+        status: r.get(1),
+        to: r.get(2),
+        wamid: r.get(3),
+        last_error_code: r.get(4),
+        body: r.get(5),
+        created_at: r.get(6),
+        updated_at: r.get(7),
+        sent_at: r.get(8),
+    })
+    .collect();
+    let mut job = JobDetail {
+        id: row.get(0),
+        status: row.get(1),
+        payload: row.get(2),
+        request_id: row.get(3),
+        idempotency_key: row.get(4),
+        priority: row.get(5),
+        run_at: row.get(6),
+        attempts: row.get(7),
+        max_attempts: row.get(8),
+        locked_by: row.get(9),
+        lease_until: row.get(10),
+        composed: row.get(11),
+        last_error: row.get(12),
+        last_error_code: row.get(13),
+        created_at: row.get(14),
+        updated_at: row.get(15),
+        started_at: row.get(16),
+        completed_at: row.get(17),
+        history: row.get(18),
+        messages,
+        timeline: Vec::new(),
+    };
+    job.timeline = timeline(&job);
+    Ok(job)
+}
+
+fn timeline(job: &JobDetail) -> Vec<Event> {
+    let mut out = vec![Event {
+        at: job.created_at,
+        event: "enqueued".into(),
+    }];
+    let mut push = |at: DateTime<Utc>, event: String| out.push(Event { at, event });
+    if job.run_at > job.created_at && job.status == "queued" {
+        push(job.run_at, "due".into());
+    }
+    if let Some(at) = job.started_at {
+        push(at, format!("attempt {} started", job.attempts));
+    }
+    for m in &job.messages {
+        push(m.created_at, format!("message {} prepared", m.seq));
+        if let Some(at) = m.sent_at {
+            let wamid = m.wamid.as_deref().unwrap_or("no wamid");
+            push(at, format!("message {} sent ({wamid})", m.seq));
+        }
+        if matches!(m.status.as_str(), "failed" | "unknown" | "sending") {
+            let code = m.last_error_code.as_deref().unwrap_or("-");
+            push(
+                m.updated_at,
+                format!("message {} {} ({code})", m.seq, m.status),
+            );
+        }
+    }
+    for h in job.history.as_array().into_iter().flatten() {
+        let Some(at) = h
+            .get("at")
+            .and_then(|v| v.as_str())
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        else {
+            continue;
+        };
+        let field = |k: &str| h.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
+        let mut event = format!(
+            "{} by {} (was {}, {})",
+            field("action"),
+            field("by"),
+            field("status"),
+            field("lastErrorCode")
+        );
+        if let Some(seqs) = h.get("messages") {
+            event.push_str(&format!(", messages {seqs} as {}", field("as")));
+        }
+        if let Some(w) = h.get("resentWamids").filter(|w| !w.is_null()) {
+            event.push_str(&format!(", SENT AGAIN: {w}"));
+        }
+        push(at.with_timezone(&Utc), event);
+    }
+    if let Some(at) = job.completed_at {
+        let code = job
+            .last_error_code
+            .as_deref()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default();
+        push(at, format!("{}{code}", job.status));
+    } else if job.status == "running" {
+        let owner = job.locked_by.as_deref().unwrap_or("-");
+        push(job.updated_at, format!("running on {owner}"));
+    }
+    out.sort_by_key(|e| e.at);
+    out
+}
+
+/// Who did an action and how (for every action).
+#[derive(Debug, Clone)]
+pub struct Actor<'a> {
+    /// Written to the job's history and the log: `cli`, `admin-api`.
+    pub by: &'a str,
+    /// Count and list what would be touched; change nothing.
+    pub dry_run: bool,
+}
+
+/// What a retry did (or, dry, would do).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryReport {
+    pub dry_run: bool,
+    /// Failed or cancelled jobs the filter matched.
+    pub matched: i64,
+    /// Jobs put back to `queued` (dry: that would be).
+    pub retried: i64,
+    /// Skipped: a message of theirs was already sent (see `resend_sent`).
+    pub skipped_sent: i64,
+    /// Skipped: a message of theirs is `unknown` (settle it first).
+    pub skipped_in_doubt: i64,
+    /// Messages that will be sent again (`resend_sent`).
+    pub resent_messages: i64,
+    /// The retried ids, at most [`MAX_REPORTED_IDS`].
+    pub ids: Vec<i64>,
+}
+
+/// Failed or cancelled jobs back to `queued`, due now (see the module docs for the rules).
+/// `default_max_attempts` is `retry.max_attempts`.
+pub async fn retry(
+    pool: &PgPool,
+    filter: &Filter,
+    actor: &Actor<'_>,
+    resend_sent: bool,
+    default_max_attempts: i32,
+) -> Result<RetryReport, AdminError> {
+    let statuses = filter.for_action("retry", &["failed", "cancelled"])?;
+    let lock = if actor.dry_run {
+        ""
+    } else {
+        "FOR NO KEY UPDATE OF j"
+    };
+    let sql = format!(
+        r#"
+        WITH target AS (
+            SELECT j.id FROM "OutboundJob" j
+            WHERE {FILTER_SQL}
+            ORDER BY j.id
+            LIMIT $10
+            {lock}
+        ), classified AS (
+            SELECT t.id,
+                   EXISTS (SELECT 1 FROM "OutboundMessage" m
+                           WHERE m."jobId" = t.id AND m.status = 'sent') AS has_sent,
+                   EXISTS (SELECT 1 FROM "OutboundMessage" m
+                           WHERE m."jobId" = t.id AND m.status IN ('unknown', 'sending')) AS in_doubt
+            FROM target t
+        ), eligible AS (
+            SELECT c.id FROM classified c WHERE NOT c.in_doubt AND (NOT c.has_sent OR $11)
+        ), sent AS (
+            SELECT m."jobId" AS id, count(*) AS n,
+                   jsonb_agg(jsonb_build_object('seq', m.seq, 'wamid', m.wamid) ORDER BY m.seq) AS wamids
+            FROM "OutboundMessage" m JOIN eligible e ON e.id = m."jobId"
+            WHERE $11 AND m.status = 'sent'
+            GROUP BY m."jobId"
+        ), resent AS (
+            -- The ledger rows go (their wamids are kept in the history): the next attempt
+            -- records them anew, live or sandbox, as for a message never sent.
+            DELETE FROM "OutboundMessage" m
+            USING eligible e
+            WHERE NOT $12 AND $11 AND m."jobId" = e.id AND m.status = 'sent'
+        ), retried AS (
+            UPDATE "OutboundJob" j
+            SET status = 'queued', "runAt" = now(), "completedAt" = NULL,
+                "maxAttempts" = j.attempts + CASE
+                    WHEN jsonb_array_length(j.history) > 0
+                        THEN COALESCE((j.history->0->>'maxAttempts')::int, $14)
+                    ELSE COALESCE(j."maxAttempts", $14) END,
+                "lockedBy" = NULL, "lockedAt" = NULL, "leaseUntil" = NULL,
+                "lastError" = NULL, "lastErrorCode" = NULL, "cancelRequestedAt" = NULL,
+                "updatedAt" = now(),
+                history = j.history || jsonb_build_array(jsonb_build_object(
+                    'at', now(), 'action', 'retry', 'by', $13::text, 'status', j.status,
+                    'attempts', j.attempts, 'maxAttempts', j."maxAttempts",
+                    'lastError', j."lastError", 'lastErrorCode', j."lastErrorCode",
+                    'completedAt', j."completedAt", 'resentWamids', s.wamids))
+            FROM eligible e LEFT JOIN sent s ON s.id = e.id
+            WHERE NOT $12 AND j.id = e.id AND j.status IN ('failed', 'cancelled')
+            RETURNING j.id
+        ), woke AS (
+            SELECT pg_notify($15, '') FROM (SELECT 1 FROM retried LIMIT 1) one
+        )
+        SELECT (SELECT count(*) FROM classified),
+               (SELECT count(*) FROM classified WHERE has_sent AND NOT in_doubt AND NOT $11),
+               (SELECT count(*) FROM classified WHERE in_doubt),
+               (SELECT COALESCE(sum(n), 0)::bigint FROM sent),
+               CASE WHEN $12 THEN (SELECT array_agg(id ORDER BY id) FROM eligible)
+                    ELSE (SELECT array_agg(id ORDER BY id) FROM retried) END,
+               (SELECT count(*) FROM woke)
+        "#
+    );
+    let row = bind_filter(sqlx::query(&sql), filter, Some(&statuses), false)
+        .bind(filter.limit)
+        .bind(resend_sent)
+        .bind(actor.dry_run)
+        .bind(actor.by)
+        .bind(default_max_attempts)
+        .bind(CHANNEL)
+        .persistent(false)
+        .fetch_one(pool)
+        .await?;
+    let mut ids: Vec<i64> = row.get::<Option<Vec<i64>>, _>(4).unwrap_or_default();
+    let retried = ids.len() as i64;
+    ids.truncate(MAX_REPORTED_IDS);
+    let report = RetryReport {
+        dry_run: actor.dry_run,
+        matched: row.get(0),
+        retried,
+        skipped_sent: row.get(1),
+        skipped_in_doubt: row.get(2),
+        resent_messages: row.get(3),
+        ids,
+    };
+    if !actor.dry_run {
+        tracing::info!(
+            by = actor.by,
+            matched = report.matched,
+            retried = report.retried,
+            skipped_sent = report.skipped_sent,
+            skipped_in_doubt = report.skipped_in_doubt,
+            resent_messages = report.resent_messages,
+            "operator retry: {} job(s) back to queued",
+            report.retried
+        );
+        if report.resent_messages > 0 {
+            tracing::warn!(
+                by = actor.by,
+                "operator retry with resend_sent: {} message(s) already sent will be SENT AGAIN",
+                report.resent_messages
+            );
+        }
+    }
+    Ok(report)
+}
+
+/// What a cancel did (or, dry, would do).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelReport {
+    pub dry_run: bool,
+    /// Queued or running jobs the filter matched.
+    pub matched: i64,
+    /// Queued jobs now `cancelled` (dry: that would be).
+    pub cancelled: i64,
+    /// Running jobs asked to stop before their next send (or asked already): a runner holds
+    /// them; each ends `cancelled`, or `done` if all its messages were sent.
+    pub running: i64,
+    /// The cancelled ids, at most [`MAX_REPORTED_IDS`].
+    pub ids: Vec<i64>,
+    /// The running ids, at most [`MAX_REPORTED_IDS`].
+    pub running_ids: Vec<i64>,
+}
+
+/// Queued jobs to `cancelled` (`"completedAt"` set, so the pruner removes them after
+/// `runner.retention`); running jobs asked to stop at their next safe point (see the module
+/// docs).
+pub async fn cancel(
+    pool: &PgPool,
+    filter: &Filter,
+    actor: &Actor<'_>,
+) -> Result<CancelReport, AdminError> {
+    let statuses = filter.for_action("cancel", &["queued", "running"])?;
+    let lock = if actor.dry_run {
+        ""
+    } else {
+        "FOR NO KEY UPDATE OF j"
+    };
+    let sql = format!(
+        r#"
+        WITH target AS (
+            SELECT j.id, j.status FROM "OutboundJob" j
+            WHERE {FILTER_SQL}
+            ORDER BY j.id
+            LIMIT $10
+            {lock}
+        ), cancelled AS (
+            UPDATE "OutboundJob" j
+            SET status = 'cancelled', "completedAt" = now(), "updatedAt" = now(),
+                "lastErrorCode" = 'cancelled', "lastError" = 'cancelled by ' || $12::text,
+                history = j.history || jsonb_build_array(jsonb_build_object(
+                    'at', now(), 'action', 'cancel', 'by', $12::text, 'status', j.status,
+                    'attempts', j.attempts, 'maxAttempts', j."maxAttempts",
+                    'lastError', j."lastError", 'lastErrorCode', j."lastErrorCode",
+                    'completedAt', j."completedAt"))
+            FROM target t
+            WHERE NOT $11 AND j.id = t.id AND t.status = 'queued' AND j.status = 'queued'
+            RETURNING j.id
+        ), stop AS (
+            -- Not a fenced column: the runner's claim, lease and attempts stay as they are.
+            UPDATE "OutboundJob" j
+            SET "cancelRequestedAt" = now(),
+                history = j.history || jsonb_build_array(jsonb_build_object(
+                    'at', now(), 'action', 'cancel requested', 'by', $12::text, 'status', j.status,
+                    'attempts', j.attempts, 'maxAttempts', j."maxAttempts",
+                    'lastError', j."lastError", 'lastErrorCode', j."lastErrorCode",
+                    'completedAt', j."completedAt"))
+            FROM target t
+            WHERE NOT $11 AND j.id = t.id AND t.status = 'running' AND j.status = 'running'
+              AND j."cancelRequestedAt" IS NULL
+        )
+        SELECT (SELECT count(*) FROM target),
+               CASE WHEN $11 THEN (SELECT array_agg(id ORDER BY id) FROM target WHERE status = 'queued')
+                    ELSE (SELECT array_agg(id ORDER BY id) FROM cancelled) END,
+               (SELECT array_agg(id ORDER BY id) FROM target WHERE status = 'running')
+        "#
+    );
+    let row = bind_filter(sqlx::query(&sql), filter, Some(&statuses), false)
+        .bind(filter.limit)
+        .bind(actor.dry_run)
+        .bind(actor.by)
+        .persistent(false)
+        .fetch_one(pool)
+        .await?;
+    let mut ids: Vec<i64> = row.get::<Option<Vec<i64>>, _>(1).unwrap_or_default();
+    let mut running_ids: Vec<i64> = row.get::<Option<Vec<i64>>, _>(2).unwrap_or_default();
+    let (cancelled, running) = (ids.len() as i64, running_ids.len() as i64);
+    ids.truncate(MAX_REPORTED_IDS);
+    running_ids.truncate(MAX_REPORTED_IDS);
+    let report = CancelReport {
+        dry_run: actor.dry_run,
+        matched: row.get(0),
+        cancelled,
+        running,
+        ids,
+        running_ids,
+    };
+    if !actor.dry_run {
+        tracing::info!(
+            by = actor.by,
+            matched = report.matched,
+            cancelled = report.cancelled,
+            running = report.running,
+            "operator cancel: {} queued job(s) cancelled; {} running asked to stop before their next send",
+            report.cancelled,
+            report.running
+        );
+    }
+    Ok(report)
+}
+
+/// What the operator learned about an `unknown` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Settled {
+    /// It reached Meta (e.g. the recipient has it): `sent`, never sent again.
+    Sent,
+    /// It did not: `failed` (a later retry of the job sends it).
+    Failed,
+}
+
+impl std::str::FromStr for Settled {
+    type Err = AdminError;
+    fn from_str(s: &str) -> Result<Self, AdminError> {
+        match s {
+            "sent" => Ok(Settled::Sent),
+            "failed" => Ok(Settled::Failed),
+            _ => Err(invalid(format!(
+                "settle as {:?}: sent or failed",
+                truncate(s)
+            ))),
+        }
+    }
+}
+
+impl Settled {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Settled::Sent => "sent",
+            Settled::Failed => "failed",
+        }
+    }
+}
+
+/// What a settle did.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SettleReport {
+    pub job_id: i64,
+    /// The settled messages' `seq`.
+    pub messages: Vec<i32>,
+    #[serde(rename = "as")]
+    pub settled_as: Settled,
+    /// The job's status now.
+    pub job_status: String,
+}
+
+/// Settles the `unknown` messages of job `id` (only `seq`, if given) as `sent` or `failed`. The
+/// job must be finished as `failed` or `cancelled` (a runner never holds it); it becomes `done`
+/// once every one of its messages is sent, and otherwise keeps its status (`"lastErrorCode"`
+/// `settled_failed` when settled as failed, so `retry --code settled_failed` sends them).
+pub async fn settle(
+    pool: &PgPool,
+    id: i64,
+    seq: Option<i32>,
+    settled_as: Settled,
+    wamid: Option<&str>,
+    by: &str,
+) -> Result<SettleReport, AdminError> {
+    if wamid.is_some() && settled_as != Settled::Sent {
+        return Err(invalid("a wamid only goes with settling as sent"));
+    }
+    if let Some(w) = wamid
+        && !(1..=200).contains(&w.len())
+    {
+        return Err(invalid("wamid must be 1 to 200 characters"));
+    }
+    let row = sqlx::query(
+        r#"
+        WITH job AS (
+            SELECT j.id, j.status FROM "OutboundJob" j WHERE j.id = $1 FOR NO KEY UPDATE
+        ), msgs AS (
+            UPDATE "OutboundMessage" m
+            SET status = $3,
+                wamid = CASE WHEN $3 = 'sent' THEN $4 END,
+                "sentAt" = CASE WHEN $3 = 'sent' THEN now() END,
+                "lastErrorCode" = CASE WHEN $3 = 'sent' THEN NULL ELSE 'settled_failed' END,
+                "updatedAt" = now()
+            FROM job
+            WHERE job.status IN ('failed', 'cancelled') AND m."jobId" = job.id
+              AND m.status = 'unknown' AND ($2::int IS NULL OR m.seq = $2)
+            RETURNING m.seq
+        ), rest AS (
+            SELECT count(*) AS not_sent FROM "OutboundMessage" m JOIN job ON m."jobId" = job.id
+            WHERE m.status <> 'sent' AND NOT ($3 = 'sent' AND m.seq IN (SELECT seq FROM msgs))
+        ), moved AS (
+            UPDATE "OutboundJob" j
+            SET status = CASE WHEN $3 = 'sent' AND r.not_sent = 0 THEN 'done' ELSE j.status END,
+                "completedAt" = now(),
+                "lastErrorCode" = CASE WHEN $3 = 'sent' AND r.not_sent = 0 THEN NULL
+                                       WHEN $3 = 'failed' THEN 'settled_failed'
+                                       ELSE j."lastErrorCode" END,
+                "lastError" = CASE WHEN $3 = 'sent' AND r.not_sent = 0 THEN NULL
+                                   WHEN $3 = 'failed' THEN
+                                       'an operator (' || $5::text || ') settled message(s) '
+                                       || (SELECT string_agg(seq::text, ', ' ORDER BY seq) FROM msgs)
+                                       || ' as failed: not delivered; a retry sends them'
+                                   ELSE j."lastError" END,
+                "updatedAt" = now(),
+                history = j.history || jsonb_build_array(jsonb_build_object(
+                    'at', now(), 'action', 'settle', 'by', $5::text, 'status', j.status,
+                    'attempts', j.attempts, 'maxAttempts', j."maxAttempts",
+                    'lastError', j."lastError", 'lastErrorCode', j."lastErrorCode",
+                    'completedAt', j."completedAt", 'as', $3::text,
+                    'messages', (SELECT jsonb_agg(seq ORDER BY seq) FROM msgs)))
+            FROM job, rest r
+            WHERE j.id = job.id AND EXISTS (SELECT 1 FROM msgs)
+            RETURNING j.status
+        )
+        SELECT (SELECT status FROM job), (SELECT array_agg(seq ORDER BY seq) FROM msgs),
+               (SELECT status FROM moved)
+        "#,
+    )
+    .bind(id)
+    .bind(seq)
+    .bind(settled_as.as_str())
+    .bind(wamid)
+    .bind(by)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(d) if d.constraint() == Some("OutboundMessage_wamid_key") => {
+            AdminError::Conflict("that wamid is recorded for another message already".into())
+        }
+        _ => AdminError::Database(e),
+    })?;
+    let before: Option<String> = row.get(0);
+    let Some(before) = before else {
+        return Err(AdminError::NotFound(format!("no job {id}")));
+    };
+    let messages: Vec<i32> = row.get::<Option<Vec<i32>>, _>(1).unwrap_or_default();
+    if messages.is_empty() {
+        return Err(AdminError::Conflict(
+            if before == "failed" || before == "cancelled" {
+                match seq {
+                    Some(s) => format!("job {id} has no unknown message {s}"),
+                    None => format!("job {id} has no unknown message"),
+                }
+            } else {
+                format!(
+                    "job {id} is {before}: only a failed or cancelled job's messages are settled"
+                )
+            },
+        ));
+    }
+    let job_status: String = row.get(2);
+    tracing::info!(
+        by,
+        job_id = id,
+        messages = ?messages,
+        settled_as = settled_as.as_str(),
+        job_status = %job_status,
+        "operator settle: {} message(s) of job {id} settled as {}",
+        messages.len(),
+        settled_as.as_str()
+    );
+    Ok(SettleReport {
+        job_id: id,
+        messages,
+        settled_as,
+        job_status,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_refuses_bad_input() {
+        let bad = |f: Filter| f.validate().unwrap_err().to_string();
+        assert!(
+            bad(Filter {
+                status: vec!["finished".into()],
+                ..Filter::default()
+            })
+            .contains("unknown status \"finished\"")
+        );
+        assert!(
+            bad(Filter {
+                code: Some("13 1000; drop".into()),
+                ..Filter::default()
+            })
+            .contains("not an error code")
+        );
+        assert!(
+            bad(Filter {
+                to: Some("+1 555".into()),
+                ..Filter::default()
+            })
+            .contains("not a phone number")
+        );
+        assert!(
+            bad(Filter {
+                ids: vec![0],
+                ..Filter::default()
+            })
+            .contains("not a job id")
+        );
+        let t = parse_time("2026-11-29").unwrap();
+        assert!(
+            bad(Filter {
+                since: Some(t),
+                until: Some(t),
+                ..Filter::default()
+            })
+            .contains("before")
+        );
+        let ok = Filter {
+            to: Some("+15551234567".into()),
+            status: vec!["failed".into(), "failed".into()],
+            ..Filter::default()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(ok.to.as_deref(), Some("15551234567"));
+        assert_eq!(ok.status, vec!["failed".to_string()]);
+    }
+
+    #[test]
+    fn bulk_actions_need_a_filter_or_all() {
+        let empty = Filter::default();
+        assert!(
+            empty
+                .for_action("retry", &["failed", "cancelled"])
+                .unwrap_err()
+                .to_string()
+                .contains("would touch every job")
+        );
+        let all = Filter {
+            all: true,
+            ..Filter::default()
+        };
+        assert_eq!(
+            all.for_action("retry", &["failed", "cancelled"]).unwrap(),
+            vec!["failed", "cancelled"]
+        );
+        let queued = Filter {
+            status: vec!["queued".into()],
+            ..Filter::default()
+        };
+        assert!(
+            queued
+                .for_action("retry", &["failed", "cancelled"])
+                .unwrap_err()
+                .to_string()
+                .contains("not queued")
+        );
+        // A limit alone is not a filter.
+        let limit = Filter {
+            limit: Some(3),
+            ..Filter::default()
+        };
+        assert!(limit.for_action("cancel", &["queued", "running"]).is_err());
+    }
+
+    #[test]
+    fn times_parse() {
+        assert_eq!(
+            parse_time("2026-11-29T08:00:00Z").unwrap().to_rfc3339(),
+            "2026-11-29T08:00:00+00:00"
+        );
+        let ago = parse_time("24h").unwrap();
+        let diff = Utc::now() - ago;
+        assert!(diff.num_minutes() >= 24 * 60 - 1 && diff.num_minutes() <= 24 * 60 + 1);
+        assert!(parse_time("yesterday-ish").is_err());
+    }
+}
