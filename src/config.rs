@@ -46,7 +46,15 @@ pub struct DatabaseSettings {
     pub url: Option<SecretString>,
     #[serde(deserialize_with = "path")]
     pub url_file: Option<PathBuf>,
-    /// A direct connection for LISTEN when `url` goes through a transaction-mode pooler.
+    /// Whether `url` goes through a transaction-mode pooler (docs/operations.md, "Poolers").
+    pub pooler: PoolerMode,
+    /// A direct (non-pooler) connection for what needs a session: LISTEN and the migrations'
+    /// lock. Read it through [`Settings::direct_url`], which also honours `listen_url`.
+    #[serde(deserialize_with = "secret")]
+    pub direct_url: Option<SecretString>,
+    #[serde(deserialize_with = "path")]
+    pub direct_url_file: Option<PathBuf>,
+    /// The old name of `direct_url`, still accepted.
     #[serde(deserialize_with = "secret")]
     pub listen_url: Option<SecretString>,
     #[serde(deserialize_with = "path")]
@@ -61,6 +69,18 @@ pub struct DatabaseSettings {
     pub embedded_dir: Option<PathBuf>,
 }
 
+/// `database.pooler`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolerMode {
+    /// A transaction-mode pooler when the URL says `pgbouncer=true` (as Prisma's do), else none.
+    Auto,
+    /// A direct connection (or a session-mode pooler).
+    None,
+    /// A transaction-mode pooler: PgBouncer, Supabase's pooler, Neon's `-pooler` host.
+    Transaction,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunnerSettings {
@@ -68,6 +88,9 @@ pub struct RunnerSettings {
     pub batch: u32,
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// The poll that stands in for LISTEN behind a transaction-mode pooler with no direct URL.
+    #[serde(with = "humantime_serde")]
+    pub pooler_poll_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
     #[serde(with = "humantime_serde")]
@@ -197,6 +220,14 @@ impl Settings {
         }
     }
 
+    /// The direct (non-pooler) URL: `database.direct_url`, or its old name `listen_url`.
+    pub fn direct_url(&self) -> Option<&SecretString> {
+        self.database
+            .direct_url
+            .as_ref()
+            .or(self.database.listen_url.as_ref())
+    }
+
     /// `http.listen` parsed; `None` when the HTTP server is off.
     pub fn http_listen(&self) -> Option<SocketAddr> {
         self.http.listen.parse().ok()
@@ -278,6 +309,9 @@ impl ConfigError {
 const GUIDE_ENV: &[(&str, &str)] = &[
     ("DATABASE_URL", "database.url"),
     ("DATABASE_URL_FILE", "database.url_file"),
+    // Prisma's name for its `directUrl` (docs/operations.md, "Poolers").
+    ("DIRECT_URL", "database.direct_url"),
+    ("DIRECT_URL_FILE", "database.direct_url_file"),
     ("JOB_RUNNER_TOKEN", "http.job_runner_token"),
     ("JOB_RUNNER_TOKEN_FILE", "http.job_runner_token_file"),
     ("CRON_SECRET", "http.cron_secret"),
@@ -477,6 +511,12 @@ fn resolve_secrets(s: &mut Settings, env: &HashMap<String, String>) -> Result<()
             file: &s.database.url_file,
         },
         SecretSlot {
+            key: "database.direct_url",
+            credential: "database_direct_url",
+            value: &mut s.database.direct_url,
+            file: &s.database.direct_url_file,
+        },
+        SecretSlot {
             key: "database.listen_url",
             credential: "database_listen_url",
             value: &mut s.database.listen_url,
@@ -538,6 +578,16 @@ fn resolve_secrets(s: &mut Settings, env: &HashMap<String, String>) -> Result<()
             (true, None) => {}
         }
     }
+    if let (Some(direct), Some(listen)) = (&s.database.direct_url, &s.database.listen_url) {
+        if direct.expose_secret() != listen.expose_secret() {
+            problems.push(Problem {
+                key: "database.listen_url".into(),
+                reason: "is the old name of database.direct_url, and both are set to different \
+                         URLs; set only database.direct_url"
+                    .into(),
+            });
+        }
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -567,6 +617,7 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
 
     for (key, url) in [
         ("database.url", &s.database.url),
+        ("database.direct_url", &s.database.direct_url),
         ("database.listen_url", &s.database.listen_url),
     ] {
         if let Some(url) = url {
@@ -588,6 +639,7 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
     }
     for (key, d) in [
         ("runner.poll_interval", r.poll_interval),
+        ("runner.pooler_poll_interval", r.pooler_poll_interval),
         ("runner.rescue_interval", r.rescue_interval),
         ("runner.job_timeout", r.job_timeout),
         ("runner.heartbeat", r.heartbeat),
@@ -700,7 +752,7 @@ fn check_postgres_url(text: &str) -> Result<(), String> {
     // The reason must not echo the URL: it may hold a password.
     let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
     match url.scheme() {
-        "postgres" | "postgresql" => Ok(()),
+        "postgres" | "postgresql" => crate::db::pooler::clean_url(text).map(|_| ()),
         other => Err(format!(
             "scheme must be postgres:// or postgresql://, not {other}://"
         )),

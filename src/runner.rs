@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -22,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
+use crate::db::Pool;
 use crate::delivery::{JobHandler, ledger};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -30,9 +30,11 @@ use crate::queue::{Job, Outcome, PassReport, dispatcher, maintenance, worker};
 
 /// State shared by the runner's tasks.
 pub struct Shared {
-    pub pool: PgPool,
-    /// Where LISTEN connects: `database.listen_url`, or the pool's own options.
-    pub listen_options: PgConnectOptions,
+    pub pool: Pool,
+    /// Where LISTEN connects: `database.direct_url`, or the pool's own options. `None` behind a
+    /// transaction-mode pooler with no direct URL: no LISTEN, the dispatcher polls every
+    /// `runner.pooler_poll_interval` instead (see [`Shared::poll_interval`]).
+    pub listen_options: Option<PgConnectOptions>,
     settings: RwLock<Arc<Settings>>,
     pub handler: Arc<dyn JobHandler>,
     /// `host:pid:random`: unique per process run, so a restarted runner never mistakes an old
@@ -73,6 +75,19 @@ pub struct Shared {
 impl Shared {
     pub fn settings(&self) -> Arc<Settings> {
         self.settings.read().expect("settings lock").clone()
+    }
+
+    /// The dispatcher's backstop interval: `runner.poll_interval`, or with no LISTEN (behind a
+    /// pooler with no direct URL) the shorter `runner.pooler_poll_interval`.
+    pub fn poll_interval(&self) -> Duration {
+        let settings = self.settings();
+        match self.listen_options {
+            Some(_) => settings.runner.poll_interval,
+            None => settings
+                .runner
+                .pooler_poll_interval
+                .min(settings.runner.poll_interval),
+        }
     }
 
     /// Records a job's next due time so the dispatcher wakes for it.
@@ -168,7 +183,7 @@ impl Runner {
     /// Establishes LISTEN (best effort: without it the interval still runs jobs) and starts the
     /// runner's tasks.
     pub async fn start(
-        pool: PgPool,
+        pool: impl Into<Pool>,
         listen_options: Option<PgConnectOptions>,
         settings: Arc<Settings>,
         handler: Arc<dyn JobHandler>,
@@ -189,7 +204,7 @@ impl Runner {
 
     /// [`Runner::start`], choosing the [`Mode`].
     pub async fn start_with(
-        pool: PgPool,
+        pool: impl Into<Pool>,
         listen_options: Option<PgConnectOptions>,
         settings: Arc<Settings>,
         handler: Arc<dyn JobHandler>,
@@ -197,6 +212,7 @@ impl Runner {
         health: Arc<Health>,
         mode: Mode,
     ) -> Runner {
+        let pool: Pool = pool.into();
         let (tx, rx) = mpsc::channel(4096);
         let stop = CancellationToken::new();
         let stop_late = CancellationToken::new();
@@ -204,7 +220,8 @@ impl Runner {
         let workers = settings.runner.workers;
         metrics.workers.set(workers as i64);
         let shared = Arc::new(Shared {
-            listen_options: listen_options.unwrap_or_else(|| (*pool.connect_options()).clone()),
+            listen_options: listen_options
+                .or_else(|| (!pool.pooled()).then(|| (*pool.connect_options()).clone())),
             pool,
             settings: RwLock::new(settings),
             handler,

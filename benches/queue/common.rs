@@ -336,15 +336,27 @@ impl Db {
 
     /// A pool for a runner with `s`, its connections opened before the clock starts (pgbench
     /// does not count its connection time either).
-    pub async fn runner_pool(&self, s: &Settings) -> PgPool {
+    pub async fn runner_pool(&self, s: &Settings) -> outbound_runner::db::Pool {
         // The daemon's own pool (size, statement cache), opened eagerly.
-        let pool = outbound_runner::db::pool(s, self.opts.clone());
-        let mut held = Vec::new();
-        for _ in 0..s.pool_size() {
-            held.push(pool.acquire().await.unwrap());
-        }
-        drop(held);
+        let pool = outbound_runner::db::pool(s, self.opts.clone(), false);
+        warm(&pool, s).await;
         pool
+    }
+}
+
+/// Opens every connection of `pool` before the clock starts.
+pub async fn warm(pool: &outbound_runner::db::Pool, s: &Settings) {
+    let mut held = Vec::new();
+    for _ in 0..s.pool_size() {
+        held.push(pool.pg().acquire().await.unwrap());
+    }
+    drop(held);
+}
+
+impl Db {
+    /// The pool as the runner's code takes it.
+    pub fn queue_pool(&self) -> outbound_runner::db::Pool {
+        self.pool.clone().into()
     }
 }
 
@@ -594,13 +606,23 @@ macro_rules! progress {
 
 /// A runner with the sandbox handler and metrics of its own, on `pool` (see [`Db::runner_pool`]).
 pub async fn sandbox_runner(
-    pool: PgPool,
+    pool: outbound_runner::db::Pool,
+    s: Settings,
+    mode: outbound_runner::runner::Mode,
+) -> outbound_runner::runner::Runner {
+    sandbox_runner_with(pool, None, s, mode).await
+}
+
+/// [`sandbox_runner`], LISTENing at `listen` (a direct URL's options) when given.
+pub async fn sandbox_runner_with(
+    pool: outbound_runner::db::Pool,
+    listen: Option<PgConnectOptions>,
     s: Settings,
     mode: outbound_runner::runner::Mode,
 ) -> outbound_runner::runner::Runner {
     outbound_runner::runner::Runner::start_with(
         pool,
-        None,
+        listen,
         Arc::new(s),
         Arc::new(outbound_runner::delivery::sandbox::SandboxHandler),
         Arc::new(outbound_runner::metrics::Metrics::new()),
