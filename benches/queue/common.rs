@@ -21,16 +21,18 @@ pub enum Section {
     Pipeline,
     Latency,
     Large,
+    Pooler,
     Idle,
 }
 
 impl Section {
-    pub const ALL: [Section; 6] = [
+    pub const ALL: [Section; 7] = [
         Section::Limit,
         Section::Throughput,
         Section::Pipeline,
         Section::Latency,
         Section::Large,
+        Section::Pooler,
         Section::Idle,
     ];
 
@@ -41,6 +43,7 @@ impl Section {
             Section::Pipeline => "pipeline",
             Section::Latency => "latency",
             Section::Large => "large",
+            Section::Pooler => "pooler",
             Section::Idle => "idle",
         }
     }
@@ -59,7 +62,8 @@ impl FromStr for Section {
 pub const USAGE: &str = "\
 cargo bench --bench queue -- [options]
 
-  --only SECTION[,SECTION…]  limit, throughput, pipeline, latency, large, idle (default: all)
+  --only SECTION[,SECTION…]  limit, throughput, pipeline, latency, large, pooler, idle
+                             (default: all)
   --quick                    small sizes and 1 run: a smoke test in about a minute
   --runs R                   runs per figure; each figure is the median (default 3, quick 1)
   --jobs N[,N…]              throughput sizes (default 20000,100000; quick 2000)
@@ -71,7 +75,8 @@ cargo bench --bench queue -- [options]
                              by then (default 120; quick 30)
 
 Needs a PostgreSQL it can create databases on: TEST_DATABASE_URL (default
-postgres://postgres@127.0.0.1:5432/postgres), and pgbench (PATH or /usr/lib/postgresql/*/bin).";
+postgres://postgres@127.0.0.1:5432/postgres), pgbench (PATH or /usr/lib/postgresql/*/bin), and
+for `pooler` pgbouncer (apt-get install pgbouncer).";
 
 #[derive(Debug, Clone)]
 pub struct Args {
