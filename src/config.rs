@@ -921,6 +921,73 @@ mod tests {
     }
 
     #[test]
+    fn direct_url_and_its_old_name() {
+        let s = load(&opts(&[
+            (
+                "DATABASE_URL",
+                "postgres://u:p@pooler:6543/db?pgbouncer=true",
+            ),
+            ("DIRECT_URL", "postgres://u:p@db:5432/db"),
+        ]))
+        .unwrap();
+        assert_eq!(s.database.pooler, PoolerMode::Auto);
+        assert!(crate::db::pooler_mode(
+            &s,
+            s.database.url.as_ref().unwrap().expose_secret()
+        ));
+        assert_eq!(
+            s.direct_url().unwrap().expose_secret(),
+            "postgres://u:p@db:5432/db"
+        );
+
+        // The old name alone still works; both, differing, is an error naming the old one.
+        let s = load(&opts(&[(
+            "OUTBOUND_RUNNER__DATABASE__LISTEN_URL",
+            "postgres://u:p@db/db",
+        )]))
+        .unwrap();
+        assert_eq!(
+            s.direct_url().unwrap().expose_secret(),
+            "postgres://u:p@db/db"
+        );
+        let e = load(&opts(&[
+            ("DIRECT_URL", "postgres://u:p@db/db"),
+            (
+                "OUTBOUND_RUNNER__DATABASE__LISTEN_URL",
+                "postgres://u:p@other/db",
+            ),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.problems[0].key, "database.listen_url", "{e}");
+
+        // Explicit modes win over the URL.
+        let s = load(&opts(&[
+            ("DATABASE_URL", "postgres://u@pooler/db?pgbouncer=true"),
+            ("OUTBOUND_RUNNER__DATABASE__POOLER", "none"),
+        ]))
+        .unwrap();
+        assert!(!crate::db::pooler_mode(
+            &s,
+            "postgres://u@pooler/db?pgbouncer=true"
+        ));
+        let s = load(&opts(&[(
+            "OUTBOUND_RUNNER__DATABASE__POOLER",
+            "transaction",
+        )]))
+        .unwrap();
+        assert!(crate::db::pooler_mode(&s, "postgres://u@pooler/db"));
+
+        // Prisma's schema parameter for another schema is refused, without the password.
+        let e = load(&opts(&[(
+            "DATABASE_URL",
+            "postgres://u:hunter2@h/db?schema=app",
+        )]))
+        .unwrap_err();
+        assert_eq!(e.problems[0].key, "database.url");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
     fn redaction() {
         assert_eq!(
             redact_url("postgres://u:pw@h:5432/db?sslmode=require&host=/run"),
