@@ -310,12 +310,12 @@ pub async fn run(a: &Args) -> Vec<Row> {
         let max = |f: fn(&Connections) -> u32| runs.iter().map(|d| f(&d.conns)).max().unwrap_or(0);
         let conns = match via {
             Via::Direct => format!(
-                "connections: our pool {}, PostgreSQL backends {}",
+                "connections: our pool {}, PostgreSQL backends {} (LISTEN's included)",
                 max(|c| c.ours),
                 max(|c| c.server)
             ),
             Via::Pooler => format!(
-                "connections: our pool {} = PgBouncer clients {}; PostgreSQL backends {} (PgBouncer's pool {SERVER_POOL})",
+                "connections: our pool {} = PgBouncer clients {}; PostgreSQL backends {} (LISTEN's direct one included; PgBouncer's pool {SERVER_POOL})",
                 max(|c| c.ours),
                 max(|c| c.pooler_clients),
                 max(|c| c.server)

@@ -11,8 +11,13 @@
 //! same name and run *its* SQL. Unnamed statements have the same hole. So in pooler mode every
 //! statement runs inside its own `BEGIN … COMMIT`, unnamed: the pooler keeps one server for the
 //! whole exchange and nothing outlives it on the server. That costs two more round trips (the
-//! `BEGIN` and the `COMMIT`) and a parse per statement; `cargo bench --bench queue -- pooler`
-//! measures it.
+//! `BEGIN` and the `COMMIT`) and a parse per statement; `cargo bench --bench queue -- --only
+//! pooler` measures it.
+//!
+//! Measured against a stock PgBouncer 1.18 in transaction mode lending 4 server connections to 20
+//! clients, each running 200 two-kinds-of-SELECT statements concurrently: sqlx's cached named
+//! statements gave 338 errors and 1,315 *wrong results* of 4,000; unnamed statements without a
+//! transaction 0 errors and 1,934 wrong results; unnamed inside a transaction 0 and 0.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
