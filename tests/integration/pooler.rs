@@ -342,3 +342,121 @@ fn the_cli_migrates_and_reports_status_through_pgbouncer() {
     drop(pgb);
     drop(rt);
 }
+
+/// The daemon binary's stderr, line by line, from a thread of its own.
+struct Daemon {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Daemon {
+    fn start(env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbound-runner"));
+        cmd.arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("OUTBOUND_RUNNER__HTTP__LISTEN", "")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads lines until one contains `needle`; bounded.
+    fn wait_for(&mut self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {needle:?} within {within:?}; the log:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn stop(mut self) -> Vec<String> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let status = self.child.wait().unwrap();
+        self.seen.extend(self.lines.try_iter());
+        assert!(status.success(), "{status}: {}", self.seen.join("\n"));
+        self.seen
+    }
+}
+
+#[test]
+fn the_daemon_binary_explains_a_pooler_then_runs_through_it_with_pgbouncer_true() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(TestDb::empty());
+    let pgb = bouncer(2);
+
+    // Pointed at PgBouncer as if it were PostgreSQL: refused, and the log says what to set,
+    // once however often the connection is retried.
+    let mut d = Daemon::start(&[("DATABASE_URL", &pgb.url(&db.name, ""))]);
+    d.wait_for("add ?pgbouncer=true", Duration::from_secs(10));
+    d.wait_for("database unreachable", Duration::from_secs(10));
+    // The daemon keeps retrying (quietly, with backoff): PgBouncer counts the refusals.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pgb.log().matches("unsupported startup parameter").count() < 3 {
+        assert!(Instant::now() < deadline, "{}", pgb.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = d.stop();
+    let advice = log
+        .iter()
+        .filter(|l| l.contains("add ?pgbouncer=true"))
+        .count();
+    assert_eq!(advice, 1, "{}", log.join("\n"));
+    assert!(log.iter().any(|l| l.contains("database.direct_url")));
+
+    // With ?pgbouncer=true and no direct URL: it migrates through the pooler, warns what it
+    // cannot do without a direct URL, and finds a new job by polling.
+    let mut d = Daemon::start(&[
+        ("DATABASE_URL", &pgb.url(&db.name, "pgbouncer=true")),
+        ("OUTBOUND_RUNNER__RUNNER__POOLER_POLL_INTERVAL", "200ms"),
+    ]);
+    d.wait_for("database.direct_url is not set", Duration::from_secs(10));
+    d.wait_for("ready", Duration::from_secs(30));
+    let id = rt.block_on(db.insert_jobs(1))[0];
+    d.wait_for(
+        &format!("Job {id} completed successfully"),
+        Duration::from_secs(5),
+    );
+    let log = d.stop();
+    assert!(
+        !log.iter().any(|l| l.contains("prepared statement")),
+        "{}",
+        log.join("\n")
+    );
+    assert_eq!(rt.block_on(db.job(id)).status, "done");
+    drop(pgb);
+}
