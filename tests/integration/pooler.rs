@@ -7,7 +7,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use outbound_runner::config::DeliveryMode;
 use outbound_runner::db::{self, pooler};
+use outbound_runner::delivery::live::LiveHandler;
 use outbound_runner::delivery::sandbox::SandboxHandler;
 use outbound_runner::queue::JobError;
 use outbound_runner::queue::store::{self, NewJob, Reclaim};
@@ -15,6 +17,7 @@ use outbound_runner::runner::Mode;
 
 use crate::support::app::{App, TOKEN};
 use crate::support::handlers::{Gate, Scripted};
+use crate::support::mock_meta::{self, MockMeta};
 use crate::support::pgbouncer::PgBouncer;
 use crate::support::{TestDb, admin_url, spawn_runner_via, test_settings};
 
@@ -167,6 +170,50 @@ async fn two_runners_drain_3000_jobs_through_pgbouncer_and_wake_on_listen() {
     let (da, dbr) = tokio::join!(a.shutdown(), b.shutdown());
     assert_eq!(da.aborted + dbr.aborted, 0);
     drop(pgb);
+}
+
+/// Live delivery's ledger writes (mark sending, record sent) go through the pooler too.
+#[tokio::test]
+async fn live_delivery_through_pgbouncer_sends_each_message_once() {
+    const JOBS: usize = 200;
+    let db = TestDb::new().await;
+    let pgb = bouncer(4);
+    let meta = MockMeta::start().await;
+    let url = pgb.url(&db.name, "pgbouncer=true");
+    let live = |s: &mut outbound_runner::config::Settings| {
+        s.delivery.mode = DeliveryMode::Live;
+        s.whatsapp.api_base = meta.api_base();
+        s.whatsapp.phone_number_id = mock_meta::PHONE_NUMBER_ID.into();
+        s.whatsapp.access_token = Some(mock_meta::TOKEN.to_string().into());
+        s.whatsapp.pair_interval = Duration::ZERO;
+        s.whatsapp.rate_per_second = 10_000;
+    };
+    let mut settings = test_settings();
+    live(&mut settings);
+    let handler = Arc::new(LiveHandler::new(&settings).unwrap());
+    let r = spawn_runner_via(&url, Some(&db.url), handler, live, Mode::Daemon).await;
+    db.insert_jobs(JOBS).await;
+    let mut finished = r.finished();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        finished.wait_for(|n| *n >= JOBS as u64),
+    )
+    .await
+    .expect("not every live job finished within 30s")
+    .unwrap();
+    r.shutdown().await;
+    assert_eq!(db.count("done").await, JOBS as i64);
+    let sent: i64 = sqlx::query_scalar(
+        r#"SELECT count(*) FROM "OutboundMessage" WHERE status = 'sent' AND wamid IS NOT NULL"#,
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(sent, JOBS as i64);
+    let per_message = meta.accepted_per_message();
+    assert_eq!(per_message.len(), JOBS);
+    assert!(per_message.values().all(|n| *n == 1), "{per_message:?}");
+    assert!(!pooler::prepared_statement_errors_seen());
 }
 
 #[tokio::test]
