@@ -253,6 +253,9 @@ impl<'p> Executor<'p> for &'_ Pool {
     where
         'p: 'e,
     {
+        if self.pooled {
+            return Box::pin(async { Err(not_through_a_pooler()) });
+        }
         let pool = self.inner.clone();
         Box::pin(async move { pool.prepare_with(sql, parameters).await })
     }
@@ -264,9 +267,19 @@ impl<'p> Executor<'p> for &'_ Pool {
     where
         'p: 'e,
     {
+        if self.pooled {
+            return Box::pin(async { Err(not_through_a_pooler()) });
+        }
         let pool = self.inner.clone();
         Box::pin(async move { pool.describe(sql).await })
     }
+}
+
+/// A statement prepared by name would outlive the transaction the pooler lent its server for.
+fn not_through_a_pooler() -> sqlx::Error {
+    sqlx::Error::Configuration(
+        "named prepared statements are not available through a transaction-mode pooler".into(),
+    )
 }
 
 /// What a pooler's error means, when `e` is one.
