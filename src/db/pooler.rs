@@ -369,6 +369,59 @@ mod tests {
         assert_eq!(c.removed, ["sslpassword"]);
     }
 
+    /// A server error as sqlx reports it.
+    #[derive(Debug)]
+    struct Server(&'static str, &'static str);
+
+    impl std::fmt::Display for Server {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.1)
+        }
+    }
+    impl std::error::Error for Server {}
+    impl sqlx::error::DatabaseError for Server {
+        fn message(&self) -> &str {
+            self.1
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn sign(code: &'static str, message: &'static str) -> Option<PoolerSign> {
+        pooler_sign(&sqlx::Error::Database(Box::new(Server(code, message))))
+    }
+
+    #[test]
+    fn a_poolers_errors_are_recognised() {
+        assert_eq!(
+            sign("26000", r#"prepared statement "sqlx_s_7" does not exist"#),
+            Some(PoolerSign::PreparedStatement)
+        );
+        assert_eq!(
+            sign("42P05", r#"prepared statement "sqlx_s_1" already exists"#),
+            Some(PoolerSign::PreparedStatement)
+        );
+        assert_eq!(
+            sign("08P01", "unsupported startup parameter: extra_float_digits"),
+            Some(PoolerSign::StartupParameter)
+        );
+        assert_eq!(sign("23505", "duplicate key value"), None);
+        assert_eq!(pooler_sign(&sqlx::Error::PoolTimedOut), None);
+    }
+
     #[test]
     fn another_schema_is_refused_without_echoing_the_url() {
         let e = clean_url("postgres://u:hunter2@h/db?schema=app").unwrap_err();
