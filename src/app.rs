@@ -110,13 +110,17 @@ async fn serve(
 ) -> Result<u8, StartError> {
     // Bind first: a taken port stops start-up at once, not after the database wait.
     let listeners = http::bind(&settings).await?;
-    let pool = db::pool(&settings, db::connect_options(url)?);
+    let pool = db::open(&settings, url)?;
+    let listen_options = db::direct_options(&settings)?;
+    if pool.pooled() {
+        pooler_notice(&settings, listen_options.is_some());
+    }
     if !wait_for_database(&pool, stop).await {
         return Ok(exit::OK);
     }
     if settings.database.migrate {
         systemd::extend_timeout(Duration::from_secs(120));
-        db::migrate(&pool).await?;
+        db::migrate_with(&settings, &pool).await?;
     } else if !db::migrations_current(&pool).await? {
         return Err(StartError::Other(anyhow::anyhow!(
             "the database schema is not current and database.migrate is off: run `outbound-runner migrate`"
@@ -124,12 +128,6 @@ async fn serve(
     }
     db::warn_if_not_vacuumed(&pool).await;
     let pool = db::wait::fit_budget(pool, &settings).await;
-    let listen_options = match &settings.database.listen_url {
-        Some(u) => Some(db::connect_options(secrecy::ExposeSecret::expose_secret(
-            u,
-        ))?),
-        None => None,
-    };
 
     let handler = handler_for(&settings)?;
     let metrics = Arc::new(Metrics::new());
@@ -195,6 +193,25 @@ async fn serve(
     Ok(exit::OK)
 }
 
+/// Says at start what pooler mode does, and what is missing without a direct URL.
+fn pooler_notice(settings: &Settings, direct: bool) {
+    if direct {
+        tracing::info!(
+            "database.url goes through a transaction-mode pooler: statements run unprepared, one \
+             transaction each; LISTEN and migrations use database.direct_url"
+        );
+    } else {
+        tracing::warn!(
+            poll_every = ?settings.runner.pooler_poll_interval.min(settings.runner.poll_interval),
+            "database.url goes through a transaction-mode pooler and database.direct_url is not \
+             set: no LISTEN (new jobs are found by polling every runner.pooler_poll_interval) and \
+             migrations run through the pooler in one transaction; set database.direct_url \
+             (env DIRECT_URL) to a direct connection for instant wake-ups (docs/operations.md, \
+             \"Poolers\")"
+        );
+    }
+}
+
 /// SIGHUP: re-read the configuration; apply what can change live, keep the old one on error.
 /// `started` is the configuration the process started with: what a restart-only key still is.
 fn reload(
@@ -254,8 +271,14 @@ pub fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
     if secret(&old.database.url) != secret(&new.database.url) {
         out.push("database.url");
     }
+    if secret(&old.database.direct_url) != secret(&new.database.direct_url) {
+        out.push("database.direct_url");
+    }
     if secret(&old.database.listen_url) != secret(&new.database.listen_url) {
         out.push("database.listen_url");
+    }
+    if old.database.pooler != new.database.pooler {
+        out.push("database.pooler");
     }
     if old.database.max_connections != new.database.max_connections {
         out.push("database.max_connections");
@@ -304,7 +327,7 @@ fn spawn_stop_signals(stop: CancellationToken) -> anyhow::Result<()> {
 
 /// Waits until the database answers, retrying with backoff. Returns false if stopped first.
 /// A database that is down at start is not a crash: the unit stays "activating" and retries.
-async fn wait_for_database(pool: &sqlx::PgPool, stop: &CancellationToken) -> bool {
+async fn wait_for_database(pool: &db::Pool, stop: &CancellationToken) -> bool {
     let mut delay = Duration::from_millis(250);
     let mut logged = false;
     loop {

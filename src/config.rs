@@ -46,7 +46,15 @@ pub struct DatabaseSettings {
     pub url: Option<SecretString>,
     #[serde(deserialize_with = "path")]
     pub url_file: Option<PathBuf>,
-    /// A direct connection for LISTEN when `url` goes through a transaction-mode pooler.
+    /// Whether `url` goes through a transaction-mode pooler (docs/operations.md, "Poolers").
+    pub pooler: PoolerMode,
+    /// A direct (non-pooler) connection for what needs a session: LISTEN and the migrations'
+    /// lock. Read it through [`Settings::direct_url`], which also honours `listen_url`.
+    #[serde(deserialize_with = "secret")]
+    pub direct_url: Option<SecretString>,
+    #[serde(deserialize_with = "path")]
+    pub direct_url_file: Option<PathBuf>,
+    /// The old name of `direct_url`, still accepted.
     #[serde(deserialize_with = "secret")]
     pub listen_url: Option<SecretString>,
     #[serde(deserialize_with = "path")]
@@ -62,6 +70,18 @@ pub struct DatabaseSettings {
     pub embedded_dir: Option<PathBuf>,
 }
 
+/// `database.pooler`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolerMode {
+    /// A transaction-mode pooler when the URL says `pgbouncer=true` (as Prisma's do), else none.
+    Auto,
+    /// A direct connection (or a session-mode pooler).
+    None,
+    /// A transaction-mode pooler: PgBouncer, Supabase's pooler, Neon's `-pooler` host.
+    Transaction,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunnerSettings {
@@ -73,6 +93,9 @@ pub struct RunnerSettings {
     pub batch: u32,
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// The poll that stands in for LISTEN behind a transaction-mode pooler with no direct URL.
+    #[serde(with = "humantime_serde")]
+    pub pooler_poll_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
     #[serde(with = "humantime_serde")]
@@ -216,6 +239,14 @@ impl Settings {
         self.max_connections().saturating_sub(1)
     }
 
+    /// The direct (non-pooler) URL: `database.direct_url`, or its old name `listen_url`.
+    pub fn direct_url(&self) -> Option<&SecretString> {
+        self.database
+            .direct_url
+            .as_ref()
+            .or(self.database.listen_url.as_ref())
+    }
+
     /// `http.listen` parsed; `None` when the HTTP server is off.
     pub fn http_listen(&self) -> Option<SocketAddr> {
         self.http.listen.parse().ok()
@@ -297,6 +328,9 @@ impl ConfigError {
 const GUIDE_ENV: &[(&str, &str)] = &[
     ("DATABASE_URL", "database.url"),
     ("DATABASE_URL_FILE", "database.url_file"),
+    // Prisma's name for its `directUrl` (docs/operations.md, "Poolers").
+    ("DIRECT_URL", "database.direct_url"),
+    ("DIRECT_URL_FILE", "database.direct_url_file"),
     ("JOB_RUNNER_TOKEN", "http.job_runner_token"),
     ("JOB_RUNNER_TOKEN_FILE", "http.job_runner_token_file"),
     ("CRON_SECRET", "http.cron_secret"),
@@ -498,6 +532,12 @@ fn resolve_secrets(s: &mut Settings, env: &HashMap<String, String>) -> Result<()
             file: &s.database.url_file,
         },
         SecretSlot {
+            key: "database.direct_url",
+            credential: "database_direct_url",
+            value: &mut s.database.direct_url,
+            file: &s.database.direct_url_file,
+        },
+        SecretSlot {
             key: "database.listen_url",
             credential: "database_listen_url",
             value: &mut s.database.listen_url,
@@ -565,6 +605,16 @@ fn resolve_secrets(s: &mut Settings, env: &HashMap<String, String>) -> Result<()
             (true, None) => {}
         }
     }
+    if let (Some(direct), Some(listen)) = (&s.database.direct_url, &s.database.listen_url) {
+        if direct.expose_secret() != listen.expose_secret() {
+            problems.push(Problem {
+                key: "database.listen_url".into(),
+                reason: "is the old name of database.direct_url, and both are set to different \
+                         URLs; set only database.direct_url"
+                    .into(),
+            });
+        }
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -594,6 +644,7 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
 
     for (key, url) in [
         ("database.url", &s.database.url),
+        ("database.direct_url", &s.database.direct_url),
         ("database.listen_url", &s.database.listen_url),
     ] {
         if let Some(url) = url {
@@ -621,6 +672,7 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
     }
     for (key, d) in [
         ("runner.poll_interval", r.poll_interval),
+        ("runner.pooler_poll_interval", r.pooler_poll_interval),
         ("runner.rescue_interval", r.rescue_interval),
         ("runner.job_timeout", r.job_timeout),
         ("runner.heartbeat", r.heartbeat),
@@ -733,7 +785,7 @@ fn check_postgres_url(text: &str) -> Result<(), String> {
     // The reason must not echo the URL: it may hold a password.
     let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
     match url.scheme() {
-        "postgres" | "postgresql" => Ok(()),
+        "postgres" | "postgresql" => crate::db::pooler::clean_url(text).map(|_| ()),
         other => Err(format!(
             "scheme must be postgres:// or postgresql://, not {other}://"
         )),
@@ -901,6 +953,73 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.problems[0].key, "http.job_runner_token_file");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn direct_url_and_its_old_name() {
+        let s = load(&opts(&[
+            (
+                "DATABASE_URL",
+                "postgres://u:p@pooler:6543/db?pgbouncer=true",
+            ),
+            ("DIRECT_URL", "postgres://u:p@db:5432/db"),
+        ]))
+        .unwrap();
+        assert_eq!(s.database.pooler, PoolerMode::Auto);
+        assert!(crate::db::pooler_mode(
+            &s,
+            s.database.url.as_ref().unwrap().expose_secret()
+        ));
+        assert_eq!(
+            s.direct_url().unwrap().expose_secret(),
+            "postgres://u:p@db:5432/db"
+        );
+
+        // The old name alone still works; both, differing, is an error naming the old one.
+        let s = load(&opts(&[(
+            "OUTBOUND_RUNNER__DATABASE__LISTEN_URL",
+            "postgres://u:p@db/db",
+        )]))
+        .unwrap();
+        assert_eq!(
+            s.direct_url().unwrap().expose_secret(),
+            "postgres://u:p@db/db"
+        );
+        let e = load(&opts(&[
+            ("DIRECT_URL", "postgres://u:p@db/db"),
+            (
+                "OUTBOUND_RUNNER__DATABASE__LISTEN_URL",
+                "postgres://u:p@other/db",
+            ),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.problems[0].key, "database.listen_url", "{e}");
+
+        // Explicit modes win over the URL.
+        let s = load(&opts(&[
+            ("DATABASE_URL", "postgres://u@pooler/db?pgbouncer=true"),
+            ("OUTBOUND_RUNNER__DATABASE__POOLER", "none"),
+        ]))
+        .unwrap();
+        assert!(!crate::db::pooler_mode(
+            &s,
+            "postgres://u@pooler/db?pgbouncer=true"
+        ));
+        let s = load(&opts(&[(
+            "OUTBOUND_RUNNER__DATABASE__POOLER",
+            "transaction",
+        )]))
+        .unwrap();
+        assert!(crate::db::pooler_mode(&s, "postgres://u@pooler/db"));
+
+        // Prisma's schema parameter for another schema is refused, without the password.
+        let e = load(&opts(&[(
+            "DATABASE_URL",
+            "postgres://u:hunter2@h/db?schema=app",
+        )]))
+        .unwrap_err();
+        assert_eq!(e.problems[0].key, "database.url");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

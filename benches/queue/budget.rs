@@ -137,7 +137,7 @@ async fn drive(
         })
     };
 
-    let pool = outbound_runner::db::pool(&s, opts.application_name(APP));
+    let pool = outbound_runner::db::pool(&s, opts.application_name(APP), false);
     // As the daemon does before it starts the runner (app.rs).
     let pool = outbound_runner::db::wait::fit_budget(pool, &s).await;
     let started = Instant::now();

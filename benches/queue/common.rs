@@ -21,18 +21,20 @@ pub enum Section {
     Pipeline,
     Latency,
     Large,
+    Pooler,
     Idle,
     Budget,
 }
 
 impl Section {
-    pub const ALL: [Section; 7] = [
+    pub const ALL: [Section; 8] = [
         Section::Limit,
         Section::Throughput,
         Section::Pipeline,
         Section::Budget,
         Section::Latency,
         Section::Large,
+        Section::Pooler,
         Section::Idle,
     ];
 
@@ -43,6 +45,7 @@ impl Section {
             Section::Pipeline => "pipeline",
             Section::Latency => "latency",
             Section::Large => "large",
+            Section::Pooler => "pooler",
             Section::Idle => "idle",
             Section::Budget => "budget",
         }
@@ -62,7 +65,7 @@ impl FromStr for Section {
 pub const USAGE: &str = "\
 cargo bench --bench queue -- [options]
 
-  --only SECTION[,SECTION…]  limit, throughput, pipeline, budget, latency, large, idle
+  --only SECTION[,SECTION…]  limit, throughput, pipeline, budget, latency, large, pooler, idle
                              (default: all)
   --quick                    small sizes and 1 run: a smoke test in about a minute
   --runs R                   runs per figure; each figure is the median (default 3, quick 1)
@@ -75,7 +78,8 @@ cargo bench --bench queue -- [options]
                              by then (default 120; quick 30)
 
 Needs a PostgreSQL it can create databases on: TEST_DATABASE_URL (default
-postgres://postgres@127.0.0.1:5432/postgres), and pgbench (PATH or /usr/lib/postgresql/*/bin).";
+postgres://postgres@127.0.0.1:5432/postgres), pgbench (PATH or /usr/lib/postgresql/*/bin), and
+for `pooler` pgbouncer (apt-get install pgbouncer).";
 
 #[derive(Debug, Clone)]
 pub struct Args {
@@ -340,15 +344,27 @@ impl Db {
 
     /// A pool for a runner with `s`, its connections opened before the clock starts (pgbench
     /// does not count its connection time either).
-    pub async fn runner_pool(&self, s: &Settings) -> PgPool {
+    pub async fn runner_pool(&self, s: &Settings) -> outbound_runner::db::Pool {
         // The daemon's own pool (size, statement cache), opened eagerly.
-        let pool = outbound_runner::db::pool(s, self.opts.clone());
-        let mut held = Vec::new();
-        for _ in 0..s.pool_size() {
-            held.push(pool.acquire().await.unwrap());
-        }
-        drop(held);
+        let pool = outbound_runner::db::pool(s, self.opts.clone(), false);
+        warm(&pool, s).await;
         pool
+    }
+}
+
+/// Opens every connection of `pool` before the clock starts.
+pub async fn warm(pool: &outbound_runner::db::Pool, s: &Settings) {
+    let mut held = Vec::new();
+    for _ in 0..s.pool_size() {
+        held.push(pool.pg().acquire().await.unwrap());
+    }
+    drop(held);
+}
+
+impl Db {
+    /// The pool as the runner's code takes it.
+    pub fn queue_pool(&self) -> outbound_runner::db::Pool {
+        self.pool.clone().into()
     }
 }
 
@@ -598,13 +614,23 @@ macro_rules! progress {
 
 /// A runner with the sandbox handler and metrics of its own, on `pool` (see [`Db::runner_pool`]).
 pub async fn sandbox_runner(
-    pool: PgPool,
+    pool: outbound_runner::db::Pool,
+    s: Settings,
+    mode: outbound_runner::runner::Mode,
+) -> outbound_runner::runner::Runner {
+    sandbox_runner_with(pool, None, s, mode).await
+}
+
+/// [`sandbox_runner`], LISTENing at `listen` (a direct URL's options) when given.
+pub async fn sandbox_runner_with(
+    pool: outbound_runner::db::Pool,
+    listen: Option<PgConnectOptions>,
     s: Settings,
     mode: outbound_runner::runner::Mode,
 ) -> outbound_runner::runner::Runner {
     outbound_runner::runner::Runner::start_with(
         pool,
-        None,
+        listen,
         Arc::new(s),
         Arc::new(outbound_runner::delivery::sandbox::SandboxHandler),
         Arc::new(outbound_runner::metrics::Metrics::new()),

@@ -104,9 +104,13 @@ async fn once(a: &Args, batch: u32) -> (Vec<Step>, f64) {
 
     // Prune the finished rows with the pruner's own statement, in large batches.
     let t = Instant::now();
-    while store::prune(&finished.db.pool, Duration::from_secs(7 * 86_400), 100_000)
-        .await
-        .unwrap()
+    while store::prune(
+        &finished.db.queue_pool(),
+        Duration::from_secs(7 * 86_400),
+        100_000,
+    )
+    .await
+    .unwrap()
         > 0
     {}
     let prune = t.elapsed().as_secs_f64();

@@ -18,6 +18,9 @@
 //!   orchestrator), the connections they hold, a role with `CONNECTION LIMIT 3`, RSS;
 //! - `latency`: wake-up latency of an idle runner, on the database's clock;
 //! - `large`: claim latency with 10k vs 1M queued rows, beside 1M finished rows, after a prune;
+//! - `pooler`: a sandbox drain (the first `--jobs` size) and idle wake-ups through a
+//!   transaction-mode PgBouncer beside direct, with the connections on both sides of it (needs
+//!   `pgbouncer` installed);
 //! - `idle`: the daemon binary idle: CPU, wake-ups and RSS.
 //!
 //! See `docs/benchmarks.md` for what each row means and the latest table.
@@ -27,6 +30,8 @@ mod mock_meta;
 #[path = "../../tests/integration/support/mock_orchestrator.rs"]
 #[allow(dead_code)]
 mod mock_orchestrator;
+#[path = "../../tests/integration/support/pgbouncer.rs"]
+mod pgbouncer;
 
 mod budget;
 mod common;
@@ -34,6 +39,7 @@ mod idle;
 mod large;
 mod latency;
 mod pipeline;
+mod pooler;
 mod throughput;
 
 use std::time::Instant;
@@ -61,6 +67,10 @@ async fn run_all(a: Args) -> Vec<Row> {
     if a.wants(Section::Large) {
         eprintln!("large table…");
         rows.extend(large::run(&a).await);
+    }
+    if a.wants(Section::Pooler) {
+        eprintln!("through PgBouncer beside direct…");
+        rows.extend(pooler::run(&a).await);
     }
     if a.wants(Section::Idle) {
         eprintln!("idle cost…");

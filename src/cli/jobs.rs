@@ -167,7 +167,7 @@ pub struct SettleArgs {
 }
 
 /// Runs a `jobs` command on `pool`; returns the exit code.
-pub async fn run(pool: &sqlx::PgPool, args: &JobsArgs, default_max_attempts: i32) -> u8 {
+pub async fn run(pool: &crate::db::Pool, args: &JobsArgs, default_max_attempts: i32) -> u8 {
     match execute(pool, args, default_max_attempts).await {
         Ok(code) => code,
         Err(e) => {
@@ -182,7 +182,7 @@ pub async fn run(pool: &sqlx::PgPool, args: &JobsArgs, default_max_attempts: i32
 }
 
 async fn execute(
-    pool: &sqlx::PgPool,
+    pool: &crate::db::Pool,
     args: &JobsArgs,
     default_max_attempts: i32,
 ) -> Result<u8, AdminError> {

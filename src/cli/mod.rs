@@ -129,8 +129,9 @@ pub async fn main(cli: Cli) -> u8 {
             .await
         }
         Command::Migrate => {
+            let for_migrate = settings.clone();
             with_database(&opts, &settings, |pool| async move {
-                db::migrate(&pool).await?;
+                db::migrate_with(&for_migrate, &pool).await?;
                 println!("migrations applied");
                 Ok(exit::OK)
             })
@@ -169,7 +170,7 @@ pub async fn main(cli: Cli) -> u8 {
 /// Connects to the configured database, or to the embedded server a running daemon started.
 async fn with_database<F, Fut>(opts: &LoadOptions, settings: &Settings, f: F) -> u8
 where
-    F: FnOnce(sqlx::PgPool) -> Fut,
+    F: FnOnce(db::Pool) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<u8>>,
 {
     let url = match db::configured_url(settings) {
@@ -190,7 +191,7 @@ where
         }
     };
     let result = async {
-        let pool = db::pool(settings, db::connect_options(&url)?);
+        let pool = db::open(settings, &url)?;
         sqlx::query("SELECT 1")
             .execute(&pool)
             .await
@@ -281,6 +282,14 @@ fn check_config(opts: &LoadOptions, settings: &Settings) -> u8 {
     exit::OK
 }
 
+fn pooler_name(mode: crate::config::PoolerMode) -> &'static str {
+    match mode {
+        crate::config::PoolerMode::Auto => "auto",
+        crate::config::PoolerMode::None => "none",
+        crate::config::PoolerMode::Transaction => "transaction",
+    }
+}
+
 /// Every key with its effective value, secrets masked.
 fn effective(s: &Settings) -> Vec<(String, String)> {
     let secret = |v: &Option<secrecy::SecretString>| match v {
@@ -297,6 +306,12 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
     vec![
         ("database.url".into(), secret(&s.database.url)),
         ("database.url_file".into(), p(&s.database.url_file)),
+        ("database.pooler".into(), q(pooler_name(s.database.pooler))),
+        ("database.direct_url".into(), secret(&s.database.direct_url)),
+        (
+            "database.direct_url_file".into(),
+            p(&s.database.direct_url_file),
+        ),
         ("database.listen_url".into(), secret(&s.database.listen_url)),
         (
             "database.listen_url_file".into(),
@@ -319,6 +334,10 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
         ),
         ("runner.batch".into(), s.runner.batch.to_string()),
         ("runner.poll_interval".into(), d(s.runner.poll_interval)),
+        (
+            "runner.pooler_poll_interval".into(),
+            d(s.runner.pooler_poll_interval),
+        ),
         ("runner.lease".into(), d(s.runner.lease)),
         ("runner.rescue_interval".into(), d(s.runner.rescue_interval)),
         ("runner.job_timeout".into(), d(s.runner.job_timeout)),

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
 
+use crate::db::Pool;
 use crate::queue::STATUSES;
 
 /// Thresholds for the checks.
@@ -72,7 +72,7 @@ pub struct Check {
 
 /// Runs the queries. Each is the guide's own (or its obvious sibling), so the numbers match what
 /// an operator pasting the guide's SQL would see.
-pub async fn collect(pool: &PgPool, args: &StatusArgs) -> sqlx::Result<Status> {
+pub async fn collect(pool: &Pool, args: &StatusArgs) -> sqlx::Result<Status> {
     let counts: Vec<(String, i64)> =
         sqlx::query_as(r#"SELECT status, COUNT(*) FROM "OutboundJob" GROUP BY status"#)
             .fetch_all(pool)

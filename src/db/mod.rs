@@ -1,9 +1,14 @@
 //! The database connection: the pool, migrations, and where the URL comes from.
 //!
-//! All SQL that moves jobs lives in [`crate::queue::store`]; this module only connects.
+//! All SQL that moves jobs lives in [`crate::queue::store`]; this module only connects. Every
+//! statement goes through a [`Pool`], which is pooler-safe when `database.url` goes through a
+//! transaction-mode pooler ([`pooler`], docs/operations.md "Poolers").
 
 pub mod embedded;
+pub mod pooler;
 pub mod wait;
+
+pub use pooler::Pool;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -12,26 +17,68 @@ use anyhow::Context;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use crate::config::Settings;
+use crate::config::{PoolerMode, Settings};
 
 /// The migrations in `migrations/`, compiled in.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Connection options for `url`, tagged so `pg_stat_activity` shows who we are.
+/// Connection options for `url` (Prisma's parameters removed: [`pooler::clean_url`]), tagged so
+/// `pg_stat_activity` shows who we are.
 pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
-    let opts = PgConnectOptions::from_str(url)
-        .map_err(|e| anyhow::anyhow!("database.url is not usable: {}", redact_sqlx(&e)))?;
+    let clean = pooler::clean_url(url)
+        .map_err(|reason| anyhow::anyhow!("database URL is not usable: {reason}"))?;
+    let opts = PgConnectOptions::from_str(&clean.url)
+        .map_err(|e| anyhow::anyhow!("database URL is not usable: {}", redact_sqlx(&e)))?;
     Ok(opts.application_name("outbound-runner"))
 }
 
-/// The pool: the connection budget less the LISTEN connection ([`Settings::pool_size`]). Connects lazily: the daemon's start-up loop decides how long to
-/// wait for the database, not the pool.
-pub fn pool(settings: &Settings, opts: PgConnectOptions) -> PgPool {
-    // Room for one claim statement per claim size (see `queue::store::claim`) beside the rest,
-    // so no prepared statement is evicted and re-planned in a steady drain.
-    let claim_sizes = settings.runner.batch as usize;
-    let opts = opts.statement_cache_capacity(100 + claim_sizes);
-    PgPoolOptions::new()
+/// Whether `url` (database.url) goes through a transaction-mode pooler: `database.pooler`, or
+/// with `auto`, Prisma's `pgbouncer=true` in the URL.
+pub fn pooler_mode(settings: &Settings, url: &str) -> bool {
+    match settings.database.pooler {
+        PoolerMode::Transaction => true,
+        PoolerMode::None => false,
+        PoolerMode::Auto => pooler::clean_url(url).is_ok_and(|c| c.pgbouncer),
+    }
+}
+
+/// The pool for `url` (database.url), in pooler mode when [`pooler_mode`] says so. Says once in
+/// the log which URL parameters it ignored (their names, never their values).
+pub fn open(settings: &Settings, url: &str) -> anyhow::Result<Pool> {
+    if let Ok(clean) = pooler::clean_url(url) {
+        if !clean.removed.is_empty() {
+            tracing::info!(
+                parameters = ?clean.removed,
+                "database.url: ignoring parameters meant for Prisma"
+            );
+        }
+    }
+    let pooled = pooler_mode(settings, url);
+    Ok(pool(settings, connect_options(url)?, pooled))
+}
+
+/// `database.direct_url` (or its old name `listen_url`) as connection options, if set.
+pub fn direct_options(settings: &Settings) -> anyhow::Result<Option<PgConnectOptions>> {
+    settings
+        .direct_url()
+        .map(|u| connect_options(u.expose_secret()))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("database.direct_url: {e:#}"))
+}
+
+/// The pool: the connection budget less the LISTEN connection ([`Settings::pool_size`]).
+/// Connects lazily: the daemon's start-up loop decides how long to
+/// wait for the database, not the pool. `pooled`: through a transaction-mode pooler.
+pub fn pool(settings: &Settings, opts: PgConnectOptions, pooled: bool) -> Pool {
+    let opts = if pooled {
+        pooler::pooler_options(opts)
+    } else {
+        // Room for one claim statement per claim size (see `queue::store::claim`) beside the
+        // rest, so no prepared statement is evicted and re-planned in a steady drain.
+        let claim_sizes = settings.runner.batch as usize;
+        opts.statement_cache_capacity(100 + claim_sizes)
+    };
+    let inner = PgPoolOptions::new()
         // No ping before every statement (a round trip each, as many as the statements
         // themselves): a connection that died is found by the statement that uses it, and every
         // caller already retries or settles a failed statement.
@@ -40,7 +87,8 @@ pub fn pool(settings: &Settings, opts: PgConnectOptions) -> PgPool {
         .min_connections(0)
         .acquire_timeout(settings.database.connect_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
-        .connect_lazy_with(opts)
+        .connect_lazy_with(opts);
+    Pool::new(inner, pooled)
 }
 
 /// The configured URL, or `None` for the embedded server.
@@ -61,8 +109,45 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .context("applying database migrations")
 }
 
+/// Applies pending migrations for the runner's pool. Direct: [`migrate`]. Behind a
+/// transaction-mode pooler the advisory lock needs a session: over `database.direct_url` when it
+/// is set; without it, through the pooler inside one transaction (the pooler then keeps one
+/// server connection for the whole run, so the lock and every statement stay on it; nothing is
+/// left behind on that server).
+pub async fn migrate_with(settings: &Settings, pool: &Pool) -> anyhow::Result<()> {
+    if !pool.pooled() {
+        return migrate(pool.pg()).await;
+    }
+    if let Some(direct) = direct_options(settings)? {
+        let direct = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(settings.database.connect_timeout)
+            .connect_lazy_with(direct);
+        let result = migrate(&direct).await.context("over database.direct_url");
+        direct.close().await;
+        return result;
+    }
+    let mut conn = pool
+        .pg()
+        .acquire()
+        .await
+        .context("applying database migrations")?;
+    let run = async {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        MIGRATOR.run(&mut *tx).await?;
+        // The migrator's statements were prepared by name on this server connection.
+        sqlx::raw_sql("DEALLOCATE ALL").execute(&mut *tx).await?;
+        tx.commit().await?;
+        anyhow::Ok(())
+    };
+    let result = run.await;
+    // Its statement cache names statements that are gone: never reuse this connection.
+    let _ = sqlx::Connection::close(conn.detach()).await;
+    result.context("applying database migrations through the pooler, in one transaction")
+}
+
 /// True when every compiled-in migration has been applied.
-pub async fn migrations_current(pool: &PgPool) -> anyhow::Result<bool> {
+pub async fn migrations_current(pool: &Pool) -> anyhow::Result<bool> {
     let applied: Vec<i64> =
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
             .fetch_all(pool)
@@ -74,7 +159,7 @@ pub async fn migrations_current(pool: &PgPool) -> anyhow::Result<bool> {
 /// Every claim and completion leaves a dead row version behind; only VACUUM reclaims them. A
 /// server (or a table) with autovacuum off lets them pile up until claims slow down: say so at
 /// start-up, once. (Nothing is said when the check itself fails: it is advice, not a gate.)
-pub async fn warn_if_not_vacuumed(pool: &PgPool) {
+pub async fn warn_if_not_vacuumed(pool: &Pool) {
     let off: Result<bool, _> = sqlx::query_scalar(
         r#"SELECT NOT current_setting('autovacuum')::bool
                OR COALESCE((SELECT 'autovacuum_enabled=false' = ANY(reloptions)

@@ -13,7 +13,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use prometheus::IntCounter;
-use sqlx::PgPool;
 
 use crate::config::Settings;
 
@@ -74,7 +73,12 @@ where
 /// pool never tries to grow into connections the server refuses (each refused attempt holds a
 /// pool slot until the pool's wait runs out). Otherwise, or when the check itself fails, returns
 /// `pool` as it is.
-pub async fn fit_budget(pool: PgPool, settings: &Settings) -> PgPool {
+pub async fn fit_budget(pool: super::Pool, settings: &Settings) -> super::Pool {
+    // Behind a transaction-mode pooler the budget counts the pooler's clients, not the server's
+    // connections: what pg_stat_activity shows says nothing about it.
+    if pool.pooled() {
+        return pool;
+    }
     let budget = i64::from(settings.max_connections());
     let room: Result<(Option<i64>, i64), _> = sqlx::query_as(
         r#"SELECT (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user AND rolconnlimit >= 0)::int8
@@ -119,7 +123,7 @@ pub async fn fit_budget(pool: PgPool, settings: &Settings) -> PgPool {
     fitted_settings.database.max_connections = fitted;
     let options = (*pool.connect_options()).clone();
     pool.close().await;
-    super::pool(&fitted_settings, options)
+    super::pool(&fitted_settings, options, false)
 }
 
 #[cfg(test)]

@@ -31,11 +31,12 @@ use std::time::Duration;
 
 use prometheus::IntCounter;
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::db::Pool;
 use crate::queue::{Fence, fence_arrays};
 
 /// The statuses of `"OutboundMessage".status`.
@@ -96,7 +97,7 @@ const OWNER_RELAXED: &str = r#"owner AS (
 /// in one statement. Returns every message row of the job in `seq` order, or `None` if the fence
 /// did not hold.
 pub async fn prepare(
-    pool: &PgPool,
+    pool: &Pool,
     fence: &Fence,
     to: &str,
     composed: Option<&Value>,
@@ -167,7 +168,7 @@ pub struct Mark {
 /// by its own job's claim, and none of a job an operator asked to stop (`"cancelRequestedAt"`,
 /// see `queue::admin::cancel`): the job then ends its attempt as if taken from us, and its
 /// requeue or failure makes it `cancelled`. Returns, for each mark, whether it landed.
-pub async fn mark_sending(pool: &PgPool, marks: &[Mark]) -> sqlx::Result<Vec<bool>> {
+pub async fn mark_sending(pool: &Pool, marks: &[Mark]) -> sqlx::Result<Vec<bool>> {
     let (ids, owners, attempts) = fence_arrays(marks.iter().map(|m| &m.fence));
     let seqs: Vec<i32> = marks.iter().map(|m| m.seq).collect();
     let resend: Vec<bool> = marks.iter().map(|m| m.resend_in_doubt).collect();
@@ -219,7 +220,7 @@ impl Writers {
     /// A batch that waits for a connection is retried for up to `patience` (see
     /// [`crate::db::wait`]), each wait counted in `waits`.
     pub fn start(
-        pool: &PgPool,
+        pool: &Pool,
         stop: &CancellationToken,
         waits: IntCounter,
         patience: Duration,
@@ -264,13 +265,13 @@ impl<R, T> Clone for Gate<R, T> {
 
 impl<R: Clone + Send + Sync + 'static, T: Send + 'static> Gate<R, T> {
     fn start<F, Fut>(
-        pool: PgPool,
+        pool: Pool,
         stop: CancellationToken,
         patient: Patience,
         write: F,
     ) -> (Self, JoinHandle<()>)
     where
-        F: Fn(PgPool, Vec<R>) -> Fut + Send + Sync + 'static,
+        F: Fn(Pool, Vec<R>) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = sqlx::Result<Vec<T>>> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(4096);
@@ -295,13 +296,13 @@ impl<R: Clone + Send + Sync + 'static, T: Send + 'static> Gate<R, T> {
 }
 
 async fn batches<R: Clone, T, F, Fut>(
-    pool: PgPool,
+    pool: Pool,
     mut rx: mpsc::Receiver<Waiting<R, T>>,
     stop: CancellationToken,
     patient: Patience,
     write: F,
 ) where
-    F: Fn(PgPool, Vec<R>) -> Fut,
+    F: Fn(Pool, Vec<R>) -> Fut,
     Fut: std::future::Future<Output = sqlx::Result<Vec<T>>>,
 {
     const MAX_BATCH: usize = 256;
@@ -337,7 +338,7 @@ async fn batches<R: Clone, T, F, Fut>(
 /// the request was not sent, but the write may have landed all the same (its answer was lost
 /// with the connection). Returns whether the fence held (a message that is not `sending` is left
 /// as it is).
-pub async fn unmark_sending(pool: &PgPool, fence: &Fence, seq: i32) -> sqlx::Result<bool> {
+pub async fn unmark_sending(pool: &Pool, fence: &Fence, seq: i32) -> sqlx::Result<bool> {
     let sql = format!(
         r#"
         WITH {OWNER_RELAXED}, back AS (
@@ -368,7 +369,7 @@ pub struct Sent {
 /// Meta accepted these messages: their wamids and `sent`, in one statement (any number of
 /// jobs, each row fenced by its own job; no fsync of its own, see the module docs). Returns,
 /// for each, whether it landed.
-pub async fn record_sent(pool: &PgPool, sent: &[Sent]) -> sqlx::Result<Vec<bool>> {
+pub async fn record_sent(pool: &Pool, sent: &[Sent]) -> sqlx::Result<Vec<bool>> {
     let (ids, owners, attempts) = fence_arrays(sent.iter().map(|m| &m.fence));
     let seqs: Vec<i32> = sent.iter().map(|m| m.seq).collect();
     let wamids: Vec<&str> = sent.iter().map(|m| m.wamid.as_str()).collect();
@@ -420,7 +421,7 @@ fn landed_of(n: usize, landed: Vec<i64>) -> Vec<bool> {
 /// A `sending` message whose send did not end in a wamid: back to `pending` (Meta refused it
 /// for now), `failed` (for good) or `unknown` (in doubt), with the code.
 pub async fn settle(
-    pool: &PgPool,
+    pool: &Pool,
     fence: &Fence,
     seq: i32,
     status: Status,
@@ -449,7 +450,7 @@ pub async fn settle(
 /// After a reload closed an open circuit: the queued jobs it deferred become due now (the one
 /// write about jobs we do not hold; it only moves `"runAt"` of `queued` rows earlier, which a
 /// claim's row lock keeps apart from everything else). Returns how many.
-pub async fn wake_circuit_deferred(pool: &PgPool) -> sqlx::Result<u64> {
+pub async fn wake_circuit_deferred(pool: &Pool) -> sqlx::Result<u64> {
     let done = sqlx::query(
         r#"
         UPDATE "OutboundJob" SET "runAt" = now(), "updatedAt" = now()

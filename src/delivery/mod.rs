@@ -18,12 +18,10 @@ pub mod whatsapp;
 
 use std::future::Future;
 use std::pin::Pin;
-
 use std::sync::Arc;
 
-use sqlx::PgPool;
-
 use crate::config::Settings;
+use crate::db::Pool;
 use crate::metrics::Metrics;
 use crate::queue::{Job, JobError};
 
@@ -46,7 +44,7 @@ pub trait JobHandler: Send + Sync + 'static {
 /// (a reload replaces it for later attempts, never under a running one).
 #[derive(Clone)]
 pub struct JobContext {
-    pub pool: PgPool,
+    pub pool: Pool,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     /// The batched ledger writes of live delivery, shared by the runner's jobs.
@@ -65,7 +63,7 @@ pub struct SentRecords {
 
 impl JobContext {
     pub(crate) fn new(
-        pool: PgPool,
+        pool: Pool,
         settings: Arc<Settings>,
         metrics: Arc<Metrics>,
         ledger: ledger::Writers,

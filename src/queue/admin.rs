@@ -40,7 +40,9 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::Row;
+
+use crate::db::Pool;
 
 use super::{CHANNEL, STATUSES};
 
@@ -293,7 +295,7 @@ pub struct Page {
 
 /// The jobs matching `filter`, newest (highest id) first, one page at a time (keyset paging by
 /// id: a page costs the same at any depth).
-pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Page, AdminError> {
+pub async fn list(pool: &Pool, filter: &Filter) -> Result<Page, AdminError> {
     let limit = filter.limit.unwrap_or(DEFAULT_PAGE);
     if limit > MAX_PAGE {
         return Err(invalid(format!(
@@ -391,7 +393,7 @@ pub struct JobDetail {
 }
 
 /// The job `id`, its messages and its timeline.
-pub async fn show(pool: &PgPool, id: i64) -> Result<JobDetail, AdminError> {
+pub async fn show(pool: &Pool, id: i64) -> Result<JobDetail, AdminError> {
     let row = sqlx::query(
         r#"SELECT id, status, payload, "requestId", "idempotencyKey", priority, "runAt", attempts,
                   "maxAttempts", "lockedBy", "leaseUntil", composed, "lastError", "lastErrorCode",
@@ -545,7 +547,7 @@ pub struct RetryReport {
 /// Failed or cancelled jobs back to `queued`, due now (see the module docs for the rules).
 /// `default_max_attempts` is `retry.max_attempts`.
 pub async fn retry(
-    pool: &PgPool,
+    pool: &Pool,
     filter: &Filter,
     actor: &Actor<'_>,
     resend_sent: bool,
@@ -682,7 +684,7 @@ pub struct CancelReport {
 /// `runner.retention`); running jobs asked to stop at their next safe point (see the module
 /// docs).
 pub async fn cancel(
-    pool: &PgPool,
+    pool: &Pool,
     filter: &Filter,
     actor: &Actor<'_>,
 ) -> Result<CancelReport, AdminError> {
@@ -816,7 +818,7 @@ pub struct SettleReport {
 /// once every one of its messages is sent, and otherwise keeps its status (`"lastErrorCode"`
 /// `settled_failed` when settled as failed, so `retry --code settled_failed` sends them).
 pub async fn settle(
-    pool: &PgPool,
+    pool: &Pool,
     id: i64,
     seq: Option<i32>,
     settled_as: Settled,

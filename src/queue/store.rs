@@ -17,7 +17,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Row};
+use sqlx::Row;
+
+use crate::db::Pool;
 
 use super::{CHANNEL, Fence, Job};
 
@@ -31,7 +33,7 @@ use super::{CHANNEL, Fence, Job};
 /// running it, and far longer right after a large delete, when planning walks dead index
 /// entries); with a literal it settles on the cached generic plan after five executions.
 pub async fn claim(
-    pool: &PgPool,
+    pool: &Pool,
     locked_by: &std::sync::Arc<str>,
     lease: Duration,
     limit: i64,
@@ -110,7 +112,7 @@ fn claim_sql(limit: i64) -> std::sync::Arc<str> {
 }
 
 /// When the earliest queued job becomes due (a scheduled job, or one backing off).
-pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
+pub async fn next_due(pool: &Pool) -> sqlx::Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar(r#"SELECT min("runAt") FROM "OutboundJob" WHERE status = 'queued'"#)
         .fetch_one(pool)
         .await
@@ -163,7 +165,7 @@ pub const COMPLETE_SQL: &str = r#"
 /// completion. The job is then not marked done (it counts as taken from us) and the rescuer
 /// settles it like any send cut short: the message `unknown`, the job `failed`.
 pub async fn complete(
-    pool: &PgPool,
+    pool: &Pool,
     locked_by: &str,
     ids: &[i64],
     attempts: &[i32],
@@ -186,7 +188,7 @@ pub async fn complete(
 /// (`"cancelRequestedAt"`, `jobs cancel`) becomes `cancelled` instead. Returns false if the
 /// fence did not hold.
 pub async fn requeue(
-    pool: &PgPool,
+    pool: &Pool,
     fence: &Fence,
     delay: Duration,
     refund: bool,
@@ -222,7 +224,7 @@ pub async fn requeue(
 
 /// Marks a job `failed` for good (`cancelled`, code `cancelled`, when an operator asked it to
 /// stop; the error is kept in `"lastError"`). Returns false if the fence did not hold.
-pub async fn fail(pool: &PgPool, fence: &Fence, code: &str, message: &str) -> sqlx::Result<bool> {
+pub async fn fail(pool: &Pool, fence: &Fence, code: &str, message: &str) -> sqlx::Result<bool> {
     let done = sqlx::query(
         r#"
         UPDATE "OutboundJob"
@@ -247,7 +249,7 @@ pub async fn fail(pool: &PgPool, fence: &Fence, code: &str, message: &str) -> sq
 }
 
 /// Whether a fence still holds (the job is ours, on this attempt).
-pub async fn holds(pool: &PgPool, fence: &Fence) -> sqlx::Result<bool> {
+pub async fn holds(pool: &Pool, fence: &Fence) -> sqlx::Result<bool> {
     sqlx::query_scalar(
         r#"SELECT EXISTS (SELECT 1 FROM "OutboundJob"
            WHERE id = $1 AND status = 'running' AND "lockedBy" = $2 AND attempts = $3)"#,
@@ -262,7 +264,7 @@ pub async fn holds(pool: &PgPool, fence: &Fence) -> sqlx::Result<bool> {
 /// Extends the leases of the jobs this runner is working on (`ids`), in one statement. Only
 /// jobs a task of ours is running are renewed: a claim nobody works on expires and is rescued.
 pub async fn extend_leases(
-    pool: &PgPool,
+    pool: &Pool,
     locked_by: &str,
     ids: &[i64],
     lease: Duration,
@@ -306,7 +308,7 @@ pub enum Reclaim<'a> {
 /// `unknown` and the job `failed` (`delivery_unknown`); without, the message goes back to
 /// `pending` and the job is requeued (at-least-once).
 pub async fn reclaim(
-    pool: &PgPool,
+    pool: &Pool,
     which: Reclaim<'_>,
     fail_in_doubt: bool,
     default_max_attempts: i32,
@@ -395,7 +397,7 @@ pub async fn reclaim(
 }
 
 /// Wakes every runner listening.
-pub async fn notify(pool: &PgPool) -> sqlx::Result<()> {
+pub async fn notify(pool: &Pool) -> sqlx::Result<()> {
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(CHANNEL)
         .execute(pool)
@@ -405,7 +407,7 @@ pub async fn notify(pool: &PgPool) -> sqlx::Result<()> {
 
 /// Deletes up to `limit` finished jobs that completed before `older_than` ago (their messages go
 /// with them). Small batches keep locks and WAL bursts short.
-pub async fn prune(pool: &PgPool, older_than: Duration, limit: i64) -> sqlx::Result<u64> {
+pub async fn prune(pool: &Pool, older_than: Duration, limit: i64) -> sqlx::Result<u64> {
     let done = sqlx::query(
         r#"
         DELETE FROM "OutboundJob" WHERE id IN (
@@ -442,7 +444,7 @@ pub struct NewJob {
 
 /// Inserts jobs in one statement (one NOTIFY for all of them). A job whose idempotency key
 /// exists already is skipped. Returns the new ids with their keys.
-pub async fn enqueue(pool: &PgPool, jobs: &[NewJob]) -> sqlx::Result<Vec<(i64, Option<String>)>> {
+pub async fn enqueue(pool: &Pool, jobs: &[NewJob]) -> sqlx::Result<Vec<(i64, Option<String>)>> {
     let payloads: Vec<serde_json::Value> = jobs.iter().map(|j| j.payload.clone()).collect();
     let request_ids: Vec<Option<String>> = jobs.iter().map(|j| j.request_id.clone()).collect();
     let keys: Vec<Option<String>> = jobs.iter().map(|j| j.idempotency_key.clone()).collect();
@@ -480,7 +482,7 @@ pub struct QueueStats {
 /// The queue gauges. `queued` and `running` are counted from their partial indexes, so they cost
 /// what the queue holds, not what the table holds; the finished statuses (`all`) need a pass over
 /// every row a week of retention keeps, and are counted only when asked for.
-pub async fn queue_stats(pool: &PgPool, all: bool) -> sqlx::Result<QueueStats> {
+pub async fn queue_stats(pool: &Pool, all: bool) -> sqlx::Result<QueueStats> {
     let sql = if all {
         r#"SELECT status, count(*) FROM "OutboundJob" GROUP BY status"#
     } else {

@@ -31,13 +31,19 @@ pub struct Listener(PgListener);
 impl Listener {
     /// Connects and LISTENs, or logs why not (the listen loop keeps trying).
     pub async fn connect(shared: &Shared) -> Option<Listener> {
+        let Some(options) = shared.listen_options.clone() else {
+            // Behind a transaction-mode pooler with no direct URL: nothing to listen on (the
+            // dispatcher polls instead), and nothing the readiness check should wait for.
+            shared.health.set_listening(true);
+            return None;
+        };
         let attempt = async {
             let pool = PgPoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(10))
                 .idle_timeout(None)
                 .max_lifetime(None)
-                .connect_lazy_with(shared.listen_options.clone());
+                .connect_lazy_with(options);
             let mut l = PgListener::connect_with(&pool).await?;
             l.eager_reconnect(false);
             l.listen(CHANNEL).await?;
@@ -68,6 +74,9 @@ impl Listener {
 /// Keeps a LISTEN connection up and turns notifications into wakes. Reconnects with backoff;
 /// after every reconnect it wakes the dispatcher, since notifications sent meanwhile are lost.
 pub async fn listen(shared: Arc<Shared>, mut listener: Option<Listener>, stop: CancellationToken) {
+    if shared.listen_options.is_none() {
+        return;
+    }
     let mut backoff = Duration::from_millis(500);
     loop {
         if let Some(Listener(mut l)) = listener.take() {
@@ -122,7 +131,7 @@ pub async fn listen(shared: Arc<Shared>, mut listener: Option<Listener>, stop: C
 /// waits in memory for a worker (its lease runs only while it is being worked on).
 pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
     let settings = shared.settings();
-    let mut poll_every = settings.runner.poll_interval;
+    let mut poll_every = shared.poll_interval();
     let mut interval = tokio::time::interval_at(Instant::now() + poll_every, poll_every);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut beat_every = settings.runner.heartbeat;
@@ -140,8 +149,8 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
             .last_loop_timestamp
             .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
         let settings = shared.settings();
-        if settings.runner.poll_interval != poll_every {
-            poll_every = settings.runner.poll_interval;
+        if shared.poll_interval() != poll_every {
+            poll_every = shared.poll_interval();
             interval = tokio::time::interval_at(Instant::now() + poll_every, poll_every);
             interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }

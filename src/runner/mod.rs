@@ -29,7 +29,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -37,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
+use crate::db::Pool;
 use crate::delivery::{JobHandler, ledger};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -45,9 +45,11 @@ use crate::queue::{Job, Outcome, PassReport};
 
 /// State shared by the runner's tasks.
 pub(crate) struct Shared {
-    pool: PgPool,
-    /// Where LISTEN connects: `database.listen_url`, or the pool's own options.
-    listen_options: PgConnectOptions,
+    pool: Pool,
+    /// Where LISTEN connects: `database.direct_url`, or the pool's own options. `None` behind a
+    /// transaction-mode pooler with no direct URL: no LISTEN, the dispatcher polls every
+    /// `runner.pooler_poll_interval` instead (see [`Shared::poll_interval`]).
+    listen_options: Option<PgConnectOptions>,
     settings: RwLock<Arc<Settings>>,
     handler: Arc<dyn JobHandler>,
     /// `host:pid:random`: unique per process run, so a restarted runner never mistakes an old
@@ -125,6 +127,19 @@ impl Shared {
             tracing::debug!(from = old, to = new, "in-flight limit changed");
         }
         self.wake.notify_one();
+    }
+
+    /// The dispatcher's backstop interval: `runner.poll_interval`, or with no LISTEN (behind a
+    /// pooler with no direct URL) the shorter `runner.pooler_poll_interval`.
+    pub fn poll_interval(&self) -> Duration {
+        let settings = self.settings();
+        match self.listen_options {
+            Some(_) => settings.runner.poll_interval,
+            None => settings
+                .runner
+                .pooler_poll_interval
+                .min(settings.runner.poll_interval),
+        }
     }
 
     /// Records a job's next due time so the dispatcher wakes for it.
@@ -220,7 +235,7 @@ impl Runner {
     /// Establishes LISTEN (best effort: without it the interval still runs jobs) and starts the
     /// runner's tasks.
     pub async fn start(
-        pool: PgPool,
+        pool: impl Into<Pool>,
         listen_options: Option<PgConnectOptions>,
         settings: Arc<Settings>,
         handler: Arc<dyn JobHandler>,
@@ -241,7 +256,7 @@ impl Runner {
 
     /// [`Runner::start`], choosing the [`Mode`].
     pub async fn start_with(
-        pool: PgPool,
+        pool: impl Into<Pool>,
         listen_options: Option<PgConnectOptions>,
         settings: Arc<Settings>,
         handler: Arc<dyn JobHandler>,
@@ -249,6 +264,7 @@ impl Runner {
         health: Arc<Health>,
         mode: Mode,
     ) -> Runner {
+        let pool: Pool = pool.into();
         let (tx, rx) = mpsc::channel(4096);
         let stop = CancellationToken::new();
         let stop_late = CancellationToken::new();
@@ -265,7 +281,8 @@ impl Runner {
         metrics.in_flight_rate.set(first.rate);
         metrics.in_flight_latency.set(first.latency);
         let shared = Arc::new(Shared {
-            listen_options: listen_options.unwrap_or_else(|| (*pool.connect_options()).clone()),
+            listen_options: listen_options
+                .or_else(|| (!pool.pooled()).then(|| (*pool.connect_options()).clone())),
             pool,
             settings: RwLock::new(settings),
             handler,
@@ -326,7 +343,17 @@ impl Runner {
     }
 
     /// The pool the runner's statements use.
-    pub fn pool(&self) -> &PgPool {
+    /// Whether the runner LISTENs (false behind a pooler with no direct URL: it polls).
+    pub fn listens(&self) -> bool {
+        self.shared.listen_options.is_some()
+    }
+
+    /// The dispatcher's backstop interval (see [`Shared::poll_interval`]).
+    pub fn poll_interval(&self) -> Duration {
+        self.shared.poll_interval()
+    }
+
+    pub fn pool(&self) -> &Pool {
         &self.shared.pool
     }
 

@@ -428,7 +428,7 @@ async fn a_retry_racing_runners_runs_each_job_exactly_once() {
     let counting = Arc::new(Counting::default());
     let runner = spawn_passive(&db, counting.clone(), |s| s.runner.workers = 8).await;
     // Two retries of the same jobs race each other and passes that claim what they requeue.
-    let retry = |db_pool: sqlx::PgPool| async move {
+    let retry = |db_pool: outbound_runner::db::Pool| async move {
         let mut total = 0;
         for chunk in 0..4 {
             let f = Filter {

@@ -11,7 +11,6 @@ use outbound_runner::delivery::sandbox::SandboxHandler;
 use outbound_runner::health::Health;
 use outbound_runner::metrics::Metrics;
 use outbound_runner::runner::{Runner, sizing};
-use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::support::mock_meta::{self, Limits, MockMeta};
@@ -34,7 +33,7 @@ async fn daemon(
     settings: Settings,
     handler: Arc<dyn JobHandler>,
 ) -> Runner {
-    let pool = outbound_runner::db::pool(&settings, options.application_name(app));
+    let pool = outbound_runner::db::pool(&settings, options.application_name(app), false);
     Runner::start(
         pool,
         None,
@@ -46,7 +45,7 @@ async fn daemon(
     .await
 }
 
-async fn connections(admin: &PgPool, app: &str) -> i64 {
+async fn connections(admin: &outbound_runner::db::Pool, app: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
         .bind(app)
         .fetch_one(admin)
@@ -182,15 +181,15 @@ async fn the_pool_is_fitted_to_a_role_connection_limit_at_start() {
         .unwrap();
     let s = test_settings();
     assert_eq!(s.max_connections(), 8);
-    let pool = outbound_runner::db::pool(&s, db.connect_options().username(&role));
+    let pool = outbound_runner::db::pool(&s, db.connect_options().username(&role), false);
     let fitted = outbound_runner::db::wait::fit_budget(pool, &s).await;
     // 3 in all: the pool's 2 and the LISTEN connection.
-    assert_eq!(fitted.options().get_max_connections(), 2);
+    assert_eq!(fitted.pg().options().get_max_connections(), 2);
     fitted.close().await;
     // Room enough: the pool is left as it is.
-    let pool = outbound_runner::db::pool(&s, db.connect_options());
+    let pool = outbound_runner::db::pool(&s, db.connect_options(), false);
     let same = outbound_runner::db::wait::fit_budget(pool, &s).await;
-    assert!(same.options().get_max_connections() <= s.pool_size());
+    assert!(same.pg().options().get_max_connections() <= s.pool_size());
     same.close().await;
     sqlx::query(&format!(r#"DROP ROLE "{role}""#))
         .execute(&db.pool)

@@ -579,7 +579,7 @@ async fn a_sending_mark_whose_answer_was_lost_does_not_make_the_message_unknown(
     wait_count(&mut meta.recorded(), 1, Duration::from_secs(10)).await;
 
     // Hold message 2's ledger row, so its `sending` mark waits for us.
-    let mut lock = db.pool.begin().await.unwrap();
+    let mut lock = db.pool.pg().begin().await.unwrap();
     sqlx::query(r#"SELECT 1 FROM "OutboundMessage" WHERE "jobId" = $1 AND seq = 1 FOR UPDATE"#)
         .bind(id)
         .execute(&mut *lock)

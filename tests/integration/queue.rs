@@ -593,12 +593,13 @@ async fn only_leases_of_jobs_in_flight_are_extended() {
 }
 
 /// One connection, so `pg_prepared_statements` (per session) sees every execution.
-async fn one_connection(db: &TestDb) -> sqlx::PgPool {
+async fn one_connection(db: &TestDb) -> outbound_runner::db::Pool {
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect_with(db.connect_options())
         .await
         .unwrap()
+        .into()
 }
 
 #[tokio::test]
@@ -654,7 +655,7 @@ async fn the_completion_finds_jobs_by_primary_key_whatever_the_statistics_say() 
     assert_eq!(claimed.len(), 64);
 
     // The plan the plan cache would keep after five executions (a generic plan).
-    let mut conn = db.pool.acquire().await.unwrap();
+    let mut conn = db.pool.pg().acquire().await.unwrap();
     sqlx::query("SET plan_cache_mode = force_generic_plan")
         .execute(&mut *conn)
         .await
@@ -685,7 +686,7 @@ async fn claims_stop_while_completions_lag() {
     db.insert_jobs(200).await;
     // Sandbox completions insert into "OutboundMessage": a SHARE lock on it holds every
     // completion statement (the claims, which never touch it, go on).
-    let mut blocker = db.pool.begin().await.unwrap();
+    let mut blocker = db.pool.pg().begin().await.unwrap();
     sqlx::query(r#"LOCK TABLE "OutboundMessage" IN SHARE MODE"#)
         .execute(&mut *blocker)
         .await

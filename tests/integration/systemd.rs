@@ -633,7 +633,7 @@ fn the_unit_fits_the_daemon() {
                 .to_string()
         })
         .collect();
-    assert_eq!(ids.len(), 7, "{ids:?}");
+    assert_eq!(ids.len(), 8, "{ids:?}");
     let dir = std::env::temp_dir().join(format!("or-cred-{:016x}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
     for id in &ids {
@@ -656,6 +656,7 @@ fn the_unit_fits_the_daemon() {
     .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(s.database.url.is_some());
+    assert!(s.database.direct_url.is_some());
     assert!(s.database.listen_url.is_some());
     assert!(s.http.job_runner_token.is_some());
     assert!(s.http.cron_secret.is_some());

@@ -4,6 +4,7 @@ pub mod app;
 pub mod handlers;
 pub mod mock_meta;
 pub mod mock_orchestrator;
+pub mod pgbouncer;
 pub mod proxy;
 
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use outbound_runner::delivery::JobHandler;
 use outbound_runner::health::Health;
 use outbound_runner::metrics::Metrics;
 use outbound_runner::runner::{Mode, Runner};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Executor};
 
 pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -26,13 +27,23 @@ pub fn admin_url() -> String {
 
 /// A database of its own, migrated, dropped when the test ends.
 pub struct TestDb {
-    pub pool: PgPool,
+    /// A direct pool (`pool.pg()` is sqlx's, for a connection or transaction of the test's own).
+    pub pool: outbound_runner::db::Pool,
     pub url: String,
     pub name: String,
 }
 
 impl TestDb {
     pub async fn new() -> TestDb {
+        let db = TestDb::empty().await;
+        outbound_runner::db::migrate(db.pool.pg())
+            .await
+            .expect("migrations apply");
+        db
+    }
+
+    /// A database of its own without the schema.
+    pub async fn empty() -> TestDb {
         let admin: PgConnectOptions = admin_url().parse().expect("TEST_DATABASE_URL parses");
         let name = format!("or_test_{:016x}", rand::random::<u64>());
         let mut conn = admin
@@ -48,13 +59,10 @@ impl TestDb {
             .connect_with(opts)
             .await
             .expect("connecting to the test database");
-        outbound_runner::db::migrate(&pool)
-            .await
-            .expect("migrations apply");
         let mut url = url::Url::parse(&admin_url()).unwrap();
         url.set_path(&name);
         TestDb {
-            pool,
+            pool: pool.into(),
             url: url.to_string(),
             name,
         }
@@ -190,6 +198,31 @@ pub async fn spawn_runner_at(
 ) -> Runner {
     let listen = listen_url.map(|u| u.parse().unwrap());
     start(url.parse().unwrap(), listen, handler, tweak, Mode::Daemon).await
+}
+
+/// A runner as the daemon builds it from `url` (`db::open`: pooler mode when the URL says
+/// `pgbouncer=true`), LISTENing at `direct_url` when given.
+pub async fn spawn_runner_via(
+    url: &str,
+    direct_url: Option<&str>,
+    handler: Arc<dyn JobHandler>,
+    tweak: impl FnOnce(&mut Settings),
+    mode: Mode,
+) -> Runner {
+    let mut settings = test_settings();
+    tweak(&mut settings);
+    let pool = outbound_runner::db::open(&settings, url).unwrap();
+    let listen = direct_url.map(|u| outbound_runner::db::connect_options(u).unwrap());
+    Runner::start_with(
+        pool,
+        listen,
+        Arc::new(settings),
+        handler,
+        Arc::new(Metrics::new()),
+        Arc::new(Health::default()),
+        mode,
+    )
+    .await
 }
 
 /// A runner without a dispatcher: jobs run only when the test calls `run_pass`.

@@ -1,0 +1,434 @@
+//! Transaction-mode poolers (PgBouncer, Supabase's pooler, Neon's `-pooler` host): the URL's
+//! Prisma parameters, the [`Pool`] every statement goes through, and the advice we log when a
+//! pooler is in the way and nobody told us (docs/operations.md, "Poolers").
+//!
+//! Behind a transaction-mode pooler a client's connection is lent a server connection for one
+//! transaction at a time; between transactions the next statement may run on another server.
+//! sqlx prepares every statement with Parse/Describe/Sync, then runs it with Bind/Execute/Sync:
+//! two exchanges, and outside a transaction the pooler may send them to two different servers.
+//! With sqlx's named, cached statements that means `prepared statement "sqlx_s_1" does not
+//! exist` (or `already exists`), and worse, the Bind can reach another client's statement of the
+//! same name and run *its* SQL. Unnamed statements have the same hole. So in pooler mode every
+//! statement runs inside its own `BEGIN … COMMIT`, unnamed: the pooler keeps one server for the
+//! whole exchange and nothing outlives it on the server. That costs two more round trips (the
+//! `BEGIN` and the `COMMIT`) and a parse per statement; `cargo bench --bench queue -- --only
+//! pooler` measures it.
+//!
+//! Measured against a stock PgBouncer 1.18 in transaction mode lending 4 server connections to 20
+//! clients, each running 200 two-kinds-of-SELECT statements concurrently: sqlx's cached named
+//! statements gave 338 errors and 1,315 *wrong results* of 4,000; unnamed statements without a
+//! transaction 0 errors and 1,934 wrong results; unnamed inside a transaction 0 and 0.
+//!
+//! One limit: sqlx looks up a type it does not know (an enum, a domain) with a named statement of
+//! its own. The schema uses built-in types only; keep it that way.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use sqlx::Describe;
+use sqlx::Either;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{
+    PgArguments, PgConnectOptions, PgPool, PgQueryResult, PgRow, PgStatement, PgTypeInfo,
+};
+use sqlx::{Execute, Executor, Postgres};
+
+/// URL query parameters sqlx understands; anything else is removed before sqlx sees the URL
+/// (sqlx would log an unknown parameter with its value, and Prisma's `sslpassword` is a secret).
+const SQLX_PARAMS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// A database URL with the parameters only Prisma understands taken out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CleanUrl {
+    /// The URL to give sqlx.
+    pub url: String,
+    /// `pgbouncer=true` was in the query: a transaction-mode pooler (as Prisma reads it).
+    pub pgbouncer: bool,
+    /// The names (never the values) of the parameters removed, besides `pgbouncer`.
+    pub removed: Vec<String>,
+}
+
+/// Takes Prisma's parameters (`pgbouncer`, `connection_limit`, `pool_timeout`, `schema=public`,
+/// …) out of `text`. A `schema` other than `public` is an error: we do not follow it, and the
+/// tables would silently land somewhere else. Errors never quote the URL.
+pub fn clean_url(text: &str) -> Result<CleanUrl, String> {
+    let mut url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+    if url.query().is_none() {
+        return Ok(CleanUrl {
+            url: text.to_string(),
+            pgbouncer: false,
+            removed: Vec::new(),
+        });
+    }
+    let mut pgbouncer = false;
+    let mut removed = Vec::new();
+    let mut kept = Vec::new();
+    for (key, value) in url.query_pairs() {
+        match key.as_ref() {
+            "pgbouncer" => pgbouncer = value.eq_ignore_ascii_case("true") || value == "1",
+            "schema" if value != "public" => {
+                return Err(format!(
+                    "schema={value}: outbound-runner uses the role's search_path, not Prisma's \
+                     schema parameter; run ALTER ROLE … SET search_path TO {value} and remove it \
+                     from the URL"
+                ));
+            }
+            k if SQLX_PARAMS.contains(&k) || k.starts_with("options[") => {
+                kept.push((key.into_owned(), value.into_owned()))
+            }
+            _ => removed.push(key.into_owned()),
+        }
+    }
+    if kept.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    Ok(CleanUrl {
+        url: url.to_string(),
+        pgbouncer,
+        removed,
+    })
+}
+
+/// Connection options a transaction-mode pooler accepts: no `extra_float_digits` startup
+/// parameter (stock PgBouncer refuses it: `unsupported startup parameter`; what sqlx sends
+/// besides, `DateStyle`, `client_encoding`, `TimeZone` and `application_name`, it tracks), and no
+/// statement cache (nothing is prepared by name; see the module docs).
+pub fn pooler_options(opts: PgConnectOptions) -> PgConnectOptions {
+    opts.extra_float_digits(None).statement_cache_capacity(0)
+}
+
+/// The pool every statement of the runner goes through. Direct: sqlx's own pool, cached named
+/// statements and all. Behind a transaction-mode pooler: each statement in a transaction of its
+/// own, unnamed (see the module docs). Either way a pooler's tell-tale error is explained once in
+/// the log ([`advise`]).
+///
+/// It deliberately does not dereference to [`PgPool`]: code that wants a `&PgPool` must say so
+/// with [`Pool::pg`], and know that statements on it are not pooler-safe.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    inner: PgPool,
+    pooled: bool,
+}
+
+impl Pool {
+    /// `pooled`: the URL goes through a transaction-mode pooler.
+    pub fn new(inner: PgPool, pooled: bool) -> Pool {
+        Pool { inner, pooled }
+    }
+
+    /// True behind a transaction-mode pooler.
+    pub fn pooled(&self) -> bool {
+        self.pooled
+    }
+
+    /// sqlx's pool underneath. Statements run on it directly bypass the pooler handling: use it
+    /// for what needs a connection of its own (tests, benchmarks), not for the queue's SQL.
+    pub fn pg(&self) -> &PgPool {
+        &self.inner
+    }
+
+    pub fn connect_options(&self) -> Arc<PgConnectOptions> {
+        self.inner.connect_options()
+    }
+
+    pub async fn close(&self) {
+        self.inner.close().await
+    }
+
+    /// Connections open (in use or idle).
+    pub fn size(&self) -> u32 {
+        self.inner.size()
+    }
+}
+
+impl From<PgPool> for Pool {
+    /// A direct pool.
+    fn from(inner: PgPool) -> Pool {
+        Pool::new(inner, false)
+    }
+}
+
+/// A statement with sqlx's statement cache switched off for it: it is prepared unnamed.
+struct Unnamed<E>(E);
+
+impl<'q, E: Execute<'q, Postgres>> Execute<'q, Postgres> for Unnamed<E> {
+    fn sql(&self) -> &'q str {
+        self.0.sql()
+    }
+    fn statement(&self) -> Option<&PgStatement<'q>> {
+        None
+    }
+    fn take_arguments(&mut self) -> Result<Option<PgArguments>, BoxDynError> {
+        self.0.take_arguments()
+    }
+    fn persistent(&self) -> bool {
+        false
+    }
+}
+
+type Results = Vec<Either<PgQueryResult, PgRow>>;
+
+/// Runs one statement in a transaction of its own, unnamed; collects its results.
+async fn in_transaction<'q, E: 'q + Execute<'q, Postgres>>(
+    pool: PgPool,
+    query: E,
+) -> Result<Results, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let results: Results = (&mut *tx).fetch_many(Unnamed(query)).try_collect().await?;
+    tx.commit().await?;
+    Ok(results)
+}
+
+impl<'p> Executor<'p> for &'_ Pool {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<PgQueryResult, PgRow>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        if self.pooled {
+            let pool = self.inner.clone();
+            stream::once(in_transaction(pool, query))
+                .map_ok(|results| stream::iter(results.into_iter().map(Ok)))
+                .try_flatten()
+                .inspect_err(advise)
+                .boxed()
+        } else {
+            self.inner.fetch_many(query).inspect_err(advise).boxed()
+        }
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        if self.pooled {
+            let pool = self.inner.clone();
+            Box::pin(async move {
+                let results = in_transaction(pool, query).await.inspect_err(advise)?;
+                Ok(results.into_iter().find_map(|r| match r {
+                    Either::Right(row) => Some(row),
+                    Either::Left(_) => None,
+                }))
+            })
+        } else {
+            let direct = self.inner.fetch_optional(query);
+            Box::pin(async move { direct.await.inspect_err(advise) })
+        }
+    }
+
+    fn prepare_with<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, Result<PgStatement<'q>, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        if self.pooled {
+            return Box::pin(async { Err(not_through_a_pooler()) });
+        }
+        let pool = self.inner.clone();
+        Box::pin(async move { pool.prepare_with(sql, parameters).await })
+    }
+
+    fn describe<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+    ) -> BoxFuture<'e, Result<Describe<Postgres>, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        if self.pooled {
+            return Box::pin(async { Err(not_through_a_pooler()) });
+        }
+        let pool = self.inner.clone();
+        Box::pin(async move { pool.describe(sql).await })
+    }
+}
+
+/// A statement prepared by name would outlive the transaction the pooler lent its server for.
+fn not_through_a_pooler() -> sqlx::Error {
+    sqlx::Error::Configuration(
+        "named prepared statements are not available through a transaction-mode pooler".into(),
+    )
+}
+
+/// What a pooler's error means, when `e` is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolerSign {
+    /// PgBouncer refused a startup parameter (`extra_float_digits`): we connected to a pooler
+    /// as if it were PostgreSQL.
+    StartupParameter,
+    /// A named prepared statement is missing on, or already on, the server a pooler lent us.
+    PreparedStatement,
+}
+
+/// Recognises a pooler's tell-tale errors.
+pub fn pooler_sign(e: &sqlx::Error) -> Option<PoolerSign> {
+    let sqlx::Error::Database(db) = e else {
+        return None;
+    };
+    let message = db.message();
+    if message.contains("unsupported startup parameter") {
+        return Some(PoolerSign::StartupParameter);
+    }
+    let statement_code = matches!(db.code().as_deref(), Some("26000") | Some("42P05"));
+    if message.contains("prepared statement")
+        && (statement_code
+            || message.contains("does not exist")
+            || message.contains("already exists"))
+    {
+        return Some(PoolerSign::PreparedStatement);
+    }
+    None
+}
+
+static ADVISED_STARTUP: AtomicBool = AtomicBool::new(false);
+static ADVISED_STATEMENT: AtomicBool = AtomicBool::new(false);
+
+/// True once this process has seen a pooler's missing (or duplicate) prepared statement error.
+pub fn prepared_statement_errors_seen() -> bool {
+    ADVISED_STATEMENT.load(Ordering::Relaxed)
+}
+
+/// Logs, once per process and kind, what a pooler's error means and which setting fixes it.
+pub fn advise(e: &sqlx::Error) {
+    let (flag, what) = match pooler_sign(e) {
+        Some(PoolerSign::StartupParameter) => (
+            &ADVISED_STARTUP,
+            "database.url goes through a transaction-mode pooler (PgBouncer) that refuses a \
+             startup parameter sqlx sends by default",
+        ),
+        Some(PoolerSign::PreparedStatement) => (
+            &ADVISED_STATEMENT,
+            "a prepared statement went missing (or was already there) between two statements: \
+             database.url goes through a transaction-mode pooler (Supabase's port 6543, Neon's \
+             -pooler host, PgBouncer) but pooler mode is off",
+        ),
+        None => return,
+    };
+    if !flag.swap(true, Ordering::Relaxed) {
+        tracing::error!(
+            error = %super::redact_sqlx(e),
+            "{what}; add ?pgbouncer=true to the URL or set database.pooler = \"transaction\", and \
+             put a direct connection in database.direct_url (docs/operations.md, \"Poolers\")"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prisma_parameters_are_removed() {
+        let c = clean_url(
+            "postgres://u:pw@h:6543/db?pgbouncer=true&connection_limit=1&sslmode=require&schema=public&pool_timeout=0",
+        )
+        .unwrap();
+        assert!(c.pgbouncer);
+        assert_eq!(c.url, "postgres://u:pw@h:6543/db?sslmode=require");
+        assert_eq!(c.removed, ["connection_limit", "schema", "pool_timeout"]);
+
+        let c = clean_url("postgres://u@h/db").unwrap();
+        assert!(!c.pgbouncer);
+        assert_eq!(c.url, "postgres://u@h/db");
+
+        let c = clean_url("postgres://u@h/db?pgbouncer=false&sslpassword=hunter2").unwrap();
+        assert!(!c.pgbouncer);
+        assert_eq!(c.url, "postgres://u@h/db");
+        assert_eq!(c.removed, ["sslpassword"]);
+    }
+
+    /// A server error as sqlx reports it.
+    #[derive(Debug)]
+    struct Server(&'static str, &'static str);
+
+    impl std::fmt::Display for Server {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.1)
+        }
+    }
+    impl std::error::Error for Server {}
+    impl sqlx::error::DatabaseError for Server {
+        fn message(&self) -> &str {
+            self.1
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn sign(code: &'static str, message: &'static str) -> Option<PoolerSign> {
+        pooler_sign(&sqlx::Error::Database(Box::new(Server(code, message))))
+    }
+
+    #[test]
+    fn a_poolers_errors_are_recognised() {
+        assert_eq!(
+            sign("26000", r#"prepared statement "sqlx_s_7" does not exist"#),
+            Some(PoolerSign::PreparedStatement)
+        );
+        assert_eq!(
+            sign("42P05", r#"prepared statement "sqlx_s_1" already exists"#),
+            Some(PoolerSign::PreparedStatement)
+        );
+        assert_eq!(
+            sign("08P01", "unsupported startup parameter: extra_float_digits"),
+            Some(PoolerSign::StartupParameter)
+        );
+        assert_eq!(sign("23505", "duplicate key value"), None);
+        assert_eq!(pooler_sign(&sqlx::Error::PoolTimedOut), None);
+    }
+
+    #[test]
+    fn another_schema_is_refused_without_echoing_the_url() {
+        let e = clean_url("postgres://u:hunter2@h/db?schema=app").unwrap_err();
+        assert!(e.contains("schema=app"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+}
