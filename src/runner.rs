@@ -200,7 +200,7 @@ impl Runner {
         let (tx, rx) = mpsc::channel(4096);
         let stop = CancellationToken::new();
         let stop_late = CancellationToken::new();
-        let (writers, writer_tasks) = ledger::Writers::start(&pool, &stop_late);
+        let (writers, writer_tasks) = ledger::Writers::start(&pool, &metrics, &stop_late);
         let workers = settings.runner.workers;
         metrics.workers.set(workers as i64);
         let shared = Arc::new(Shared {

@@ -81,8 +81,10 @@ impl Reply {
 /// A message the mock accepted.
 #[derive(Debug, Clone)]
 pub struct Accepted {
-    /// `biz_opaque_callback_data`: the job id.
+    /// The job id, from `biz_opaque_callback_data` (`outbound-runner:{job}:{seq}`).
     pub job: String,
+    /// `biz_opaque_callback_data` as sent.
+    pub callback: String,
     pub to: String,
     /// The request body without the envelope fields.
     pub message: Value,
@@ -424,11 +426,13 @@ fn record(shared: &Shared, req: &Value) -> (String, String) {
             m.remove(f);
         }
     }
+    let callback = req["biz_opaque_callback_data"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     inner.accepted.push(Accepted {
-        job: req["biz_opaque_callback_data"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
+        job: job_of(&callback),
+        callback,
         to: to.clone(),
         message,
         wamid: wamid.clone(),
@@ -437,6 +441,15 @@ fn record(shared: &Shared, req: &Value) -> (String, String) {
     drop(inner);
     shared.recorded.send_modify(|n| *n += 1);
     (wamid, to)
+}
+
+/// The job id named by a callback id `outbound-runner:{job}:{seq}` (else the text itself).
+pub fn job_of(callback: &str) -> String {
+    callback
+        .strip_prefix("outbound-runner:")
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or(callback)
+        .to_string()
 }
 
 fn ok(wamid: &str, to: &str) -> Response {
