@@ -50,13 +50,14 @@ pub const ERROR_CLASSES: [&str; 6] = [
 ];
 
 pub const STATUS_KINDS: [&str; 4] = ["sent", "delivered", "read", "failed"];
-pub const STATUS_RESULTS: [&str; 6] = [
+pub const STATUS_RESULTS: [&str; 7] = [
     "applied",
     "settled",
     "duplicate",
     "early",
     "conflict",
     "unmatched",
+    "other_number",
 ];
 pub const WEBHOOK_OUTCOMES: [&str; 7] = [
     "ok",
