@@ -10,3 +10,4 @@ mod logs;
 mod queue;
 mod support;
 mod systemd;
+mod webhooks;
