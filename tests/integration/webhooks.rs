@@ -682,15 +682,18 @@ async fn meta_verification_and_an_endpoint_without_an_app_secret() {
     app.stop().await;
 }
 
+/// Bodies and signature headers the app received.
+type Received = Arc<Mutex<Vec<(Vec<u8>, Option<String>)>>>;
+
 /// The app behind `whatsapp.webhook_forward_url`: records what it gets, answers `status`.
 struct AppWebhook {
     url: String,
-    got: Arc<Mutex<Vec<(Vec<u8>, Option<String>)>>>,
+    got: Received,
     status: Arc<Mutex<u16>>,
 }
 
 async fn app_webhook() -> AppWebhook {
-    let got: Arc<Mutex<Vec<(Vec<u8>, Option<String>)>>> = Arc::default();
+    let got: Received = Arc::default();
     let status = Arc::new(Mutex::new(200u16));
     let (g, s) = (got.clone(), status.clone());
     let router = axum::Router::new().route(
