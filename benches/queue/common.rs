@@ -22,16 +22,18 @@ pub enum Section {
     Latency,
     Large,
     Idle,
+    Statuses,
 }
 
 impl Section {
-    pub const ALL: [Section; 6] = [
+    pub const ALL: [Section; 7] = [
         Section::Limit,
         Section::Throughput,
         Section::Pipeline,
         Section::Latency,
         Section::Large,
         Section::Idle,
+        Section::Statuses,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,6 +44,7 @@ impl Section {
             Section::Latency => "latency",
             Section::Large => "large",
             Section::Idle => "idle",
+            Section::Statuses => "statuses",
         }
     }
 }
@@ -59,7 +62,8 @@ impl FromStr for Section {
 pub const USAGE: &str = "\
 cargo bench --bench queue -- [options]
 
-  --only SECTION[,SECTION…]  limit, throughput, pipeline, latency, large, idle (default: all)
+  --only SECTION[,SECTION…]  limit, throughput, pipeline, latency, large, idle, statuses
+                             (default: all)
   --quick                    small sizes and 1 run: a smoke test in about a minute
   --runs R                   runs per figure; each figure is the median (default 3, quick 1)
   --jobs N[,N…]              throughput sizes (default 20000,100000; quick 2000)

@@ -16,7 +16,9 @@
 //! - `pipeline`: live delivery against the mock Cloud API (instant and 50 ms answers);
 //! - `latency`: wake-up latency of an idle runner, on the database's clock;
 //! - `large`: claim latency with 10k vs 1M queued rows, beside 1M finished rows, after a prune;
-//! - `idle`: the daemon binary idle: CPU, wake-ups and RSS.
+//! - `idle`: the daemon binary idle: CPU, wake-ups and RSS;
+//! - `statuses`: Meta's status webhooks applied (statuses/s, PostgreSQL CPU per status), into
+//!   the status writer and through signed POSTs to `/webhooks/whatsapp`.
 //!
 //! See `docs/benchmarks.md` for what each row means and the latest table.
 
@@ -28,6 +30,7 @@ mod idle;
 mod large;
 mod latency;
 mod pipeline;
+mod statuses;
 mod throughput;
 
 use std::time::Instant;
@@ -55,6 +58,10 @@ async fn run_all(a: Args) -> Vec<Row> {
     if a.wants(Section::Idle) {
         eprintln!("idle cost…");
         rows.extend(idle::run(&a).await);
+    }
+    if a.wants(Section::Statuses) {
+        eprintln!("status webhooks…");
+        rows.extend(statuses::run(&a).await);
     }
     rows
 }

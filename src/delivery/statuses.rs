@@ -10,15 +10,16 @@
 //!   wamid, nothing is written (`conflict`).
 //! - **Forward only**: `sent` → `delivered` → `read`; a duplicate or a late status (a `sent`
 //!   after `delivered`) never moves a message back. `failed` is final: it records Meta's code
-//!   (`"lastErrorCode"`) and title (`"lastError"`) on the message, and fails its job (done or
-//!   failed or queued; a running job fails at its next step, see `live.rs`) with that code. A
-//!   `failed` after `delivered` is ignored.
+//!   (`"lastErrorCode"`) and title (`"lastError"`) on the message, and fails its job (`done`,
+//!   `failed` or `queued`; for a `running` job the status waits until the job is finished) with
+//!   that code. A `failed` after `delivered` is ignored.
 //! - **Settling**: an `unknown` message (a send in doubt) with `sent`, `delivered` or `read`
 //!   takes that status and the wamid, and its job, failed `delivery_unknown`, becomes `done`
 //!   once every message of it was accepted.
 //! - **Early statuses**: a status whose message is still `pending` or `sending` (it raced the
-//!   send's answer), or whose callback names no row, is kept in `"OutboundEarlyStatus"` and
-//!   applied as soon as the message can take it; after [`EARLY_RETENTION`] it is dropped and
+//!   send's answer), one that would settle or fail a job still `running` (its runner is about to
+//!   complete or fail it), or one whose callback names no row, is kept in
+//!   `"OutboundEarlyStatus"` and applied as soon as the message can take it; after [`EARLY_RETENTION`] it is dropped and
 //!   counted (`expired`). A status with neither our callback id nor a known wamid is not ours
 //!   (the app's own messages): counted `unmatched`, not kept.
 //! - **Nothing is ever sent** because of a status.
@@ -154,6 +155,8 @@ struct Msg {
     read_at: Option<DateTime<Utc>>,
     error_code: Option<String>,
     error: Option<String>,
+    /// Its job is `running`: a runner may still write about the message and the job.
+    job_running: bool,
     changed: bool,
 }
 
@@ -195,8 +198,8 @@ async fn apply_in(
     let found = sqlx::query(
         r#"
         SELECT m.id, m."jobId", m.seq, m.status, m.wamid, m."sentAt", m."deliveredAt", m."readAt",
-               m."lastErrorCode", m."lastError"
-        FROM "OutboundMessage" m
+               m."lastErrorCode", m."lastError", j.status = 'running'
+        FROM "OutboundMessage" m JOIN "OutboundJob" j ON j.id = m."jobId"
         WHERE m.id IN (
             SELECT id FROM "OutboundMessage" WHERE wamid = ANY($1)
             UNION ALL
@@ -228,6 +231,7 @@ async fn apply_in(
             read_at: r.get(7),
             error_code: r.get(8),
             error: r.get(9),
+            job_running: r.get(10),
             changed: false,
         };
         by_key.insert((row.job, r.get::<i32, _>(2)), i);
@@ -275,6 +279,9 @@ async fn apply_in(
         let outcome = match (row.status.as_str(), u.kind) {
             // The send's answer is not recorded yet (or the message is being sent again).
             ("pending" | "sending", _) => Outcome::Early,
+            // The runner is about to fail the job `delivery_unknown`, or to complete it: the
+            // job is settled or failed once it is no longer running.
+            ("unknown", _) | ("sent", Kind::Failed) if row.job_running => Outcome::Early,
             ("failed", _) if row.wamid.is_none() => Outcome::Early,
             ("failed", _) => Outcome::Duplicate,
             ("unknown", Kind::Failed) | ("sent", Kind::Failed) => {
@@ -382,8 +389,7 @@ async fn apply_in(
     if !fail_jobs.is_empty() {
         let (ids, (codes, reasons)): (Vec<i64>, (Vec<String>, Vec<String>)) =
             fail_jobs.into_iter().unzip();
-        // A running job is left to its runner: its completion does not land (a failed
-        // message), and its next attempt fails it with this code without sending.
+        // Never a running job (such a status waits, see above).
         let done = sqlx::query(
             r#"
             UPDATE "OutboundJob" j
@@ -511,9 +517,11 @@ pub async fn sweep(pool: &PgPool, retention: Duration) -> sqlx::Result<Swept> {
         SELECT e.id, e."jobId", e.seq, e.wamid, e.status, e."at", e."errorCode", e."errorTitle"
         FROM "OutboundEarlyStatus" e
         WHERE EXISTS (
-            SELECT 1 FROM "OutboundMessage" m
+            SELECT 1 FROM "OutboundMessage" m JOIN "OutboundJob" j ON j.id = m."jobId"
             WHERE ((m."jobId" = e."jobId" AND m.seq = e.seq) OR m.wamid = e.wamid)
               AND m.status NOT IN ('pending', 'sending')
+              AND (j.status <> 'running'
+                   OR (m.status IN ('sent', 'delivered', 'read') AND e.status <> 'failed'))
         )
         ORDER BY e.id
         LIMIT 1000

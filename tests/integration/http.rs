@@ -627,7 +627,10 @@ async fn metrics_expose_every_design_metric_after_jobs_ran() {
     for s in &scrape.samples {
         for (k, v) in s.labels.iter() {
             assert!(
-                ["outcome", "class", "source", "status", "result", "version", "le"].contains(&k.as_str()),
+                [
+                    "outcome", "class", "source", "status", "result", "version", "le"
+                ]
+                .contains(&k.as_str()),
                 "unexpected label {k}={v} on {}",
                 s.metric
             );

@@ -357,6 +357,52 @@ async fn an_early_status_waits_for_its_wamid_and_unmatched_ones_expire() {
     assert_eq!((swept.expired, swept.waiting), (1, 0));
 }
 
+#[tokio::test]
+async fn a_status_that_would_decide_a_running_job_waits_for_its_runner() {
+    let db = TestDb::new().await;
+    // The runner marked the send unknown and is about to fail the job; and another job whose
+    // completion is on its way when Meta reports its message failed.
+    let doubt = job_with_message(&db, "running", None, "unknown", None).await;
+    let completing = job_with_message(&db, "running", None, "sent", Some("wamid.R2")).await;
+    let mut failed = update("wamid.R2", Kind::Failed, Some(completing), 1);
+    failed.error_code = Some("131049".into());
+    let out = statuses::apply(
+        &db.pool,
+        &[update("wamid.R1", Kind::Read, Some(doubt), 1), failed],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.outcomes, [Outcome::Early, Outcome::Early]);
+    assert_eq!(message(&db, doubt).await.status, "unknown");
+    assert_eq!(message(&db, completing).await.status, "sent");
+    let swept = statuses::sweep(&db.pool, EARLY_RETENTION).await.unwrap();
+    assert_eq!((swept.applied.outcomes.len(), swept.waiting), (0, 2));
+
+    // The runners finish: one fails its job `delivery_unknown`, the other completes.
+    sqlx::query(
+        r#"UPDATE "OutboundJob" SET status = 'failed', "lastErrorCode" = 'delivery_unknown',
+                  "completedAt" = now() WHERE id = $1"#,
+    )
+    .bind(doubt)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(r#"UPDATE "OutboundJob" SET status = 'done', "completedAt" = now() WHERE id = $1"#)
+        .bind(completing)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let swept = statuses::sweep(&db.pool, EARLY_RETENTION).await.unwrap();
+    assert_eq!(swept.waiting, 0);
+    assert_eq!(job_state(&db, doubt).await, ("done".into(), None, None));
+    assert_eq!(message(&db, doubt).await.status, "read");
+    let (status, code, _) = job_state(&db, completing).await;
+    assert_eq!(
+        (status.as_str(), code.as_deref()),
+        ("failed", Some("131049"))
+    );
+}
+
 // --- End to end: the mock Cloud API sends the webhooks -------------------------------------------
 
 #[tokio::test]
