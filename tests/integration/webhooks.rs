@@ -501,6 +501,53 @@ async fn every_messages_fate_arrives_by_webhook_and_unknown_sends_settle_without
     app.stop().await;
 }
 
+#[tokio::test]
+async fn statuses_that_race_the_sends_answer_are_kept_and_applied_once_the_wamid_is_written() {
+    let meta = MockMeta::start().await;
+    let app = live_app(&meta, |_| {}).await;
+    // The mock sends each message's statuses as it accepts it, before it answers: they reach
+    // the runner while the message is still `sending`.
+    meta.send_webhooks(Webhooks::to(app.url("/webhooks/whatsapp"), SECRET));
+    meta.script([Reply::SlowAccept(Duration::from_millis(300))]);
+    let id = app
+        .db
+        .insert_payload(
+            &json!({"to": "15551230009", "message": {"type": "text", "text": {"body": "race"}}})
+                .to_string(),
+        )
+        .await;
+    let run = tokio::spawn({
+        let runner = app.runner.clone();
+        async move { runner.run_pass(1).await.unwrap() }
+    });
+    let mut sent = meta.webhooks_sent();
+    wait_count(&mut sent, 3, Duration::from_secs(10)).await;
+    // Answered 200 (kept), while the send's answer is still on its way.
+    assert_eq!(meta.webhook_answers(), [200, 200, 200]);
+    assert_eq!(message(&app.db, id).await.status, "sending");
+    assert_eq!(early_count(&app.db).await, 3);
+
+    assert_eq!(run.await.unwrap().processed, [id]);
+    // The wamid is written: the next sweep applies them (the runner's own sweeper may be first;
+    // each step either applies them or finds them applied).
+    for _ in 0..100 {
+        let swept = statuses::sweep(&app.db.pool, EARLY_RETENTION)
+            .await
+            .unwrap();
+        if swept.waiting == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(early_count(&app.db).await, 0);
+    let m = message(&app.db, id).await;
+    assert_eq!(m.status, "read");
+    assert!(m.delivered_at.is_some());
+    assert_eq!(job_state(&app.db, id).await.0, "done");
+    assert_eq!(meta.accepted().len(), 1);
+    app.stop().await;
+}
+
 // --- Bad input ----------------------------------------------------------------------------------
 
 async fn post(app: &App, body: &[u8], signature: Option<String>) -> u16 {
