@@ -348,6 +348,10 @@ async fn apply_in(
         if outcome == Outcome::Early {
             park.push(u);
         }
+        if row.wamid.as_deref() == Some(u.wamid.as_str()) {
+            // A wamid learnt from this status matches the later ones of the batch too.
+            by_wamid.entry(u.wamid.clone()).or_insert(i);
+        }
         out.outcomes.push(outcome);
     }
 

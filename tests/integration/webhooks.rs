@@ -255,16 +255,20 @@ async fn an_unknown_send_is_settled_by_its_status_and_its_job_becomes_done() {
     let job = job_with_message(&db, "failed", Some("delivery_unknown"), "unknown", None).await;
     let out = statuses::apply(
         &db.pool,
-        &[update(
-            "wamid.U1",
-            Kind::Delivered,
-            Some(job),
-            Utc::now().timestamp(),
-        )],
+        &[
+            update(
+                "wamid.U1",
+                Kind::Delivered,
+                Some(job),
+                Utc::now().timestamp(),
+            ),
+            // In the same batch, without the callback: matched by the wamid just learnt.
+            update("wamid.U1", Kind::Delivered, None, Utc::now().timestamp()),
+        ],
     )
     .await
     .unwrap();
-    assert_eq!(out.outcomes, [Outcome::Settled]);
+    assert_eq!(out.outcomes, [Outcome::Settled, Outcome::Duplicate]);
     assert_eq!(out.jobs_settled, 1);
     let m = message(&db, job).await;
     assert_eq!(
