@@ -173,6 +173,18 @@ pub struct WhatsappSettings {
     pub pair_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub halt_cooldown: Duration,
+    /// The app secret Meta signs status webhooks with (`X-Hub-Signature-256`). `None` disables
+    /// `/webhooks/whatsapp` (it answers 404).
+    #[serde(deserialize_with = "secret")]
+    pub app_secret: Option<SecretString>,
+    #[serde(deserialize_with = "path")]
+    pub app_secret_file: Option<PathBuf>,
+    /// The token of Meta's webhook verification (`hub.verify_token`).
+    #[serde(deserialize_with = "secret")]
+    pub verify_token: Option<SecretString>,
+    /// Empty: none. Else every webhook POST is passed on, unchanged, to this URL (the app's own
+    /// webhook), and Meta hears 200 only when the app answered 2xx.
+    pub webhook_forward_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -337,6 +349,9 @@ const GUIDE_ENV: &[(&str, &str)] = &[
     ("CRON_SECRET_FILE", "http.cron_secret_file"),
     ("ADMIN_TOKEN", "http.admin_token"),
     ("ADMIN_TOKEN_FILE", "http.admin_token_file"),
+    ("WHATSAPP_APP_SECRET", "whatsapp.app_secret"),
+    ("WHATSAPP_APP_SECRET_FILE", "whatsapp.app_secret_file"),
+    ("WHATSAPP_VERIFY_TOKEN", "whatsapp.verify_token"),
 ];
 
 /// Loads, resolves secrets and validates.
@@ -573,6 +588,12 @@ fn resolve_secrets(s: &mut Settings, env: &HashMap<String, String>) -> Result<()
             value: &mut s.whatsapp.access_token,
             file: &s.whatsapp.access_token_file,
         },
+        SecretSlot {
+            key: "whatsapp.app_secret",
+            credential: "whatsapp_app_secret",
+            value: &mut s.whatsapp.app_secret,
+            file: &s.whatsapp.app_secret_file,
+        },
     ];
     let mut problems = Vec::new();
     for slot in slots {
@@ -746,6 +767,11 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
     }
     if w.halt_cooldown.is_zero() {
         bad("whatsapp.halt_cooldown", "must be more than 0s");
+    }
+    if !w.webhook_forward_url.is_empty() {
+        if let Err(reason) = check_http_url(&w.webhook_forward_url) {
+            bad("whatsapp.webhook_forward_url", &reason);
+        }
     }
 
     if !s.http.listen.is_empty() && s.http.listen.parse::<SocketAddr>().is_err() {

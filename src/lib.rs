@@ -11,7 +11,7 @@
 //!   passes, drain.
 //! - [`delivery`]: what running a job means: the payload contract and the handlers.
 //! - [`app`]: the daemon: start-up order, signals, shutdown.
-//! - [`http`]: the trigger endpoints, `/metrics`, `/healthz`, `/readyz`.
+//! - [`http`]: the trigger endpoints, Meta's status webhooks, `/metrics`, `/healthz`, `/readyz`.
 //! - [`cli`]: the subcommands.
 //! - [`metrics`], [`health`], [`telemetry`], [`systemd`], [`exit`]: what an operator watches.
 //!

@@ -28,6 +28,12 @@ pub struct Metrics {
     pub workers_busy: IntGauge,
     pub workers: IntGauge,
     pub circuit_open: IntGauge,
+    /// status: sent | delivered | read | failed; result: see [`STATUS_RESULTS`].
+    pub whatsapp_statuses: IntCounterVec,
+    pub whatsapp_statuses_expired: IntCounter,
+    /// outcome: see [`WEBHOOK_OUTCOMES`].
+    pub webhook_requests: IntCounterVec,
+    pub delivered_latency: Histogram,
     pub last_loop_timestamp: Gauge,
     pub build_info: IntGaugeVec,
     /// The in-flight limit now, and the inputs it was sized from (see `runner::sizing`).
@@ -91,9 +97,32 @@ pub const ERROR_CLASSES: [&str; 6] = [
     "unknown",
 ];
 
+pub const STATUS_KINDS: [&str; 4] = ["sent", "delivered", "read", "failed"];
+pub const STATUS_RESULTS: [&str; 7] = [
+    "applied",
+    "settled",
+    "duplicate",
+    "early",
+    "conflict",
+    "unmatched",
+    "other_number",
+];
+pub const WEBHOOK_OUTCOMES: [&str; 7] = [
+    "ok",
+    "bad_signature",
+    "malformed",
+    "too_large",
+    "forwarded",
+    "forward_failed",
+    "unavailable",
+];
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
+];
+const DELIVERY_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
 ];
 const WAIT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
@@ -198,6 +227,31 @@ impl Metrics {
                 "circuit_open",
                 "1 while sending is halted for the phone number."
             )),
+            whatsapp_statuses: reg!(IntCounterVec::new(
+                Opts::new(
+                    "whatsapp_statuses_total",
+                    "Statuses from Meta's webhooks, by status and what became of them."
+                ),
+                &["status", "result"]
+            )),
+            whatsapp_statuses_expired: reg!(IntCounter::new(
+                "whatsapp_statuses_expired_total",
+                "Early statuses dropped after their retention without matching a message."
+            )),
+            webhook_requests: reg!(IntCounterVec::new(
+                Opts::new(
+                    "webhook_requests_total",
+                    "POST /webhooks/whatsapp requests, by outcome."
+                ),
+                &["outcome"]
+            )),
+            delivered_latency: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "message_delivered_seconds",
+                    "Time from Meta accepting a message to its delivered status."
+                )
+                .buckets(DELIVERY_BUCKETS.to_vec())
+            )),
             last_loop_timestamp: reg!(Gauge::new(
                 "last_loop_timestamp_seconds",
                 "Unix time of the dispatcher's last heartbeat."
@@ -221,6 +275,14 @@ impl Metrics {
         }
         for c in ERROR_CLASSES {
             m.whatsapp_errors.with_label_values(&[c]);
+        }
+        for k in STATUS_KINDS {
+            for r in STATUS_RESULTS {
+                m.whatsapp_statuses.with_label_values(&[k, r]);
+            }
+        }
+        for o in WEBHOOK_OUTCOMES {
+            m.webhook_requests.with_label_values(&[o]);
         }
         for s in STATUSES {
             m.jobs.with_label_values(&[s]);

@@ -24,10 +24,11 @@ pub enum Section {
     Pooler,
     Idle,
     Budget,
+    Statuses,
 }
 
 impl Section {
-    pub const ALL: [Section; 8] = [
+    pub const ALL: [Section; 9] = [
         Section::Limit,
         Section::Throughput,
         Section::Pipeline,
@@ -36,6 +37,7 @@ impl Section {
         Section::Large,
         Section::Pooler,
         Section::Idle,
+        Section::Statuses,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +50,7 @@ impl Section {
             Section::Pooler => "pooler",
             Section::Idle => "idle",
             Section::Budget => "budget",
+            Section::Statuses => "statuses",
         }
     }
 }
@@ -65,7 +68,7 @@ impl FromStr for Section {
 pub const USAGE: &str = "\
 cargo bench --bench queue -- [options]
 
-  --only SECTION[,SECTION…]  limit, throughput, pipeline, budget, latency, large, pooler, idle
+  --only SECTION[,SECTION…]  limit, throughput, pipeline, budget, latency, large, pooler, idle, statuses
                              (default: all)
   --quick                    small sizes and 1 run: a smoke test in about a minute
   --runs R                   runs per figure; each figure is the median (default 3, quick 1)

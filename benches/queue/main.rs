@@ -21,7 +21,9 @@
 //! - `pooler`: a sandbox drain (the first `--jobs` size) and idle wake-ups through a
 //!   transaction-mode PgBouncer beside direct, with the connections on both sides of it (needs
 //!   `pgbouncer` installed);
-//! - `idle`: the daemon binary idle: CPU, wake-ups and RSS.
+//! - `idle`: the daemon binary idle: CPU, wake-ups and RSS;
+//! - `statuses`: Meta's status webhooks applied (statuses/s, PostgreSQL CPU per status), into
+//!   the status writer and through signed POSTs to `/webhooks/whatsapp`.
 //!
 //! See `docs/benchmarks.md` for what each row means and the latest table.
 
@@ -40,6 +42,7 @@ mod large;
 mod latency;
 mod pipeline;
 mod pooler;
+mod statuses;
 mod throughput;
 
 use std::time::Instant;
@@ -75,6 +78,10 @@ async fn run_all(a: Args) -> Vec<Row> {
     if a.wants(Section::Idle) {
         eprintln!("idle cost…");
         rows.extend(idle::run(&a).await);
+    }
+    if a.wants(Section::Statuses) {
+        eprintln!("status webhooks…");
+        rows.extend(statuses::run(&a).await);
     }
     rows
 }

@@ -390,6 +390,21 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
         ),
         ("whatsapp.pair_interval".into(), d(s.whatsapp.pair_interval)),
         ("whatsapp.halt_cooldown".into(), d(s.whatsapp.halt_cooldown)),
+        ("whatsapp.app_secret".into(), secret(&s.whatsapp.app_secret)),
+        (
+            "whatsapp.app_secret_file".into(),
+            p(&s.whatsapp.app_secret_file),
+        ),
+        (
+            "whatsapp.verify_token".into(),
+            secret(&s.whatsapp.verify_token),
+        ),
+        (
+            "whatsapp.webhook_forward_url".into(),
+            q(&config::redact_url_or_empty(
+                &s.whatsapp.webhook_forward_url,
+            )),
+        ),
         ("http.listen".into(), q(&s.http.listen)),
         (
             "http.job_runner_token".into(),

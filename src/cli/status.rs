@@ -35,10 +35,23 @@ pub struct Status {
     pub done_per_minute: Vec<Bucket>,
     pub failed_per_hour: Vec<Bucket>,
     pub last_errors: Vec<LastError>,
+    /// What Meta's status webhooks said in the last hour (docs/delivery.md).
+    pub messages_last_hour: MessageFates,
+    /// Sends in doubt that no status has settled yet.
+    pub unknown_unsettled: i64,
+    /// Statuses kept until their message can take them.
+    pub early_statuses: i64,
     pub checks: Vec<Check>,
     /// This host's daemon's in-flight sizing, when its `/metrics` answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub in_flight: Option<super::in_flight::InFlight>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct MessageFates {
+    pub delivered: i64,
+    pub read: i64,
+    pub failed: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -125,6 +138,23 @@ pub async fn collect(pool: &Pool, args: &StatusArgs) -> sqlx::Result<Status> {
     .fetch_all(pool)
     .await?;
 
+    // One pass over the messages (no index serves "in the last hour"; `status` runs rarely).
+    let messages_last_hour: MessageFates = sqlx::query_as(
+        r#"SELECT COUNT(*) FILTER (WHERE "deliveredAt" > NOW() - INTERVAL '1 hour') AS delivered,
+                  COUNT(*) FILTER (WHERE "readAt" > NOW() - INTERVAL '1 hour') AS read,
+                  COUNT(*) FILTER (WHERE status = 'failed'
+                                     AND "updatedAt" > NOW() - INTERVAL '1 hour') AS failed
+           FROM "OutboundMessage""#,
+    )
+    .fetch_one(pool)
+    .await?;
+    let (unknown_unsettled, early_statuses): (i64, i64) = sqlx::query_as(
+        r#"SELECT (SELECT COUNT(*) FROM "OutboundMessage" WHERE status = 'unknown'),
+                  (SELECT COUNT(*) FROM "OutboundEarlyStatus")"#,
+    )
+    .fetch_one(pool)
+    .await?;
+
     let mut checks = Vec::new();
     let max_age = args.max_queued_age.as_secs_f64();
     checks.push(match oldest {
@@ -184,6 +214,9 @@ pub async fn collect(pool: &Pool, args: &StatusArgs) -> sqlx::Result<Status> {
         done_per_minute,
         failed_per_hour,
         last_errors,
+        messages_last_hour,
+        unknown_unsettled,
+        early_statuses,
         checks,
         in_flight: None,
     })
@@ -203,6 +236,15 @@ pub fn render(s: &Status) -> String {
     out.push_str(&format!(
         "\nLast hour: {} done, {} failed\n",
         s.done_last_hour, s.failed_last_hour
+    ));
+    let m = &s.messages_last_hour;
+    out.push_str(&format!(
+        "Messages, last hour (Meta's status webhooks): {} delivered, {} read, {} failed\n",
+        m.delivered, m.read, m.failed
+    ));
+    out.push_str(&format!(
+        "Sends in doubt (unknown) not settled by a status: {}; early statuses waiting: {}\n",
+        s.unknown_unsettled, s.early_statuses
     ));
     out.push_str("\nDone per minute (last hour, newest first)\n");
     if s.done_per_minute.is_empty() {

@@ -10,7 +10,9 @@
 //!
 //! ```text
 //!  pending ──mark_sending──► sending ──record_sent──► sent      (wamid; never sent again)
-//!     ▲                        │
+//!     ▲                        │                        │
+//!     │                        │        Meta's statuses ▼ (docs/delivery.md, [`super::statuses`])
+//!     │                        │                  delivered ─► read, or failed (with Meta's code)
 //!     └────── settle ──────────┤──► failed    (Meta refused it for good)
 //!        (Meta refused it,     └──► unknown   (no answer after the request was written, or
 //!         transiently)                         the runner died mid-send: never resent)
@@ -45,6 +47,9 @@ pub enum Status {
     Pending,
     Sending,
     Sent,
+    /// Meta's status webhook said so (see [`super::statuses`]).
+    Delivered,
+    Read,
     Failed,
     Unknown,
 }
@@ -55,20 +60,31 @@ impl Status {
             Status::Pending => "pending",
             Status::Sending => "sending",
             Status::Sent => "sent",
+            Status::Delivered => "delivered",
+            Status::Read => "read",
             Status::Failed => "failed",
             Status::Unknown => "unknown",
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "pending" => Status::Pending,
             "sending" => Status::Sending,
             "sent" => Status::Sent,
+            "delivered" => Status::Delivered,
+            "read" => Status::Read,
             "failed" => Status::Failed,
             "unknown" => Status::Unknown,
             _ => return None,
         })
+    }
+}
+
+impl Status {
+    /// Meta accepted the message: `sent`, `delivered` or `read`.
+    pub fn accepted(self) -> bool {
+        matches!(self, Status::Sent | Status::Delivered | Status::Read)
     }
 }
 
@@ -81,6 +97,9 @@ pub struct Message {
     /// The Cloud API message object, exactly as it will be (or was) sent.
     pub body: Value,
     pub wamid: Option<String>,
+    /// Why it failed: `"lastErrorCode"` and `"lastError"` (Meta's title, from a status).
+    pub error_code: Option<String>,
+    pub error: Option<String>,
 }
 
 /// The fence of one job's write as a CTE (`$1` id, `$2` lockedBy, `$3` attempts), for a write
@@ -114,11 +133,11 @@ pub async fn prepare(
             SELECT o.id, (m.n - 1)::int, 'pending', $5, m.body
             FROM owner o, unnest($6::jsonb[]) WITH ORDINALITY AS m(body, n)
             ON CONFLICT ("jobId", seq) DO NOTHING
-            RETURNING seq, status, "to", body, wamid
+            RETURNING seq, status, "to", body, wamid, "lastErrorCode", "lastError"
         )
-        SELECT seq, status, "to", body, wamid FROM ins
+        SELECT seq, status, "to", body, wamid, "lastErrorCode", "lastError" FROM ins
         UNION ALL
-        SELECT m.seq, m.status, m."to", m.body, m.wamid
+        SELECT m.seq, m.status, m."to", m.body, m.wamid, m."lastErrorCode", m."lastError"
         FROM "OutboundMessage" m JOIN owner o ON m."jobId" = o.id
         "#
     );
@@ -146,6 +165,8 @@ pub async fn prepare(
             to: row.get(2),
             body: row.get(3),
             wamid: row.get(4),
+            error_code: row.get(5),
+            error: row.get(6),
         });
     }
     out.sort_by_key(|m| m.seq);
@@ -167,7 +188,8 @@ pub struct Mark {
 /// (`pending`, `failed`), or `sending` when `resend_in_doubt`, can be marked; each row is fenced
 /// by its own job's claim, and none of a job an operator asked to stop (`"cancelRequestedAt"`,
 /// see `queue::admin::cancel`): the job then ends its attempt as if taken from us, and its
-/// requeue or failure makes it `cancelled`. Returns, for each mark, whether it landed.
+/// requeue or failure makes it `cancelled`. A message with a wamid (Meta accepted it; a status
+/// may have failed it later) is never marked. Returns, for each mark, whether it landed.
 pub async fn mark_sending(pool: &Pool, marks: &[Mark]) -> sqlx::Result<Vec<bool>> {
     let (ids, owners, attempts) = fence_arrays(marks.iter().map(|m| &m.fence));
     let seqs: Vec<i32> = marks.iter().map(|m| m.seq).collect();
@@ -188,7 +210,7 @@ pub async fn mark_sending(pool: &Pool, marks: &[Mark]) -> sqlx::Result<Vec<bool>
         )
         UPDATE "OutboundMessage" m SET status = 'sending', "updatedAt" = now()
         FROM owner o
-        WHERE m."jobId" = o.job AND m.seq = o.seq
+        WHERE m."jobId" = o.job AND m.seq = o.seq AND m.wamid IS NULL
           AND (m.status IN ('pending', 'failed') OR (o.resend AND m.status = 'sending'))
         RETURNING o.n
         "#,
@@ -212,20 +234,25 @@ pub async fn mark_sending(pool: &Pool, marks: &[Mark]) -> sqlx::Result<Vec<bool>
 pub struct Writers {
     pub sending: Gate<Mark, bool>,
     pub sent: Gate<Sent, bool>,
+    /// Meta's status webhooks, applied in batches ([`super::statuses`]).
+    pub statuses: super::statuses::Writer,
 }
 
 impl Writers {
     /// Starts the writers' tasks; they end when `stop` is cancelled (after the drain: a job in
     /// flight may still send).
     /// A batch that waits for a connection is retried for up to `patience` (see
-    /// [`crate::db::wait`]), each wait counted in `waits`.
+    /// [`crate::db::wait`]), each wait counted in `metrics.db_waits`.
     pub fn start(
         pool: &Pool,
+        metrics: &std::sync::Arc<crate::metrics::Metrics>,
         stop: &CancellationToken,
-        waits: IntCounter,
         patience: Duration,
     ) -> (Writers, Vec<JoinHandle<()>>) {
-        let patient = Patience { waits, patience };
+        let patient = Patience {
+            waits: metrics.db_waits.clone(),
+            patience,
+        };
         let (sending, a) = Gate::start(
             pool.clone(),
             stop.clone(),
@@ -238,7 +265,15 @@ impl Writers {
             patient,
             |pool, sent| async move { record_sent(&pool, &sent).await },
         );
-        (Writers { sending, sent }, vec![a, b])
+        let (statuses, c) = super::statuses::Writer::start(pool, metrics.clone(), stop);
+        (
+            Writers {
+                sending,
+                sent,
+                statuses,
+            },
+            vec![a, b, c],
+        )
     }
 }
 

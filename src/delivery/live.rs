@@ -124,7 +124,7 @@ impl LiveHandler {
             Err(e) => return Err(database_sqlx("recording the messages", &e)),
         };
 
-        let pending = rows.iter().filter(|m| m.status != Status::Sent).count();
+        let pending = rows.iter().filter(|m| !m.status.accepted()).count();
         if pending > 0 {
             tracing::info!(
                 job_id = job.id,
@@ -180,7 +180,27 @@ impl LiveHandler {
         let on_unknown = settings.delivery.on_unknown;
         let seq = message.seq;
         match message.status {
-            Status::Sent => return Ok(()),
+            Status::Sent | Status::Delivered | Status::Read => return Ok(()),
+            Status::Failed if message.wamid.is_some() => {
+                // Meta accepted it, then reported it failed (a status webhook): never resent.
+                let code = message
+                    .error_code
+                    .clone()
+                    .unwrap_or_else(|| "meta_failed".to_string());
+                return Err(JobError::fail(
+                    code,
+                    format!(
+                        "message {} was accepted by Meta and later reported failed{}; it is not \
+                         sent again",
+                        seq + 1,
+                        message
+                            .error
+                            .as_deref()
+                            .map(|t| format!(": {t}"))
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
             Status::Unknown => {
                 return Err(JobError::fail(
                     "delivery_unknown",
@@ -246,8 +266,9 @@ impl LiveHandler {
         }
 
         let started = Instant::now();
+        let callback = super::statuses::callback_id(job.id, seq);
         let result = api
-            .send(&settings.whatsapp, &message.to, job.id, &message.body)
+            .send(&settings.whatsapp, &message.to, &callback, &message.body)
             .await;
         ctx.metrics
             .send_duration

@@ -5,6 +5,8 @@
 //!   fake wamid. Nothing leaves the machine (`delivery.mode = "sandbox"`).
 //! - [`live::LiveHandler`]: the pipeline of `delivery.mode = "live"`: compose
 //!   ([`orchestrator`]), record ([`ledger`]), pace ([`pacing`]) and send ([`whatsapp`]).
+//! - [`statuses`]: what Meta's status webhooks say became of each message (delivered, read,
+//!   failed later), and the settling of sends in doubt.
 //!
 //! docs/delivery.md describes the semantics for operators.
 
@@ -14,6 +16,7 @@ pub mod orchestrator;
 pub mod pacing;
 pub mod payload;
 pub mod sandbox;
+pub mod statuses;
 pub mod whatsapp;
 
 use std::future::Future;

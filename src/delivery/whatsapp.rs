@@ -176,12 +176,14 @@ impl CloudApi {
         Value::Object(body)
     }
 
-    /// Sends one message. `Ok` is the wamid Meta gave it.
+    /// Sends one message. `callback` goes out as `biz_opaque_callback_data` (it names the
+    /// message's ledger row, see [`super::statuses::callback_id`]). `Ok` is the wamid Meta gave
+    /// it.
     pub async fn send(
         &self,
         wa: &WhatsappSettings,
         to: &str,
-        job_id: i64,
+        callback: &str,
         message: &Value,
     ) -> Result<String, SendError> {
         let token = wa
@@ -194,7 +196,7 @@ impl CloudApi {
             .post(Self::messages_url(wa))
             .bearer_auth(token)
             .timeout(wa.timeout)
-            .json(&Self::request_body(to, &job_id.to_string(), message));
+            .json(&Self::request_body(to, callback, message));
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) => return Err(transport_error(e, wa.timeout)),

@@ -5,6 +5,7 @@
 //!  spawn(listeners, ...)   serves until the shutdown token; in-flight requests finish
 //!  routes                  the handlers and their JSON answers
 //!  auth                    who may trigger: tokens, constant-time comparison, nothing else
+//!  webhooks                Meta's status webhooks: signature, verification, forwarding
 //! ```
 //!
 //! A trigger runs its own synchronous pass ([`Runner::run_pass_until`]) beside the dispatcher;
@@ -17,6 +18,7 @@
 pub mod admin;
 pub mod auth;
 pub mod routes;
+pub mod webhooks;
 
 use std::future::Future;
 use std::io;
@@ -231,6 +233,15 @@ pub fn spawn(listeners: Listeners, state: HttpState, stop: CancellationToken) ->
         if settings.http.job_runner_token.is_none() {
             tracing::warn!(
                 "JOB_RUNNER_TOKEN is not set: /api/jobs/run-outbound is disabled (answers 404)"
+            );
+        }
+        if settings.whatsapp.app_secret.is_none() {
+            tracing::info!(
+                "WHATSAPP_APP_SECRET is not set: /webhooks/whatsapp is disabled (answers 404)"
+            );
+        } else if settings.whatsapp.verify_token.is_none() {
+            tracing::warn!(
+                "WHATSAPP_VERIFY_TOKEN is not set: Meta's webhook verification is refused (403)"
             );
         }
         if settings.http.cron_secret.is_none() {

@@ -42,7 +42,8 @@ pub fn api(state: HttpState) -> Router {
     if state.inner.metrics_on_api {
         router = router.route("/metrics", get(metrics));
     }
-    finish(router, state)
+    // Meta's status webhooks, with their own body limit (docs/http.md).
+    finish(router, state.clone()).merge(super::webhooks::routes(state))
 }
 
 /// The routes of `metrics.listen`.
@@ -91,7 +92,7 @@ async fn not_found() -> Response {
 
 /// One debug line per request: method, path (never the query string: it may carry the token),
 /// status and time.
-async fn access_log(request: Request, next: Next) -> Response {
+pub(super) async fn access_log(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let mut path = request.uri().path().to_string();
     if path.len() > 128 {

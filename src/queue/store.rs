@@ -139,7 +139,8 @@ pub const COMPLETE_SQL: &str = r#"
             WHERE j.id = d.id AND j.id = ANY($2) AND j.status = 'running' AND j."lockedBy" = $1
               AND j.attempts = d.attempts
               AND NOT EXISTS (SELECT 1 FROM "OutboundMessage" m
-                              WHERE m."jobId" = j.id AND m.status <> 'sent')
+                              WHERE m."jobId" = j.id
+                                AND m.status NOT IN ('sent', 'delivered', 'read'))
             RETURNING j.id
         ), sandbox AS (
             INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, wamid, "sentAt")
@@ -159,7 +160,8 @@ pub const COMPLETE_SQL: &str = r#"
 /// This commit is synchronous on purpose: it makes the ledger writes before it (committed with
 /// `synchronous_commit = off`) durable too.
 ///
-/// A job is only marked done while every message of its ledger is `sent`. The ledger's `sent`
+/// A job is only marked done while every message of its ledger is `sent` (or already
+/// `delivered`/`read`: a status webhook can overtake the completion). The ledger's `sent`
 /// commits without its own fsync: if PostgreSQL crashes before that reaches the disk, crash
 /// recovery puts the message back to `sending` while this runner, still alive, retries the
 /// completion. The job is then not marked done (it counts as taken from us) and the rescuer

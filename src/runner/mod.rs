@@ -268,12 +268,8 @@ impl Runner {
         let (tx, rx) = mpsc::channel(4096);
         let stop = CancellationToken::new();
         let stop_late = CancellationToken::new();
-        let (writers, writer_tasks) = ledger::Writers::start(
-            &pool,
-            &stop_late,
-            metrics.db_waits.clone(),
-            settings.runner.lease,
-        );
+        let (writers, writer_tasks) =
+            ledger::Writers::start(&pool, &metrics, &stop_late, settings.runner.lease);
         let first = sizing::size(&settings, sizing::observed_latency(&metrics));
         let workers = first.limit;
         metrics.workers.set(workers as i64);
@@ -343,6 +339,11 @@ impl Runner {
     }
 
     /// The pool the runner's statements use.
+    /// The status writer: Meta's status webhooks are applied through it, batched.
+    pub fn statuses(&self) -> &crate::delivery::statuses::Writer {
+        &self.shared.ledger.statuses
+    }
+
     /// Whether the runner LISTENs (false behind a pooler with no direct URL: it polls).
     pub fn listens(&self) -> bool {
         self.shared.listen_options.is_some()

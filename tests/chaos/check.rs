@@ -117,10 +117,9 @@ pub async fn verify(pool: &PgPool, mock: &MockMeta, produced: &[i64]) -> anyhow:
         .iter()
         .map(|r| {
             (
-                r["biz_opaque_callback_data"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
+                crate::support::mock_meta::job_of(
+                    r["biz_opaque_callback_data"].as_str().unwrap_or_default(),
+                ),
                 text_of(r),
             )
         })

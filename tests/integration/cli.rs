@@ -225,6 +225,10 @@ fn enqueue_without_a_database_says_what_to_do() {
     );
 }
 
+fn v_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[tokio::test]
 async fn status_prints_the_guide_numbers_and_fails_on_unhealthy_queues() {
     let db = TestDb::new().await;
@@ -255,10 +259,30 @@ async fn status_prints_the_guide_numbers_and_fails_on_unhealthy_queues() {
         .execute(&db.pool)
         .await
         .unwrap();
+    // Messages as Meta's status webhooks left them.
+    sqlx::query(
+        r#"INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, wamid, "deliveredAt", "readAt")
+           VALUES ($1, 0, 'read', '1', '{}', 'w1', now(), now()),
+                  ($2, 0, 'delivered', '1', '{}', 'w2', now() - interval '2 hours', NULL),
+                  ($3, 0, 'failed', '1', '{}', 'w3', NULL, NULL),
+                  ($4, 0, 'unknown', '1', '{}', NULL, NULL, NULL)"#,
+    )
+    .bind(ids[0])
+    .bind(ids[1])
+    .bind(ids[3])
+    .bind(ids[2])
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let env = [("DATABASE_URL", db.url.as_str())];
 
     let out = run(&["status", "--json"], &env, None);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        v_of(&out)["messagesLastHour"],
+        serde_json::json!({"delivered": 1, "read": 1, "failed": 1})
+    );
+    assert_eq!(v_of(&out)["unknownUnsettled"], 1);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let count = |s: &str| {
         v["byStatus"]

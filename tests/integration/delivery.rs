@@ -130,11 +130,15 @@ async fn a_job_is_sent_once_with_the_envelope_and_its_wamids_are_recorded() {
     }
     assert_eq!(accepted[0].message["text"]["body"], "Your order shipped");
     assert_eq!(accepted[1].message["template"]["name"], "order_update");
-    for request in meta.requests() {
+    for (seq, request) in meta.requests().iter().enumerate() {
         assert_eq!(request["messaging_product"], "whatsapp");
         assert_eq!(request["recipient_type"], "individual");
         assert_eq!(request["to"], "15551230001");
-        assert_eq!(request["biz_opaque_callback_data"], id.to_string());
+        // Names the message's ledger row, for Meta's status webhooks.
+        assert_eq!(
+            request["biz_opaque_callback_data"],
+            format!("outbound-runner:{id}:{seq}")
+        );
     }
     let bearer = format!("Bearer {}", mock_meta::TOKEN);
     assert!(

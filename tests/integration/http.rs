@@ -509,6 +509,10 @@ const DESIGN_METRICS: &[&str] = &[
     "circuit_open",
     "last_loop_timestamp_seconds",
     "build_info",
+    "whatsapp_statuses_total",
+    "whatsapp_statuses_expired_total",
+    "webhook_requests_total",
+    "message_delivered_seconds",
 ];
 
 fn scrape(text: &str) -> prometheus_parse::Scrape {
@@ -623,7 +627,10 @@ async fn metrics_expose_every_design_metric_after_jobs_ran() {
     for s in &scrape.samples {
         for (k, v) in s.labels.iter() {
             assert!(
-                ["outcome", "class", "source", "status", "version", "le"].contains(&k.as_str()),
+                [
+                    "outcome", "class", "source", "status", "result", "version", "le"
+                ]
+                .contains(&k.as_str()),
                 "unexpected label {k}={v} on {}",
                 s.metric
             );

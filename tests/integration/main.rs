@@ -13,3 +13,4 @@ mod pooler;
 mod queue;
 mod support;
 mod systemd;
+mod webhooks;

@@ -633,7 +633,7 @@ fn the_unit_fits_the_daemon() {
                 .to_string()
         })
         .collect();
-    assert_eq!(ids.len(), 8, "{ids:?}");
+    assert_eq!(ids.len(), 9, "{ids:?}");
     let dir = std::env::temp_dir().join(format!("or-cred-{:016x}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
     for id in &ids {
@@ -663,6 +663,7 @@ fn the_unit_fits_the_daemon() {
     assert!(s.http.admin_token.is_some());
     assert!(s.orchestrator.token.is_some());
     assert!(s.whatsapp.access_token.is_some());
+    assert!(s.whatsapp.app_secret.is_some());
 
     // The drop-in for systemd < 253 gives the same reload through a signal.
     let compat = repo_file("packaging/systemd-before-253.conf");

@@ -9,13 +9,18 @@
 //!   wamid;
 //! - optional limits like Meta's: a per-number token bucket (`rate_per_second`, bucket of one
 //!   second) answering 130429, and a per-recipient pair interval answering 131056;
-//! - a configurable latency for every answer.
+//! - a configurable latency for every answer;
+//! - Meta's status webhooks ([`MockMeta::send_webhooks`]): after accepting a message, signed
+//!   `sent`, `delivered`, `read` statuses (or `sent`, `failed` for [`Reply::AcceptThenFail`]),
+//!   carrying the message's `biz_opaque_callback_data`, POSTed to the runner after a delay,
+//!   optionally duplicated and out of order.
 //!
 //! Every accepted message is recorded with its `biz_opaque_callback_data` and body, so tests
 //! can assert "exactly one accepted send per message". Replies are scripted per test: a queue
 //! consumed one per request; an empty queue accepts.
 //!
-//! Self-contained (axum, tokio, serde_json): the delivery benchmark includes this file too.
+//! Self-contained (axum, tokio, serde_json, reqwest, the crate's signing): the delivery benchmark
+//! includes this file too.
 
 #![allow(dead_code)]
 
@@ -65,6 +70,39 @@ pub enum Reply {
     Hold,
     /// Accepted and recorded, answered 200 with a body that is not JSON.
     AcceptGarbage,
+    /// Accepted and answered 200; the status webhooks then say `sent` and `failed` with `code`
+    /// (an asynchronous failure, e.g. 131026).
+    AcceptThenFail(i64),
+}
+
+/// Where and how the mock sends status webhooks.
+#[derive(Debug, Clone)]
+pub struct Webhooks {
+    /// The runner's `/webhooks/whatsapp`.
+    pub url: String,
+    /// `whatsapp.app_secret`: the webhooks are signed with it.
+    pub secret: String,
+    /// Before the first status of a message, and between its statuses.
+    pub delay: Duration,
+    /// Every status is sent twice.
+    pub duplicates: bool,
+    /// The statuses of a message are sent newest first (`read` before `delivered` before `sent`).
+    pub reorder: bool,
+    /// The webhooks wait for [`MockMeta::release_webhooks`].
+    pub hold: bool,
+}
+
+impl Webhooks {
+    pub fn to(url: String, secret: &str) -> Webhooks {
+        Webhooks {
+            url,
+            secret: secret.to_string(),
+            delay: Duration::ZERO,
+            duplicates: false,
+            reorder: false,
+            hold: false,
+        }
+    }
 }
 
 impl Reply {
@@ -81,8 +119,10 @@ impl Reply {
 /// A message the mock accepted.
 #[derive(Debug, Clone)]
 pub struct Accepted {
-    /// `biz_opaque_callback_data`: the job id.
+    /// The job id, from `biz_opaque_callback_data` (`outbound-runner:{job}:{seq}`).
     pub job: String,
+    /// `biz_opaque_callback_data` as sent.
+    pub callback: String,
     pub to: String,
     /// The request body without the envelope fields.
     pub message: Value,
@@ -111,12 +151,18 @@ struct Inner {
     /// Every request body seen, in order.
     requests: Vec<Value>,
     authorizations: Vec<Option<String>>,
+    webhooks: Option<Webhooks>,
+    /// The runner's answers to the webhooks sent, in order.
+    webhook_answers: Vec<u16>,
 }
 
 struct Shared {
     inner: Mutex<Inner>,
     seen: watch::Sender<u64>,
     recorded: watch::Sender<u64>,
+    /// Counts webhooks answered (with any status).
+    webhooks_sent: watch::Sender<u64>,
+    webhooks_released: watch::Sender<bool>,
     hold: Semaphore,
 }
 
@@ -147,6 +193,8 @@ impl MockMeta {
             }),
             seen: watch::channel(0).0,
             recorded: watch::channel(0).0,
+            webhooks_sent: watch::channel(0).0,
+            webhooks_released: watch::channel(false).0,
             hold: Semaphore::new(0),
         });
         let app = Router::new()
@@ -232,6 +280,142 @@ impl MockMeta {
     pub fn recorded(&self) -> watch::Receiver<u64> {
         self.shared.recorded.subscribe()
     }
+
+    /// From now on, every accepted message is followed by its status webhooks.
+    pub fn send_webhooks(&self, webhooks: Webhooks) {
+        self.inner().webhooks = Some(webhooks);
+    }
+
+    /// Lets held webhooks go (see [`Webhooks::hold`]).
+    pub fn release_webhooks(&self) {
+        self.shared.webhooks_released.send_replace(true);
+    }
+
+    /// Counts webhooks the runner answered.
+    pub fn webhooks_sent(&self) -> watch::Receiver<u64> {
+        self.shared.webhooks_sent.subscribe()
+    }
+
+    /// The runner's answers to the webhooks, in order.
+    pub fn webhook_answers(&self) -> Vec<u16> {
+        self.inner().webhook_answers.clone()
+    }
+}
+
+/// A webhook body with `statuses` for [`PHONE_NUMBER_ID`].
+pub fn webhook_body(statuses: Vec<Value>) -> Value {
+    webhook_body_for(PHONE_NUMBER_ID, statuses)
+}
+
+/// A webhook body with `statuses` for the number `phone_number_id`.
+pub fn webhook_body_for(phone_number_id: &str, statuses: Vec<Value>) -> Value {
+    json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": phone_number_id},
+            "statuses": statuses,
+        }}]}],
+    })
+}
+
+/// One status as Meta writes it; `failed` carries `error` (code, title).
+pub fn status_json(
+    wamid: &str,
+    status: &str,
+    callback: &str,
+    timestamp: i64,
+    error: Option<(i64, &str)>,
+) -> Value {
+    let mut s = json!({
+        "id": wamid,
+        "status": status,
+        "timestamp": timestamp.to_string(),
+        "recipient_id": "15551234567",
+        "biz_opaque_callback_data": callback,
+        "pricing": {"billable": true, "pricing_model": "PMP", "category": "utility", "type": "regular"},
+    });
+    if let Some((code, title)) = error {
+        s["errors"] = json!([{"code": code, "title": title, "message": title,
+            "error_data": {"details": "mock details"}, "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/"}]);
+    }
+    s
+}
+
+/// POSTs `body` to `url` signed with `secret`; the answer's status.
+pub async fn post_signed(url: &str, secret: &str, body: &[u8]) -> u16 {
+    let signature = outbound_runner::http::webhooks::sign(secret.as_bytes(), body);
+    webhook_client()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", signature)
+        .body(body.to_vec())
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+fn webhook_client() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap()
+        })
+        .clone()
+}
+
+/// The status webhooks of one accepted message, sent on a task of their own.
+fn spawn_webhooks(
+    shared: Arc<Shared>,
+    hooks: Webhooks,
+    wamid: String,
+    callback: String,
+    fail: Option<i64>,
+) {
+    tokio::spawn(async move {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let mut statuses: Vec<Value> = match fail {
+            Some(code) => vec![
+                status_json(&wamid, "sent", &callback, now, None),
+                status_json(
+                    &wamid,
+                    "failed",
+                    &callback,
+                    now + 1,
+                    Some((code, "Message undeliverable")),
+                ),
+            ],
+            None => vec![
+                status_json(&wamid, "sent", &callback, now, None),
+                status_json(&wamid, "delivered", &callback, now + 1, None),
+                status_json(&wamid, "read", &callback, now + 2, None),
+            ],
+        };
+        if hooks.reorder {
+            statuses.reverse();
+        }
+        if hooks.hold {
+            let mut open = shared.webhooks_released.subscribe();
+            let _ = open.wait_for(|o| *o).await;
+        }
+        for status in statuses {
+            tokio::time::sleep(hooks.delay).await;
+            let body = serde_json::to_vec(&webhook_body(vec![status])).unwrap();
+            let times = if hooks.duplicates { 2 } else { 1 };
+            for _ in 0..times {
+                let answer = post_signed(&hooks.url, &hooks.secret, &body).await;
+                shared.inner.lock().unwrap().webhook_answers.push(answer);
+                shared.webhooks_sent.send_modify(|n| *n += 1);
+            }
+        }
+    });
 }
 
 /// The connection a request came on, so accept-then-drop can shut it. Holds a duplicate of
@@ -330,6 +514,18 @@ async fn messages(
                 return limited;
             }
             let (wamid, to) = record(&shared, &req);
+            let hooks = shared.inner.lock().unwrap().webhooks.clone();
+            if let Some(hooks) = hooks {
+                let callback = req["biz_opaque_callback_data"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let fail = match accepting {
+                    Reply::AcceptThenFail(code) => Some(code),
+                    _ => None,
+                };
+                spawn_webhooks(shared.clone(), hooks, wamid.clone(), callback, fail);
+            }
             if matches!(accepting, Reply::Hold) {
                 shared.hold.acquire().await.unwrap().forget();
             }
@@ -424,11 +620,13 @@ fn record(shared: &Shared, req: &Value) -> (String, String) {
             m.remove(f);
         }
     }
+    let callback = req["biz_opaque_callback_data"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     inner.accepted.push(Accepted {
-        job: req["biz_opaque_callback_data"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
+        job: job_of(&callback),
+        callback,
         to: to.clone(),
         message,
         wamid: wamid.clone(),
@@ -437,6 +635,15 @@ fn record(shared: &Shared, req: &Value) -> (String, String) {
     drop(inner);
     shared.recorded.send_modify(|n| *n += 1);
     (wamid, to)
+}
+
+/// The job id named by a callback id `outbound-runner:{job}:{seq}` (else the text itself).
+pub fn job_of(callback: &str) -> String {
+    callback
+        .strip_prefix("outbound-runner:")
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or(callback)
+        .to_string()
 }
 
 fn ok(wamid: &str, to: &str) -> Response {

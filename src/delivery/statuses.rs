@@ -1,0 +1,725 @@
+//! A message's fate after Meta accepted it: the statuses of Meta's webhooks (`sent`,
+//! `delivered`, `read`, `failed`), applied to `"OutboundMessage"` and, when they decide it, to
+//! the job. docs/delivery.md has the operator's view; the endpoint is `src/http/webhooks.rs`.
+//!
+//! The rules:
+//!
+//! - **Matching**: by the callback id first (`biz_opaque_callback_data`, which every send
+//!   carries, see [`callback_id`]: it names the message's row, the same for every attempt), then
+//!   by the wamid. When the two name different rows, or the row was accepted under another
+//!   wamid, nothing is written (`conflict`).
+//! - **Forward only**: `sent` → `delivered` → `read`; a duplicate or a late status (a `sent`
+//!   after `delivered`) never moves a message back. `failed` is final: it records Meta's code
+//!   (`"lastErrorCode"`) and title (`"lastError"`) on the message, and fails its job (`done`,
+//!   `failed` or `queued`; for a `running` job the status waits until the job is finished) with
+//!   that code. A `failed` after `delivered` is ignored.
+//! - **Settling**: an `unknown` message (a send in doubt) with `sent`, `delivered` or `read`
+//!   takes that status and the wamid, and its job, failed `delivery_unknown`, becomes `done`
+//!   once every message of it was accepted.
+//! - **Early statuses**: a status whose message is still `pending` or `sending` (it raced the
+//!   send's answer), one that would settle or fail a job still `running` (its runner is about to
+//!   complete or fail it), or one whose callback names no row, is kept in
+//!   `"OutboundEarlyStatus"` and applied as soon as the message can take it; after [`EARLY_RETENTION`] it is dropped and
+//!   counted (`expired`). A status with neither our callback id nor a known wamid is not ours
+//!   (the app's own messages): counted `unmatched`, not kept.
+//! - **Nothing is ever sent** because of a status.
+//!
+//! The writes are a group commit like the completer's: one task takes every batch of statuses
+//! waiting ([`crate::queue::next_batch`]) and applies them in one transaction, committed
+//! synchronously; each webhook request waits for its batch, so a `200` to Meta means the
+//! statuses are on disk.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::db::Pool;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// How long a status nobody could apply is kept.
+pub const EARLY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// The prefix of our `biz_opaque_callback_data`.
+const CALLBACK_PREFIX: &str = "outbound-runner:";
+
+/// The `biz_opaque_callback_data` of a message: its row's key (`"jobId"`, `seq`), the same on
+/// every attempt, e.g. `outbound-runner:42:0`.
+pub fn callback_id(job: i64, seq: i32) -> String {
+    format!("{CALLBACK_PREFIX}{job}:{seq}")
+}
+
+/// The row a callback id names, if it is one of ours.
+pub fn parse_callback(text: &str) -> Option<(i64, i32)> {
+    let (job, seq) = text.strip_prefix(CALLBACK_PREFIX)?.split_once(':')?;
+    Some((job.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The statuses Meta reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Sent, Kind::Delivered, Kind::Read, Kind::Failed];
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "sent" => Kind::Sent,
+            "delivered" => Kind::Delivered,
+            "read" => Kind::Read,
+            "failed" => Kind::Failed,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Sent => "sent",
+            Kind::Delivered => "delivered",
+            Kind::Read => "read",
+            Kind::Failed => "failed",
+        }
+    }
+}
+
+/// One status of a webhook.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusUpdate {
+    pub wamid: String,
+    pub kind: Kind,
+    /// The row named by `biz_opaque_callback_data`, when it names one of ours.
+    pub callback: Option<(i64, i32)>,
+    /// Meta's timestamp.
+    pub at: DateTime<Utc>,
+    /// On `failed`: Meta's first error, code and title.
+    pub error_code: Option<String>,
+    pub error_title: Option<String>,
+}
+
+/// What became of one status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The message moved forward (or took a timestamp it lacked).
+    Applied,
+    /// An `unknown` message was settled: Meta had accepted it.
+    Settled,
+    /// Nothing to change: a duplicate, or a status older than what the message has.
+    Duplicate,
+    /// Kept until the message can take it.
+    Early,
+    /// The callback id and the wamid disagree: nothing written.
+    Conflict,
+    /// Not a message of ours.
+    Unmatched,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Applied,
+        Outcome::Settled,
+        Outcome::Duplicate,
+        Outcome::Early,
+        Outcome::Conflict,
+        Outcome::Unmatched,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Settled => "settled",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Early => "early",
+            Outcome::Conflict => "conflict",
+            Outcome::Unmatched => "unmatched",
+        }
+    }
+}
+
+/// One message as the batch found it, and as it will be written.
+#[derive(Debug, Clone)]
+struct Msg {
+    id: i64,
+    job: i64,
+    status: String,
+    wamid: Option<String>,
+    sent_at: Option<DateTime<Utc>>,
+    delivered_at: Option<DateTime<Utc>>,
+    read_at: Option<DateTime<Utc>>,
+    error_code: Option<String>,
+    error: Option<String>,
+    /// Its job is `running`: a runner may still write about the message and the job.
+    job_running: bool,
+    changed: bool,
+}
+
+fn rank(status: &str) -> i32 {
+    match status {
+        "unknown" => 0,
+        "sent" => 1,
+        "delivered" => 2,
+        "read" => 3,
+        _ => -1,
+    }
+}
+
+/// What one transaction did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Each status's kind and outcome, in the order given.
+    pub kinds: Vec<Kind>,
+    pub outcomes: Vec<Outcome>,
+    /// Send → delivered latencies of messages delivered by this batch.
+    pub delivered_after: Vec<Duration>,
+    /// Jobs failed by a `failed` status, and jobs settled `done`.
+    pub jobs_failed: u64,
+    pub jobs_settled: u64,
+}
+
+/// Applies `updates` in one transaction (see the module docs). `early` are the ids of
+/// `"OutboundEarlyStatus"` rows the updates came from (the sweep), parallel to `updates`: the
+/// ones applied are deleted, the others stay.
+async fn apply_in(
+    tx: &mut Transaction<'_, Postgres>,
+    updates: &[StatusUpdate],
+    early: Option<&[i64]>,
+) -> sqlx::Result<Applied> {
+    let wamids: Vec<&str> = updates.iter().map(|u| u.wamid.as_str()).collect();
+    let (cb_jobs, cb_seqs): (Vec<i64>, Vec<i32>) =
+        updates.iter().filter_map(|u| u.callback).unzip();
+    // Every row a status may name, locked in id order (two writers never deadlock on them).
+    let found = sqlx::query(
+        r#"
+        SELECT m.id, m."jobId", m.seq, m.status, m.wamid, m."sentAt", m."deliveredAt", m."readAt",
+               m."lastErrorCode", m."lastError", j.status = 'running'
+        FROM "OutboundMessage" m JOIN "OutboundJob" j ON j.id = m."jobId"
+        WHERE m.id IN (
+            SELECT id FROM "OutboundMessage" WHERE wamid = ANY($1)
+            UNION ALL
+            SELECT x.id FROM "OutboundMessage" x
+            JOIN unnest($2::bigint[], $3::int[]) AS r(job, seq) ON x."jobId" = r.job AND x.seq = r.seq
+        )
+        ORDER BY m.id
+        FOR UPDATE OF m
+        "#,
+    )
+    .bind(&wamids)
+    .bind(&cb_jobs)
+    .bind(&cb_seqs)
+    .persistent(false)
+    .fetch_all(&mut **tx)
+    .await?;
+
+    let mut rows: Vec<Msg> = Vec::with_capacity(found.len());
+    let mut by_key: HashMap<(i64, i32), usize> = HashMap::new();
+    let mut by_wamid: HashMap<String, usize> = HashMap::new();
+    for r in found {
+        let i = rows.len();
+        let row = Msg {
+            id: r.get(0),
+            job: r.get(1),
+            status: r.get(3),
+            wamid: r.get(4),
+            sent_at: r.get(5),
+            delivered_at: r.get(6),
+            read_at: r.get(7),
+            error_code: r.get(8),
+            error: r.get(9),
+            job_running: r.get(10),
+            changed: false,
+        };
+        by_key.insert((row.job, r.get::<i32, _>(2)), i);
+        if let Some(w) = &row.wamid {
+            by_wamid.insert(w.clone(), i);
+        }
+        rows.push(row);
+    }
+
+    let mut out = Applied {
+        kinds: updates.iter().map(|u| u.kind).collect(),
+        ..Applied::default()
+    };
+    let mut park: Vec<&StatusUpdate> = Vec::new();
+    // Jobs to fail (job, code, readable reason) and jobs that may be settled.
+    let mut fail_jobs: HashMap<i64, (String, String)> = HashMap::new();
+    let mut settle_jobs: Vec<i64> = Vec::new();
+    for u in updates {
+        let by_cb = u.callback.and_then(|k| by_key.get(&k).copied());
+        let by_w = by_wamid.get(&u.wamid).copied();
+        let target = match (by_cb, by_w, u.callback) {
+            (Some(a), Some(b), _) if a != b => Err(Outcome::Conflict),
+            (Some(a), _, _) => Ok(a),
+            // Our callback names a row, but the wamid belongs to another one.
+            (None, Some(_), Some(_)) => Err(Outcome::Conflict),
+            (None, Some(b), None) => Ok(b),
+            (None, None, Some(_)) => Err(Outcome::Early),
+            (None, None, None) => Err(Outcome::Unmatched),
+        };
+        let i = match target {
+            Ok(i) => i,
+            Err(o) => {
+                if o == Outcome::Early {
+                    park.push(u);
+                }
+                out.outcomes.push(o);
+                continue;
+            }
+        };
+        let row = &mut rows[i];
+        if row.wamid.as_deref().is_some_and(|w| w != u.wamid) {
+            out.outcomes.push(Outcome::Conflict);
+            continue;
+        }
+        let outcome = match (row.status.as_str(), u.kind) {
+            // The send's answer is not recorded yet (or the message is being sent again).
+            ("pending" | "sending", _) => Outcome::Early,
+            // The runner is about to fail the job `delivery_unknown`, or to complete it: the
+            // job is settled or failed once it is no longer running.
+            ("unknown", _) | ("sent", Kind::Failed) if row.job_running => Outcome::Early,
+            ("failed", _) if row.wamid.is_none() => Outcome::Early,
+            ("failed", _) => Outcome::Duplicate,
+            ("unknown", Kind::Failed) | ("sent", Kind::Failed) => {
+                let settled_before = row.status == "unknown";
+                row.status = "failed".into();
+                row.wamid = Some(u.wamid.clone());
+                row.error_code = Some(u.error_code.clone().unwrap_or_else(|| "meta_failed".into()));
+                row.error = u.error_title.clone();
+                row.changed = true;
+                let code = row.error_code.clone().unwrap_or_default();
+                let reason = format!(
+                    "Meta reported the message failed after accepting it: {} ({code}){}",
+                    u.error_title.as_deref().unwrap_or("no title"),
+                    if settled_before {
+                        "; it had been in doubt"
+                    } else {
+                        ""
+                    }
+                );
+                fail_jobs.insert(row.job, (code, reason));
+                Outcome::Applied
+            }
+            (_, Kind::Failed) => Outcome::Duplicate,
+            (current, kind) => {
+                let was_unknown = current == "unknown";
+                let mut changed = false;
+                if rank(kind.as_str()) > rank(current) {
+                    row.status = kind.as_str().into();
+                    changed = true;
+                }
+                if row.wamid.is_none() {
+                    row.wamid = Some(u.wamid.clone());
+                    changed = true;
+                }
+                match kind {
+                    Kind::Delivered if row.delivered_at.is_none() => {
+                        row.delivered_at = Some(u.at);
+                        if let Some(sent) = row.sent_at {
+                            out.delivered_after
+                                .push((u.at - sent).to_std().unwrap_or_default());
+                        }
+                        changed = true;
+                    }
+                    Kind::Read if row.read_at.is_none() => {
+                        row.read_at = Some(u.at);
+                        changed = true;
+                    }
+                    _ => {}
+                }
+                if was_unknown {
+                    row.error_code = None;
+                    row.sent_at = row.sent_at.or(Some(u.at));
+                    settle_jobs.push(row.job);
+                    row.changed = true;
+                    Outcome::Settled
+                } else if changed {
+                    row.changed = true;
+                    Outcome::Applied
+                } else {
+                    Outcome::Duplicate
+                }
+            }
+        };
+        if outcome == Outcome::Early {
+            park.push(u);
+        }
+        if row.wamid.as_deref() == Some(u.wamid.as_str()) {
+            // A wamid learnt from this status matches the later ones of the batch too.
+            by_wamid.entry(u.wamid.clone()).or_insert(i);
+        }
+        out.outcomes.push(outcome);
+    }
+
+    let changed: Vec<&Msg> = rows.iter().filter(|r| r.changed).collect();
+    if !changed.is_empty() {
+        let ids: Vec<i64> = changed.iter().map(|r| r.id).collect();
+        let statuses: Vec<&str> = changed.iter().map(|r| r.status.as_str()).collect();
+        let wamids: Vec<Option<&str>> = changed.iter().map(|r| r.wamid.as_deref()).collect();
+        let sent: Vec<Option<DateTime<Utc>>> = changed.iter().map(|r| r.sent_at).collect();
+        let delivered: Vec<Option<DateTime<Utc>>> =
+            changed.iter().map(|r| r.delivered_at).collect();
+        let read: Vec<Option<DateTime<Utc>>> = changed.iter().map(|r| r.read_at).collect();
+        let codes: Vec<Option<&str>> = changed.iter().map(|r| r.error_code.as_deref()).collect();
+        let errors: Vec<Option<&str>> = changed.iter().map(|r| r.error.as_deref()).collect();
+        sqlx::query(
+            r#"
+            UPDATE "OutboundMessage" m
+            SET status = u.status, wamid = u.wamid, "sentAt" = u.sent, "deliveredAt" = u.delivered,
+                "readAt" = u.read, "lastErrorCode" = u.code, "lastError" = u.error,
+                "updatedAt" = now()
+            FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[],
+                        $5::timestamptz[], $6::timestamptz[], $7::text[], $8::text[])
+                 AS u(id, status, wamid, sent, delivered, read, code, error)
+            WHERE m.id = u.id
+            "#,
+        )
+        .bind(&ids)
+        .bind(&statuses)
+        .bind(&wamids)
+        .bind(&sent)
+        .bind(&delivered)
+        .bind(&read)
+        .bind(&codes)
+        .bind(&errors)
+        .persistent(false)
+        .execute(&mut **tx)
+        .await?;
+    }
+
+    if !fail_jobs.is_empty() {
+        let (ids, (codes, reasons)): (Vec<i64>, (Vec<String>, Vec<String>)) =
+            fail_jobs.into_iter().unzip();
+        // Never a running job (such a status waits, see above).
+        let done = sqlx::query(
+            r#"
+            UPDATE "OutboundJob" j
+            SET status = 'failed', "lastErrorCode" = f.code, "lastError" = f.reason,
+                "completedAt" = COALESCE(j."completedAt", now()), "leaseUntil" = NULL,
+                "updatedAt" = now()
+            FROM unnest($1::bigint[], $2::text[], $3::text[]) AS f(id, code, reason)
+            WHERE j.id = f.id AND j.id = ANY($1) AND j.status IN ('done', 'failed', 'queued')
+            "#,
+        )
+        .bind(&ids)
+        .bind(&codes)
+        .bind(&reasons)
+        .persistent(false)
+        .execute(&mut **tx)
+        .await?;
+        out.jobs_failed = done.rows_affected();
+    }
+
+    if !settle_jobs.is_empty() {
+        let done = sqlx::query(
+            r#"
+            UPDATE "OutboundJob" j
+            SET status = 'done', "lastErrorCode" = NULL, "lastError" = NULL,
+                "completedAt" = COALESCE(j."completedAt", now()), "updatedAt" = now()
+            WHERE j.id = ANY($1) AND j.status = 'failed' AND j."lastErrorCode" = 'delivery_unknown'
+              AND NOT EXISTS (SELECT 1 FROM "OutboundMessage" x
+                              WHERE x."jobId" = j.id
+                                AND x.status NOT IN ('sent', 'delivered', 'read'))
+            "#,
+        )
+        .bind(&settle_jobs)
+        .persistent(false)
+        .execute(&mut **tx)
+        .await?;
+        out.jobs_settled = done.rows_affected();
+    }
+
+    match early {
+        None => {
+            if !park.is_empty() {
+                insert_early(tx, &park).await?;
+            }
+        }
+        Some(ids) => {
+            // Applied (or beyond help: a conflict): no longer early.
+            let gone: Vec<i64> = ids
+                .iter()
+                .zip(&out.outcomes)
+                .filter(|(_, o)| **o != Outcome::Early)
+                .map(|(id, _)| *id)
+                .collect();
+            if !gone.is_empty() {
+                sqlx::query(r#"DELETE FROM "OutboundEarlyStatus" WHERE id = ANY($1)"#)
+                    .bind(&gone)
+                    .persistent(false)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn insert_early(
+    tx: &mut Transaction<'_, Postgres>,
+    park: &[&StatusUpdate],
+) -> sqlx::Result<()> {
+    let jobs: Vec<Option<i64>> = park.iter().map(|u| u.callback.map(|c| c.0)).collect();
+    let seqs: Vec<Option<i32>> = park.iter().map(|u| u.callback.map(|c| c.1)).collect();
+    let wamids: Vec<&str> = park.iter().map(|u| u.wamid.as_str()).collect();
+    let kinds: Vec<&str> = park.iter().map(|u| u.kind.as_str()).collect();
+    let ats: Vec<DateTime<Utc>> = park.iter().map(|u| u.at).collect();
+    let codes: Vec<Option<&str>> = park.iter().map(|u| u.error_code.as_deref()).collect();
+    let titles: Vec<Option<&str>> = park.iter().map(|u| u.error_title.as_deref()).collect();
+    sqlx::query(
+        r#"
+        INSERT INTO "OutboundEarlyStatus" ("jobId", seq, wamid, status, "at", "errorCode", "errorTitle")
+        SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::timestamptz[],
+                             $6::text[], $7::text[])
+        ON CONFLICT (wamid, status) DO NOTHING
+        "#,
+    )
+    .bind(&jobs)
+    .bind(&seqs)
+    .bind(&wamids)
+    .bind(&kinds)
+    .bind(&ats)
+    .bind(&codes)
+    .bind(&titles)
+    .persistent(false)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Applies `updates` in one transaction, committed synchronously (see the module docs). The
+/// statements inside it are unnamed (`persistent(false)`): a transaction-mode pooler keeps one
+/// server for the transaction, and nothing named outlives it (docs/operations.md, "Poolers").
+pub async fn apply(pool: &Pool, updates: &[StatusUpdate]) -> sqlx::Result<Applied> {
+    let mut tx = pool.pg().begin().await?;
+    let out = apply_in(&mut tx, updates, None).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// What a sweep of the early statuses did.
+#[derive(Debug, Default)]
+pub struct Swept {
+    pub applied: Applied,
+    /// Early statuses dropped after [`EARLY_RETENTION`].
+    pub expired: u64,
+    /// Early statuses still waiting.
+    pub waiting: i64,
+}
+
+/// Applies the early statuses whose message can now take them, and drops the expired ones.
+pub async fn sweep(pool: &Pool, retention: Duration) -> sqlx::Result<Swept> {
+    let mut out = Swept::default();
+    let expired = sqlx::query(
+        r#"DELETE FROM "OutboundEarlyStatus" WHERE "receivedAt" < now() - make_interval(secs => $1)"#,
+    )
+    .bind(retention.as_secs_f64())
+    .execute(pool)
+    .await?;
+    out.expired = expired.rows_affected();
+
+    let mut tx = pool.pg().begin().await?;
+    let rows = sqlx::query(
+        r#"
+        SELECT e.id, e."jobId", e.seq, e.wamid, e.status, e."at", e."errorCode", e."errorTitle"
+        FROM "OutboundEarlyStatus" e
+        WHERE EXISTS (
+            SELECT 1 FROM "OutboundMessage" m JOIN "OutboundJob" j ON j.id = m."jobId"
+            WHERE ((m."jobId" = e."jobId" AND m.seq = e.seq) OR m.wamid = e.wamid)
+              AND m.status NOT IN ('pending', 'sending')
+              AND (j.status <> 'running'
+                   OR (m.status IN ('sent', 'delivered', 'read') AND e.status <> 'failed'))
+        )
+        ORDER BY e.id
+        LIMIT 1000
+        FOR UPDATE OF e SKIP LOCKED
+        "#,
+    )
+    .persistent(false)
+    .fetch_all(&mut *tx)
+    .await?;
+    if !rows.is_empty() {
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut updates = Vec::with_capacity(rows.len());
+        for r in rows {
+            let job: Option<i64> = r.get(1);
+            let seq: Option<i32> = r.get(2);
+            let status: String = r.get(4);
+            let Some(kind) = Kind::parse(&status) else {
+                continue;
+            };
+            ids.push(r.get::<i64, _>(0));
+            updates.push(StatusUpdate {
+                wamid: r.get(3),
+                kind,
+                callback: job.zip(seq),
+                at: r.get(5),
+                error_code: r.get(6),
+                error_title: r.get(7),
+            });
+        }
+        out.applied = apply_in(&mut tx, &updates, Some(&ids)).await?;
+    }
+    tx.commit().await?;
+    out.waiting = sqlx::query_scalar(r#"SELECT count(*) FROM "OutboundEarlyStatus""#)
+        .fetch_one(pool)
+        .await?;
+    Ok(out)
+}
+
+type Waiting = (
+    Vec<StatusUpdate>,
+    oneshot::Sender<Result<Vec<Outcome>, String>>,
+);
+
+/// The status writer: batches the statuses of every webhook request waiting into one
+/// transaction, and sweeps the early statuses while there are any.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Waiting>,
+}
+
+/// How often the early statuses are looked at while there are some.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Writer {
+    /// Starts the writer's task; it ends when `stop` is cancelled.
+    pub fn start(
+        pool: &Pool,
+        metrics: Arc<Metrics>,
+        stop: &CancellationToken,
+    ) -> (Writer, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(4096);
+        let task = tokio::spawn(run(pool.clone(), metrics, rx, stop.clone()));
+        (Writer { tx }, task)
+    }
+
+    /// Applies `updates` with whatever other statuses are waiting; returns once they are
+    /// committed. An error is the statement's (redacted): nothing of the batch was written.
+    pub async fn apply(&self, updates: Vec<StatusUpdate>) -> Result<Vec<Outcome>, String> {
+        let (ack, answer) = oneshot::channel();
+        self.tx
+            .send((updates, ack))
+            .await
+            .map_err(|_| "the runner is stopping".to_string())?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the runner is stopping".to_string()))
+    }
+}
+
+fn record(metrics: &Metrics, applied: &Applied) {
+    for (k, o) in applied.kinds.iter().zip(&applied.outcomes) {
+        metrics
+            .whatsapp_statuses
+            .with_label_values(&[k.as_str(), o.label()])
+            .inc();
+    }
+    for d in &applied.delivered_after {
+        metrics.delivered_latency.observe(d.as_secs_f64());
+    }
+    if applied.jobs_failed > 0 || applied.jobs_settled > 0 {
+        tracing::info!(
+            failed = applied.jobs_failed,
+            settled = applied.jobs_settled,
+            "Meta's statuses decided jobs: failed after acceptance, or settled from unknown to done"
+        );
+    }
+}
+
+async fn run(
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::Receiver<Waiting>,
+    stop: CancellationToken,
+) {
+    const MAX_BATCH: usize = 256;
+    let mut batch: Vec<Waiting> = Vec::with_capacity(MAX_BATCH);
+    // Early statuses may be waiting from an earlier run.
+    let mut early_waiting = true;
+    let mut sweep_timer = tokio::time::interval(SWEEP_INTERVAL);
+    sweep_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_expiry = tokio::time::Instant::now() - Duration::from_secs(3600);
+    loop {
+        tokio::select! {
+            more = crate::queue::next_batch(&mut rx, &stop, MAX_BATCH, &mut batch) => {
+                if !more {
+                    return;
+                }
+            }
+            _ = sweep_timer.tick() => {
+                let expiry_due = last_expiry.elapsed() >= Duration::from_secs(60);
+                if !early_waiting && !expiry_due {
+                    continue;
+                }
+                match sweep(&pool, EARLY_RETENTION).await {
+                    Ok(s) => {
+                        last_expiry = tokio::time::Instant::now();
+                        early_waiting = s.waiting > 0;
+                        let updates_len = s.applied.outcomes.len();
+                        record(&metrics, &s.applied);
+                        if s.expired > 0 {
+                            metrics.whatsapp_statuses_expired.inc_by(s.expired);
+                            tracing::warn!(
+                                dropped = s.expired,
+                                "status webhooks that never matched a message were dropped after \
+                                 their retention"
+                            );
+                        }
+                        if updates_len > 0 {
+                            tracing::debug!(applied = updates_len, waiting = s.waiting, "early statuses applied");
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %crate::db::redact_sqlx(&e),
+                        "applying early statuses failed; retrying"
+                    ),
+                }
+                continue;
+            }
+        }
+        let (requests, acks): (Vec<Vec<StatusUpdate>>, Vec<_>) = batch.drain(..).unzip();
+        let lens: Vec<usize> = requests.iter().map(Vec::len).collect();
+        let updates: Vec<StatusUpdate> = requests.into_iter().flatten().collect();
+        match apply(&pool, &updates).await {
+            Ok(applied) => {
+                record(&metrics, &applied);
+                if applied.outcomes.contains(&Outcome::Early) {
+                    early_waiting = true;
+                }
+                let mut outcomes = applied.outcomes.into_iter();
+                for (ack, n) in acks.into_iter().zip(lens) {
+                    let _ = ack.send(Ok(outcomes.by_ref().take(n).collect()));
+                }
+            }
+            Err(e) => {
+                let why = crate::db::redact_sqlx(&e);
+                for ack in acks {
+                    let _ = ack.send(Err(why.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callback_ids_round_trip() {
+        assert_eq!(callback_id(42, 0), "outbound-runner:42:0");
+        assert_eq!(parse_callback("outbound-runner:42:3"), Some((42, 3)));
+        assert_eq!(parse_callback("42"), None);
+        assert_eq!(parse_callback("outbound-runner:42"), None);
+        assert_eq!(parse_callback("outbound-runner:x:1"), None);
+        assert_eq!(parse_callback("someone-else:42:0"), None);
+    }
+}

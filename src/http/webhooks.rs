@@ -1,0 +1,377 @@
+//! `/webhooks/whatsapp`: Meta's status webhooks (docs/http.md).
+//!
+//! ```text
+//!  GET  ?hub.mode=subscribe&hub.verify_token=T&hub.challenge=C   200 C when T is whatsapp.verify_token, else 403
+//!  POST (X-Hub-Signature-256: sha256=<hex HMAC-SHA256(raw body, whatsapp.app_secret)>)
+//!       no app secret configured 404 · body over 1 MB 413 · no or wrong signature 401 (nothing
+//!       is read) · not JSON 400 · anything else 200 once its statuses are committed (other
+//!       shapes and fields: ignored) · the status writer failing 503 · the app behind
+//!       whatsapp.webhook_forward_url not answering 2xx 502 (Meta retries; statuses are
+//!       idempotent)
+//! ```
+//!
+//! The signature is checked over the raw bytes, in constant time, before anything is parsed.
+//! Statuses for another phone number than `whatsapp.phone_number_id` are ignored (counted).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hmac::{Hmac, Mac};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use super::HttpState;
+use super::routes::{access_log, error};
+use crate::delivery::statuses::{Kind, StatusUpdate, parse_callback};
+
+/// The path Meta calls.
+pub const PATH: &str = "/webhooks/whatsapp";
+/// The largest webhook body accepted (Meta's are a few kilobytes).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+/// The signature header.
+pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
+/// How long the app behind `whatsapp.webhook_forward_url` has to answer.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The webhook's routes (their own body limit: larger than the other endpoints').
+pub fn routes(state: HttpState) -> Router {
+    Router::new()
+        .route(PATH, get(verify).post(receive))
+        .layer(middleware::from_fn(access_log))
+        .with_state(state)
+}
+
+/// `GET`: Meta's verification of the callback URL.
+async fn verify(State(state): State<HttpState>, RawQuery(query): RawQuery) -> Response {
+    let settings = state.runner().settings();
+    let wa = &settings.whatsapp;
+    if wa.app_secret.is_none() {
+        return error(StatusCode::NOT_FOUND, "not found");
+    }
+    let mut mode = None;
+    let mut token = None;
+    let mut challenge = None;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*k {
+            "hub.mode" => mode = Some(v.into_owned()),
+            "hub.verify_token" => token = Some(v.into_owned()),
+            "hub.challenge" => challenge = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let token_ok = match (&wa.verify_token, &token) {
+        (Some(want), Some(got)) => {
+            bool::from(want.expose_secret().as_bytes().ct_eq(got.as_bytes()))
+        }
+        _ => false,
+    };
+    match challenge {
+        Some(c) if mode.as_deref() == Some("subscribe") && token_ok && c.len() <= 256 => {
+            tracing::info!("Meta's webhook verification succeeded");
+            (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], c).into_response()
+        }
+        _ => {
+            tracing::warn!("a webhook verification was refused (wrong mode or verify token)");
+            error(StatusCode::FORBIDDEN, "verification refused")
+        }
+    }
+}
+
+/// Whether `signature` (the header's value) is `sha256=` and the HMAC of `body` with `secret`,
+/// compared in constant time.
+pub fn signature_ok(secret: &[u8], body: &[u8], signature: Option<&str>) -> bool {
+    let Some(hex_sig) = signature.and_then(|s| s.trim().strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Ok(given) = hex::decode(hex_sig) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&given).is_ok()
+}
+
+/// `sha256=<hex>` of `body` with `secret` (tests, the mock, the benchmark).
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// `POST`: a webhook from Meta (or passed on by the app).
+async fn receive(State(state): State<HttpState>, request: Request) -> Response {
+    let runner = state.runner();
+    let settings = runner.settings();
+    let metrics = runner.metrics();
+    let outcome = |o: &str| metrics.webhook_requests.with_label_values(&[o]).inc();
+    let Some(secret) = &settings.whatsapp.app_secret else {
+        return error(StatusCode::NOT_FOUND, "not found");
+    };
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        outcome("too_large");
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "the body is over 1 MB");
+    }
+    let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(_) => {
+            outcome("too_large");
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "the body is over 1 MB");
+        }
+    };
+    let signature = parts
+        .headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if !signature_ok(secret.expose_secret().as_bytes(), &body, signature) {
+        outcome("bad_signature");
+        tracing::warn!(
+            signed = signature.is_some(),
+            bytes = body.len(),
+            "a webhook without a valid X-Hub-Signature-256 was refused"
+        );
+        return error(StatusCode::UNAUTHORIZED, "bad signature");
+    }
+
+    // Signed: pass it on to the app (if configured) while we apply the statuses.
+    let forward_url = settings.whatsapp.webhook_forward_url.clone();
+    let forward = async {
+        if forward_url.is_empty() {
+            None
+        } else {
+            Some(forward(&forward_url, &parts.headers, body.clone()).await)
+        }
+    };
+    let apply = async {
+        let Ok(json) = serde_json::from_slice::<Value>(&body) else {
+            return Err((StatusCode::BAD_REQUEST, "the body is not JSON"));
+        };
+        let ours = &settings.whatsapp.phone_number_id;
+        let (updates, other_number) = statuses_of(&json, ours);
+        for kind in other_number {
+            metrics
+                .whatsapp_statuses
+                .with_label_values(&[kind.as_str(), "other_number"])
+                .inc();
+        }
+        if updates.is_empty() {
+            return Ok(());
+        }
+        match runner.statuses().apply(updates).await {
+            Ok(_) => Ok(()),
+            Err(why) => {
+                tracing::warn!(error = %why, "applying a webhook's statuses failed; Meta will retry");
+                Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the statuses could not be recorded; retry",
+                ))
+            }
+        }
+    };
+    let (forwarded, applied) = tokio::join!(forward, apply);
+    if let Err((status, why)) = applied {
+        outcome(if status == StatusCode::BAD_REQUEST {
+            "malformed"
+        } else {
+            "unavailable"
+        });
+        return error(status, why);
+    }
+    match forwarded {
+        None => {
+            outcome("ok");
+            ok()
+        }
+        Some(Ok(())) => {
+            outcome("forwarded");
+            ok()
+        }
+        Some(Err(why)) => {
+            outcome("forward_failed");
+            tracing::warn!(
+                reason = %why,
+                "passing a webhook on to whatsapp.webhook_forward_url failed; answering 502 so Meta retries"
+            );
+            error(StatusCode::BAD_GATEWAY, "the app did not take the webhook")
+        }
+    }
+}
+
+fn ok() -> Response {
+    (StatusCode::OK, axum::Json(serde_json::json!({"ok": true}))).into_response()
+}
+
+static FORWARD_CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
+    reqwest::Client::builder()
+        .user_agent(concat!("outbound-runner/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(FORWARD_TIMEOUT)
+        .build()
+        .expect("building the forwarding HTTP client")
+});
+
+/// Passes the webhook on unchanged: the same body and the same signature headers.
+async fn forward(url: &str, headers: &HeaderMap, body: Bytes) -> Result<(), String> {
+    let mut request = FORWARD_CLIENT.post(url).body(body);
+    for name in [
+        header::CONTENT_TYPE.as_str(),
+        SIGNATURE_HEADER,
+        "x-hub-signature",
+    ] {
+        if let Some(v) = headers.get(name) {
+            request = request.header(name, v.clone());
+        }
+    }
+    match request.send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("the app answered HTTP {}", r.status().as_u16())),
+        Err(e) => Err(crate::delivery::whatsapp::describe(e)),
+    }
+}
+
+/// The statuses of a webhook payload for our number, and the kinds of those for another number.
+/// Anything that is not a status of the expected shape is skipped.
+pub fn statuses_of(json: &Value, phone_number_id: &str) -> (Vec<StatusUpdate>, Vec<Kind>) {
+    let mut ours = Vec::new();
+    let mut others = Vec::new();
+    if json.get("object").and_then(Value::as_str) != Some("whatsapp_business_account") {
+        return (ours, others);
+    }
+    let entries = json.get("entry").and_then(Value::as_array);
+    for change in entries
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("changes").and_then(Value::as_array))
+        .flatten()
+    {
+        if change.get("field").and_then(Value::as_str) != Some("messages") {
+            continue;
+        }
+        let Some(value) = change.get("value") else {
+            continue;
+        };
+        let number = value
+            .pointer("/metadata/phone_number_id")
+            .and_then(Value::as_str);
+        let mine = !phone_number_id.is_empty() && number == Some(phone_number_id);
+        for status in value
+            .get("statuses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(update) = status_of(status) else {
+                continue;
+            };
+            if mine {
+                ours.push(update);
+            } else {
+                others.push(update.kind);
+            }
+        }
+    }
+    (ours, others)
+}
+
+fn status_of(status: &Value) -> Option<StatusUpdate> {
+    let wamid = status.get("id")?.as_str().filter(|w| !w.is_empty())?;
+    let kind = Kind::parse(status.get("status")?.as_str()?)?;
+    let at = match status.get("timestamp") {
+        Some(Value::String(s)) => s.parse::<i64>().ok(),
+        Some(Value::Number(n)) => n.as_i64(),
+        _ => None,
+    }
+    .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+    .unwrap_or_else(chrono::Utc::now);
+    let callback = status
+        .get("biz_opaque_callback_data")
+        .and_then(Value::as_str)
+        .and_then(parse_callback);
+    let error = status.pointer("/errors/0");
+    let error_code = error.and_then(|e| match e.get("code") {
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    });
+    let error_title = error
+        .and_then(|e| {
+            e.get("title")
+                .or_else(|| e.get("message"))
+                .and_then(Value::as_str)
+        })
+        .map(|t| t.chars().take(500).collect());
+    Some(StatusUpdate {
+        wamid: wamid.chars().take(256).collect(),
+        kind,
+        callback,
+        at,
+        error_code: error_code.map(|c| c.chars().take(64).collect()),
+        error_title,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn signatures_are_checked_over_the_raw_bytes() {
+        let body = br#"{"object":"whatsapp_business_account"}"#;
+        let sig = sign(b"app-secret", body);
+        assert!(signature_ok(b"app-secret", body, Some(&sig)));
+        assert!(!signature_ok(b"other-secret", body, Some(&sig)));
+        assert!(!signature_ok(b"app-secret", b"{}", Some(&sig)));
+        assert!(!signature_ok(b"app-secret", body, None));
+        assert!(!signature_ok(b"app-secret", body, Some(&sig[7..])));
+        assert!(!signature_ok(b"app-secret", body, Some("sha256=zz")));
+        assert!(!signature_ok(b"app-secret", body, Some("sha256=")));
+    }
+
+    #[test]
+    fn statuses_of_our_number_only() {
+        let payload = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
+            {"field": "messages", "value": {"metadata": {"phone_number_id": "111"}, "statuses": [
+                {"id": "wamid.A", "status": "delivered", "timestamp": "1700000000",
+                 "recipient_id": "1555", "biz_opaque_callback_data": "outbound-runner:7:0"},
+                {"id": "wamid.B", "status": "failed", "timestamp": "1700000001",
+                 "errors": [{"code": 131026, "title": "Message undeliverable"}]},
+                {"id": "wamid.C", "status": "deleted", "timestamp": "1700000001"},
+                {"status": "read"}
+            ]}},
+            {"field": "messages", "value": {"metadata": {"phone_number_id": "222"}, "statuses": [
+                {"id": "wamid.D", "status": "read", "timestamp": "1700000000"}
+            ]}},
+            {"field": "account_update", "value": {"statuses": [{"id": "x", "status": "sent"}]}}
+        ]}]});
+        let (ours, others) = statuses_of(&payload, "111");
+        assert_eq!(ours.len(), 2);
+        assert_eq!(ours[0].kind, Kind::Delivered);
+        assert_eq!(ours[0].callback, Some((7, 0)));
+        assert_eq!(ours[0].at.timestamp(), 1_700_000_000);
+        assert_eq!(ours[1].error_code.as_deref(), Some("131026"));
+        assert_eq!(
+            ours[1].error_title.as_deref(),
+            Some("Message undeliverable")
+        );
+        assert_eq!(others, [Kind::Read]);
+        assert_eq!(statuses_of(&json!({"object": "page"}), "111").0.len(), 0);
+        assert_eq!(statuses_of(&json!([1, 2]), "111").0.len(), 0);
+    }
+}
