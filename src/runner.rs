@@ -110,11 +110,19 @@ impl Shared {
         handle
     }
 
-    /// One claim statement, measured.
+    /// One claim statement, measured: the jobs to run. Rows that cannot be run are failed
+    /// here (see [`Shared::claim_batch`]).
     pub async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Job>> {
+        Ok(self.claim_batch(limit).await?.0)
+    }
+
+    /// One claim statement, measured: the jobs to run, and the ids of the claimed rows that
+    /// could not be run (a payload this runner cannot read), each already failed on its own
+    /// fence with a readable reason (docs/reliability.md, "Rows the runner cannot use").
+    pub async fn claim_batch(&self, limit: usize) -> sqlx::Result<(Vec<Job>, Vec<i64>)> {
         let settings = self.settings();
         let timer = self.metrics.claim_duration.start_timer();
-        let jobs = store::claim(
+        let claimed = store::claim(
             &self.pool,
             &self.locked_by,
             settings.runner.lease,
@@ -123,15 +131,57 @@ impl Shared {
         )
         .await;
         timer.observe_duration();
-        let jobs = jobs?;
+        let claimed = claimed?;
         self.passes.send_modify(|n| *n += 1);
         self.health.passed();
         self.health.set_db_ok(true);
-        if !jobs.is_empty() {
-            self.metrics.jobs_claimed.inc_by(jobs.len() as u64);
-            tracing::info!(jobs = jobs.len(), "Processing {} job(s)", jobs.len());
+        if !claimed.is_empty() {
+            self.metrics.jobs_claimed.inc_by(claimed.len() as u64);
         }
-        Ok(jobs)
+        if !claimed.jobs.is_empty() {
+            let n = claimed.jobs.len();
+            tracing::info!(jobs = n, "Processing {n} job(s)");
+        }
+        let mut failed = Vec::with_capacity(claimed.rejected.len());
+        for bad in &claimed.rejected {
+            if self.fail_rejected(bad).await {
+                failed.push(bad.fence.id);
+            }
+        }
+        Ok((claimed.jobs, failed))
+    }
+
+    /// Fails a claimed row that cannot be run. True if the write landed.
+    async fn fail_rejected(&self, bad: &store::Rejected) -> bool {
+        let message = format!("the job cannot be run: {}", bad.reason);
+        match store::fail(&self.pool, &bad.fence, bad.code, &message).await {
+            Ok(true) => {
+                self.metrics
+                    .jobs_finished
+                    .with_label_values(&["failed"])
+                    .inc();
+                self.health.failed.fetch_add(1, Ordering::Relaxed);
+                self.finished.send_modify(|n| *n += 1);
+                tracing::error!(
+                    job_id = bad.fence.id,
+                    request_id = bad.request_id.as_deref().unwrap_or(""),
+                    code = bad.code,
+                    "job {} failed: {message}",
+                    bad.fence.id
+                );
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                // Its lease expires and the rescuer puts it back; the next claim fails it again.
+                tracing::warn!(
+                    job_id = bad.fence.id,
+                    error = %crate::db::redact_sqlx(&e),
+                    "failing an unreadable job failed"
+                );
+                false
+            }
+        }
     }
 }
 
@@ -347,8 +397,9 @@ impl Runner {
                 anyhow::bail!("the runner is shutting down");
             }
             let want = remaining.min(batch);
-            let jobs = self.shared.claim(want as usize).await?;
-            let got = jobs.len() as u32;
+            let (jobs, rejected) = self.shared.claim_batch(want as usize).await?;
+            let got = (jobs.len() + rejected.len()) as u32;
+            report.failed.extend(rejected);
             let handles: Vec<(i64, JoinHandle<Outcome>)> = jobs
                 .into_iter()
                 .map(|job| (job.id, self.shared.spawn_job(job, None)))

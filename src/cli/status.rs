@@ -81,9 +81,11 @@ pub async fn collect(pool: &PgPool, args: &StatusArgs) -> sqlx::Result<Status> {
             count: counts.iter().find(|(st, _)| st == s).map_or(0, |(_, c)| *c),
         })
         .collect();
+    // A "runAt" of -infinity has no age (NULL), rather than failing the query.
     let oldest: Option<f64> = sqlx::query_scalar(
-        r#"SELECT EXTRACT(EPOCH FROM now() - min("runAt"))::float8 FROM "OutboundJob"
-           WHERE status = 'queued' AND "runAt" <= now()"#,
+        r#"SELECT CASE WHEN isfinite(m) THEN EXTRACT(EPOCH FROM now() - m)::float8 END
+           FROM (SELECT min("runAt") AS m FROM "OutboundJob"
+                 WHERE status = 'queued' AND "runAt" <= now()) q"#,
     )
     .fetch_one(pool)
     .await?;
@@ -102,6 +104,7 @@ pub async fn collect(pool: &PgPool, args: &StatusArgs) -> sqlx::Result<Status> {
         r#"SELECT DATE_TRUNC('minute', "completedAt") AS at, COUNT(*) AS count
            FROM "OutboundJob"
            WHERE status = 'done' AND "completedAt" > NOW() - INTERVAL '1 hour'
+             AND isfinite("completedAt")
            GROUP BY at ORDER BY at DESC"#,
     )
     .fetch_all(pool)
@@ -110,12 +113,16 @@ pub async fn collect(pool: &PgPool, args: &StatusArgs) -> sqlx::Result<Status> {
         r#"SELECT DATE_TRUNC('hour', "completedAt") AS at, COUNT(*) AS count
            FROM "OutboundJob"
            WHERE status = 'failed' AND "completedAt" > NOW() - INTERVAL '24 hours'
+             AND isfinite("completedAt")
            GROUP BY at ORDER BY at DESC"#,
     )
     .fetch_all(pool)
     .await?;
     let last_errors: Vec<LastError> = sqlx::query_as(
-        r#"SELECT id, status, "lastErrorCode" AS code, "lastError" AS error, "updatedAt" AS at
+        // "updatedAt" clamped: the app may write an infinite one, beyond what a time can hold.
+        r#"SELECT id, status, "lastErrorCode" AS code, "lastError" AS error,
+                  GREATEST(LEAST("updatedAt", '9999-12-31'::timestamptz),
+                           '0001-01-01'::timestamptz) AS at
            FROM "OutboundJob" WHERE "lastError" IS NOT NULL
            ORDER BY "updatedAt" DESC LIMIT 5"#,
     )
@@ -186,7 +193,7 @@ pub async fn collect(pool: &PgPool, args: &StatusArgs) -> sqlx::Result<Status> {
 }
 
 fn human(secs: f64) -> String {
-    humantime::format_duration(Duration::from_secs(secs.max(0.0) as u64)).to_string()
+    humantime::format_duration(Duration::from_secs(secs.clamp(0.0, 1e12) as u64)).to_string()
 }
 
 /// The one-screen table.

@@ -10,6 +10,7 @@
 //!   into the job's next state; the completer that batches completions.
 //! - [`maintenance`]: the rescuer (expired leases), the lease keeper and the pruner.
 
+pub mod decode;
 pub mod dispatcher;
 pub mod maintenance;
 pub mod retry;

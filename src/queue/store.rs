@@ -34,7 +34,7 @@ pub async fn claim(
     lease: Duration,
     limit: i64,
     default_max_attempts: i32,
-) -> sqlx::Result<Vec<Job>> {
+) -> sqlx::Result<Claimed> {
     let sql = claim_sql(limit);
     let rows = sqlx::query(&sql)
         .bind(&**locked_by)
@@ -42,28 +42,47 @@ pub async fn claim(
         .bind(default_max_attempts)
         .fetch_all(pool)
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let id: i64 = r.get(0);
-            let attempts: i32 = r.get(3);
-            Job {
-                id,
-                payload: r.get(1),
-                request_id: r.get(2),
-                attempts,
-                max_attempts: r.get(4),
-                composed: r.get(5),
-                created_at: r.get(6),
-                run_at: r.get(7),
-                fence: Fence {
-                    id,
-                    locked_by: locked_by.clone(),
-                    attempts,
-                },
-            }
-        })
-        .collect())
+    let mut out = Claimed::default();
+    for row in rows {
+        match super::decode::claimed_row(&row, locked_by) {
+            Ok(job) => out.jobs.push(job),
+            Err(Some(rejected)) => out.rejected.push(rejected),
+            // Not even the id and attempt could be read: nothing can be written about this row
+            // (its lease expires and the rescuer takes it back). Does not happen with the
+            // schema's types; logged so it would be seen.
+            Err(None) => tracing::error!("a claimed row has no readable id or attempt; skipped"),
+        }
+    }
+    Ok(out)
+}
+
+/// What one claim statement took: the jobs to run, and the rows that cannot be run (a payload
+/// this runner cannot decode). The caller fails the latter with [`fail`], each on its own fence.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub jobs: Vec<Job>,
+    pub rejected: Vec<Rejected>,
+}
+
+impl Claimed {
+    /// Rows claimed, runnable or not.
+    pub fn len(&self) -> usize {
+        self.jobs.len() + self.rejected.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A claimed row that cannot be run: what to write into its `"lastErrorCode"` and `"lastError"`
+/// (docs/reliability.md, "Rows the runner cannot use").
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub fence: Fence,
+    pub request_id: Option<String>,
+    pub code: &'static str,
+    pub reason: String,
 }
 
 /// The claim statement for claims of `limit` jobs, built once per size.
@@ -80,7 +99,9 @@ fn claim_sql(limit: i64) -> std::sync::Arc<str> {
                 r#"
         UPDATE "OutboundJob" j
         SET status = 'running',
-            attempts = j.attempts + 1,
+            -- Bounded: a row written with attempts at the integer's maximum would otherwise make
+            -- every claim statement fail (the schema bounds it too, migration 20261130000001).
+            attempts = LEAST(j.attempts, 2147483645) + 1,
             "lockedBy" = $1,
             "lockedAt" = now(),
             "leaseUntil" = now() + make_interval(secs => $2),
@@ -97,9 +118,15 @@ fn claim_sql(limit: i64) -> std::sync::Arc<str> {
         -- send is preceded by a synchronous commit that flushes the claim with it.
         (SELECT set_config('synchronous_commit', 'off', true)) relaxed
         WHERE j.id = c.id
-        RETURNING j.id, j.payload, j."requestId", j.attempts,
+        -- Read so that no value the app can write fails the statement or the decoding: the
+        -- JSON as text (parsed by queue::decode, which turns what it cannot read into a
+        -- failed job), timestamps as epoch seconds, NULL when infinite.
+        RETURNING j.id, j.payload::text, j."requestId", j.attempts,
                   COALESCE(j."maxAttempts", $3) AS max_attempts,
-                  j.composed, j."createdAt", j."runAt"
+                  j.composed::text,
+                  CASE WHEN isfinite(j."createdAt")
+                       THEN EXTRACT(EPOCH FROM j."createdAt")::float8 END,
+                  CASE WHEN isfinite(j."runAt") THEN EXTRACT(EPOCH FROM j."runAt")::float8 END
         "#
             )
             .into()
@@ -108,10 +135,14 @@ fn claim_sql(limit: i64) -> std::sync::Arc<str> {
 }
 
 /// When the earliest queued job becomes due (a scheduled job, or one backing off).
+/// A `"runAt"` of `-infinity` is due now; one of `infinity` never is.
 pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar(r#"SELECT min("runAt") FROM "OutboundJob" WHERE status = 'queued'"#)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar(
+        r#"SELECT CASE WHEN isfinite(m) THEN m WHEN m < now() THEN now() END
+           FROM (SELECT min("runAt") AS m FROM "OutboundJob" WHERE status = 'queued') q"#,
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Messages recorded as sent together with their job's completion (sandbox sends).
@@ -478,14 +509,18 @@ pub async fn queue_stats(pool: &PgPool, all: bool) -> sqlx::Result<QueueStats> {
     let by_status = sqlx::query_as::<_, (String, i64)>(sql)
         .fetch_all(pool)
         .await?;
+    // An infinite "runAt" (`-infinity`) has no age: NULL, not an error.
     let oldest: Option<f64> = sqlx::query_scalar(
-        r#"SELECT EXTRACT(EPOCH FROM now() - min("runAt"))::float8 FROM "OutboundJob"
-           WHERE status = 'queued' AND "runAt" <= now()"#,
+        r#"SELECT CASE WHEN isfinite(m) THEN EXTRACT(EPOCH FROM now() - m)::float8 END
+           FROM (SELECT min("runAt") AS m FROM "OutboundJob"
+                 WHERE status = 'queued' AND "runAt" <= now()) q"#,
     )
     .fetch_one(pool)
     .await?;
     Ok(QueueStats {
         by_status,
-        oldest_queued_age: oldest.map(|s| Duration::from_secs_f64(s.max(0.0))),
+        oldest_queued_age: oldest
+            .filter(|s| s.is_finite())
+            .map(|s| Duration::from_secs_f64(s.clamp(0.0, 1e12))),
     })
 }

@@ -1,0 +1,239 @@
+//! Hostile inputs: whatever the app can write into `"OutboundJob"`, whatever a client can send.
+//! One case per item of docs/reliability.md's "Rows the runner cannot use" and docs/http.md's
+//! limits. Every case asserts what becomes of the bad input *and* that the rest keeps working.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbound_runner::delivery::sandbox::SandboxHandler;
+use serde_json::Value;
+
+use crate::support::app::{TOKEN, spawn_app};
+use crate::support::handlers::Counting;
+use crate::support::{TestDb, spawn_passive, spawn_runner, wait_count};
+
+const RUN: &str = "/api/jobs/run-outbound";
+const GOOD: &str = r#"{"to":"15551112223","message":{"type":"text","text":{"body":"hi"}}}"#;
+
+/// The poison rows, each with what it must become: (id, expected lastError fragment).
+struct Poison {
+    /// Rows that must end `failed` / `bad_payload`, with a fragment of their `lastError`.
+    bad: Vec<(i64, &'static str)>,
+    /// Odd rows that are still runnable and must end `done`.
+    odd: Vec<i64>,
+}
+
+async fn insert(db: &TestDb, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&db.pool).await.unwrap()
+}
+
+/// Inserts one row of each kind the app can write and the runner must survive.
+async fn poison(db: &TestDb) -> Poison {
+    let big = db
+        .insert_payload(
+            r#"{"to":"15551112223","message":{"type":"text","text":{"body":"x"}},"n":1e400}"#,
+        )
+        .await;
+    let deep = db
+        .insert_payload(&format!(
+            r#"{{"to":"15551112223","message":{{"type":"text","text":{{"body":"x"}}}},"d":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        ))
+        .await;
+    let composed = insert(
+        db,
+        &format!(
+            r#"INSERT INTO "OutboundJob" (payload, composed) VALUES ('{GOOD}', '{{"n": 1e400}}')
+               RETURNING id"#
+        ),
+    )
+    .await;
+    let minus_infinity = insert(
+        db,
+        &format!(
+            r#"INSERT INTO "OutboundJob" (payload, "runAt") VALUES ('{GOOD}', '-infinity')
+               RETURNING id"#
+        ),
+    )
+    .await;
+    let created_infinity = insert(
+        db,
+        &format!(
+            r#"INSERT INTO "OutboundJob" (payload, "createdAt") VALUES ('{GOOD}', 'infinity')
+               RETURNING id"#
+        ),
+    )
+    .await;
+    // A row written before the schema bounded attempts (the constraint is NOT VALID: old rows
+    // may still hold the maximum).
+    sqlx::query(r#"ALTER TABLE "OutboundJob" DROP CONSTRAINT "OutboundJob_attempts_bound""#)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let max_attempts = insert(
+        db,
+        &format!(
+            r#"INSERT INTO "OutboundJob" (payload, attempts) VALUES ('{GOOD}', 2147483647)
+               RETURNING id"#
+        ),
+    )
+    .await;
+    sqlx::query(
+        r#"ALTER TABLE "OutboundJob" ADD CONSTRAINT "OutboundJob_attempts_bound"
+           CHECK (attempts < 2147483647) NOT VALID"#,
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    Poison {
+        bad: vec![
+            (big, "too large for a 64-bit float"),
+            (deep, "nested deeper than"),
+            (composed, "composed"),
+        ],
+        odd: vec![minus_infinity, created_infinity, max_attempts],
+    }
+}
+
+/// (status, attempts, "lastErrorCode", "lastError") of a job (`TestDb::job` computes with
+/// "runAt", which is infinite here).
+async fn row(db: &TestDb, id: i64) -> (String, i32, Option<String>, Option<String>) {
+    sqlx::query_as(
+        r#"SELECT status, attempts, "lastErrorCode", "lastError" FROM "OutboundJob" WHERE id = $1"#,
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn assert_settled(db: &TestDb, p: &Poison) {
+    for &(id, fragment) in &p.bad {
+        let (status, _, code, error) = row(db, id).await;
+        assert_eq!(status, "failed", "job {id}: {error:?}");
+        assert_eq!(code.as_deref(), Some("bad_payload"));
+        let error = error.unwrap_or_default();
+        assert!(error.contains(fragment), "job {id}: {error}");
+    }
+    for &id in &p.odd {
+        let (status, _, _, error) = row(db, id).await;
+        assert_eq!(status, "done", "job {id}: {error:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_poison_row_fails_alone_and_the_rest_of_its_batch_runs() {
+    let db = TestDb::new().await;
+    let good = db.insert_jobs(5).await;
+    let p = poison(&db).await;
+    let runner = spawn_passive(&db, Arc::new(SandboxHandler), |s| s.runner.batch = 32).await;
+    let report = runner.run_pass(100).await.unwrap();
+    let mut failed = report.failed.clone();
+    failed.sort();
+    let mut want: Vec<i64> = p.bad.iter().map(|b| b.0).collect();
+    want.sort();
+    assert_eq!(failed, want, "{report:?}");
+    assert_eq!(
+        report.processed.len(),
+        good.len() + p.odd.len(),
+        "{report:?}"
+    );
+    assert_settled(&db, &p).await;
+    assert_eq!(db.count("done").await, (good.len() + p.odd.len()) as i64);
+    // The bounded claim: the row at the integer's maximum ran (and did not stop the claims).
+    assert_eq!(row(&db, p.odd[2]).await.1, 2147483646);
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_schema_refuses_attempts_at_the_integers_maximum() {
+    let db = TestDb::new().await;
+    let err = sqlx::query(&format!(
+        r#"INSERT INTO "OutboundJob" (payload, attempts) VALUES ('{GOOD}', 2147483647)"#
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("OutboundJob_attempts_bound"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_dispatcher_survives_poison_rows_and_keeps_claiming() {
+    let db = TestDb::new().await;
+    let p = poison(&db).await;
+    // Never due: the next-due lookup must not choke on it either.
+    insert(
+        &db,
+        &format!(
+            r#"INSERT INTO "OutboundJob" (payload, "runAt") VALUES ('{GOOD}', 'infinity')
+               RETURNING id"#
+        ),
+    )
+    .await;
+    let handler = Arc::new(Counting::default());
+    let runner = spawn_runner(&db, handler, |_| {}).await;
+    let mut finished = runner.finished();
+    let all = (p.bad.len() + p.odd.len()) as u64;
+    wait_count(&mut finished, all, Duration::from_secs(20)).await;
+    assert_settled(&db, &p).await;
+    // Still claiming: a job queued now runs.
+    let later = db.insert_jobs(1).await[0];
+    wait_count(&mut finished, all + 1, Duration::from_secs(20)).await;
+    assert_eq!(row(&db, later).await.0, "done");
+    assert_eq!(
+        db.count("queued").await,
+        1,
+        "only the never-due row is left"
+    );
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trigger_that_claims_poison_rows_answers_200_and_lists_them_failed() {
+    let app = spawn_app(Arc::new(SandboxHandler), |_| {}).await;
+    app.db.insert_jobs(2).await;
+    let p = poison(&app.db).await;
+    let (status, body) = app.get_json(&format!("{RUN}?token={TOKEN}&max=50")).await;
+    assert_eq!(status, 200, "{body}");
+    let failed: Vec<i64> = body["jobIds"]["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_i64)
+        .collect();
+    for (id, _) in &p.bad {
+        assert!(failed.contains(id), "{body}");
+    }
+    assert_eq!(body["processed"], 2 + p.odd.len(), "{body}");
+    assert_settled(&app.db, &p).await;
+    app.stop().await;
+}
+
+fn status_args() -> outbound_runner::cli::status::StatusArgs {
+    outbound_runner::cli::status::StatusArgs {
+        json: true,
+        max_queued_age: Duration::from_secs(120),
+        max_failure_ratio: 0.05,
+    }
+}
+
+#[tokio::test]
+async fn status_reads_infinite_timestamps_without_failing() {
+    let db = TestDb::new().await;
+    for sql in [
+        r#"INSERT INTO "OutboundJob" (payload, "runAt") VALUES ('{}', '-infinity') RETURNING id"#,
+        r#"INSERT INTO "OutboundJob" (payload, status, "completedAt", "updatedAt", "lastError")
+           VALUES ('{}', 'done', 'infinity', 'infinity', 'x') RETURNING id"#,
+    ] {
+        insert(&db, sql).await;
+    }
+    let status = outbound_runner::cli::status::collect(&db.pool, &status_args())
+        .await
+        .unwrap();
+    assert_eq!(status.last_errors.len(), 1);
+    assert_eq!(status.oldest_queued_age_seconds, None);
+}
