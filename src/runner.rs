@@ -276,27 +276,78 @@ impl Runner {
             finished: watch::channel(0).0,
         });
 
-        let mut tasks = writer_tasks;
+        // Every task under supervision: a death is restarted where safe, otherwise it turns
+        // health red (src/supervise.rs; docs/reliability.md, "No silent death").
+        use crate::supervise::{self, Restart};
+        let health = shared.health.clone();
+        let writer_names = ["ledger writer (sending)", "ledger writer (sent)"];
+        let mut tasks: Vec<JoinHandle<()>> = writer_names
+            .into_iter()
+            .zip(writer_tasks)
+            .map(|(name, t)| supervise::watch(name, health.clone(), stop_late.clone(), t))
+            .collect();
+        // The completer owns the channel's receiver: it cannot be started again.
+        let mut rx = Some(rx);
+        tasks.push(supervise::spawn(
+            "completer",
+            health.clone(),
+            stop_late.clone(),
+            Restart::No,
+            loop_of(&shared, &stop_late, move |s, t| {
+                worker::completer(s, rx.take().expect("the completer starts once"), t)
+            }),
+        ));
         tasks.extend([
-            tokio::spawn(worker::completer(shared.clone(), rx, stop_late.clone())),
-            tokio::spawn(maintenance::lease_keeper(shared.clone(), stop_late.clone())),
-            tokio::spawn(maintenance::rescuer(shared.clone(), stop.clone())),
-            tokio::spawn(maintenance::pruner(shared.clone(), stop.clone())),
-            tokio::spawn(maintenance::prober(shared.clone(), stop.clone())),
+            supervise::spawn(
+                "lease keeper",
+                health.clone(),
+                stop_late.clone(),
+                Restart::Yes,
+                loop_of(&shared, &stop_late, maintenance::lease_keeper),
+            ),
+            supervise::spawn(
+                "rescuer",
+                health.clone(),
+                stop.clone(),
+                Restart::Yes,
+                loop_of(&shared, &stop, maintenance::rescuer),
+            ),
+            supervise::spawn(
+                "pruner",
+                health.clone(),
+                stop.clone(),
+                Restart::Yes,
+                loop_of(&shared, &stop, maintenance::pruner),
+            ),
+            supervise::spawn(
+                "prober",
+                health.clone(),
+                stop.clone(),
+                Restart::Yes,
+                loop_of(&shared, &stop, maintenance::prober),
+            ),
         ]);
         if mode == Mode::Daemon {
             // LISTEN before the first pass: a job committed between the two is then either seen
             // by the pass or announced by a notification.
-            let listener = dispatcher::Listener::connect(&shared).await;
-            tasks.push(tokio::spawn(dispatcher::listen(
-                shared.clone(),
-                listener,
+            let mut listener = Some(dispatcher::Listener::connect(&shared).await);
+            tasks.push(supervise::spawn(
+                "listener",
+                health.clone(),
                 stop.clone(),
-            )));
-            tasks.push(tokio::spawn(dispatcher::dispatch(
-                shared.clone(),
+                Restart::Yes,
+                // A restarted listener connects anew (and wakes the dispatcher).
+                loop_of(&shared, &stop, move |s, t| {
+                    dispatcher::listen(s, listener.take().flatten(), t)
+                }),
+            ));
+            tasks.push(supervise::spawn(
+                "dispatcher",
+                health,
                 stop.clone(),
-            )));
+                Restart::Yes,
+                loop_of(&shared, &stop, dispatcher::dispatch),
+            ));
         }
         tracing::info!(
             locked_by = %shared.locked_by,
@@ -510,6 +561,20 @@ impl Runner {
         shutdown.await;
         self.shutdown().await
     }
+}
+
+/// A task's body for [`crate::supervise::spawn`]: `f(shared, stop)` each time it is started.
+fn loop_of<F, Fut>(
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+    mut f: F,
+) -> impl FnMut() -> Fut + Send + 'static
+where
+    F: FnMut(Arc<Shared>, CancellationToken) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (shared, stop) = (shared.clone(), stop.clone());
+    move || f(shared.clone(), stop.clone())
 }
 
 fn locked_by() -> String {

@@ -237,12 +237,24 @@ pub fn spawn(listeners: Listeners, state: HttpState, stop: CancellationToken) ->
                 "CRON_SECRET is not set: /api/cron/run-outbound-jobs is disabled (answers 404)"
             );
         }
-        let (state, stop) = (state.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = serve(listener, state, stop.cancelled_owned()).await {
-                tracing::error!(error = %e, "the HTTP server stopped");
-            }
-        }));
+        let health = state.runner().health().clone();
+        let mut once = Some((listener, state.clone(), stop.clone()));
+        // Supervised: a server that stops while not asked to turns health red (the listen
+        // socket went with it, so it is not restarted).
+        tasks.push(crate::supervise::spawn(
+            "HTTP server",
+            health,
+            stop.clone(),
+            crate::supervise::Restart::No,
+            move || {
+                let (listener, state, stop) = once.take().expect("the server starts once");
+                async move {
+                    if let Err(e) = serve(listener, state, stop.cancelled_owned()).await {
+                        tracing::error!(error = %e, "the HTTP server stopped");
+                    }
+                }
+            },
+        ));
     }
     if let Some(listener) = listeners.metrics {
         let addr = listener.local_addr().ok();
@@ -250,12 +262,22 @@ pub fn spawn(listeners: Listeners, state: HttpState, stop: CancellationToken) ->
             addr = %addr.map(|a| a.to_string()).unwrap_or_default(),
             "metrics listening: /metrics"
         );
-        let (state, stop) = (state.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = serve_metrics(listener, state, stop.cancelled_owned()).await {
-                tracing::error!(error = %e, "the metrics server stopped");
-            }
-        }));
+        let health = state.runner().health().clone();
+        let mut once = Some((listener, state.clone(), stop.clone()));
+        tasks.push(crate::supervise::spawn(
+            "metrics server",
+            health,
+            stop.clone(),
+            crate::supervise::Restart::No,
+            move || {
+                let (listener, state, stop) = once.take().expect("the server starts once");
+                async move {
+                    if let Err(e) = serve_metrics(listener, state, stop.cancelled_owned()).await {
+                        tracing::error!(error = %e, "the metrics server stopped");
+                    }
+                }
+            },
+        ));
     }
     Server { stop, tasks }
 }

@@ -81,7 +81,7 @@ pub(super) fn error(status: StatusCode, message: &str) -> Response {
 struct Probe {
     ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'static str>,
+    reason: Option<String>,
 }
 
 async fn not_found() -> Response {
@@ -322,21 +322,33 @@ pub fn parse_max(query: Option<&str>, cap: u32) -> Result<u32, String> {
     Ok(n.min(u64::from(cap)) as u32)
 }
 
-/// Liveness: the process answers.
-async fn healthz() -> Response {
-    Json(Probe {
-        ok: true,
-        reason: None,
-    })
-    .into_response()
+/// Liveness: the process answers and none of its tasks died (src/supervise.rs).
+async fn healthz(State(state): State<HttpState>) -> Response {
+    match state.runner().health().dead() {
+        None => Json(Probe {
+            ok: true,
+            reason: None,
+        })
+        .into_response(),
+        Some(dead) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Probe {
+                ok: false,
+                reason: Some(dead),
+            }),
+        )
+            .into_response(),
+    }
 }
 
 /// Readiness: not draining, the database answers `SELECT 1` now, and LISTEN is up.
 async fn readyz(State(state): State<HttpState>) -> Response {
     let runner = state.runner();
     let health = runner.health();
-    let reason = if health.draining() {
-        Some("draining")
+    let reason = if let Some(dead) = health.dead() {
+        Some(dead)
+    } else if health.draining() {
+        Some("draining".to_string())
     } else if !matches!(
         tokio::time::timeout(
             READY_DB_TIMEOUT,
@@ -345,9 +357,9 @@ async fn readyz(State(state): State<HttpState>) -> Response {
         .await,
         Ok(Ok(_))
     ) {
-        Some("database unreachable")
+        Some("database unreachable".to_string())
     } else if !health.listening() {
-        Some("LISTEN connection down")
+        Some("LISTEN connection down".to_string())
     } else {
         None
     };

@@ -237,3 +237,139 @@ async fn status_reads_infinite_timestamps_without_failing() {
     assert_eq!(status.last_errors.len(), 1);
     assert_eq!(status.oldest_queued_age_seconds, None);
 }
+
+/// Awaits `health.restarts()` reaching `n`, bounded.
+async fn restarts_reach(health: &outbound_runner::health::Health, n: u64) {
+    let mut rx = health.watch_restarts();
+    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| *v >= n))
+        .await
+        .unwrap_or_else(|_| panic!("restarts did not reach {n}"))
+        .unwrap();
+}
+
+/// Awaits a death, bounded; returns the reason.
+async fn death(health: &outbound_runner::health::Health) -> String {
+    let mut rx = health.watch_dead();
+    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(Option::is_some))
+        .await
+        .expect("no death noticed")
+        .unwrap()
+        .clone()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_killed_loop_is_restarted_and_the_runner_keeps_working() {
+    let db = TestDb::new().await;
+    let runner = spawn_runner(&db, Arc::new(SandboxHandler), |_| {}).await;
+    let health = runner.health().clone();
+    let names = [
+        "dispatcher",
+        "listener",
+        "rescuer",
+        "pruner",
+        "prober",
+        "lease keeper",
+    ];
+    for name in names {
+        assert!(
+            health.tasks.names().contains(&name),
+            "{name} is not supervised: {:?}",
+            health.tasks.names()
+        );
+    }
+    let mut finished = runner.finished();
+    for (n, name) in names.into_iter().enumerate() {
+        assert!(health.tasks.kill(name), "{name} was not running");
+        restarts_reach(&health, n as u64 + 1).await;
+        assert_eq!(health.dead(), None, "{name}");
+        // The restarted dispatcher (and listener) still run jobs as they arrive.
+        db.insert_jobs(1).await;
+        wait_count(&mut finished, n as u64 + 1, Duration::from_secs(20)).await;
+    }
+    assert!(health.alive(Duration::from_secs(3600)));
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_task_that_cannot_be_restarted_turns_health_red() {
+    for name in [
+        "completer",
+        "ledger writer (sending)",
+        "ledger writer (sent)",
+        "HTTP server",
+    ] {
+        let db = TestDb::new().await;
+        let runner = spawn_runner(&db, Arc::new(SandboxHandler), |_| {}).await;
+        let app = crate::support::app::App::serve(db, runner).await;
+        let health = app.runner.health().clone();
+        let (status, _) = app.get_json("/healthz").await;
+        assert_eq!(status, 200);
+        assert!(health.tasks.kill(name), "{name} was not running");
+        let why = death(&health).await;
+        assert!(why.contains(name), "{why}");
+        assert!(!health.alive(Duration::from_secs(3600)), "{name}");
+        assert!(
+            outbound_runner::systemd::status_line(&health, &app.runner.shared().metrics)
+                .contains("UNHEALTHY"),
+            "{name}"
+        );
+        if name != "HTTP server" {
+            let (status, body) = app.get_json("/healthz").await;
+            assert_eq!(status, 503, "{name}: {body}");
+            assert!(body["reason"].as_str().unwrap().contains(name), "{body}");
+            let (status, _) = app.get_json("/readyz").await;
+            assert_eq!(status, 503, "{name}");
+        }
+        app.stop().await;
+    }
+}
+
+/// A writer into a shared buffer, for a subscriber under test.
+#[derive(Clone, Default)]
+struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_request_id_cannot_forge_or_flood_a_text_log_line() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .fmt_fields(outbound_runner::telemetry::SafeFields)
+            .with_ansi(false)
+            .with_writer(move || writer.clone()),
+    );
+    let forged = "req-1\n2026-01-01T00:00:00Z ERROR forged: payments disabled\u{1b}[2J";
+    let huge = "r".repeat(1_000_000);
+    tracing::subscriber::with_default(subscriber, || {
+        for request_id in [forged, huge.as_str()] {
+            // What the worker logs for every job: a span field and the id in the message.
+            let span = tracing::info_span!("job", job_id = 1, request_id);
+            let _enter = span.enter();
+            tracing::info!("Processing job {} (requestId: {})", 1, request_id);
+        }
+    });
+    let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].contains(r"req-1\n2026-01-01"), "{}", lines[0]);
+    assert!(!out.contains('\u{1b}'), "{out}");
+    // Cut, and saying so: the span field at 512 characters, the message at 4096.
+    assert!(lines[1].len() < 6_000, "{} bytes", lines[1].len());
+    assert!(
+        lines[1].contains("[1000000 bytes in all]"),
+        "{}",
+        &lines[1][..200]
+    );
+}
