@@ -68,6 +68,9 @@ pub struct Shared {
     pub passes: watch::Sender<u64>,
     /// Counts job attempts that ended, however they ended.
     pub finished: watch::Sender<u64>,
+    /// Rows that make the claim statement fail and that could not be failed either: claims skip
+    /// them until the process restarts (see [`Shared::claim_batch`]).
+    pub unclaimable: Mutex<Vec<i64>>,
 }
 
 impl Shared {
@@ -121,16 +124,31 @@ impl Shared {
     /// fence with a readable reason (docs/reliability.md, "Rows the runner cannot use").
     pub async fn claim_batch(&self, limit: usize) -> sqlx::Result<(Vec<Job>, Vec<i64>)> {
         let settings = self.settings();
-        let timer = self.metrics.claim_duration.start_timer();
-        let claimed = store::claim(
-            &self.pool,
-            &self.locked_by,
-            settings.runner.lease,
-            limit as i64,
-            settings.retry.max_attempts as i32,
-        )
-        .await;
-        timer.observe_duration();
+        let (lease, max_attempts) = (settings.runner.lease, settings.retry.max_attempts as i32);
+        let claim = || {
+            let exclude = self.unclaimable.lock().expect("unclaimable lock").clone();
+            async move {
+                let timer = self.metrics.claim_duration.start_timer();
+                let claimed = store::claim_except(
+                    &self.pool,
+                    &self.locked_by,
+                    lease,
+                    limit as i64,
+                    max_attempts,
+                    &exclude,
+                )
+                .await;
+                timer.observe_duration();
+                claimed
+            }
+        };
+        let claimed = match claim().await {
+            // The database refused the data: find the row, take it out of the way, claim again.
+            Err(e) if store::is_data_error(&e) && self.set_aside_unclaimable(limit, &e).await => {
+                claim().await
+            }
+            other => other,
+        };
         let claimed = claimed?;
         self.passes.send_modify(|n| *n += 1);
         self.health.passed();
@@ -149,6 +167,59 @@ impl Shared {
             }
         }
         Ok((claimed.jobs, failed))
+    }
+
+    /// The claim statement failed with a data error: names the row that causes it (the log,
+    /// and its `"lastError"`), and fails it (`unclaimable`), or, if the database refuses that
+    /// too, has this runner's claims skip it. True if a row was found.
+    async fn set_aside_unclaimable(&self, limit: usize, error: &sqlx::Error) -> bool {
+        let exclude = self.unclaimable.lock().expect("unclaimable lock").clone();
+        let error = crate::db::redact_sqlx(error);
+        match store::find_unclaimable(&self.pool, limit.max(1) as i64, &exclude).await {
+            Ok(Some((id, why))) => {
+                let message = format!("claiming this job fails: {why}");
+                match store::fail_unclaimable(&self.pool, id, &message).await {
+                    Ok(true) => {
+                        self.health.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            job_id = id,
+                            error = %why,
+                            "claims failed because of job {id}: {why}; the job is failed \
+                             (lastErrorCode unclaimable)"
+                        );
+                    }
+                    _ => {
+                        let mut skip = self.unclaimable.lock().expect("unclaimable lock");
+                        if skip.len() < 1000 && !skip.contains(&id) {
+                            skip.push(id);
+                        }
+                        tracing::error!(
+                            job_id = id,
+                            error = %why,
+                            "claims failed because of job {id}: {why}; the database refuses to \
+                             mark it failed too, so this runner skips it until it restarts: fix \
+                             or delete the row"
+                        );
+                    }
+                }
+                true
+            }
+            Ok(None) => {
+                tracing::error!(
+                    error = %error,
+                    "claims fail with a data error that no single due row explains"
+                );
+                false
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %crate::db::redact_sqlx(&e),
+                    claim_error = %error,
+                    "claims fail with a data error; looking for the row that causes it failed"
+                );
+                false
+            }
+        }
     }
 
     /// Fails a claimed row that cannot be run. True if the write landed.
@@ -274,6 +345,7 @@ impl Runner {
             closing: AtomicBool::new(false),
             passes: watch::channel(0).0,
             finished: watch::channel(0).0,
+            unclaimable: Mutex::new(Vec::new()),
         });
 
         // Every task under supervision: a death is restarted where safe, otherwise it turns

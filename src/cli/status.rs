@@ -35,7 +35,17 @@ pub struct Status {
     pub done_per_minute: Vec<Bucket>,
     pub failed_per_hour: Vec<Bucket>,
     pub last_errors: Vec<LastError>,
+    /// A due job whose claim the database refuses (it blocks every claim batch it is in).
+    pub unclaimable: Option<UnclaimableJob>,
+    /// Jobs `running` with no lease (`"leaseUntil"` NULL), for longer than the rescue grace.
+    pub running_without_lease: i64,
     pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UnclaimableJob {
+    pub id: i64,
+    pub error: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -129,6 +139,20 @@ pub async fn collect(pool: &PgPool, args: &StatusArgs) -> sqlx::Result<Status> {
     .fetch_all(pool)
     .await?;
 
+    // A dry run of the claim on the first due rows, rolled back: names a row no runner can
+    // claim (docs/reliability.md, "Rows the runner cannot use").
+    let unclaimable = crate::queue::store::find_unclaimable(pool, 100, &[])
+        .await?
+        .map(|(id, error)| UnclaimableJob { id, error });
+    let running_without_lease: i64 = sqlx::query_scalar(
+        r#"SELECT COUNT(*) FROM "OutboundJob"
+           WHERE status = 'running' AND "leaseUntil" IS NULL
+             AND "updatedAt" < now() - make_interval(secs => $1)"#,
+    )
+    .bind(crate::queue::store::NO_LEASE_GRACE.as_secs_f64())
+    .fetch_one(pool)
+    .await?;
+
     let mut checks = Vec::new();
     let max_age = args.max_queued_age.as_secs_f64();
     checks.push(match oldest {
@@ -163,6 +187,34 @@ pub async fn collect(pool: &PgPool, args: &StatusArgs) -> sqlx::Result<Status> {
             )
         },
     });
+    checks.push(match &unclaimable {
+        None => Check {
+            name: "claims",
+            ok: true,
+            detail: "the due jobs can be claimed".into(),
+        },
+        Some(u) => Check {
+            name: "claims",
+            ok: false,
+            detail: format!(
+                "job {} cannot be claimed ({}): it blocks every claim that includes it; fix or \
+                 delete the row",
+                u.id, u.error
+            ),
+        },
+    });
+    checks.push(Check {
+        name: "no-lease",
+        ok: running_without_lease == 0,
+        detail: if running_without_lease == 0 {
+            "no running job without a lease".into()
+        } else {
+            format!(
+                "{running_without_lease} running job(s) without a lease (\"leaseUntil\" NULL): \
+                 written by hand or by an old runner; a live runner rescues them"
+            )
+        },
+    });
     let finished = done_last_hour + failed_last_hour;
     let ratio = if finished == 0 {
         0.0
@@ -188,6 +240,8 @@ pub async fn collect(pool: &PgPool, args: &StatusArgs) -> sqlx::Result<Status> {
         done_per_minute,
         failed_per_hour,
         last_errors,
+        unclaimable,
+        running_without_lease,
         checks,
     })
 }

@@ -269,9 +269,19 @@ async fn trigger(
             stop_on_drop.disarm();
             Ok(report)
         }
-        Ok(Ok(Err(_))) => {
+        Ok(Ok(Err(e))) => {
+            let refused = e
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(crate::queue::store::is_data_error);
             if state.runner().health().draining() {
                 Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))
+            } else if refused {
+                // The database answered: it refused the data (a row no claim can take).
+                Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the pass failed: the database refused the claim (a job row it cannot \
+                     update; the runner's log names it)",
+                ))
             } else {
                 Err(error(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -35,11 +35,25 @@ pub async fn claim(
     limit: i64,
     default_max_attempts: i32,
 ) -> sqlx::Result<Claimed> {
+    claim_except(pool, locked_by, lease, limit, default_max_attempts, &[]).await
+}
+
+/// [`claim`], skipping the rows `exclude` names: rows that made the claim statement itself fail
+/// (see [`find_unclaimable`]), so one row cannot stop the queue.
+pub async fn claim_except(
+    pool: &PgPool,
+    locked_by: &std::sync::Arc<str>,
+    lease: Duration,
+    limit: i64,
+    default_max_attempts: i32,
+    exclude: &[i64],
+) -> sqlx::Result<Claimed> {
     let sql = claim_sql(limit);
     let rows = sqlx::query(&sql)
         .bind(&**locked_by)
         .bind(lease.as_secs_f64())
         .bind(default_max_attempts)
+        .bind(exclude)
         .fetch_all(pool)
         .await?;
     let mut out = Claimed::default();
@@ -85,6 +99,101 @@ pub struct Rejected {
     pub reason: String,
 }
 
+/// What a claim writes into a row (shared by the claim and [`find_unclaimable`]'s probe).
+const CLAIM_SET: &str = r#"status = 'running',
+            -- Bounded: a row written with attempts at the integer's maximum would otherwise make
+            -- every claim statement fail (the schema bounds it too, migration 20261130000001).
+            attempts = LEAST(j.attempts, 2147483645) + 1,
+            "lockedBy" = $1,
+            "lockedAt" = now(),
+            "leaseUntil" = now() + make_interval(secs => $2),
+            "startedAt" = now(),
+            "updatedAt" = now()"#;
+
+/// Whether a failed statement is the database refusing the data (a data exception, a
+/// constraint, an exception raised by a trigger), not the database being unavailable.
+pub fn is_data_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("22") || c.starts_with("23") || c.starts_with("P0") || c == "42P17"
+        }),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => true,
+        _ => false,
+    }
+}
+
+/// Finds the due row that makes the claim statement fail, without changing anything: claims
+/// each of the first `limit` due rows (in claim order) alone, in a transaction rolled back at
+/// the end. Returns the first row whose claim fails with a data error and the error, if the
+/// claim of another row succeeds (when every row fails, no single row is the cause: `None`).
+pub async fn find_unclaimable(
+    pool: &PgPool,
+    limit: i64,
+    exclude: &[i64],
+) -> sqlx::Result<Option<(i64, String)>> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        r#"SELECT id FROM "OutboundJob"
+           WHERE status = 'queued' AND "runAt" <= now() AND id <> ALL($2::bigint[])
+           ORDER BY priority, "runAt", id LIMIT $1
+           FOR UPDATE SKIP LOCKED"#,
+    )
+    .bind(limit)
+    .bind(exclude)
+    .fetch_all(&mut *tx)
+    .await?;
+    let probe = format!(
+        r#"UPDATE "OutboundJob" j SET {CLAIM_SET} WHERE j.id = $3
+           RETURNING j.id, j.payload::text, j."requestId", j.attempts"#
+    );
+    // The culprit is a row whose claim fails while another row's succeeds: when every row
+    // fails, the database refuses claims as such (a trigger, a constraint), not one row.
+    let mut found = None;
+    let mut any_ok = false;
+    for id in ids {
+        if found.is_some() && any_ok {
+            break;
+        }
+        sqlx::query("SAVEPOINT probe").execute(&mut *tx).await?;
+        let result = sqlx::query(&probe)
+            .bind("unclaimable-probe")
+            .bind(60.0f64)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await;
+        sqlx::query("ROLLBACK TO SAVEPOINT probe")
+            .execute(&mut *tx)
+            .await?;
+        match result {
+            Ok(_) => any_ok = true,
+            Err(e) if is_data_error(&e) => {
+                if found.is_none() {
+                    found = Some((id, crate::db::redact_sqlx(&e)));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    tx.rollback().await?;
+    Ok(found.filter(|_| any_ok))
+}
+
+/// Fails a queued row that cannot be claimed (see [`find_unclaimable`]). False if the row is
+/// no longer queued or the database refuses this write too.
+pub async fn fail_unclaimable(pool: &PgPool, id: i64, message: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        r#"UPDATE "OutboundJob"
+           SET status = 'failed', "completedAt" = now(), "lastErrorCode" = 'unclaimable',
+               "lastError" = $2, "updatedAt" = now()
+           WHERE id = $1 AND status = 'queued'"#,
+    )
+    .bind(id)
+    .bind(message)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// The claim statement for claims of `limit` jobs, built once per size.
 fn claim_sql(limit: i64) -> std::sync::Arc<str> {
     use std::collections::HashMap;
@@ -98,18 +207,10 @@ fn claim_sql(limit: i64) -> std::sync::Arc<str> {
             format!(
                 r#"
         UPDATE "OutboundJob" j
-        SET status = 'running',
-            -- Bounded: a row written with attempts at the integer's maximum would otherwise make
-            -- every claim statement fail (the schema bounds it too, migration 20261130000001).
-            attempts = LEAST(j.attempts, 2147483645) + 1,
-            "lockedBy" = $1,
-            "lockedAt" = now(),
-            "leaseUntil" = now() + make_interval(secs => $2),
-            "startedAt" = now(),
-            "updatedAt" = now()
+        SET {CLAIM_SET}
         FROM (
             SELECT id FROM "OutboundJob"
-            WHERE status = 'queued' AND "runAt" <= now()
+            WHERE status = 'queued' AND "runAt" <= now() AND id <> ALL($4::bigint[])
             ORDER BY priority, "runAt", id
             LIMIT {limit}
             FOR UPDATE SKIP LOCKED
@@ -326,13 +427,66 @@ pub async fn reclaim(
     fail_in_doubt: bool,
     default_max_attempts: i32,
 ) -> sqlx::Result<Rescued> {
-    // Two statement texts, so each target can use its index (the lease index for expired
-    // leases; a CASE in the WHERE clause would make every rescue scan the whole table).
-    let (target, locked_by, refund) = match which {
+    // Three statement texts, so each target can use its index (the lease index for expired
+    // leases, the no-lease index for running rows without one; a CASE or an OR in the WHERE
+    // clause would make every rescue scan the whole table).
+    let mut out = match which {
         // ($1, this runner, is NULL here: every expired lease is taken back.)
-        Reclaim::Expired => (r#""leaseUntil" < now() AND $1::text IS NULL"#, None, 0),
-        Reclaim::Ours(me) => (r#""lockedBy" = $1"#, Some(me), 1),
+        Reclaim::Expired => {
+            reclaim_where(
+                pool,
+                r#""leaseUntil" < now() AND $1::text IS NULL"#,
+                None,
+                0,
+                fail_in_doubt,
+                default_max_attempts,
+            )
+            .await?
+        }
+        Reclaim::Ours(me) => {
+            reclaim_where(
+                pool,
+                r#""lockedBy" = $1"#,
+                Some(me),
+                1,
+                fail_in_doubt,
+                default_max_attempts,
+            )
+            .await?
+        }
     };
+    if matches!(which, Reclaim::Expired) {
+        // A running row with no lease at all (written by hand: every claim sets one) would
+        // never expire: it is taken back once it has not changed for NO_LEASE_GRACE.
+        let grace = format!(
+            r#""leaseUntil" IS NULL AND "updatedAt" < now() - interval '{} seconds'
+               AND $1::text IS NULL"#,
+            NO_LEASE_GRACE.as_secs()
+        );
+        let more =
+            reclaim_where(pool, &grace, None, 0, fail_in_doubt, default_max_attempts).await?;
+        out.requeued += more.requeued;
+        out.failed += more.failed;
+        out.in_doubt += more.in_doubt;
+    }
+    if out.requeued > 0 {
+        notify(pool).await?;
+    }
+    Ok(out)
+}
+
+/// How long a `running` row without a lease (`"leaseUntil"` NULL) is left alone before the
+/// rescuer takes it back (docs/reliability.md).
+pub const NO_LEASE_GRACE: Duration = Duration::from_secs(60);
+
+async fn reclaim_where(
+    pool: &PgPool,
+    target: &str,
+    locked_by: Option<&str>,
+    refund: i32,
+    fail_in_doubt: bool,
+    default_max_attempts: i32,
+) -> sqlx::Result<Rescued> {
     let sql = format!(
         r#"
         WITH target AS (
@@ -402,9 +556,6 @@ pub async fn reclaim(
         } else {
             out.failed += 1;
         }
-    }
-    if out.requeued > 0 {
-        notify(pool).await?;
     }
     Ok(out)
 }

@@ -373,3 +373,149 @@ fn a_request_id_cannot_forge_or_flood_a_text_log_line() {
         &lines[1][..200]
     );
 }
+
+/// A trigger of the app's that refuses to let rows whose payload has `key` become `running` (or,
+/// with `always`, be updated at all), or every row when `key` is empty.
+async fn refuse(db: &TestDb, key: &str, always: bool) {
+    let condition = match (key, always) {
+        ("", _) => "NEW.status = 'running'".to_string(),
+        (k, false) => format!("NEW.payload ? '{k}' AND NEW.status = 'running'"),
+        (k, true) => format!("NEW.payload ? '{k}'"),
+    };
+    sqlx::raw_sql(&format!(
+        r#"CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               IF {condition} THEN RAISE EXCEPTION 'refused by the app''s trigger'; END IF;
+               RETURN NEW;
+           END $$;
+           CREATE TRIGGER refuse BEFORE UPDATE ON "OutboundJob"
+               FOR EACH ROW EXECUTE FUNCTION refuse();"#
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_row_that_fails_every_claim_is_named_failed_and_the_queue_moves_on() {
+    let db = TestDb::new().await;
+    let blocking = db
+        .insert_payload(
+            r#"{"to":"15551112223","boom":1,"message":{"type":"text","text":{"body":"x"}}}"#,
+        )
+        .await;
+    let good = db.insert_jobs(3).await;
+    refuse(&db, "boom", false).await;
+    // `status` names it before any runner touched it (a dry run, rolled back).
+    let status = outbound_runner::cli::status::collect(&db.pool, &status_args())
+        .await
+        .unwrap();
+    let check = status.checks.iter().find(|c| c.name == "claims").unwrap();
+    assert!(
+        !check.ok && check.detail.contains(&format!("job {blocking}")),
+        "{}",
+        check.detail
+    );
+    assert!(
+        check.detail.contains("refused by the app"),
+        "{}",
+        check.detail
+    );
+    assert_eq!(
+        row(&db, blocking).await.0,
+        "queued",
+        "status changed nothing"
+    );
+
+    let runner = spawn_passive(&db, Arc::new(SandboxHandler), |_| {}).await;
+    let report = runner.run_pass(10).await.unwrap();
+    assert_eq!(report.processed.len(), good.len(), "{report:?}");
+    let (status, _, code, error) = row(&db, blocking).await;
+    assert_eq!(
+        (status.as_str(), code.as_deref()),
+        ("failed", Some("unclaimable"))
+    );
+    assert!(error.unwrap().contains("refused by the app"));
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_row_the_database_will_not_let_us_touch_is_skipped_by_the_claims() {
+    let db = TestDb::new().await;
+    let stuck = db
+        .insert_payload(
+            r#"{"to":"15551112223","stuck":1,"message":{"type":"text","text":{"body":"x"}}}"#,
+        )
+        .await;
+    db.insert_jobs(3).await;
+    refuse(&db, "stuck", true).await;
+    let runner = spawn_passive(&db, Arc::new(SandboxHandler), |_| {}).await;
+    let report = runner.run_pass(10).await.unwrap();
+    assert_eq!(report.processed.len(), 3, "{report:?}");
+    assert_eq!(row(&db, stuck).await.0, "queued");
+    // Later passes skip it without failing.
+    db.insert_jobs(1).await;
+    assert_eq!(runner.run_pass(10).await.unwrap().processed.len(), 1);
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trigger_refused_by_the_data_does_not_claim_the_database_is_unavailable() {
+    let app = spawn_app(Arc::new(SandboxHandler), |_| {}).await;
+    app.db.insert_jobs(2).await;
+    refuse(&app.db, "", false).await;
+    let (status, body) = app.get_json(&format!("{RUN}?token={TOKEN}")).await;
+    assert_eq!(status, 500, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("refused the claim") && !error.contains("unavailable"),
+        "{body}"
+    );
+    // Nothing was failed: the database refuses every claim, no single row is to blame.
+    assert_eq!(app.db.count("queued").await, 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_running_row_without_a_lease_is_rescued_after_the_grace_and_status_flags_it() {
+    let db = TestDb::new().await;
+    let orphan = insert(
+        &db,
+        &format!(
+            r#"INSERT INTO "OutboundJob" (payload, status, "updatedAt")
+               VALUES ('{GOOD}', 'running', now() - interval '10 minutes') RETURNING id"#
+        ),
+    )
+    .await;
+    let fresh = insert(
+        &db,
+        &format!(
+            r#"INSERT INTO "OutboundJob" (payload, status) VALUES ('{GOOD}', 'running')
+               RETURNING id"#
+        ),
+    )
+    .await;
+    let status = outbound_runner::cli::status::collect(&db.pool, &status_args())
+        .await
+        .unwrap();
+    assert_eq!(status.running_without_lease, 1);
+    assert!(
+        !status
+            .checks
+            .iter()
+            .find(|c| c.name == "no-lease")
+            .unwrap()
+            .ok
+    );
+    let rescued = outbound_runner::queue::store::reclaim(
+        &db.pool,
+        outbound_runner::queue::store::Reclaim::Expired,
+        true,
+        5,
+    )
+    .await
+    .unwrap();
+    assert_eq!(rescued.requeued, 1);
+    assert_eq!(row(&db, orphan).await.0, "queued");
+    assert_eq!(row(&db, fresh).await.0, "running", "within the grace");
+}
