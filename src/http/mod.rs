@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod routes;
+pub mod server;
 
 use std::future::Future;
 use std::io;
@@ -23,7 +24,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -200,13 +200,8 @@ async fn serve_router(
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    // Answers are small and single: don't let Nagle hold them back.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // Timeouts and a connection cap (see `server`; docs/http.md, "Limits").
+    server::serve(listener, router, shutdown).await
 }
 
 /// The running servers.

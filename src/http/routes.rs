@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::Router;
 use axum::extract::{RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -102,7 +102,7 @@ async fn access_log(request: Request, next: Next) -> Response {
         path.push('…');
     }
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = json_errors(next.run(request).await);
     tracing::debug!(
         %method,
         path,
@@ -111,6 +111,34 @@ async fn access_log(request: Request, next: Next) -> Response {
         "http request"
     );
     response
+}
+
+/// A refusal made below the handlers (the body limit's 413, axum's 405 and rejections) in
+/// the same `{"ok":false,"error":…}` shape as the rest; the status and headers are kept.
+fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "request body too large".to_string(),
+        s => s
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_ascii_lowercase(),
+    };
+    let fresh = error(status, &message);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, fresh.into_body())
 }
 
 #[derive(Serialize)]
@@ -145,9 +173,13 @@ struct CronResult {
 
 async fn run_outbound(
     State(state): State<HttpState>,
+    method: Method,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    if method == Method::HEAD {
+        return head_refused();
+    }
     match trigger(&state, Endpoint::JobRunner, &headers, query.as_deref()).await {
         Ok(report) => Json(JobRunnerAnswer {
             ok: true,
@@ -165,9 +197,13 @@ async fn run_outbound(
 
 async fn cron(
     State(state): State<HttpState>,
+    method: Method,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    if method == Method::HEAD {
+        return head_refused();
+    }
     match trigger(&state, Endpoint::Cron, &headers, query.as_deref()).await {
         Ok(report) => Json(CronAnswer {
             ok: true,
@@ -181,6 +217,15 @@ async fn cron(
         .into_response(),
         Err(response) => response,
     }
+}
+
+/// `HEAD` on a trigger (axum routes it with `GET`): a probe must never run a pass.
+fn head_refused() -> Response {
+    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+    response
 }
 
 /// Authorizes, validates `max`, runs one pass and waits for it (bounded by `http.pass_timeout`).

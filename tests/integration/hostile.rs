@@ -519,3 +519,150 @@ async fn a_running_row_without_a_lease_is_rescued_after_the_grace_and_status_fla
     assert_eq!(row(&db, orphan).await.0, "queued");
     assert_eq!(row(&db, fresh).await.0, "running", "within the grace");
 }
+
+/// Opens `n` connections to `addr` that never send a byte (or, with `half`, half a request).
+async fn idle_sockets(addr: &str, n: usize, half: bool) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if half {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .await
+                .unwrap();
+        }
+        held.push(s);
+    }
+    held
+}
+
+/// The longest of five `/healthz` answers, each on a fresh connection.
+async fn slowest_health(base: &str) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let response = client.get(format!("{base}/healthz")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        slowest = slowest.max(started.elapsed());
+    }
+    slowest
+}
+
+#[tokio::test]
+async fn health_answers_within_100ms_while_1000_idle_sockets_are_held() {
+    let app = spawn_app(Arc::new(SandboxHandler), |_| {}).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut held = idle_sockets(&addr, 900, false).await;
+    held.extend(idle_sockets(&addr, 100, true).await);
+    let slowest = slowest_health(&app.base).await;
+    assert!(slowest < Duration::from_millis(100), "{slowest:?}");
+    drop(held);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_idle_connections_make_room_for_new_ones() {
+    let db = TestDb::new().await;
+    let runner = spawn_passive(&db, Arc::new(SandboxHandler), |_| {}).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let router = outbound_runner::http::routes::api(
+        outbound_runner::http::HttpState::with_metrics_on_api(runner.clone(), true),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(outbound_runner::http::server::serve_with_cap(
+        listener,
+        router,
+        stop.clone().cancelled_owned(),
+        20,
+    ));
+    // Twice the cap in idle and half-sent connections: the server cuts the oldest ones.
+    let held = idle_sockets(&addr, 20, false).await;
+    let half = idle_sockets(&addr, 20, true).await;
+    let slowest = slowest_health(&format!("http://{addr}")).await;
+    assert!(slowest < Duration::from_millis(100), "{slowest:?}");
+    drop((held, half));
+    stop.cancel();
+    server.await.unwrap().unwrap();
+    runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_half_its_headers_is_closed_after_the_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let app = spawn_app(Arc::new(SandboxHandler), |_| {}).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let timeout = outbound_runner::http::server::HEADER_READ_TIMEOUT;
+    for half in [true, false] {
+        let mut socket = idle_sockets(&addr, 1, half).await.pop().unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        // The server closes it (EOF, or a reset): read until then, bounded.
+        let _ = tokio::time::timeout(
+            timeout + Duration::from_secs(5),
+            socket.read_to_end(&mut buf),
+        )
+        .await
+        .expect("the connection was not closed");
+        let took = started.elapsed();
+        assert!(
+            took >= timeout - Duration::from_millis(500),
+            "half={half}: {took:?}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn several_authorization_headers_are_refused_and_head_never_runs_a_pass() {
+    let app = spawn_app(Arc::new(SandboxHandler), |_| {}).await;
+    let job = app.db.insert_jobs(1).await[0];
+    let url = app.url(RUN);
+    // One right token among others: refused, not each tried.
+    let response = app
+        .client
+        .get(&url)
+        .header("Authorization", "Bearer wrong")
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = crate::support::app::json(response).await;
+    assert_eq!((status, body["ok"].as_bool()), (401, Some(false)), "{body}");
+    let (status, _) = app
+        .get_json(&format!("{RUN}?token=wrong&token={TOKEN}"))
+        .await;
+    assert_eq!(status, 401);
+
+    let passes = *app.runner.passes().borrow();
+    let response = app
+        .client
+        .head(format!("{url}?token={TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(*app.runner.passes().borrow(), passes, "HEAD ran a pass");
+    assert_eq!(row(&app.db, job).await.0, "queued");
+
+    // Refusals below the handlers answer in the same JSON shape.
+    let response = app
+        .client
+        .post(format!("{url}?token={TOKEN}"))
+        .body(vec![b'x'; 200 * 1024])
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = crate::support::app::json(response).await;
+    assert_eq!(status, 413);
+    assert_eq!(body["ok"], false, "{body}");
+    let response = app.client.put(&url).send().await.unwrap();
+    let (status, body) = crate::support::app::json(response).await;
+    assert_eq!((status, body["ok"].as_bool()), (405, Some(false)), "{body}");
+    app.stop().await;
+}
