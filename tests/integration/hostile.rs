@@ -666,3 +666,52 @@ async fn several_authorization_headers_are_refused_and_head_never_runs_a_pass() 
     assert_eq!((status, body["ok"].as_bool()), (405, Some(false)), "{body}");
     app.stop().await;
 }
+
+fn load_with(file: Option<&str>, env: &[(&str, &str)]) -> Result<(), String> {
+    let path = file.map(|text| {
+        let path =
+            std::env::temp_dir().join(format!("or-hostile-{:016x}.toml", rand::random::<u64>()));
+        std::fs::write(&path, text).unwrap();
+        path
+    });
+    let result = outbound_runner::config::load(&outbound_runner::config::LoadOptions {
+        config_path: path.clone(),
+        skip_default_path: true,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    });
+    if let Some(p) = path {
+        let _ = std::fs::remove_file(p);
+    }
+    result.map(|_| ()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn whitespace_only_secrets_are_refused_with_their_key_named() {
+    let err = load_with(None, &[("JOB_RUNNER_TOKEN", "   ")]).unwrap_err();
+    assert!(
+        err.contains("http.job_runner_token: is only whitespace"),
+        "{err}"
+    );
+    let file = std::env::temp_dir().join(format!("or-secret-{:016x}", rand::random::<u64>()));
+    std::fs::write(&file, " \t\n").unwrap();
+    let err = load_with(None, &[("CRON_SECRET_FILE", file.to_str().unwrap())]).unwrap_err();
+    std::fs::remove_file(&file).unwrap();
+    assert!(
+        err.contains("http.cron_secret_file") && err.contains("only whitespace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_toml_syntax_error_never_prints_the_offending_value() {
+    let err = load_with(
+        Some("[database]\nurl = postgres://app:hunter2@db.example/app\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+}
