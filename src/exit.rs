@@ -5,6 +5,8 @@
 pub const OK: u8 = 0;
 /// A `verify` or `status` check failed.
 pub const CHECK_FAILED: u8 = 1;
+/// EX_DATAERR: the input was refused (e.g. `enqueue`: a row the database will not take).
+pub const DATAERR: u8 = 65;
 /// EX_UNAVAILABLE: a dependency is missing (no database, no PostgreSQL binaries).
 pub const UNAVAILABLE: u8 = 69;
 /// EX_SOFTWARE: an internal error.

@@ -608,7 +608,10 @@ pub struct NewJob {
 
 /// Inserts jobs in one statement (one NOTIFY for all of them). A job whose idempotency key
 /// exists already is skipped. Returns the new ids with their keys.
-pub async fn enqueue(pool: &PgPool, jobs: &[NewJob]) -> sqlx::Result<Vec<(i64, Option<String>)>> {
+pub async fn enqueue<'e>(
+    pool: impl sqlx::PgExecutor<'e>,
+    jobs: &[NewJob],
+) -> sqlx::Result<Vec<(i64, Option<String>)>> {
     let payloads: Vec<serde_json::Value> = jobs.iter().map(|j| j.payload.clone()).collect();
     let request_ids: Vec<Option<String>> = jobs.iter().map(|j| j.request_id.clone()).collect();
     let keys: Vec<Option<String>> = jobs.iter().map(|j| j.idempotency_key.clone()).collect();

@@ -715,3 +715,72 @@ fn a_toml_syntax_error_never_prints_the_offending_value() {
     assert!(!err.contains("hunter2"), "{err}");
     assert!(err.contains("line 2"), "{err}");
 }
+
+fn text_line(n: usize) -> String {
+    format!(r#"{{"to":"1555{n:07}","message":{{"type":"text","text":{{"body":"m{n}"}}}}}}"#)
+}
+
+#[tokio::test]
+async fn enqueue_streams_in_chunks_and_names_the_line_the_database_refuses() {
+    let db = TestDb::new().await;
+    // 2,500 lines (three statements); line 2,100 has a "maxAttempts" the schema refuses.
+    let mut input = String::new();
+    for n in 1..=2500 {
+        if n == 2100 {
+            input.push_str(&format!(
+                r#"{{"payload":{},"maxAttempts":0}}"#,
+                text_line(n)
+            ));
+        } else {
+            input.push_str(&text_line(n));
+        }
+        input.push('\n');
+    }
+    let code = outbound_runner::cli::enqueue_stream(&db.pool, input.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(code, outbound_runner::exit::DATAERR);
+    assert_eq!(db.count("queued").await, 0, "all or nothing");
+
+    // Without the bad line, all 2,500 go in.
+    let good: String = (1..=2500).map(|n| text_line(n) + "\n").collect();
+    let code = outbound_runner::cli::enqueue_stream(&db.pool, good.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(code, outbound_runner::exit::OK);
+    assert_eq!(db.count("queued").await, 2500);
+}
+
+#[test]
+fn enqueue_exits_65_naming_the_line_when_the_database_refuses_a_row() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(TestDb::new());
+    let input = format!(
+        "{}\n{}\n{{\"payload\":{},\"maxAttempts\":0}}\n",
+        text_line(1),
+        text_line(2),
+        text_line(3)
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outbound-runner"))
+        .arg("enqueue")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db.url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{stderr}");
+    assert!(
+        stderr.contains("line 3") && stderr.contains("maxAttempts"),
+        "{stderr}"
+    );
+    assert_eq!(rt.block_on(db.count("queued")), 0);
+    drop(db);
+}
