@@ -114,9 +114,9 @@ const CLAIM_SET: &str = r#"status = 'running',
 /// constraint, an exception raised by a trigger), not the database being unavailable.
 pub fn is_data_error(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-            c.starts_with("22") || c.starts_with("23") || c.starts_with("P0") || c == "42P17"
-        }),
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("P0")),
         sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => true,
         _ => false,
     }
