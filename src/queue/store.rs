@@ -226,8 +226,8 @@ fn claim_sql(limit: i64) -> std::sync::Arc<str> {
                   COALESCE(j."maxAttempts", $3) AS max_attempts,
                   j.composed::text,
                   CASE WHEN isfinite(j."createdAt")
-                       THEN EXTRACT(EPOCH FROM j."createdAt")::float8 END,
-                  CASE WHEN isfinite(j."runAt") THEN EXTRACT(EPOCH FROM j."runAt")::float8 END
+                       THEN date_part('epoch', j."createdAt") END,
+                  CASE WHEN isfinite(j."runAt") THEN date_part('epoch', j."runAt") END
         "#
             )
             .into()
