@@ -513,7 +513,21 @@ fn check_unknown_keys(raw: &config::Config) -> Result<(), ConfigError> {
 /// The `config` crate says "... for key `runner.workers`"; pull the key out so every error reads
 /// `key: reason`.
 fn config_crate_error(e: &config::ConfigError) -> ConfigError {
-    let text = e.to_string();
+    // A TOML syntax error quotes the offending line, which may hold a password: keep the
+    // position and the reason, drop the quoted source (its lines have a `N |` gutter).
+    let text: String = e
+        .to_string()
+        .lines()
+        .filter(|line| {
+            !line
+                .trim_start()
+                .split_once('|')
+                .is_some_and(|(gutter, _)| gutter.trim().chars().all(|c| c.is_ascii_digit()))
+        })
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     if let Some(start) = text.find(" for key `") {
         let rest = &text[start + " for key `".len()..];
         if let Some(end) = rest.find('`') {
@@ -597,6 +611,19 @@ fn resolve_secrets(s: &mut Settings, env: &HashMap<String, String>) -> Result<()
     ];
     let mut problems = Vec::new();
     for slot in slots {
+        // A token of spaces enables an endpoint with a credential no client can send (clients
+        // and this runner trim it): refused like an empty file.
+        if slot
+            .value
+            .as_ref()
+            .is_some_and(|v| v.expose_secret().trim().is_empty())
+        {
+            problems.push(Problem {
+                key: slot.key.to_string(),
+                reason: "is only whitespace; set a real value or leave it unset".into(),
+            });
+            continue;
+        }
         match (slot.value.is_some(), slot.file) {
             (true, Some(_)) => problems.push(Problem {
                 key: format!("{}_file", slot.key),
@@ -649,6 +676,9 @@ fn read_secret_file(path: &Path) -> Result<Option<SecretString>, String> {
     let trimmed = text.trim_end_matches(['\n', '\r']);
     if trimmed.is_empty() {
         return Err(format!("{} is empty", path.display()));
+    }
+    if trimmed.trim().is_empty() {
+        return Err(format!("{} holds only whitespace", path.display()));
     }
     Ok(Some(SecretString::from(trimmed.to_string())))
 }

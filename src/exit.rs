@@ -8,6 +8,8 @@ pub const CHECK_FAILED: u8 = 1;
 /// EX_USAGE: bad arguments (an unknown filter value), or a bulk action refused for want of a
 /// confirmation.
 pub const USAGE: u8 = 64;
+/// EX_DATAERR: the input was refused (e.g. `enqueue`: a row the database will not take).
+pub const DATAERR: u8 = 65;
 /// EX_UNAVAILABLE: a dependency is missing (no database, no PostgreSQL binaries).
 pub const UNAVAILABLE: u8 = 69;
 /// EX_SOFTWARE: an internal error.

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 #[derive(Debug)]
 pub struct Health {
@@ -16,6 +17,12 @@ pub struct Health {
     draining: AtomicBool,
     pub done: AtomicU64,
     pub failed: AtomicU64,
+    /// The first supervised task that died for good, and why (see [`crate::supervise`]).
+    dead: watch::Sender<Option<String>>,
+    /// Restarts of supervised tasks so far.
+    restarts: watch::Sender<u64>,
+    /// The supervised tasks (see [`crate::supervise::Registry`]).
+    pub tasks: crate::supervise::Registry,
 }
 
 impl Default for Health {
@@ -29,6 +36,9 @@ impl Default for Health {
             draining: AtomicBool::new(false),
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            dead: watch::channel(None).0,
+            restarts: watch::channel(0).0,
+            tasks: Default::default(),
         }
     }
 }
@@ -75,9 +85,40 @@ impl Health {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// A supervised task died and could not be restarted: the process must be restarted.
+    /// The first death is kept.
+    pub fn task_died(&self, task: &str, why: &str) {
+        self.dead.send_if_modified(|dead| {
+            dead.is_none()
+                .then(|| *dead = Some(format!("task {task} {why}")))
+                .is_some()
+        });
+    }
+    /// What died, when the process must be restarted.
+    pub fn dead(&self) -> Option<String> {
+        self.dead.borrow().clone()
+    }
+    /// [`Health::dead`] to await (tests).
+    pub fn watch_dead(&self) -> watch::Receiver<Option<String>> {
+        self.dead.subscribe()
+    }
+    pub fn restarted(&self) {
+        self.restarts.send_modify(|n| *n += 1);
+    }
+    /// Restarts of supervised tasks so far.
+    pub fn restarts(&self) -> u64 {
+        *self.restarts.borrow()
+    }
+    /// [`Health::restarts`] to await (tests).
+    pub fn watch_restarts(&self) -> watch::Receiver<u64> {
+        self.restarts.subscribe()
+    }
+
     /// Why the runner is not ready, or `None` when it is: the database answers and LISTEN is up.
     pub fn not_ready_reason(&self) -> Option<&'static str> {
-        if self.draining() {
+        if self.dead.borrow().is_some() {
+            Some("UNHEALTHY: a task died")
+        } else if self.draining() {
             Some("draining")
         } else if !self.db_ok() {
             Some("database unreachable")
@@ -88,9 +129,11 @@ impl Health {
         }
     }
 
-    /// Healthy enough to pet the watchdog: the loop ticked within `max_age` and the database
-    /// answered its last probe.
+    /// Healthy enough to pet the watchdog: no task died, the loop ticked within `max_age` and
+    /// the database answered its last probe.
     pub fn alive(&self, max_age: Duration) -> bool {
-        self.db_ok() && self.since_tick().is_some_and(|a| a <= max_age)
+        self.dead.borrow().is_none()
+            && self.db_ok()
+            && self.since_tick().is_some_and(|a| a <= max_age)
     }
 }

@@ -13,7 +13,8 @@
 //! - [`app`]: the daemon: start-up order, signals, shutdown.
 //! - [`http`]: the trigger endpoints, Meta's status webhooks, `/metrics`, `/healthz`, `/readyz`.
 //! - [`cli`]: the subcommands.
-//! - [`metrics`], [`health`], [`telemetry`], [`systemd`], [`exit`]: what an operator watches.
+//! - [`metrics`], [`health`], [`telemetry`], [`systemd`], [`exit`]: what an operator watches;
+//!   [`supervise`]: no task dies silently.
 //!
 //! `main.rs` only parses arguments and maps errors to exit codes.
 
@@ -30,5 +31,6 @@ pub mod http;
 pub mod metrics;
 pub mod queue;
 pub mod runner;
+pub mod supervise;
 pub mod systemd;
 pub mod telemetry;

@@ -138,6 +138,7 @@ pub async fn watchdog(
             tracing::error!(
                 db_ok = health.db_ok(),
                 since_tick = ?health.since_tick(),
+                dead = health.dead().unwrap_or_default(),
                 "unhealthy: withholding watchdog pings (systemd restarts the service if this lasts)"
             );
         }
@@ -149,10 +150,12 @@ pub async fn watchdog(
 /// `idle · queued=12 · done=3410 · failed=2 · busy=0/8 · last pass 4s ago`.
 /// `done` and `failed` count since start; `queued` is the last queue gauge refresh.
 pub fn status_line(health: &Health, metrics: &Metrics) -> String {
-    let state = match health.not_ready_reason() {
-        None if metrics.workers_busy.get() > 0 => "working",
-        None => "idle",
-        Some(reason) => reason,
+    let dead = health.dead().map(|d| format!("UNHEALTHY: {d}"));
+    let state = match (&dead, health.not_ready_reason()) {
+        (Some(dead), _) => dead.as_str(),
+        (None, None) if metrics.workers_busy.get() > 0 => "working",
+        (None, None) => "idle",
+        (None, Some(reason)) => reason,
     };
     let queued = metrics.jobs.with_label_values(&["queued"]).get();
     let done = metrics.jobs_finished.with_label_values(&["done"]).get();

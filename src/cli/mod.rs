@@ -6,7 +6,6 @@ pub mod jobs;
 pub mod status;
 pub mod verify;
 
-use std::io::BufRead;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -138,6 +137,13 @@ pub async fn main(cli: Cli) -> u8 {
             .await
         }
         Command::Enqueue(args) => {
+            if args.to.is_none() {
+                // JSON lines on stdin, streamed (see `enqueue_stream`).
+                return with_database(&opts, &settings, |pool| async move {
+                    enqueue_stream(&pool, tokio::io::BufReader::new(tokio::io::stdin())).await
+                })
+                .await;
+            }
             let jobs = match jobs_from(&args) {
                 Ok(j) => j,
                 Err(e) => {
@@ -146,25 +152,187 @@ pub async fn main(cli: Cli) -> u8 {
                 }
             };
             with_database(&opts, &settings, |pool| async move {
-                let inserted = store::enqueue(&pool, &jobs)
-                    .await
-                    .context("inserting jobs")?;
+                let inserted = match store::enqueue(&pool, &jobs).await {
+                    Ok(i) => i,
+                    Err(e) if store::is_data_error(&e) => {
+                        eprintln!(
+                            "outbound-runner: the database refused the job: {}",
+                            db::redact_sqlx(&e)
+                        );
+                        return Ok(exit::DATAERR);
+                    }
+                    Err(e) => return Err(anyhow::Error::new(e).context("inserting jobs")),
+                };
                 for (id, _) in &inserted {
                     println!("{id}");
                 }
-                let skipped: Vec<&str> = jobs
-                    .iter()
-                    .filter_map(|j| j.idempotency_key.as_deref())
-                    .filter(|k| !inserted.iter().any(|(_, ik)| ik.as_deref() == Some(*k)))
-                    .collect();
-                for key in &skipped {
-                    eprintln!("already queued (idempotency key {key:?}): nothing inserted");
-                }
+                report_skipped(&jobs, &inserted);
                 Ok(exit::OK)
             })
             .await
         }
     }
+}
+
+fn report_skipped(jobs: &[NewJob], inserted: &[(i64, Option<String>)]) {
+    let skipped = jobs
+        .iter()
+        .filter_map(|j| j.idempotency_key.as_deref())
+        .filter(|k| !inserted.iter().any(|(_, ik)| ik.as_deref() == Some(*k)));
+    for key in skipped {
+        eprintln!("already queued (idempotency key {key:?}): nothing inserted");
+    }
+}
+
+/// Lines inserted per statement by `enqueue` from stdin.
+const ENQUEUE_CHUNK: usize = 1000;
+/// The longest stdin line `enqueue` reads.
+const ENQUEUE_MAX_LINE: usize = 1024 * 1024;
+
+/// `enqueue` from JSON lines: read and inserted [`ENQUEUE_CHUNK`] lines at a time (memory stays
+/// bounded whatever the input's size), in one transaction, so a bad line still inserts nothing.
+/// A line that is not a job: exit 1, naming the line. A row the database refuses (a constraint,
+/// a value out of range): exit 65 (EX_DATAERR), naming the line. The ids are printed after the
+/// commit.
+pub async fn enqueue_stream(
+    pool: &crate::db::Pool,
+    mut input: impl tokio::io::AsyncBufRead + Unpin,
+) -> anyhow::Result<u8> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut tx = pool
+        .pg()
+        .begin()
+        .await
+        .context("starting the transaction")?;
+    let mut inserted: Vec<(i64, Option<String>)> = Vec::new();
+    let mut skipped_total = Vec::new();
+    let mut chunk: Vec<NewJob> = Vec::with_capacity(ENQUEUE_CHUNK);
+    let mut lines: Vec<usize> = Vec::with_capacity(ENQUEUE_CHUNK);
+    let mut buf = Vec::new();
+    let mut n = 0usize;
+    loop {
+        buf.clear();
+        let read = (&mut input)
+            .take(ENQUEUE_MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .await
+            .context("reading stdin")?;
+        let end = read == 0;
+        if !end {
+            n += 1;
+            if buf.len() > ENQUEUE_MAX_LINE {
+                eprintln!("outbound-runner: line {n}: longer than {ENQUEUE_MAX_LINE} bytes");
+                return Ok(exit::CHECK_FAILED);
+            }
+            let line = String::from_utf8_lossy(&buf);
+            if !line.trim().is_empty() {
+                match parse_job_line(&line) {
+                    Ok(job) => {
+                        chunk.push(job);
+                        lines.push(n);
+                    }
+                    Err(e) => {
+                        eprintln!("outbound-runner: line {n}: {e:#}");
+                        return Ok(exit::CHECK_FAILED);
+                    }
+                }
+            }
+        }
+        if chunk.len() >= ENQUEUE_CHUNK || (end && !chunk.is_empty()) {
+            match store::enqueue(&mut *tx, &chunk).await {
+                Ok(ids) => {
+                    let keys: Vec<Option<String>> =
+                        chunk.iter().map(|j| j.idempotency_key.clone()).collect();
+                    for key in keys.into_iter().flatten() {
+                        if !ids.iter().any(|(_, k)| k.as_deref() == Some(key.as_str())) {
+                            skipped_total.push(key);
+                        }
+                    }
+                    inserted.extend(ids);
+                }
+                Err(e) if store::is_data_error(&e) => {
+                    tx.rollback().await.ok();
+                    let (line, why) = refused_line(pool, &chunk, &lines)
+                        .await
+                        .unwrap_or((None, db::redact_sqlx(&e)));
+                    match line {
+                        Some(line) => eprintln!(
+                            "outbound-runner: line {line}: the database refused the job: {why}; nothing was inserted"
+                        ),
+                        None => eprintln!(
+                            "outbound-runner: the database refused lines {}-{}: {why}; nothing was inserted",
+                            lines.first().copied().unwrap_or(0),
+                            lines.last().copied().unwrap_or(0)
+                        ),
+                    }
+                    return Ok(exit::DATAERR);
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context("inserting jobs")),
+            }
+            chunk.clear();
+            lines.clear();
+        }
+        if end {
+            break;
+        }
+    }
+    if inserted.is_empty() && skipped_total.is_empty() {
+        eprintln!("outbound-runner: no jobs: give --to and --text, or JSON lines on stdin");
+        return Ok(exit::CHECK_FAILED);
+    }
+    tx.commit().await.context("committing the jobs")?;
+    for (id, _) in &inserted {
+        println!("{id}");
+    }
+    for key in &skipped_total {
+        eprintln!("already queued (idempotency key {key:?}): nothing inserted");
+    }
+    Ok(exit::OK)
+}
+
+/// Which line of a refused chunk the database refuses: each job inserted alone in a
+/// transaction rolled back at the end.
+async fn refused_line(
+    pool: &crate::db::Pool,
+    chunk: &[NewJob],
+    lines: &[usize],
+) -> Option<(Option<usize>, String)> {
+    let mut tx = pool.pg().begin().await.ok()?;
+    let mut found = None;
+    for (job, line) in chunk.iter().zip(lines) {
+        sqlx::query("SAVEPOINT one")
+            .persistent(false)
+            .execute(&mut *tx)
+            .await
+            .ok()?;
+        let result = store::enqueue(&mut *tx, std::slice::from_ref(job)).await;
+        sqlx::query("ROLLBACK TO SAVEPOINT one")
+            .persistent(false)
+            .execute(&mut *tx)
+            .await
+            .ok()?;
+        if let Err(e) = result {
+            found = Some((Some(*line), db::redact_sqlx(&e)));
+            break;
+        }
+    }
+    tx.rollback().await.ok();
+    found
+}
+
+/// One JSON line of `enqueue`: a payload, or a job with its payload.
+fn parse_job_line(line: &str) -> anyhow::Result<NewJob> {
+    let value: serde_json::Value = serde_json::from_str(line).context("not JSON")?;
+    let job: NewJob = if value.get("payload").is_some() {
+        serde_json::from_value(value)?
+    } else {
+        NewJob {
+            payload: value,
+            ..NewJob::default()
+        }
+    };
+    Payload::parse(&job.payload).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    Ok(job)
 }
 
 /// Connects to the configured database, or to the embedded server a running daemon started.
@@ -223,31 +391,7 @@ fn jobs_from(args: &EnqueueArgs) -> anyhow::Result<Vec<NewJob>> {
             ..NewJob::default()
         }]);
     }
-    let mut jobs = Vec::new();
-    for (n, line) in std::io::stdin().lock().lines().enumerate() {
-        let line = line.context("reading stdin")?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("line {}: not JSON", n + 1))?;
-        let job: NewJob = if value.get("payload").is_some() {
-            serde_json::from_value(value).with_context(|| format!("line {}", n + 1))?
-        } else {
-            NewJob {
-                payload: value,
-                ..NewJob::default()
-            }
-        };
-        Payload::parse(&job.payload)
-            .map_err(|e| anyhow::anyhow!("line {}: {}", n + 1, e.message))?;
-        jobs.push(job);
-    }
-    anyhow::ensure!(
-        !jobs.is_empty(),
-        "no jobs: give --to and --text, or JSON lines on stdin"
-    );
-    Ok(jobs)
+    anyhow::bail!("no jobs: give --to and --text, or JSON lines on stdin")
 }
 
 fn check_config(opts: &LoadOptions, settings: &Settings) -> u8 {

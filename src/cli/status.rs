@@ -41,6 +41,10 @@ pub struct Status {
     pub unknown_unsettled: i64,
     /// Statuses kept until their message can take them.
     pub early_statuses: i64,
+    /// A due job whose claim the database refuses (it blocks every claim batch it is in).
+    pub unclaimable: Option<UnclaimableJob>,
+    /// Jobs `running` with no lease (`"leaseUntil"` NULL), for longer than the rescue grace.
+    pub running_without_lease: i64,
     pub checks: Vec<Check>,
     /// This host's daemon's in-flight sizing, when its `/metrics` answers.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -52,6 +56,12 @@ pub struct MessageFates {
     pub delivered: i64,
     pub read: i64,
     pub failed: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UnclaimableJob {
+    pub id: i64,
+    pub error: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,9 +107,11 @@ pub async fn collect(pool: &Pool, args: &StatusArgs) -> sqlx::Result<Status> {
             count: counts.iter().find(|(st, _)| st == s).map_or(0, |(_, c)| *c),
         })
         .collect();
+    // A "runAt" of -infinity has no age (NULL), rather than failing the query.
     let oldest: Option<f64> = sqlx::query_scalar(
-        r#"SELECT EXTRACT(EPOCH FROM now() - min("runAt"))::float8 FROM "OutboundJob"
-           WHERE status = 'queued' AND "runAt" <= now()"#,
+        r#"SELECT CASE WHEN isfinite(m) THEN EXTRACT(EPOCH FROM now() - m)::float8 END
+           FROM (SELECT min("runAt") AS m FROM "OutboundJob"
+                 WHERE status = 'queued' AND "runAt" <= now()) q"#,
     )
     .fetch_one(pool)
     .await?;
@@ -118,6 +130,7 @@ pub async fn collect(pool: &Pool, args: &StatusArgs) -> sqlx::Result<Status> {
         r#"SELECT DATE_TRUNC('minute', "completedAt") AS at, COUNT(*) AS count
            FROM "OutboundJob"
            WHERE status = 'done' AND "completedAt" > NOW() - INTERVAL '1 hour'
+             AND isfinite("completedAt")
            GROUP BY at ORDER BY at DESC"#,
     )
     .fetch_all(pool)
@@ -126,12 +139,16 @@ pub async fn collect(pool: &Pool, args: &StatusArgs) -> sqlx::Result<Status> {
         r#"SELECT DATE_TRUNC('hour', "completedAt") AS at, COUNT(*) AS count
            FROM "OutboundJob"
            WHERE status = 'failed' AND "completedAt" > NOW() - INTERVAL '24 hours'
+             AND isfinite("completedAt")
            GROUP BY at ORDER BY at DESC"#,
     )
     .fetch_all(pool)
     .await?;
     let last_errors: Vec<LastError> = sqlx::query_as(
-        r#"SELECT id, status, "lastErrorCode" AS code, "lastError" AS error, "updatedAt" AS at
+        // "updatedAt" clamped: the app may write an infinite one, beyond what a time can hold.
+        r#"SELECT id, status, "lastErrorCode" AS code, "lastError" AS error,
+                  GREATEST(LEAST("updatedAt", '9999-12-31'::timestamptz),
+                           '0001-01-01'::timestamptz) AS at
            FROM "OutboundJob" WHERE "lastError" IS NOT NULL
            ORDER BY "updatedAt" DESC LIMIT 5"#,
     )
@@ -152,6 +169,19 @@ pub async fn collect(pool: &Pool, args: &StatusArgs) -> sqlx::Result<Status> {
         r#"SELECT (SELECT COUNT(*) FROM "OutboundMessage" WHERE status = 'unknown'),
                   (SELECT COUNT(*) FROM "OutboundEarlyStatus")"#,
     )
+    .fetch_one(pool)
+    .await?;
+    // A dry run of the claim on the first due rows, rolled back: names a row no runner can
+    // claim (docs/reliability.md, "Rows the runner cannot use").
+    let unclaimable = crate::queue::store::find_unclaimable(pool, 100, &[])
+        .await?
+        .map(|(id, error)| UnclaimableJob { id, error });
+    let running_without_lease: i64 = sqlx::query_scalar(
+        r#"SELECT COUNT(*) FROM "OutboundJob"
+           WHERE status = 'running' AND "leaseUntil" IS NULL
+             AND "updatedAt" < now() - make_interval(secs => $1)"#,
+    )
+    .bind(crate::queue::store::NO_LEASE_GRACE.as_secs_f64())
     .fetch_one(pool)
     .await?;
 
@@ -189,6 +219,34 @@ pub async fn collect(pool: &Pool, args: &StatusArgs) -> sqlx::Result<Status> {
             )
         },
     });
+    checks.push(match &unclaimable {
+        None => Check {
+            name: "claims",
+            ok: true,
+            detail: "the due jobs can be claimed".into(),
+        },
+        Some(u) => Check {
+            name: "claims",
+            ok: false,
+            detail: format!(
+                "job {} cannot be claimed ({}): it blocks every claim that includes it; fix or \
+                 delete the row",
+                u.id, u.error
+            ),
+        },
+    });
+    checks.push(Check {
+        name: "no-lease",
+        ok: running_without_lease == 0,
+        detail: if running_without_lease == 0 {
+            "no running job without a lease".into()
+        } else {
+            format!(
+                "{running_without_lease} running job(s) without a lease (\"leaseUntil\" NULL): \
+                 written by hand or by an old runner; a live runner rescues them"
+            )
+        },
+    });
     let finished = done_last_hour + failed_last_hour;
     let ratio = if finished == 0 {
         0.0
@@ -217,13 +275,15 @@ pub async fn collect(pool: &Pool, args: &StatusArgs) -> sqlx::Result<Status> {
         messages_last_hour,
         unknown_unsettled,
         early_statuses,
+        unclaimable,
+        running_without_lease,
         checks,
         in_flight: None,
     })
 }
 
 fn human(secs: f64) -> String {
-    humantime::format_duration(Duration::from_secs(secs.max(0.0) as u64)).to_string()
+    humantime::format_duration(Duration::from_secs(secs.clamp(0.0, 1e12) as u64)).to_string()
 }
 
 /// The one-screen table.

@@ -101,6 +101,22 @@ pub fn authorize(
     };
     let expected = secret.expose_secret().as_bytes();
 
+    // Exactly one credential of each kind: several `Authorization` headers (or `token`
+    // parameters) are refused, not each tried (a client cannot test many guesses at once).
+    let authorizations = headers.get_all(header::AUTHORIZATION).iter().count();
+    let tokens = query.map_or(0, |q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .filter(|(k, _)| k == "token")
+            .count()
+    });
+    if authorizations > 1 || tokens > 1 {
+        refused(
+            endpoint,
+            "several Authorization headers or token parameters".into(),
+        );
+        return Err(Denied::Unauthorized);
+    }
+
     let bearers = bearer_tokens(headers);
     let query_token = match endpoint {
         Endpoint::JobRunner => query.and_then(query_token),
@@ -124,17 +140,40 @@ pub fn authorize(
         (true, false) => "query",
         (false, false) => "bearer and query",
     };
-    tracing::info!(
-        path = endpoint.path(),
-        presented,
-        "trigger refused: unauthorized ({})",
+    refused(
+        endpoint,
         if presented == "none" {
             format!("no {} given", endpoint.env_name())
         } else {
-            format!("the {} given does not match", endpoint.env_name())
-        }
+            format!(
+                "the {} given does not match (presented: {presented})",
+                endpoint.env_name()
+            )
+        },
     );
     Err(Denied::Unauthorized)
+}
+
+/// Logs a refusal, at most one line a second for the process (a client guessing tokens cannot
+/// flood the log); the next line says how many were held back.
+fn refused(endpoint: Endpoint, why: String) {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    static LAST: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
+    let held_back = {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        if last.0.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            last.1 += 1;
+            return;
+        }
+        last.0 = Some(Instant::now());
+        std::mem::take(&mut last.1)
+    };
+    tracing::info!(
+        path = endpoint.path(),
+        held_back,
+        "trigger refused: unauthorized ({why})"
+    );
 }
 
 /// `x-vercel-cron` or a Vercel cron user agent: worth a log line (the guide's troubleshooting

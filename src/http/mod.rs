@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod auth;
 pub mod routes;
+pub mod server;
 pub mod webhooks;
 
 use std::future::Future;
@@ -26,7 +27,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -203,13 +203,8 @@ async fn serve_router(
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    // Answers are small and single: don't let Nagle hold them back.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // Timeouts and a connection cap (see `server`; docs/http.md, "Limits").
+    server::serve(listener, router, shutdown).await
 }
 
 /// The running servers.
@@ -249,12 +244,24 @@ pub fn spawn(listeners: Listeners, state: HttpState, stop: CancellationToken) ->
                 "CRON_SECRET is not set: /api/cron/run-outbound-jobs is disabled (answers 404)"
             );
         }
-        let (state, stop) = (state.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = serve(listener, state, stop.cancelled_owned()).await {
-                tracing::error!(error = %e, "the HTTP server stopped");
-            }
-        }));
+        let health = state.runner().health().clone();
+        let mut once = Some((listener, state.clone(), stop.clone()));
+        // Supervised: a server that stops while not asked to turns health red (the listen
+        // socket went with it, so it is not restarted).
+        tasks.push(crate::supervise::spawn(
+            "HTTP server",
+            health,
+            stop.clone(),
+            crate::supervise::Restart::No,
+            move || {
+                let (listener, state, stop) = once.take().expect("the server starts once");
+                async move {
+                    if let Err(e) = serve(listener, state, stop.cancelled_owned()).await {
+                        tracing::error!(error = %e, "the HTTP server stopped");
+                    }
+                }
+            },
+        ));
     }
     if let Some(listener) = listeners.metrics {
         let addr = listener.local_addr().ok();
@@ -262,12 +269,22 @@ pub fn spawn(listeners: Listeners, state: HttpState, stop: CancellationToken) ->
             addr = %addr.map(|a| a.to_string()).unwrap_or_default(),
             "metrics listening: /metrics"
         );
-        let (state, stop) = (state.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = serve_metrics(listener, state, stop.cancelled_owned()).await {
-                tracing::error!(error = %e, "the metrics server stopped");
-            }
-        }));
+        let health = state.runner().health().clone();
+        let mut once = Some((listener, state.clone(), stop.clone()));
+        tasks.push(crate::supervise::spawn(
+            "metrics server",
+            health,
+            stop.clone(),
+            crate::supervise::Restart::No,
+            move || {
+                let (listener, state, stop) = once.take().expect("the server starts once");
+                async move {
+                    if let Err(e) = serve_metrics(listener, state, stop.cancelled_owned()).await {
+                        tracing::error!(error = %e, "the metrics server stopped");
+                    }
+                }
+            },
+        ));
     }
     Server { stop, tasks }
 }

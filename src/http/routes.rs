@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::Router;
 use axum::extract::{RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -83,7 +83,7 @@ pub(super) fn error(status: StatusCode, message: &str) -> Response {
 struct Probe {
     ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'static str>,
+    reason: Option<String>,
 }
 
 async fn not_found() -> Response {
@@ -104,7 +104,7 @@ pub(super) async fn access_log(request: Request, next: Next) -> Response {
         path.push('…');
     }
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = json_errors(next.run(request).await);
     tracing::debug!(
         %method,
         path,
@@ -113,6 +113,34 @@ pub(super) async fn access_log(request: Request, next: Next) -> Response {
         "http request"
     );
     response
+}
+
+/// A refusal made below the handlers (the body limit's 413, axum's 405 and rejections) in
+/// the same `{"ok":false,"error":…}` shape as the rest; the status and headers are kept.
+fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "request body too large".to_string(),
+        s => s
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_ascii_lowercase(),
+    };
+    let fresh = error(status, &message);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, fresh.into_body())
 }
 
 #[derive(Serialize)]
@@ -147,9 +175,13 @@ struct CronResult {
 
 async fn run_outbound(
     State(state): State<HttpState>,
+    method: Method,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    if method == Method::HEAD {
+        return head_refused();
+    }
     match trigger(&state, Endpoint::JobRunner, &headers, query.as_deref()).await {
         Ok(report) => Json(JobRunnerAnswer {
             ok: true,
@@ -167,9 +199,13 @@ async fn run_outbound(
 
 async fn cron(
     State(state): State<HttpState>,
+    method: Method,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    if method == Method::HEAD {
+        return head_refused();
+    }
     match trigger(&state, Endpoint::Cron, &headers, query.as_deref()).await {
         Ok(report) => Json(CronAnswer {
             ok: true,
@@ -183,6 +219,15 @@ async fn cron(
         .into_response(),
         Err(response) => response,
     }
+}
+
+/// `HEAD` on a trigger (axum routes it with `GET`): a probe must never run a pass.
+fn head_refused() -> Response {
+    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+    response
 }
 
 /// Authorizes, validates `max`, runs one pass and waits for it (bounded by `http.pass_timeout`).
@@ -271,9 +316,19 @@ async fn trigger(
             stop_on_drop.disarm();
             Ok(report)
         }
-        Ok(Ok(Err(_))) => {
+        Ok(Ok(Err(e))) => {
+            let refused = e
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(crate::queue::store::is_data_error);
             if state.runner().health().draining() {
                 Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))
+            } else if refused {
+                // The database answered: it refused the data (a row no claim can take).
+                Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the pass failed: the database refused the claim (a job row it cannot \
+                     update; the runner's log names it)",
+                ))
             } else {
                 Err(error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -324,21 +379,33 @@ pub fn parse_max(query: Option<&str>, cap: u32) -> Result<u32, String> {
     Ok(n.min(u64::from(cap)) as u32)
 }
 
-/// Liveness: the process answers.
-async fn healthz() -> Response {
-    Json(Probe {
-        ok: true,
-        reason: None,
-    })
-    .into_response()
+/// Liveness: the process answers and none of its tasks died (src/supervise.rs).
+async fn healthz(State(state): State<HttpState>) -> Response {
+    match state.runner().health().dead() {
+        None => Json(Probe {
+            ok: true,
+            reason: None,
+        })
+        .into_response(),
+        Some(dead) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Probe {
+                ok: false,
+                reason: Some(dead),
+            }),
+        )
+            .into_response(),
+    }
 }
 
 /// Readiness: not draining, the database answers `SELECT 1` now, and LISTEN is up.
 async fn readyz(State(state): State<HttpState>) -> Response {
     let runner = state.runner();
     let health = runner.health();
-    let reason = if health.draining() {
-        Some("draining")
+    let reason = if let Some(dead) = health.dead() {
+        Some(dead)
+    } else if health.draining() {
+        Some("draining".to_string())
     } else if !matches!(
         tokio::time::timeout(
             READY_DB_TIMEOUT,
@@ -347,9 +414,9 @@ async fn readyz(State(state): State<HttpState>) -> Response {
         .await,
         Ok(Ok(_))
     ) {
-        Some("database unreachable")
+        Some("database unreachable".to_string())
     } else if !health.listening() {
-        Some("LISTEN connection down")
+        Some("LISTEN connection down".to_string())
     } else {
         None
     };

@@ -14,6 +14,7 @@
 //! `runner`.
 
 pub mod admin;
+pub mod decode;
 pub mod retry;
 pub mod store;
 

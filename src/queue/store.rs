@@ -38,36 +38,171 @@ pub async fn claim(
     lease: Duration,
     limit: i64,
     default_max_attempts: i32,
-) -> sqlx::Result<Vec<Job>> {
+) -> sqlx::Result<Claimed> {
+    claim_except(pool, locked_by, lease, limit, default_max_attempts, &[]).await
+}
+
+/// [`claim`], skipping the rows `exclude` names: rows that made the claim statement itself fail
+/// (see [`find_unclaimable`]), so one row cannot stop the queue.
+pub async fn claim_except(
+    pool: &Pool,
+    locked_by: &std::sync::Arc<str>,
+    lease: Duration,
+    limit: i64,
+    default_max_attempts: i32,
+    exclude: &[i64],
+) -> sqlx::Result<Claimed> {
     let sql = claim_sql(limit);
     let rows = sqlx::query(&sql)
         .bind(&**locked_by)
         .bind(lease.as_secs_f64())
         .bind(default_max_attempts)
+        .bind(exclude)
         .fetch_all(pool)
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let id: i64 = r.get(0);
-            let attempts: i32 = r.get(3);
-            Job {
-                id,
-                payload: r.get(1),
-                request_id: r.get(2),
-                attempts,
-                max_attempts: r.get(4),
-                composed: r.get(5),
-                created_at: r.get(6),
-                run_at: r.get(7),
-                fence: Fence {
-                    id,
-                    locked_by: locked_by.clone(),
-                    attempts,
-                },
+    let mut out = Claimed::default();
+    for row in rows {
+        match super::decode::claimed_row(&row, locked_by) {
+            Ok(job) => out.jobs.push(job),
+            Err(Some(rejected)) => out.rejected.push(rejected),
+            // Not even the id and attempt could be read: nothing can be written about this row
+            // (its lease expires and the rescuer takes it back). Does not happen with the
+            // schema's types; logged so it would be seen.
+            Err(None) => tracing::error!("a claimed row has no readable id or attempt; skipped"),
+        }
+    }
+    Ok(out)
+}
+
+/// What one claim statement took: the jobs to run, and the rows that cannot be run (a payload
+/// this runner cannot decode). The caller fails the latter with [`fail`], each on its own fence.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub jobs: Vec<Job>,
+    pub rejected: Vec<Rejected>,
+}
+
+impl Claimed {
+    /// Rows claimed, runnable or not.
+    pub fn len(&self) -> usize {
+        self.jobs.len() + self.rejected.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A claimed row that cannot be run: what to write into its `"lastErrorCode"` and `"lastError"`
+/// (docs/reliability.md, "Rows the runner cannot use").
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub fence: Fence,
+    pub request_id: Option<String>,
+    pub code: &'static str,
+    pub reason: String,
+}
+
+/// What a claim writes into a row (shared by the claim and [`find_unclaimable`]'s probe).
+const CLAIM_SET: &str = r#"status = 'running',
+            -- Bounded: a row written with attempts at the integer's maximum would otherwise make
+            -- every claim statement fail (the schema bounds it too, migration 20261130000001).
+            attempts = LEAST(j.attempts, 2147483645) + 1,
+            "lockedBy" = $1,
+            "lockedAt" = now(),
+            "leaseUntil" = now() + make_interval(secs => $2),
+            "startedAt" = now(),
+            "updatedAt" = now()"#;
+
+/// Whether a failed statement is the database refusing the data (a data exception, a
+/// constraint, an exception raised by a trigger), not the database being unavailable.
+pub fn is_data_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("P0")),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => true,
+        _ => false,
+    }
+}
+
+/// Finds the due row that makes the claim statement fail, without changing anything: claims
+/// each of the first `limit` due rows (in claim order) alone, in a transaction rolled back at
+/// the end. Returns the first row whose claim fails with a data error and the error, if the
+/// claim of another row succeeds (when every row fails, no single row is the cause: `None`).
+pub async fn find_unclaimable(
+    pool: &Pool,
+    limit: i64,
+    exclude: &[i64],
+) -> sqlx::Result<Option<(i64, String)>> {
+    // Unnamed statements in the transaction: pooler-safe (docs/operations.md, "Poolers").
+    let mut tx = pool.pg().begin().await?;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        r#"SELECT id FROM "OutboundJob"
+           WHERE status = 'queued' AND "runAt" <= now() AND id <> ALL($2::bigint[])
+           ORDER BY priority, "runAt", id LIMIT $1
+           FOR UPDATE SKIP LOCKED"#,
+    )
+    .bind(limit)
+    .bind(exclude)
+    .persistent(false)
+    .fetch_all(&mut *tx)
+    .await?;
+    let probe = format!(
+        r#"UPDATE "OutboundJob" j SET {CLAIM_SET} WHERE j.id = $3
+           RETURNING j.id, j.payload::text, j."requestId", j.attempts"#
+    );
+    // The culprit is a row whose claim fails while another row's succeeds: when every row
+    // fails, the database refuses claims as such (a trigger, a constraint), not one row.
+    let mut found = None;
+    let mut any_ok = false;
+    for id in ids {
+        if found.is_some() && any_ok {
+            break;
+        }
+        sqlx::query("SAVEPOINT probe")
+            .persistent(false)
+            .execute(&mut *tx)
+            .await?;
+        let result = sqlx::query(&probe)
+            .bind("unclaimable-probe")
+            .bind(60.0f64)
+            .bind(id)
+            .persistent(false)
+            .fetch_optional(&mut *tx)
+            .await;
+        sqlx::query("ROLLBACK TO SAVEPOINT probe")
+            .persistent(false)
+            .execute(&mut *tx)
+            .await?;
+        match result {
+            Ok(_) => any_ok = true,
+            Err(e) if is_data_error(&e) => {
+                if found.is_none() {
+                    found = Some((id, crate::db::redact_sqlx(&e)));
+                }
             }
-        })
-        .collect())
+            Err(e) => return Err(e),
+        }
+    }
+    tx.rollback().await?;
+    Ok(found.filter(|_| any_ok))
+}
+
+/// Fails a queued row that cannot be claimed (see [`find_unclaimable`]). False if the row is
+/// no longer queued or the database refuses this write too.
+pub async fn fail_unclaimable(pool: &Pool, id: i64, message: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        r#"UPDATE "OutboundJob"
+           SET status = 'failed', "completedAt" = now(), "lastErrorCode" = 'unclaimable',
+               "lastError" = $2, "updatedAt" = now()
+           WHERE id = $1 AND status = 'queued'"#,
+    )
+    .bind(id)
+    .bind(message)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// The claim statement for claims of `limit` jobs, built once per size.
@@ -83,16 +218,10 @@ fn claim_sql(limit: i64) -> std::sync::Arc<str> {
             format!(
                 r#"
         UPDATE "OutboundJob" j
-        SET status = 'running',
-            attempts = j.attempts + 1,
-            "lockedBy" = $1,
-            "lockedAt" = now(),
-            "leaseUntil" = now() + make_interval(secs => $2),
-            "startedAt" = now(),
-            "updatedAt" = now()
+        SET {CLAIM_SET}
         FROM (
             SELECT id FROM "OutboundJob"
-            WHERE status = 'queued' AND "runAt" <= now()
+            WHERE status = 'queued' AND "runAt" <= now() AND id <> ALL($4::bigint[])
             ORDER BY priority, "runAt", id
             LIMIT {limit}
             FOR UPDATE SKIP LOCKED
@@ -101,9 +230,15 @@ fn claim_sql(limit: i64) -> std::sync::Arc<str> {
         -- send is preceded by a synchronous commit that flushes the claim with it.
         (SELECT set_config('synchronous_commit', 'off', true)) relaxed
         WHERE j.id = c.id
-        RETURNING j.id, j.payload, j."requestId", j.attempts,
+        -- Read so that no value the app can write fails the statement or the decoding: the
+        -- JSON as text (parsed by queue::decode, which turns what it cannot read into a
+        -- failed job), timestamps as epoch seconds, NULL when infinite.
+        RETURNING j.id, j.payload::text, j."requestId", j.attempts,
                   COALESCE(j."maxAttempts", $3) AS max_attempts,
-                  j.composed, j."createdAt", j."runAt"
+                  j.composed::text,
+                  CASE WHEN isfinite(j."createdAt")
+                       THEN date_part('epoch', j."createdAt") END,
+                  CASE WHEN isfinite(j."runAt") THEN date_part('epoch', j."runAt") END
         "#
             )
             .into()
@@ -112,10 +247,14 @@ fn claim_sql(limit: i64) -> std::sync::Arc<str> {
 }
 
 /// When the earliest queued job becomes due (a scheduled job, or one backing off).
+/// A `"runAt"` of `-infinity` is due now; one of `infinity` never is.
 pub async fn next_due(pool: &Pool) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar(r#"SELECT min("runAt") FROM "OutboundJob" WHERE status = 'queued'"#)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar(
+        r#"SELECT CASE WHEN isfinite(m) THEN m WHEN m < now() THEN now() END
+           FROM (SELECT min("runAt") AS m FROM "OutboundJob" WHERE status = 'queued') q"#,
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Messages recorded as sent together with their job's completion (sandbox sends).
@@ -315,13 +454,66 @@ pub async fn reclaim(
     fail_in_doubt: bool,
     default_max_attempts: i32,
 ) -> sqlx::Result<Rescued> {
-    // Two statement texts, so each target can use its index (the lease index for expired
-    // leases; a CASE in the WHERE clause would make every rescue scan the whole table).
-    let (target, locked_by, refund) = match which {
+    // Three statement texts, so each target can use its index (the lease index for expired
+    // leases, the no-lease index for running rows without one; a CASE or an OR in the WHERE
+    // clause would make every rescue scan the whole table).
+    let mut out = match which {
         // ($1, this runner, is NULL here: every expired lease is taken back.)
-        Reclaim::Expired => (r#""leaseUntil" < now() AND $1::text IS NULL"#, None, 0),
-        Reclaim::Ours(me) => (r#""lockedBy" = $1"#, Some(me), 1),
+        Reclaim::Expired => {
+            reclaim_where(
+                pool,
+                r#""leaseUntil" < now() AND $1::text IS NULL"#,
+                None,
+                0,
+                fail_in_doubt,
+                default_max_attempts,
+            )
+            .await?
+        }
+        Reclaim::Ours(me) => {
+            reclaim_where(
+                pool,
+                r#""lockedBy" = $1"#,
+                Some(me),
+                1,
+                fail_in_doubt,
+                default_max_attempts,
+            )
+            .await?
+        }
     };
+    if matches!(which, Reclaim::Expired) {
+        // A running row with no lease at all (written by hand: every claim sets one) would
+        // never expire: it is taken back once it has not changed for NO_LEASE_GRACE.
+        let grace = format!(
+            r#""leaseUntil" IS NULL AND "updatedAt" < now() - interval '{} seconds'
+               AND $1::text IS NULL"#,
+            NO_LEASE_GRACE.as_secs()
+        );
+        let more =
+            reclaim_where(pool, &grace, None, 0, fail_in_doubt, default_max_attempts).await?;
+        out.requeued += more.requeued;
+        out.failed += more.failed;
+        out.in_doubt += more.in_doubt;
+    }
+    if out.requeued > 0 {
+        notify(pool).await?;
+    }
+    Ok(out)
+}
+
+/// How long a `running` row without a lease (`"leaseUntil"` NULL) is left alone before the
+/// rescuer takes it back (docs/reliability.md).
+pub const NO_LEASE_GRACE: Duration = Duration::from_secs(60);
+
+async fn reclaim_where(
+    pool: &Pool,
+    target: &str,
+    locked_by: Option<&str>,
+    refund: i32,
+    fail_in_doubt: bool,
+    default_max_attempts: i32,
+) -> sqlx::Result<Rescued> {
     let sql = format!(
         r#"
         WITH target AS (
@@ -392,9 +584,6 @@ pub async fn reclaim(
             out.failed += 1;
         }
     }
-    if out.requeued > 0 {
-        notify(pool).await?;
-    }
     Ok(out)
 }
 
@@ -446,7 +635,10 @@ pub struct NewJob {
 
 /// Inserts jobs in one statement (one NOTIFY for all of them). A job whose idempotency key
 /// exists already is skipped. Returns the new ids with their keys.
-pub async fn enqueue(pool: &Pool, jobs: &[NewJob]) -> sqlx::Result<Vec<(i64, Option<String>)>> {
+pub async fn enqueue<'e>(
+    pool: impl sqlx::PgExecutor<'e>,
+    jobs: &[NewJob],
+) -> sqlx::Result<Vec<(i64, Option<String>)>> {
     let payloads: Vec<serde_json::Value> = jobs.iter().map(|j| j.payload.clone()).collect();
     let request_ids: Vec<Option<String>> = jobs.iter().map(|j| j.request_id.clone()).collect();
     let keys: Vec<Option<String>> = jobs.iter().map(|j| j.idempotency_key.clone()).collect();
@@ -469,6 +661,9 @@ pub async fn enqueue(pool: &Pool, jobs: &[NewJob]) -> sqlx::Result<Vec<(i64, Opt
     .bind(priorities)
     .bind(run_ats)
     .bind(max_attempts)
+    // Unnamed: `enqueue` also runs inside a caller's transaction, where a transaction-mode
+    // pooler must be left no named statement (docs/operations.md, "Poolers").
+    .persistent(false)
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -498,14 +693,18 @@ pub async fn queue_stats(pool: &Pool, all: bool) -> sqlx::Result<QueueStats> {
     let by_status = sqlx::query_as::<_, (String, i64)>(sql)
         .fetch_all(pool)
         .await?;
+    // An infinite "runAt" (`-infinity`) has no age: NULL, not an error.
     let oldest: Option<f64> = sqlx::query_scalar(
-        r#"SELECT EXTRACT(EPOCH FROM now() - min("runAt"))::float8 FROM "OutboundJob"
-           WHERE status = 'queued' AND "runAt" <= now()"#,
+        r#"SELECT CASE WHEN isfinite(m) THEN EXTRACT(EPOCH FROM now() - m)::float8 END
+           FROM (SELECT min("runAt") AS m FROM "OutboundJob"
+                 WHERE status = 'queued' AND "runAt" <= now()) q"#,
     )
     .fetch_one(pool)
     .await?;
     Ok(QueueStats {
         by_status,
-        oldest_queued_age: oldest.map(|s| Duration::from_secs_f64(s.max(0.0))),
+        oldest_queued_age: oldest
+            .filter(|s| s.is_finite())
+            .map(|s| Duration::from_secs_f64(s.clamp(0.0, 1e12))),
     })
 }

@@ -86,6 +86,9 @@ pub(crate) struct Shared {
     passes: watch::Sender<u64>,
     /// Counts job attempts that ended, however they ended.
     finished: watch::Sender<u64>,
+    /// Rows that make the claim statement fail and that could not be failed either: claims skip
+    /// them until the process restarts (see [`Shared::claim_batch`]).
+    unclaimable: Mutex<Vec<i64>>,
 }
 
 impl Shared {
@@ -177,28 +180,146 @@ impl Shared {
         handle
     }
 
-    /// One claim statement, measured.
+    /// One claim statement, measured: the jobs to run. Rows that cannot be run are failed
+    /// here (see [`Shared::claim_batch`]).
     pub(crate) async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Job>> {
+        Ok(self.claim_batch(limit).await?.0)
+    }
+
+    /// One claim statement, measured: the jobs to run, and the ids of the claimed rows that
+    /// could not be run (a payload this runner cannot read), each already failed on its own
+    /// fence with a readable reason (docs/reliability.md, "Rows the runner cannot use").
+    pub(crate) async fn claim_batch(&self, limit: usize) -> sqlx::Result<(Vec<Job>, Vec<i64>)> {
         let settings = self.settings();
-        let timer = self.metrics.claim_duration.start_timer();
-        let jobs = store::claim(
-            &self.pool,
-            &self.locked_by,
-            settings.runner.lease,
-            limit as i64,
-            settings.retry.max_attempts as i32,
-        )
-        .await;
-        timer.observe_duration();
-        let jobs = jobs?;
+        let (lease, max_attempts) = (settings.runner.lease, settings.retry.max_attempts as i32);
+        let claim = || {
+            let exclude = self.unclaimable.lock().expect("unclaimable lock").clone();
+            async move {
+                let timer = self.metrics.claim_duration.start_timer();
+                let claimed = store::claim_except(
+                    &self.pool,
+                    &self.locked_by,
+                    lease,
+                    limit as i64,
+                    max_attempts,
+                    &exclude,
+                )
+                .await;
+                timer.observe_duration();
+                claimed
+            }
+        };
+        let claimed = match claim().await {
+            // The database refused the data: find the row, take it out of the way, claim again.
+            Err(e) if store::is_data_error(&e) && self.set_aside_unclaimable(limit, &e).await => {
+                claim().await
+            }
+            other => other,
+        };
+        let claimed = claimed?;
         self.passes.send_modify(|n| *n += 1);
         self.health.passed();
         self.health.set_db_ok(true);
-        if !jobs.is_empty() {
-            self.metrics.jobs_claimed.inc_by(jobs.len() as u64);
-            tracing::info!(jobs = jobs.len(), "Processing {} job(s)", jobs.len());
+        if !claimed.is_empty() {
+            self.metrics.jobs_claimed.inc_by(claimed.len() as u64);
         }
-        Ok(jobs)
+        if !claimed.jobs.is_empty() {
+            let n = claimed.jobs.len();
+            tracing::info!(jobs = n, "Processing {n} job(s)");
+        }
+        let mut failed = Vec::with_capacity(claimed.rejected.len());
+        for bad in &claimed.rejected {
+            if self.fail_rejected(bad).await {
+                failed.push(bad.fence.id);
+            }
+        }
+        Ok((claimed.jobs, failed))
+    }
+
+    /// The claim statement failed with a data error: names the row that causes it (the log,
+    /// and its `"lastError"`), and fails it (`unclaimable`), or, if the database refuses that
+    /// too, has this runner's claims skip it. True if a row was found.
+    async fn set_aside_unclaimable(&self, limit: usize, error: &sqlx::Error) -> bool {
+        let exclude = self.unclaimable.lock().expect("unclaimable lock").clone();
+        let error = crate::db::redact_sqlx(error);
+        match store::find_unclaimable(&self.pool, limit.max(1) as i64, &exclude).await {
+            Ok(Some((id, why))) => {
+                let message = format!("claiming this job fails: {why}");
+                match store::fail_unclaimable(&self.pool, id, &message).await {
+                    Ok(true) => {
+                        self.health.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            job_id = id,
+                            error = %why,
+                            "claims failed because of job {id}: {why}; the job is failed \
+                             (lastErrorCode unclaimable)"
+                        );
+                    }
+                    _ => {
+                        let mut skip = self.unclaimable.lock().expect("unclaimable lock");
+                        if skip.len() < 1000 && !skip.contains(&id) {
+                            skip.push(id);
+                        }
+                        tracing::error!(
+                            job_id = id,
+                            error = %why,
+                            "claims failed because of job {id}: {why}; the database refuses to \
+                             mark it failed too, so this runner skips it until it restarts: fix \
+                             or delete the row"
+                        );
+                    }
+                }
+                true
+            }
+            Ok(None) => {
+                tracing::error!(
+                    error = %error,
+                    "claims fail with a data error that no single due row explains"
+                );
+                false
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %crate::db::redact_sqlx(&e),
+                    claim_error = %error,
+                    "claims fail with a data error; looking for the row that causes it failed"
+                );
+                false
+            }
+        }
+    }
+
+    /// Fails a claimed row that cannot be run. True if the write landed.
+    async fn fail_rejected(&self, bad: &store::Rejected) -> bool {
+        let message = format!("the job cannot be run: {}", bad.reason);
+        match store::fail(&self.pool, &bad.fence, bad.code, &message).await {
+            Ok(true) => {
+                self.metrics
+                    .jobs_finished
+                    .with_label_values(&["failed"])
+                    .inc();
+                self.health.failed.fetch_add(1, Ordering::Relaxed);
+                self.finished.send_modify(|n| *n += 1);
+                tracing::error!(
+                    job_id = bad.fence.id,
+                    request_id = bad.request_id.as_deref().unwrap_or(""),
+                    code = bad.code,
+                    "job {} failed: {message}",
+                    bad.fence.id
+                );
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                // Its lease expires and the rescuer puts it back; the next claim fails it again.
+                tracing::warn!(
+                    job_id = bad.fence.id,
+                    error = %crate::db::redact_sqlx(&e),
+                    "failing an unreadable job failed"
+                );
+                false
+            }
+        }
     }
 }
 
@@ -298,30 +419,92 @@ impl Runner {
             closing: AtomicBool::new(false),
             passes: watch::channel(0).0,
             finished: watch::channel(0).0,
+            unclaimable: Mutex::new(Vec::new()),
         });
 
-        let mut tasks = writer_tasks;
+        // Every task under supervision: a death is restarted where safe, otherwise it turns
+        // health red (src/supervise.rs; docs/reliability.md, "No silent death").
+        use crate::supervise::{self, Restart};
+        let health = shared.health.clone();
+        let writer_names = [
+            "ledger writer (sending)",
+            "ledger writer (sent)",
+            "status writer",
+        ];
+        let mut tasks: Vec<JoinHandle<()>> = writer_names
+            .into_iter()
+            .zip(writer_tasks)
+            .map(|(name, t)| supervise::watch(name, health.clone(), stop_late.clone(), t))
+            .collect();
+        // The completer owns the channel's receiver: it cannot be started again.
+        let mut rx = Some(rx);
+        tasks.push(supervise::spawn(
+            "completer",
+            health.clone(),
+            stop_late.clone(),
+            Restart::No,
+            loop_of(&shared, &stop_late, move |s, t| {
+                worker::completer(s, rx.take().expect("the completer starts once"), t)
+            }),
+        ));
         tasks.extend([
-            tokio::spawn(worker::completer(shared.clone(), rx, stop_late.clone())),
-            tokio::spawn(maintenance::lease_keeper(shared.clone(), stop_late.clone())),
-            tokio::spawn(maintenance::rescuer(shared.clone(), stop.clone())),
-            tokio::spawn(maintenance::pruner(shared.clone(), stop.clone())),
-            tokio::spawn(maintenance::prober(shared.clone(), stop.clone())),
-            tokio::spawn(maintenance::sizer(shared.clone(), stop.clone())),
+            supervise::spawn(
+                "lease keeper",
+                health.clone(),
+                stop_late.clone(),
+                Restart::Yes,
+                loop_of(&shared, &stop_late, maintenance::lease_keeper),
+            ),
+            supervise::spawn(
+                "rescuer",
+                health.clone(),
+                stop.clone(),
+                Restart::Yes,
+                loop_of(&shared, &stop, maintenance::rescuer),
+            ),
+            supervise::spawn(
+                "pruner",
+                health.clone(),
+                stop.clone(),
+                Restart::Yes,
+                loop_of(&shared, &stop, maintenance::pruner),
+            ),
+            supervise::spawn(
+                "prober",
+                health.clone(),
+                stop.clone(),
+                Restart::Yes,
+                loop_of(&shared, &stop, maintenance::prober),
+            ),
+            supervise::spawn(
+                "sizer",
+                health.clone(),
+                stop.clone(),
+                Restart::Yes,
+                loop_of(&shared, &stop, maintenance::sizer),
+            ),
         ]);
         if mode == Mode::Daemon {
             // LISTEN before the first pass: a job committed between the two is then either seen
             // by the pass or announced by a notification.
-            let listener = dispatcher::Listener::connect(&shared).await;
-            tasks.push(tokio::spawn(dispatcher::listen(
-                shared.clone(),
-                listener,
+            let mut listener = Some(dispatcher::Listener::connect(&shared).await);
+            tasks.push(supervise::spawn(
+                "listener",
+                health.clone(),
                 stop.clone(),
-            )));
-            tasks.push(tokio::spawn(dispatcher::dispatch(
-                shared.clone(),
+                Restart::Yes,
+                // A restarted listener connects anew (and wakes the dispatcher).
+                loop_of(&shared, &stop, move |s, t| {
+                    dispatcher::listen(s, listener.take().flatten(), t)
+                }),
+            ));
+            tasks.push(supervise::spawn(
+                "dispatcher",
+                health,
                 stop.clone(),
-            )));
+                Restart::Yes,
+                loop_of(&shared, &stop, dispatcher::dispatch),
+            ));
         }
         tracing::info!(
             locked_by = %shared.locked_by,
@@ -465,8 +648,9 @@ impl Runner {
                 anyhow::bail!("the runner is shutting down");
             }
             let want = remaining.min(batch);
-            let jobs = self.shared.claim(want as usize).await?;
-            let got = jobs.len() as u32;
+            let (jobs, rejected) = self.shared.claim_batch(want as usize).await?;
+            let got = (jobs.len() + rejected.len()) as u32;
+            report.failed.extend(rejected);
             let handles: Vec<(i64, JoinHandle<Outcome>)> = jobs
                 .into_iter()
                 .map(|job| (job.id, self.shared.spawn_job(job, None)))
@@ -577,6 +761,20 @@ impl Runner {
         shutdown.await;
         self.shutdown().await
     }
+}
+
+/// A task's body for [`crate::supervise::spawn`]: `f(shared, stop)` each time it is started.
+fn loop_of<F, Fut>(
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+    mut f: F,
+) -> impl FnMut() -> Fut + Send + 'static
+where
+    F: FnMut(Arc<Shared>, CancellationToken) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (shared, stop) = (shared.clone(), stop.clone());
+    move || f(shared.clone(), stop.clone())
 }
 
 fn locked_by() -> String {

@@ -55,6 +55,7 @@ pub static SCENARIOS: &[Scenario] = scenarios![
     read_only_database,
     full_disk,
     postgres_crash_before_done,
+    poison_rows,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -1484,6 +1485,207 @@ async fn crash_before_done(_ctx: &Ctx, server: &Server, private: &Private) -> an
         fault_end,
         format!(
             "{tries} crash(es) after a wamid's asynchronous commit and before its job's done: {outcome}"
+        ),
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile rows (docs/reliability.md, "Rows the runner cannot use")
+
+/// A text job for the odd rows that must still be delivered (the invariants read its text).
+fn poison_payload(n: u32) -> String {
+    format!(
+        r#"{{"to":"1555900{n:04}","message":{{"type":"text","text":{{"body":"poison {n} part 0"}}}}}}"#
+    )
+}
+
+/// 1,000 good jobs with a row of every hostile kind mixed in, 3 daemons: every good job and
+/// every odd-but-runnable row `done`, every poison row `failed` with a readable reason, no task
+/// dead and `/readyz` green throughout.
+async fn poison_rows(ctx: Ctx) -> anyhow::Result<Row> {
+    let s = Setup::new("poison_rows", &Server::Shared, Opts::default()).await?;
+    s.warm(40).await?;
+    let pool = s.db.pool.clone();
+    // Health, sampled every 250 ms on every daemon while the rows go through.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let red = Arc::new(Mutex::new(Vec::<String>::new()));
+    let watcher = {
+        let (stop, red, http) = (stop.clone(), red.clone(), s.http.clone());
+        let bases: Vec<Option<String>> = s.fleet.daemons.iter().map(|d| d.http.clone()).collect();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                for (slot, base) in bases.iter().enumerate() {
+                    let Some(base) = base else { continue };
+                    for path in ["/healthz", "/readyz"] {
+                        let status = http
+                            .get(format!("{base}{path}"))
+                            .timeout(Duration::from_secs(3))
+                            .send()
+                            .await
+                            .map(|r| r.status().as_u16());
+                        if !matches!(status, Ok(200)) {
+                            red.lock()
+                                .unwrap()
+                                .push(format!("daemon {slot} {path}: {status:?}"));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let t0 = Instant::now();
+    let mut good: Vec<i64> = s
+        .producer
+        .burst(500, Duration::ZERO)
+        .await?
+        .iter()
+        .map(|r| r.0)
+        .collect();
+
+    let one = |sql: String| {
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, i64>(&sql).fetch_one(&pool).await }
+    };
+    let body = r#""message":{"type":"text","text":{"body":"poison x part 0"}}"#;
+    let mut bad: Vec<(i64, &str, &str)> = Vec::new();
+    bad.push((
+        one(format!(r#"INSERT INTO "OutboundJob" (payload) VALUES ('{{"to":"15559000001",{body},"n":1e400}}') RETURNING id"#)).await?,
+        "bad_payload",
+        "64-bit float",
+    ));
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    bad.push((
+        one(format!(r#"INSERT INTO "OutboundJob" (payload) VALUES ('{{"to":"15559000002",{body},"d":{deep}}}') RETURNING id"#)).await?,
+        "bad_payload",
+        "128 levels",
+    ));
+    bad.push((
+        one(format!(r#"INSERT INTO "OutboundJob" (payload, composed) VALUES ('{}', '{{"n":1e400}}') RETURNING id"#, poison_payload(3))).await?,
+        "bad_payload",
+        "composed",
+    ));
+    // An app trigger that refuses to let this one row be claimed.
+    sqlx::raw_sql(
+        r#"CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               IF NEW.payload ? 'refuse' AND NEW.status = 'running' THEN
+                   RAISE EXCEPTION 'the app refuses this row';
+               END IF;
+               RETURN NEW;
+           END $$;
+           CREATE TRIGGER refuse_poison BEFORE UPDATE ON "OutboundJob"
+               FOR EACH ROW EXECUTE FUNCTION refuse_poison();"#,
+    )
+    .execute(&pool)
+    .await?;
+    bad.push((
+        one(format!(r#"INSERT INTO "OutboundJob" (payload) VALUES ('{{"to":"15559000004",{body},"refuse":1}}') RETURNING id"#)).await?,
+        "unclaimable",
+        "the app refuses this row",
+    ));
+    // Odd but runnable: these must be delivered.
+    let mut odd = vec![
+        one(format!(r#"INSERT INTO "OutboundJob" (payload, "runAt") VALUES ('{}', '-infinity') RETURNING id"#, poison_payload(5))).await?,
+        one(format!(r#"INSERT INTO "OutboundJob" (payload, "createdAt") VALUES ('{}', 'infinity') RETURNING id"#, poison_payload(6))).await?,
+        one(format!(
+            r#"INSERT INTO "OutboundJob" (payload, status, "updatedAt")
+               VALUES ('{}', 'running', now() - interval '10 minutes') RETURNING id"#,
+            poison_payload(7)
+        ))
+        .await?,
+    ];
+    sqlx::raw_sql(r#"ALTER TABLE "OutboundJob" DROP CONSTRAINT "OutboundJob_attempts_bound""#)
+        .execute(&pool)
+        .await?;
+    odd.push(
+        one(format!(r#"INSERT INTO "OutboundJob" (payload, attempts) VALUES ('{}', 2147483647) RETURNING id"#, poison_payload(8)))
+            .await?,
+    );
+    sqlx::raw_sql(
+        r#"ALTER TABLE "OutboundJob" ADD CONSTRAINT "OutboundJob_attempts_bound"
+           CHECK (attempts < 2147483647) NOT VALID"#,
+    )
+    .execute(&pool)
+    .await?;
+    good.extend(
+        s.producer
+            .burst(500, Duration::ZERO)
+            .await?
+            .iter()
+            .map(|r| r.0),
+    );
+    // Recovery: from the last row inserted to the drain.
+    let inserted = Instant::now();
+
+    let mut all: Vec<i64> = good.clone();
+    all.extend(odd.iter().copied());
+    all.extend(bad.iter().map(|b| b.0));
+    let bound = ctx.pick(Duration::from_secs(60), Duration::from_secs(300));
+    let end = check::finished(&pool, &all, bound).await;
+    stop.cancel();
+    let _ = watcher.await;
+    ensure!(
+        end.is_some(),
+        "the jobs did not all finish within {bound:?}\n{}",
+        s.fleet.tails(30)
+    );
+
+    let not_done: i64 = sqlx::query_scalar(
+        r#"SELECT count(*) FROM "OutboundJob" WHERE id = ANY($1) AND status <> 'done'"#,
+    )
+    .bind([good.as_slice(), odd.as_slice()].concat())
+    .fetch_one(&pool)
+    .await?;
+    ensure!(
+        not_done == 0,
+        "{not_done} good or odd-but-runnable jobs are not done"
+    );
+    for (id, code, fragment) in &bad {
+        let (status, got, error): (String, Option<String>, Option<String>) = sqlx::query_as(
+            r#"SELECT status, "lastErrorCode", "lastError" FROM "OutboundJob" WHERE id = $1"#,
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await?;
+        let error = error.unwrap_or_default();
+        ensure!(
+            status == "failed" && got.as_deref() == Some(*code) && error.contains(fragment),
+            "poison job {id}: {status} {got:?} {error:?} (expected failed {code}, \"{fragment}\")"
+        );
+    }
+    let red = red.lock().unwrap().clone();
+    ensure!(
+        red.is_empty(),
+        "health went red: {:?}",
+        &red[..red.len().min(10)]
+    );
+    for d in &s.fleet.daemons {
+        let log = d.log.all();
+        ensure!(
+            !log.contains("panicked") && !log.contains("restarting it"),
+            "daemon {} had a task die:\n{}",
+            d.slot,
+            s.fleet.tails(30)
+        );
+    }
+    let took = t0.elapsed();
+    // The poison rows were checked above; the suite's invariants ("a failed job attempted a
+    // send first") are for the rest.
+    let ids: Vec<i64> = bad.iter().map(|b| b.0).collect();
+    sqlx::query(r#"DELETE FROM "OutboundJob" WHERE id = ANY($1)"#)
+        .bind(&ids)
+        .execute(&pool)
+        .await?;
+    s.finish(
+        inserted,
+        format!(
+            "1000 good jobs + {} poison rows (failed: bad_payload ×3, unclaimable ×1) + {} odd \
+             rows (done) through 3 daemons in {}; health green throughout, no task died",
+            bad.len(),
+            odd.len(),
+            secs(took)
         ),
     )
     .await

@@ -1031,7 +1031,8 @@ async fn an_attempt_asked_to_stop_ends_cancelled_whether_it_would_be_retried_or_
     let me: Arc<str> = runner.locked_by().into();
     let jobs = store::claim(&db.pool, &me, Duration::from_secs(60), 2, 5)
         .await
-        .unwrap();
+        .unwrap()
+        .jobs;
     assert_eq!(jobs.len(), 2);
     let f = Filter {
         ids: ids.clone(),

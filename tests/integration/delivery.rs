@@ -1065,7 +1065,8 @@ async fn marks_of_several_jobs_land_in_one_statement_each_fenced_by_its_own_job(
     let me: Arc<str> = "gate-test".into();
     let jobs = store::claim(&db.pool, &me, Duration::from_secs(60), 4, 5)
         .await
-        .unwrap();
+        .unwrap()
+        .jobs;
     assert_eq!(jobs.len(), 4);
     for job in &jobs {
         let body = json!({"type": "text", "text": {"body": "x"}});

@@ -7,6 +7,7 @@ mod cli;
 mod delivery;
 mod embedded;
 mod guide_sql;
+mod hostile;
 mod http;
 mod logs;
 mod pooler;
