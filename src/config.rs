@@ -86,7 +86,7 @@ pub enum PoolerMode {
 #[serde(deny_unknown_fields)]
 pub struct RunnerSettings {
     /// Jobs in flight at once. 0 (the default): sized by the work, see
-    /// [`crate::runner::sizing`]; a number pins it.
+    /// `runner::sizing` (docs/operations.md, "Connections"); a number pins it.
     pub workers: u32,
     /// The most jobs in flight when `workers` is 0.
     pub max_in_flight: u32,

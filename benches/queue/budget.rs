@@ -9,7 +9,8 @@
 //! - 500 `input` jobs against a mock orchestrator answering after 5 s, rate 1,000: time to done;
 //! - 2,000 sandbox jobs as a role with `CONNECTION LIMIT 3` (the budget, 8, above it): time to
 //!   done, and whether every job took one attempt;
-//! - RSS with 1,000 jobs in flight (the 5 s orchestrator again).
+//! - RSS with 1,000 jobs in flight (the 5 s orchestrator again; measured first, while this
+//!   process holds nothing else with `--only budget`).
 //!
 //! A row still running after its cap is stopped and rated by the jobs done by then (it says so).
 
@@ -206,44 +207,128 @@ fn finished(d: &Drive) -> String {
     }
 }
 
+/// The daemon binary itself (`outbound-runner run`, built by cargo for this bench) with 1,000
+/// `input` jobs in flight against the 5 s orchestrator: its peak RSS (`VmHWM`), alone.
+async fn daemon_rss(cap: Duration) -> (Drive, f64) {
+    const BINARY: &str = env!("CARGO_BIN_EXE_outbound-runner");
+    let jobs = 1000usize;
+    let db = Db::new().await;
+    let meta = MockMeta::start().await;
+    let reply = json!({"messages": [{"type": "text", "text": {"body": "on it"}}]});
+    let orchestrator = MockOrchestrator::start(reply.clone()).await;
+    orchestrator.script((0..jobs).map(|_| Answer::Slow(Duration::from_secs(5), reply.clone())));
+    sqlx::query(
+        r#"INSERT INTO "OutboundJob" (payload)
+           SELECT jsonb_build_object('to', '1555' || lpad(g::text, 7, '0'),
+                  'input', jsonb_build_object('text', 'hi ' || g))
+           FROM generate_series(1, $1) g"#,
+    )
+    .bind(jobs as i32)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let config = std::env::temp_dir().join(format!("{}.toml", db.name));
+    std::fs::write(&config, "").unwrap();
+    let mut child = tokio::process::Command::new(BINARY)
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DATABASE_URL", db.url())
+        .env("OUTBOUND_RUNNER__HTTP__LISTEN", "127.0.0.1:0")
+        .env("OUTBOUND_RUNNER__LOG__LEVEL", "warn")
+        .env("OUTBOUND_RUNNER__DELIVERY__MODE", "live")
+        .env("OUTBOUND_RUNNER__WHATSAPP__API_BASE", meta.api_base())
+        .env(
+            "OUTBOUND_RUNNER__WHATSAPP__PHONE_NUMBER_ID",
+            mock_meta::PHONE_NUMBER_ID,
+        )
+        .env("OUTBOUND_RUNNER__WHATSAPP__ACCESS_TOKEN", mock_meta::TOKEN)
+        .env("OUTBOUND_RUNNER__WHATSAPP__RATE_PER_SECOND", "1000")
+        .env("OUTBOUND_RUNNER__WHATSAPP__PAIR_INTERVAL", "0s")
+        .env("OUTBOUND_RUNNER__ORCHESTRATOR__URL", orchestrator.url())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting the daemon");
+    let pid = child.id().expect("the daemon's pid");
+    crate::common::register_child(pid);
+    let started = Instant::now();
+    let mut d = Drive {
+        jobs,
+        ..Default::default()
+    };
+    let kb = |key: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    loop {
+        let (c, r, done): (i64, i64, i64) = sqlx::query_as(
+            r#"SELECT (SELECT count(*) FROM pg_stat_activity
+                       WHERE application_name = 'outbound-runner' AND datname = current_database()),
+                      count(*) FILTER (WHERE status = 'running'),
+                      count(*) FILTER (WHERE status = 'done')
+               FROM "OutboundJob""#,
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or((0, 0, 0));
+        d.max_connections = d.max_connections.max(c);
+        d.max_running = d.max_running.max(r);
+        d.rss_peak_kb = d.rss_peak_kb.max(kb("VmRSS:"));
+        d.done = done;
+        if done as usize >= jobs || started.elapsed() >= cap {
+            d.capped = (done as usize) < jobs;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    d.elapsed = started.elapsed().as_secs_f64();
+    let hwm = kb("VmHWM:") as f64 / 1024.0;
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    crate::common::forget_child(pid);
+    let _ = std::fs::remove_file(&config);
+    db.drop().await;
+    (d, hwm)
+}
+
 pub async fn run(a: &Args) -> Vec<Row> {
     let mut rows = Vec::new();
     let cap = Duration::from_secs(if a.quick { 20 } else { 30 });
 
-    // Meta at 200 ms, the defaults plus the number's rate.
-    for rate in [80u32, 1000] {
-        let secs = if a.quick { 4 } else { 10 };
-        let jobs = rate as usize * secs;
-        let db = Db::new().await;
-        let meta = MockMeta::start_with(Limits::default(), Duration::from_millis(200)).await;
-        let mut s = defaults();
-        live(&mut s, &meta, rate);
-        let budget = s.pool_size() + 1;
-        let handler = Arc::new(LiveHandler::new(&s).unwrap());
-        let d = drive(&db, db.opts.clone(), s, handler, jobs, false, cap).await;
-        let per_s = d.done as f64 / d.elapsed;
-        progress!(
-            "live, 200 ms, rate {rate}: {} messages/s, {} connections",
-            int(per_s),
-            d.max_connections
-        );
-        rows.push(Row {
-            section: "budget",
-            measure: "live delivery, mock Cloud API answering after 200 ms, built-in settings"
-                .into(),
-            setup: format!(
-                "{} jobs, whatsapp.rate_per_second = {rate}",
-                int(jobs as f64)
-            ),
-            result: format!("{} messages/s", int(per_s)),
-            ratio: format!("{:.0} % of the rate", per_s / f64::from(rate) * 100.0),
-            detail: format!("{}; {}", held(&d, budget), finished(&d)),
-        });
-        db.drop().await;
-    }
+    let (d, hwm) = daemon_rss(cap).await;
+    progress!(
+        "the daemon, 1000 input jobs, orchestrator 5 s: {}; peak RSS {hwm:.0} MB; {} connections",
+        finished(&d),
+        d.max_connections
+    );
+    rows.push(Row {
+        section: "budget",
+        measure: "the daemon binary's memory with 1,000 jobs in flight (orchestrator after 5 s)"
+            .into(),
+        setup: "1,000 input jobs, rate 1000, built-in settings".into(),
+        result: format!("peak RSS (VmHWM) {hwm:.0} MB"),
+        ratio: String::new(),
+        detail: format!(
+            "{} connections held at most (budget 8); {} jobs running at most; {}",
+            d.max_connections,
+            d.max_running,
+            finished(&d)
+        ),
+    });
 
-    // The orchestrator at 5 s: 500 replies, then the RSS with 1,000 in flight.
-    for (jobs, rss_row) in [(500usize, false), (1000, true)] {
+    // The orchestrator at 5 s: the RSS with 1,000 in flight first (with `--only budget` the
+    // process holds nothing else yet), then
+    // 500 replies.
+    for (jobs, rss_row) in [(1000usize, true), (500, false)] {
         let db = Db::new().await;
         let meta = MockMeta::start().await;
         let orchestrator = MockOrchestrator::start(json!({"messages": [
@@ -292,6 +377,38 @@ pub async fn run(a: &Args) -> Vec<Row> {
                 ratio: String::new(),
                 detail: held(&d, budget),
             }
+        });
+        db.drop().await;
+    }
+
+    // Meta at 200 ms, the defaults plus the number's rate.
+    for rate in [80u32, 1000] {
+        let secs = if a.quick { 4 } else { 10 };
+        let jobs = rate as usize * secs;
+        let db = Db::new().await;
+        let meta = MockMeta::start_with(Limits::default(), Duration::from_millis(200)).await;
+        let mut s = defaults();
+        live(&mut s, &meta, rate);
+        let budget = s.pool_size() + 1;
+        let handler = Arc::new(LiveHandler::new(&s).unwrap());
+        let d = drive(&db, db.opts.clone(), s, handler, jobs, false, cap).await;
+        let per_s = d.done as f64 / d.elapsed;
+        progress!(
+            "live, 200 ms, rate {rate}: {} messages/s, {} connections",
+            int(per_s),
+            d.max_connections
+        );
+        rows.push(Row {
+            section: "budget",
+            measure: "live delivery, mock Cloud API answering after 200 ms, built-in settings"
+                .into(),
+            setup: format!(
+                "{} jobs, whatsapp.rate_per_second = {rate}",
+                int(jobs as f64)
+            ),
+            result: format!("{} messages/s", int(per_s)),
+            ratio: format!("{:.0} % of the rate", per_s / f64::from(rate) * 100.0),
+            detail: format!("{}; {}", held(&d, budget), finished(&d)),
         });
         db.drop().await;
     }
