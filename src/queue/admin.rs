@@ -544,6 +544,11 @@ pub struct RetryReport {
     pub ids: Vec<i64>,
 }
 
+/// A message Meta accepted: sent, or moved on by a status webhook (delivered, read — or failed
+/// later, which keeps its wamid). Sending it again is a second message to the customer, so a
+/// retry skips its job unless asked to resend (docs/operations.md, "Acting on jobs").
+const ACCEPTED: &str = "(m.status IN ('sent', 'delivered', 'read') OR m.wamid IS NOT NULL)";
+
 /// Failed or cancelled jobs back to `queued`, due now (see the module docs for the rules).
 /// `default_max_attempts` is `retry.max_attempts`.
 pub async fn retry(
@@ -570,7 +575,7 @@ pub async fn retry(
         ), classified AS (
             SELECT t.id,
                    EXISTS (SELECT 1 FROM "OutboundMessage" m
-                           WHERE m."jobId" = t.id AND m.status = 'sent') AS has_sent,
+                           WHERE m."jobId" = t.id AND {ACCEPTED}) AS has_sent,
                    EXISTS (SELECT 1 FROM "OutboundMessage" m
                            WHERE m."jobId" = t.id AND m.status IN ('unknown', 'sending')) AS in_doubt
             FROM target t
@@ -580,14 +585,14 @@ pub async fn retry(
             SELECT m."jobId" AS id, count(*) AS n,
                    jsonb_agg(jsonb_build_object('seq', m.seq, 'wamid', m.wamid) ORDER BY m.seq) AS wamids
             FROM "OutboundMessage" m JOIN eligible e ON e.id = m."jobId"
-            WHERE $11 AND m.status = 'sent'
+            WHERE $11 AND {ACCEPTED}
             GROUP BY m."jobId"
         ), resent AS (
             -- The ledger rows go (their wamids are kept in the history): the next attempt
             -- records them anew, live or sandbox, as for a message never sent.
             DELETE FROM "OutboundMessage" m
             USING eligible e
-            WHERE NOT $12 AND $11 AND m."jobId" = e.id AND m.status = 'sent'
+            WHERE NOT $12 AND $11 AND m."jobId" = e.id AND {ACCEPTED}
         ), retried AS (
             UPDATE "OutboundJob" j
             SET status = 'queued', "runAt" = now(), "completedAt" = NULL,
@@ -850,7 +855,8 @@ pub async fn settle(
             RETURNING m.seq
         ), rest AS (
             SELECT count(*) AS not_sent FROM "OutboundMessage" m JOIN job ON m."jobId" = job.id
-            WHERE m.status <> 'sent' AND NOT ($3 = 'sent' AND m.seq IN (SELECT seq FROM msgs))
+            WHERE m.status NOT IN ('sent', 'delivered', 'read')
+              AND NOT ($3 = 'sent' AND m.seq IN (SELECT seq FROM msgs))
         ), moved AS (
             UPDATE "OutboundJob" j
             SET status = CASE WHEN $3 = 'sent' AND r.not_sent = 0 THEN 'done' ELSE j.status END,

@@ -251,6 +251,40 @@ async fn retry_never_resends_a_sent_message_unless_asked_and_never_one_in_doubt(
 }
 
 #[tokio::test]
+async fn retry_counts_a_message_a_status_webhook_moved_on_as_sent() {
+    // Meta's status webhooks move a sent message to delivered or read, or fail it later with
+    // its wamid kept: each was accepted by Meta once, so a plain retry must not send it again.
+    let db = TestDb::new().await;
+    let mut ids = Vec::new();
+    for status in ["delivered", "read", "failed"] {
+        let id = failed_with_message(&db, status, "131026").await;
+        sqlx::query(
+            r#"UPDATE "OutboundMessage" SET wamid = 'wamid.meta.' || "jobId", "sentAt" = now()
+               WHERE "jobId" = $1"#,
+        )
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    let report = admin::retry(&db.pool, &code("131026"), &by(false), false, 5)
+        .await
+        .unwrap();
+    assert_eq!(report.matched, 3);
+    assert_eq!(report.retried, 0, "{report:?}");
+    assert_eq!(report.skipped_sent, 3);
+    for id in &ids {
+        assert_eq!(db.job(*id).await.status, "failed");
+    }
+    // Asked to resend, the three go back to the queue with their ledger rows cleared.
+    let report = admin::retry(&db.pool, &code("131026"), &by(false), true, 5)
+        .await
+        .unwrap();
+    assert_eq!((report.retried, report.resent_messages), (3, 3));
+}
+
+#[tokio::test]
 async fn cancel_takes_queued_jobs_and_asks_running_ones_to_stop_without_touching_their_claim() {
     let db = TestDb::new().await;
     let gate = Gate::new();
