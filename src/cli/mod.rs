@@ -303,7 +303,7 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
             .map(|p| p.display().to_string())
             .unwrap_or_default())
     };
-    vec![
+    let mut out = vec![
         ("database.url".into(), secret(&s.database.url)),
         ("database.url_file".into(), p(&s.database.url_file)),
         ("database.pooler".into(), q(pooler_name(s.database.pooler))),
@@ -418,5 +418,21 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
             "log.format".into(),
             q(&format!("{:?}", s.log.format).to_lowercase()),
         ),
-    ]
+    ];
+    // `[[whatsapp.numbers]]`: one line per number, secrets masked (docs/numbers.md).
+    for (i, n) in s.whatsapp.numbers.iter().enumerate() {
+        let k = |key: &str| format!("whatsapp.numbers[{i}].{key}");
+        out.push((k("phone_number_id"), q(&n.phone_number_id)));
+        out.push((k("access_token"), secret(&n.access_token)));
+        if n.access_token_file.is_some() {
+            out.push((k("access_token_file"), p(&n.access_token_file)));
+        }
+        if let Some(rate) = n.rate_per_second {
+            out.push((k("rate_per_second"), rate.to_string()));
+        }
+        if let Some(pair) = n.pair_interval {
+            out.push((k("pair_interval"), d(pair)));
+        }
+    }
+    out
 }
