@@ -241,6 +241,9 @@ impl WhatsappSettings {
 
     /// The sum of every number's rate (the in-flight sizing's input).
     pub fn total_rate(&self) -> u32 {
+        if self.numbers.is_empty() {
+            return self.rate_per_second;
+        }
         self.number_ids()
             .into_iter()
             .filter_map(|id| self.number(Some(id)))
