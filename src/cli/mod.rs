@@ -1,8 +1,9 @@
 //! The command line: `run` (the daemon, default), `migrate`, `enqueue`, `status`, `jobs`,
-//! `verify`, `check-config`.
+//! `numbers`, `verify`, `check-config`.
 
 pub mod in_flight;
 pub mod jobs;
+pub mod numbers;
 pub mod status;
 pub mod verify;
 
@@ -44,6 +45,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Find, inspect, retry, cancel and settle jobs (list|show|retry|cancel|settle).
     Jobs(jobs::JobsArgs),
+    /// The sending numbers: state, rate, today's sends; pause and resume one on every runner.
+    Numbers(numbers::NumbersArgs),
     /// Check a running runner over HTTP: both trigger endpoints, auth, readiness, metrics.
     Verify(verify::VerifyArgs),
     /// Load and validate the configuration; print the effective values, secrets masked.
@@ -125,6 +128,13 @@ pub async fn main(cli: Cli) -> u8 {
             let default_max_attempts = settings.retry.max_attempts as i32;
             with_database(&opts, &settings, |pool| async move {
                 Ok(jobs::run(&pool, &args, default_max_attempts).await)
+            })
+            .await
+        }
+        Command::Numbers(args) => {
+            let for_numbers = settings.clone();
+            with_database(&opts, &settings, |pool| async move {
+                numbers::run(&pool, &for_numbers, &args).await
             })
             .await
         }
