@@ -155,9 +155,7 @@ impl LiveHandler {
         let mut admitted = self.pacer.admit(&ctx.settings, wa);
         if admitted.as_ref().is_err_and(|d| d.code == "number_on_hold") {
             // A resume may be younger than our copy: confirm before deferring.
-            self.holds
-                .refresh(&ctx.pool, &self.pacer, Duration::ZERO)
-                .await;
+            self.holds.confirm(&ctx.pool, &self.pacer).await;
             admitted = self.pacer.admit(&ctx.settings, wa);
         }
         ctx.metrics
@@ -287,6 +285,8 @@ impl LiveHandler {
             }
         }
 
+        // The number's sliding window, as close to the request as it gets.
+        self.pacer.release(wa).await;
         let started = Instant::now();
         let result = api.send(wa, &message.to, job.id, &message.body).await;
         ctx.metrics

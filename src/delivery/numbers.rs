@@ -136,19 +136,43 @@ pub struct HoldCache {
 }
 
 impl HoldCache {
-    /// Reads the holds into the pacer when the copy is older than `max_age`.
+    /// Reads the holds into the pacer when the copy is older than `max_age` (a read under way
+    /// elsewhere is not waited for).
     pub async fn refresh(&self, pool: &Pool, pacer: &Pacer, max_age: Duration) {
-        let fresh = |at: &Option<Instant>| at.is_some_and(|t| t.elapsed() < max_age);
-        if fresh(&self.read_at.lock().unwrap_or_else(|p| p.into_inner())) {
+        if self.age().is_some_and(|age| age < max_age) {
             return;
         }
         let Ok(_reading) = self.reading.try_lock() else {
             return;
         };
+        self.read(pool, pacer).await;
+    }
+
+    /// Reads the holds into the pacer now, or waits for a read that started after this call.
+    pub async fn confirm(&self, pool: &Pool, pacer: &Pacer) {
+        let asked = Instant::now();
+        let _reading = self.reading.lock().await;
+        let read_at = *self.read_at.lock().unwrap_or_else(|p| p.into_inner());
+        if read_at.is_some_and(|at| at > asked) {
+            return;
+        }
+        self.read(pool, pacer).await;
+    }
+
+    fn age(&self) -> Option<Duration> {
+        self.read_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+    }
+
+    async fn read(&self, pool: &Pool, pacer: &Pacer) {
+        let started = Instant::now();
         match holds(pool).await {
             Ok(rows) => {
                 pacer.set_holds(to_pacer(&rows));
-                *self.read_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                // The copy is as old as the statement's start.
+                *self.read_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
             }
             Err(e) => tracing::warn!(
                 error = %crate::db::redact_sqlx(&e),

@@ -9,6 +9,7 @@ mod embedded;
 mod guide_sql;
 mod http;
 mod logs;
+mod numbers;
 mod pooler;
 mod queue;
 mod support;

@@ -9,7 +9,8 @@
 //!   wamid;
 //! - optional limits like Meta's: a per-number token bucket (`rate_per_second`, bucket of one
 //!   second) answering 130429, and a per-recipient pair interval answering 131056;
-//! - a configurable latency for every answer.
+//! - a configurable latency for every answer;
+//! - more phone number ids, each with its own token and script ([`MockMeta::add_number`]).
 //!
 //! Every accepted message is recorded with its `biz_opaque_callback_data` and body, so tests
 //! can assert "exactly one accepted send per message". Replies are scripted per test: a queue
@@ -88,6 +89,10 @@ pub struct Accepted {
     pub message: Value,
     pub wamid: String,
     pub at: Instant,
+    /// The phone number id it was sent from (the URL's).
+    pub phone: String,
+    /// When its request arrived (before the mock's latency): what Meta's counters see.
+    pub arrived: Instant,
 }
 
 /// Limits like Meta's; `None` is unlimited.
@@ -111,6 +116,10 @@ struct Inner {
     /// Every request body seen, in order.
     requests: Vec<Value>,
     authorizations: Vec<Option<String>>,
+    /// More phone number ids served, with their tokens.
+    numbers: HashMap<String, String>,
+    /// Answers scripted for one phone number id (before the shared script).
+    scripts: HashMap<String, VecDeque<Reply>>,
 }
 
 struct Shared {
@@ -176,6 +185,30 @@ impl MockMeta {
 
     pub fn set_latency(&self, latency: Duration) {
         self.inner().latency = latency;
+    }
+
+    /// Serves another phone number id, with its own access token.
+    pub fn add_number(&self, phone: &str, token: &str) {
+        self.inner().numbers.insert(phone.into(), token.into());
+    }
+
+    /// Queues answers for the next requests to one phone number id.
+    pub fn script_for(&self, phone: &str, replies: impl IntoIterator<Item = Reply>) {
+        self.inner()
+            .scripts
+            .entry(phone.into())
+            .or_default()
+            .extend(replies);
+    }
+
+    /// Accepted messages sent from one phone number id.
+    pub fn accepted_from(&self, phone: &str) -> Vec<Accepted> {
+        self.inner()
+            .accepted
+            .iter()
+            .filter(|a| a.phone == phone)
+            .cloned()
+            .collect()
     }
 
     /// Lets `n` held requests answer.
@@ -267,26 +300,29 @@ async fn messages(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    let arrived = Instant::now();
     shared.seen.send_modify(|n| *n += 1);
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-    let latency = {
+    let (latency, token) = {
         let mut inner = shared.inner.lock().unwrap();
         inner.authorizations.push(auth.clone());
         inner.requests.push(parsed.clone().unwrap_or(Value::Null));
-        inner.latency
+        (inner.latency, inner.numbers.get(&phone).cloned())
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
 
-    if auth.as_deref() != Some(&format!("Bearer {TOKEN}")) {
+    let known = phone == PHONE_NUMBER_ID || token.is_some();
+    let token = token.unwrap_or_else(|| TOKEN.to_string());
+    if auth.as_deref() != Some(&format!("Bearer {token}")) {
         return meta_error(&shared, 401, 190, "Invalid OAuth access token", None);
     }
-    if phone != PHONE_NUMBER_ID {
+    if !known {
         return meta_error(&shared, 400, 100, "Unknown phone number id", None);
     }
     let Some(req) = parsed.filter(|v| {
@@ -303,13 +339,12 @@ async fn messages(
         );
     };
 
-    let reply = shared
-        .inner
-        .lock()
-        .unwrap()
-        .script
-        .pop_front()
-        .unwrap_or(Reply::Accept);
+    let reply = {
+        let mut inner = shared.inner.lock().unwrap();
+        let own = inner.scripts.get_mut(&phone).and_then(VecDeque::pop_front);
+        own.or_else(|| inner.script.pop_front())
+            .unwrap_or(Reply::Accept)
+    };
     let (status, code, details, retry_after) = match reply {
         Reply::Error {
             status,
@@ -329,7 +364,7 @@ async fn messages(
             if let Some(limited) = limit(&shared, &req) {
                 return limited;
             }
-            let (wamid, to) = record(&shared, &req);
+            let (wamid, to) = record(&shared, &req, &phone, arrived);
             if matches!(accepting, Reply::Hold) {
                 shared.hold.acquire().await.unwrap().forget();
             }
@@ -413,7 +448,7 @@ fn limit(shared: &Shared, req: &Value) -> Option<Response> {
     None
 }
 
-fn record(shared: &Shared, req: &Value) -> (String, String) {
+fn record(shared: &Shared, req: &Value, phone: &str, arrived: Instant) -> (String, String) {
     let mut inner = shared.inner.lock().unwrap();
     inner.next_id += 1;
     let wamid = format!("wamid.MOCK{:012}", inner.next_id);
@@ -433,6 +468,8 @@ fn record(shared: &Shared, req: &Value) -> (String, String) {
         message,
         wamid: wamid.clone(),
         at: Instant::now(),
+        phone: phone.to_string(),
+        arrived,
     });
     drop(inner);
     shared.recorded.send_modify(|n| *n += 1);
