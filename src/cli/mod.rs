@@ -272,7 +272,16 @@ fn check_config(opts: &LoadOptions, settings: &Settings) -> u8 {
         println!("# file: {}", file.display());
     }
     for (key, value) in effective(settings) {
-        let origin = origins.get(key.as_str()).copied().unwrap_or("default");
+        let origin = origins
+            .get(key.as_str())
+            .or_else(|| {
+                // `whatsapp.numbers[i].…` come from wherever the tables were written.
+                key.starts_with("whatsapp.numbers[")
+                    .then(|| origins.get("whatsapp.numbers"))
+                    .flatten()
+            })
+            .copied()
+            .unwrap_or("default");
         let origin = match (origin, key.rsplit_once('.')) {
             // A secret filled from its *_file or a credential.
             ("default", Some((section, name)))
