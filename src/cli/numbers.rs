@@ -1,5 +1,6 @@
 //! `outbound-runner numbers [list|pause ID [--for DURATION]|resume ID]`: the sending numbers,
-//! their state and today's sends; pausing and resuming one for every runner sharing the
+//! their state, today's sends and the unique recipients of their template messages over the
+//! last 24 hours (what Meta's messaging-limit tier counts); pausing and resuming one for every runner sharing the
 //! database (the hold is a row of `"OutboundNumberHold"`, read by each runner at most a second
 //! later; docs/numbers.md).
 //!
@@ -61,7 +62,9 @@ pub async fn run(pool: &Pool, settings: &Settings, args: &NumbersArgs) -> anyhow
         NumbersCommand::List => {
             let holds = numbers::holds(pool).await?;
             let sent = numbers::sent_today(pool, &default_id).await?;
-            print!("{}", render(settings, &holds, &sent, chrono::Utc::now()));
+            let tier = numbers::template_recipients_24h(pool, &default_id).await?;
+            let now = chrono::Utc::now();
+            print!("{}", render(settings, &holds, &sent, &tier, now));
             Ok(exit::OK)
         }
         NumbersCommand::Pause(p) => {
@@ -113,6 +116,7 @@ pub fn render(
     settings: &Settings,
     holds: &[StoredHold],
     sent: &std::collections::HashMap<String, i64>,
+    tier: &std::collections::HashMap<String, i64>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> String {
     let wa = &settings.whatsapp;
@@ -122,6 +126,7 @@ pub fn render(
         "RATE/S".into(),
         "PAIR".into(),
         "SENT TODAY".into(),
+        "TEMPLATE RECIPIENTS 24H".into(),
         "STATE".into(),
     ]];
     let mut ids: Vec<String> = wa.number_ids().iter().map(|s| s.to_string()).collect();
@@ -167,18 +172,19 @@ pub fn render(
                 humantime::format_duration(n.pair_interval).to_string()
             }),
             sent.get(&id).copied().unwrap_or(0).to_string(),
+            tier.get(&id).copied().unwrap_or(0).to_string(),
             state,
         ]);
     }
-    let widths: Vec<usize> = (0..4)
+    let widths: Vec<usize> = (0..5)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for r in rows {
-        for c in 0..4 {
+        for c in 0..5 {
             out.push_str(&format!("{:<w$}  ", r[c], w = widths[c]));
         }
-        out.push_str(&r[4]);
+        out.push_str(&r[5]);
         out.push('\n');
     }
     out

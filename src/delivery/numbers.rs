@@ -127,6 +127,29 @@ pub async fn sent_today(pool: &Pool, default_id: &str) -> sqlx::Result<HashMap<S
         .collect()
 }
 
+/// Unique recipients of template messages (business-initiated: what Meta's messaging-limit
+/// tier counts) sent in the last 24 hours, per number.
+pub async fn template_recipients_24h(
+    pool: &Pool,
+    default_id: &str,
+) -> sqlx::Result<HashMap<String, i64>> {
+    let rows = sqlx::query(
+        r#"
+        SELECT coalesce(j.payload->>'from', $1) AS number, count(DISTINCT m."to") AS recipients
+        FROM "OutboundMessage" m JOIN "OutboundJob" j ON j.id = m."jobId"
+        WHERE m.status = 'sent' AND m."sentAt" > now() - interval '24 hours'
+          AND m.body->>'type' = 'template'
+        GROUP BY 1
+        "#,
+    )
+    .bind(default_id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
+        .collect()
+}
+
 /// The runner's copy of the holds, read at most every [`HOLDS_MAX_AGE`] (by whichever job
 /// notices first; the others go on with the copy they have).
 #[derive(Default)]

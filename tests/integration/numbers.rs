@@ -242,7 +242,14 @@ async fn pause_and_resume_by_command() {
     assert_eq!(unknown.status.code(), Some(64), "{unknown:?}");
 
     let paused = job(&db, Some(OTHER), "15551400001").await;
-    let free = job(&db, None, "15551400002").await;
+    // A template (business-initiated): counted for the messaging-limit tier.
+    let free = db
+        .insert_payload(
+            &json!({"to": "15551400002", "message": {"type": "template",
+                "template": {"name": "hello_world", "language": {"code": "en_US"}}}})
+            .to_string(),
+        )
+        .await;
     let report = runner.run_pass(2).await.unwrap();
     assert_eq!(
         (report.processed, report.retried),
@@ -267,6 +274,13 @@ async fn pause_and_resume_by_command() {
     let table = stdout(&cli(&db, &["numbers"]));
     println!("{table}");
     assert!(!table.contains("paused"), "{table}");
+    let row = |id: &str| -> Vec<String> {
+        let line = table.lines().find(|l| l.starts_with(id)).unwrap();
+        line.split_whitespace().map(str::to_string).collect()
+    };
+    // NUMBER (default) RATE/S PAIR SENT-TODAY TEMPLATE-RECIPIENTS-24H STATE
+    assert_eq!(row(mock_meta::PHONE_NUMBER_ID)[4..], ["1", "1", "sending"]);
+    assert_eq!(row(OTHER)[3..], ["1", "0", "sending"]);
     let again = cli(&db, &["numbers", "resume", OTHER]);
     assert_eq!(again.status.code(), Some(1), "{again:?}");
     runner.shutdown().await;
