@@ -6,9 +6,9 @@
 //!   80/s), and a sliding-window log of the sends actually released guarantees that no
 //!   one-second window ever holds more than the rate, even when timers wake late and bunch
 //!   slots together (a bucket with a burst would let more through, which Meta answers with
-//!   130429). A job's slot is at most [`THROUGHPUT_HORIZON`] ahead, else it is deferred: the
-//!   jobs one number holds waiting are bounded by its own rate, so a busy number never fills
-//!   the in-flight capacity (sized on the sum of the rates) that another needs;
+//!   130429). A job's slot is at most [`THROUGHPUT_HORIZON`] ahead, else it is deferred (due
+//!   at its slot): a busy number keeps only a quarter second of its rate waiting here, and its
+//!   backlog moves behind other numbers' due jobs, so it never starves them;
 //! - **hold**: an operator's pause (`outbound-runner numbers pause`, or a 131048 answer), kept
 //!   in the database so every runner sees it: jobs are deferred without spending an attempt;
 //! - **pause**: after a rate-limit answer (4, 80007, 130429, 131057) the whole number pauses for
