@@ -350,3 +350,60 @@ async fn pair_spacing_is_per_number() {
     assert_eq!(j.attempts, 0);
     runner.shutdown().await;
 }
+
+/// `check-config` lists every number, its token masked.
+#[test]
+fn check_config_lists_the_numbers_with_secrets_masked() {
+    let dir = std::env::temp_dir().join(format!("or-numbers-cc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        "[delivery]\nmode = \"live\"\n[whatsapp]\nphone_number_id = \"111\"\n\
+         access_token = \"tok-default-secret\"\n\
+         [[whatsapp.numbers]]\nphone_number_id = \"222\"\naccess_token = \"tok-222-secret\"\n\
+         rate_per_second = 20\n",
+    )
+    .unwrap();
+    let run = |config: &std::path::Path| {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .arg("check-config")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .output()
+            .unwrap()
+    };
+    let out = run(&config);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains("whatsapp.numbers[0].phone_number_id = \"222\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("whatsapp.numbers[0].access_token = ***"),
+        "{text}"
+    );
+    assert!(
+        text.contains("whatsapp.numbers[0].rate_per_second = 20"),
+        "{text}"
+    );
+    assert!(!text.contains("tok-"), "{text}");
+
+    // The same id twice: refused, naming the key.
+    std::fs::write(
+        &config,
+        "[whatsapp]\nphone_number_id = \"111\"\n[[whatsapp.numbers]]\nphone_number_id = \"111\"\n",
+    )
+    .unwrap();
+    let out = run(&config);
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("whatsapp.numbers[0].phone_number_id") && err.contains("configured twice"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
