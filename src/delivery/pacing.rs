@@ -27,8 +27,9 @@
 //! number's throughput, the pair interval), so a thousand jobs deferred by one pause come back
 //! one after another, not all at once.
 //!
-//! All of this is **per process**: two runners sending for the same number each pace at the full
-//! rate. Run one runner per number, or divide `rate_per_second` between them.
+//! All of this but the holds is **per process**: two runners sending for the same number each
+//! pace at the full rate. Run one runner per number, or divide `rate_per_second` between them.
+//! Holds are read from the database (`super::numbers`), so a pause reaches every runner.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
