@@ -185,6 +185,84 @@ pub struct WhatsappSettings {
     /// Empty: none. Else every webhook POST is passed on, unchanged, to this URL (the app's own
     /// webhook), and Meta hears 200 only when the app answered 2xx.
     pub webhook_forward_url: String,
+    /// More sending numbers (`[[whatsapp.numbers]]`); the keys above are the default number.
+    /// Read them through [`WhatsappSettings::number`] (docs/numbers.md).
+    #[serde(default)]
+    pub numbers: Vec<NumberSettings>,
+}
+
+/// One `[[whatsapp.numbers]]` table: a sending number with its own token and limits. A key left
+/// out takes the `[whatsapp]` value.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumberSettings {
+    pub phone_number_id: String,
+    #[serde(default, deserialize_with = "secret")]
+    pub access_token: Option<SecretString>,
+    #[serde(default, deserialize_with = "path")]
+    pub access_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub rate_per_second: Option<u32>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub pair_interval: Option<Duration>,
+}
+
+impl WhatsappSettings {
+    /// The id of the number a job without `from` sends from: `phone_number_id`, or the first of
+    /// `numbers` when it is empty.
+    pub fn default_number_id(&self) -> &str {
+        if self.phone_number_id.is_empty() {
+            self.numbers
+                .first()
+                .map_or("", |n| n.phone_number_id.as_str())
+        } else {
+            &self.phone_number_id
+        }
+    }
+
+    /// The ids of every configured number, the default first.
+    pub fn number_ids(&self) -> Vec<&str> {
+        let mut ids = Vec::new();
+        if !self.phone_number_id.is_empty() {
+            ids.push(self.phone_number_id.as_str());
+        }
+        ids.extend(self.numbers.iter().map(|n| n.phone_number_id.as_str()));
+        ids
+    }
+
+    /// The settings one number sends under: these settings with its id, token, rate and pair
+    /// interval (and no `numbers`). `None` (the default number) or `Some(id)`; `None` back: no
+    /// such number is configured.
+    pub fn number(&self, id: Option<&str>) -> Option<WhatsappSettings> {
+        let id = id.unwrap_or_else(|| self.default_number_id());
+        let mut out = self.clone();
+        out.numbers = Vec::new();
+        if id == self.phone_number_id && !id.is_empty() {
+            return Some(out);
+        }
+        let n = self.numbers.iter().find(|n| n.phone_number_id == id)?;
+        out.phone_number_id = n.phone_number_id.clone();
+        if n.access_token.is_some() {
+            out.access_token = n.access_token.clone();
+        }
+        out.access_token_file = None;
+        out.rate_per_second = n.rate_per_second.unwrap_or(self.rate_per_second);
+        out.pair_interval = n.pair_interval.unwrap_or(self.pair_interval);
+        Some(out)
+    }
+
+    /// The sum of every number's rate (the in-flight sizing's input).
+    pub fn total_rate(&self) -> u32 {
+        if self.numbers.is_empty() {
+            return self.rate_per_second;
+        }
+        self.number_ids()
+            .into_iter()
+            .filter_map(|id| self.number(Some(id)))
+            .map(|n| n.rate_per_second)
+            .fold(0u32, u32::saturating_add)
+            .max(1)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -653,6 +731,7 @@ fn resolve_secrets(s: &mut Settings, env: &HashMap<String, String>) -> Result<()
             (true, None) => {}
         }
     }
+    resolve_number_secrets(s, credentials.as_deref(), &mut problems);
     if let (Some(direct), Some(listen)) = (&s.database.direct_url, &s.database.listen_url) {
         if direct.expose_secret() != listen.expose_secret() {
             problems.push(Problem {
@@ -668,6 +747,96 @@ fn resolve_secrets(s: &mut Settings, env: &HashMap<String, String>) -> Result<()
     } else {
         Err(ConfigError { problems })
     }
+}
+
+/// `whatsapp.numbers[i].access_token`: inline, `_file`, or the credential
+/// `whatsapp_access_token_<phone_number_id>`; none of them: the `[whatsapp]` token.
+fn resolve_number_secrets(
+    s: &mut Settings,
+    credentials: Option<&Path>,
+    problems: &mut Vec<Problem>,
+) {
+    for (i, n) in s.whatsapp.numbers.iter_mut().enumerate() {
+        let key = format!("whatsapp.numbers[{i}].access_token");
+        match (n.access_token.is_some(), &n.access_token_file) {
+            (true, Some(_)) => problems.push(Problem {
+                key: format!("{key}_file"),
+                reason: format!("set together with {key}; set only one of them"),
+            }),
+            (false, Some(path)) => match read_secret_file(path) {
+                Ok(v) => n.access_token = v,
+                Err(reason) => problems.push(Problem {
+                    key: format!("{key}_file"),
+                    reason,
+                }),
+            },
+            (false, None) => {
+                let Some(dir) = credentials else { continue };
+                if n.phone_number_id.is_empty()
+                    || !n.phone_number_id.chars().all(|c| c.is_ascii_digit())
+                {
+                    continue;
+                }
+                let name = format!("whatsapp_access_token_{}", n.phone_number_id);
+                let path = dir.join(&name);
+                if path.exists() {
+                    match read_secret_file(&path) {
+                        Ok(v) => n.access_token = v,
+                        Err(reason) => problems.push(Problem {
+                            key,
+                            reason: format!("credential {name}: {reason}"),
+                        }),
+                    }
+                }
+            }
+            (true, None) => {}
+        }
+    }
+}
+
+/// What is wrong with `[[whatsapp.numbers]]`: (key, reason). Reasons never quote a secret.
+fn number_problems(s: &Settings) -> Vec<(String, String)> {
+    let w = &s.whatsapp;
+    let live = s.delivery.mode == DeliveryMode::Live;
+    let mut out = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    if !w.phone_number_id.is_empty() {
+        seen.push(&w.phone_number_id);
+    }
+    for (i, n) in w.numbers.iter().enumerate() {
+        let key = |k: &str| format!("whatsapp.numbers[{i}].{k}");
+        let id = n.phone_number_id.as_str();
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+            out.push((
+                key("phone_number_id"),
+                "must be the numeric id Meta shows for the number".to_string(),
+            ));
+        } else if seen.contains(&id) {
+            out.push((
+                key("phone_number_id"),
+                format!(
+                    "{id} is configured twice (whatsapp.phone_number_id and every \
+                     [[whatsapp.numbers]] table name distinct numbers)"
+                ),
+            ));
+        } else {
+            seen.push(id);
+        }
+        if n.rate_per_second == Some(0) {
+            out.push((key("rate_per_second"), "must be at least 1".to_string()));
+        }
+        if live && n.access_token.is_none() && w.access_token.is_none() {
+            out.push((
+                key("access_token"),
+                format!(
+                    "is required when delivery.mode = \"live\" (or access_token_file, the \
+                     credential whatsapp_access_token_{id}, or whatsapp.access_token for all \
+                     numbers)"
+                ),
+            ));
+        }
+    }
+    out
 }
 
 fn read_secret_file(path: &Path) -> Result<Option<SecretString>, String> {
@@ -776,13 +945,13 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
         );
     }
     if s.delivery.mode == DeliveryMode::Live {
-        if w.phone_number_id.is_empty() {
+        if w.phone_number_id.is_empty() && w.numbers.is_empty() {
             bad(
                 "whatsapp.phone_number_id",
                 "is required when delivery.mode = \"live\"",
             );
         }
-        if w.access_token.is_none() {
+        if w.access_token.is_none() && (!w.phone_number_id.is_empty() || w.numbers.is_empty()) {
             bad(
                 "whatsapp.access_token",
                 "is required when delivery.mode = \"live\" (or whatsapp.access_token_file)",
@@ -791,6 +960,9 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
     }
     if w.rate_per_second == 0 {
         bad("whatsapp.rate_per_second", "must be at least 1");
+    }
+    for (key, reason) in number_problems(s) {
+        bad(&key, &reason);
     }
     if w.timeout.is_zero() {
         bad("whatsapp.timeout", "must be more than 0s");
@@ -979,6 +1151,82 @@ mod tests {
         let keys: Vec<_> = e.problems.iter().map(|p| p.key.as_str()).collect();
         assert!(keys.contains(&"whatsapp.phone_number_id"), "{e}");
         assert!(keys.contains(&"whatsapp.access_token"), "{e}");
+    }
+
+    /// `[[whatsapp.numbers]]`: inherited keys, the per-number credential, and the checks.
+    #[test]
+    fn several_numbers() {
+        let dir = std::env::temp_dir().join(format!("or-numbers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("whatsapp_access_token_222"), "tok-222\n").unwrap();
+        let file = dir.join("config.toml");
+        let write = |text: &str| std::fs::write(&file, text).unwrap();
+        let load_it = || {
+            load(&LoadOptions {
+                config_path: Some(file.clone()),
+                skip_default_path: true,
+                env: [
+                    (
+                        "CREDENTIALS_DIRECTORY".to_string(),
+                        dir.display().to_string(),
+                    ),
+                    (
+                        "OUTBOUND_RUNNER__DELIVERY__MODE".to_string(),
+                        "live".to_string(),
+                    ),
+                ]
+                .into(),
+            })
+        };
+        write(
+            "[whatsapp]\nphone_number_id = \"111\"\naccess_token = \"tok-111\"\n\
+             rate_per_second = 80\n\
+             [[whatsapp.numbers]]\nphone_number_id = \"222\"\nrate_per_second = 20\n\
+             [[whatsapp.numbers]]\nphone_number_id = \"333\"\npair_interval = \"1s\"\n",
+        );
+        let s = load_it().unwrap();
+        let w = &s.whatsapp;
+        assert_eq!(w.number_ids(), ["111", "222", "333"]);
+        assert_eq!(w.default_number_id(), "111");
+        let n = w.number(Some("222")).unwrap();
+        assert_eq!(n.access_token.unwrap().expose_secret(), "tok-222");
+        assert_eq!((n.rate_per_second, n.pair_interval), (20, w.pair_interval));
+        let n = w.number(Some("333")).unwrap();
+        assert_eq!(
+            n.access_token.unwrap().expose_secret(),
+            "tok-111",
+            "inherited"
+        );
+        assert_eq!(
+            (n.rate_per_second, n.pair_interval),
+            (80, Duration::from_secs(1))
+        );
+        assert_eq!(w.number(None).unwrap().phone_number_id, "111");
+        assert!(w.number(Some("444")).is_none());
+        assert_eq!(w.total_rate(), 180);
+
+        // A duplicate id, a zero rate, and a number with no token anywhere.
+        write(
+            "[whatsapp]\nphone_number_id = \"111\"\naccess_token = \"tok-111\"\n\
+             [[whatsapp.numbers]]\nphone_number_id = \"111\"\nrate_per_second = 0\n",
+        );
+        let e = load_it().unwrap_err();
+        let keys: Vec<_> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "whatsapp.numbers[0].phone_number_id",
+                "whatsapp.numbers[0].rate_per_second"
+            ],
+            "{e}"
+        );
+        assert!(e.to_string().contains("configured twice"), "{e}");
+        write("[[whatsapp.numbers]]\nphone_number_id = \"555\"\n");
+        let e = load_it().unwrap_err();
+        let keys: Vec<_> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["whatsapp.numbers[0].access_token"], "{e}");
+        assert!(!e.to_string().contains("tok-"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

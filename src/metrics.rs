@@ -45,6 +45,16 @@ pub struct Metrics {
     /// Recent latencies of the orchestrator and of Cloud API sends, for the in-flight sizing.
     pub orchestrator_latency: LatencyWindow,
     pub send_latency: LatencyWindow,
+    /// Per sending number (`number`: a configured phone number id, a closed set; docs/numbers.md).
+    pub number_sent: IntCounterVec,
+    /// number, class (as `whatsapp_errors`).
+    pub number_errors: IntCounterVec,
+    pub number_circuit_open: IntGaugeVec,
+    pub number_on_hold: IntGaugeVec,
+    /// number, reason (the deferral's code: number_paced, recipient_paced, number_paused,
+    /// number_on_hold, circuit_open).
+    pub number_deferred: IntCounterVec,
+    pub number_paced_wait: HistogramVec,
 }
 
 /// The most recent latencies of one kind of call (at most [`LatencyWindow::SAMPLES`], none older
@@ -223,6 +233,49 @@ impl Metrics {
             )),
             orchestrator_latency: LatencyWindow::default(),
             send_latency: LatencyWindow::default(),
+            number_sent: reg!(IntCounterVec::new(
+                Opts::new(
+                    "number_messages_sent_total",
+                    "Messages accepted by the Cloud API, by sending number."
+                ),
+                &["number"]
+            )),
+            number_errors: reg!(IntCounterVec::new(
+                Opts::new(
+                    "number_whatsapp_errors_total",
+                    "Cloud API errors, by sending number and class."
+                ),
+                &["number", "class"]
+            )),
+            number_circuit_open: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "number_circuit_open",
+                    "1 while sending is halted for the number (halt-class answer)."
+                ),
+                &["number"]
+            )),
+            number_on_hold: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "number_on_hold",
+                    "1 while the number is paused (numbers pause, or a 131048 answer)."
+                ),
+                &["number"]
+            )),
+            number_deferred: reg!(IntCounterVec::new(
+                Opts::new(
+                    "number_deferred_total",
+                    "Jobs deferred (no attempt spent) by the number's limits, by reason."
+                ),
+                &["number", "reason"]
+            )),
+            number_paced_wait: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "number_paced_wait_seconds",
+                    "Time a send waited in the pacer (throughput, pair spacing), by number."
+                )
+                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0]),
+                &["number"]
+            )),
             circuit_open: reg!(IntGauge::new(
                 "circuit_open",
                 "1 while sending is halted for the phone number."

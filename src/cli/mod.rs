@@ -1,8 +1,9 @@
 //! The command line: `run` (the daemon, default), `migrate`, `enqueue`, `status`, `jobs`,
-//! `verify`, `check-config`.
+//! `numbers`, `verify`, `check-config`.
 
 pub mod in_flight;
 pub mod jobs;
+pub mod numbers;
 pub mod status;
 pub mod verify;
 
@@ -43,6 +44,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Find, inspect, retry, cancel and settle jobs (list|show|retry|cancel|settle).
     Jobs(jobs::JobsArgs),
+    /// The sending numbers: state, rate, today's sends; pause and resume one on every runner.
+    Numbers(numbers::NumbersArgs),
     /// Check a running runner over HTTP: both trigger endpoints, auth, readiness, metrics.
     Verify(verify::VerifyArgs),
     /// Load and validate the configuration; print the effective values, secrets masked.
@@ -124,6 +127,13 @@ pub async fn main(cli: Cli) -> u8 {
             let default_max_attempts = settings.retry.max_attempts as i32;
             with_database(&opts, &settings, |pool| async move {
                 Ok(jobs::run(&pool, &args, default_max_attempts).await)
+            })
+            .await
+        }
+        Command::Numbers(args) => {
+            let for_numbers = settings.clone();
+            with_database(&opts, &settings, |pool| async move {
+                numbers::run(&pool, &for_numbers, &args).await
             })
             .await
         }
@@ -406,7 +416,16 @@ fn check_config(opts: &LoadOptions, settings: &Settings) -> u8 {
         println!("# file: {}", file.display());
     }
     for (key, value) in effective(settings) {
-        let origin = origins.get(key.as_str()).copied().unwrap_or("default");
+        let origin = origins
+            .get(key.as_str())
+            .or_else(|| {
+                // `whatsapp.numbers[i].…` come from wherever the tables were written.
+                key.starts_with("whatsapp.numbers[")
+                    .then(|| origins.get("whatsapp.numbers"))
+                    .flatten()
+            })
+            .copied()
+            .unwrap_or("default");
         let origin = match (origin, key.rsplit_once('.')) {
             // A secret filled from its *_file or a credential.
             ("default", Some((section, name)))
@@ -447,7 +466,7 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
             .map(|p| p.display().to_string())
             .unwrap_or_default())
     };
-    vec![
+    let mut out = vec![
         ("database.url".into(), secret(&s.database.url)),
         ("database.url_file".into(), p(&s.database.url_file)),
         ("database.pooler".into(), q(pooler_name(s.database.pooler))),
@@ -577,5 +596,21 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
             "log.format".into(),
             q(&format!("{:?}", s.log.format).to_lowercase()),
         ),
-    ]
+    ];
+    // `[[whatsapp.numbers]]`: one line per number, secrets masked (docs/numbers.md).
+    for (i, n) in s.whatsapp.numbers.iter().enumerate() {
+        let k = |key: &str| format!("whatsapp.numbers[{i}].{key}");
+        out.push((k("phone_number_id"), q(&n.phone_number_id)));
+        out.push((k("access_token"), secret(&n.access_token)));
+        if n.access_token_file.is_some() {
+            out.push((k("access_token_file"), p(&n.access_token_file)));
+        }
+        if let Some(rate) = n.rate_per_second {
+            out.push((k("rate_per_second"), rate.to_string()));
+        }
+        if let Some(pair) = n.pair_interval {
+            out.push((k("pair_interval"), d(pair)));
+        }
+    }
+    out
 }

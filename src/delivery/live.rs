@@ -23,12 +23,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::ledger::{self, Message, Status};
+use super::numbers::{self, HOLDS_MAX_AGE, HoldCache};
 use super::orchestrator;
 use super::pacing::{Pacer, Permit};
 use super::payload::{Content, Payload};
 use super::whatsapp::{Class, CloudApi, SendError};
 use super::{BoxFuture, JobContext, JobHandler};
-use crate::config::{OnUnknown, Settings};
+use crate::config::{OnUnknown, Settings, WhatsappSettings};
 use crate::db::redact_sqlx;
 use crate::db::wait::patiently;
 use crate::queue::{Action, Job, JobError};
@@ -38,6 +39,8 @@ use crate::queue::{Action, Job, JobError};
 pub struct LiveHandler {
     http: Mutex<Http>,
     pacer: Pacer,
+    /// The numbers on hold, read from the database at most a second ago.
+    holds: HoldCache,
 }
 
 /// The HTTP client, rebuilt when a reload changes the timeouts it was built for.
@@ -55,6 +58,7 @@ impl LiveHandler {
                 client: build_client(timeouts)?,
             }),
             pacer: Pacer::new(),
+            holds: HoldCache::default(),
         })
     }
 
@@ -81,7 +85,8 @@ impl LiveHandler {
     async fn attempt(&self, job: &Job, ctx: &JobContext) -> Result<(), JobError> {
         let settings = &ctx.settings;
         let payload = Payload::parse(&job.payload)?;
-        self.admit(ctx).await?;
+        let wa = sending_number(settings, &payload)?;
+        self.admit(ctx, &wa).await?;
         let http = self.client(settings);
 
         // Compose, and record the messages before any send.
@@ -136,18 +141,44 @@ impl LiveHandler {
         }
         let api = CloudApi::new(http);
         for message in &rows {
-            self.deliver(job, ctx, &api, message, rows.len()).await?;
+            self.deliver(job, ctx, &wa, &api, message, rows.len())
+                .await?;
         }
         Ok(())
     }
 
     /// Notices a reload or an ended cooldown; defers the job while the circuit is open.
-    async fn admit(&self, ctx: &JobContext) -> Result<(), JobError> {
-        let admitted = self.pacer.admit(&ctx.settings);
+    async fn admit(&self, ctx: &JobContext, wa: &WhatsappSettings) -> Result<(), JobError> {
+        self.holds
+            .refresh(&ctx.pool, &self.pacer, HOLDS_MAX_AGE)
+            .await;
+        let mut admitted = self.pacer.admit(&ctx.settings, wa);
+        if admitted.as_ref().is_err_and(|d| d.code == "number_on_hold") {
+            // A resume may be younger than our copy: confirm before deferring.
+            self.holds.confirm(&ctx.pool, &self.pacer).await;
+            admitted = self.pacer.admit(&ctx.settings, wa);
+        }
         ctx.metrics
             .circuit_open
             .set(i64::from(self.pacer.circuit_open()));
-        let admission = admitted.map_err(|d| d.into_job_error())?;
+        for id in ctx.settings.whatsapp.number_ids() {
+            ctx.metrics
+                .number_circuit_open
+                .with_label_values(&[id])
+                .set(i64::from(self.pacer.circuit_open_for(id)));
+            ctx.metrics
+                .number_on_hold
+                .with_label_values(&[id])
+                .set(i64::from(self.pacer.hold(id).is_some()));
+        }
+        let number = wa.phone_number_id.as_str();
+        let admission = admitted.map_err(|d| {
+            ctx.metrics
+                .number_deferred
+                .with_label_values(&[number, d.code])
+                .inc();
+            d.into_job_error()
+        })?;
         if admission.closed_after_cooldown {
             tracing::info!("whatsapp.halt_cooldown has passed: sending resumes for the number");
         }
@@ -172,6 +203,7 @@ impl LiveHandler {
         &self,
         job: &Job,
         ctx: &JobContext,
+        wa: &WhatsappSettings,
         api: &CloudApi,
         message: &Message,
         total: usize,
@@ -236,11 +268,19 @@ impl LiveHandler {
             Status::Sending | Status::Pending | Status::Failed => {}
         }
 
-        let permit = self
-            .pacer
-            .acquire(settings, &message.to)
-            .await
-            .map_err(|d| d.into_job_error())?;
+        let number = wa.phone_number_id.as_str();
+        let paced = Instant::now();
+        let permit = self.pacer.acquire(wa, &message.to).await.map_err(|d| {
+            ctx.metrics
+                .number_deferred
+                .with_label_values(&[number, d.code])
+                .inc();
+            d.into_job_error()
+        })?;
+        ctx.metrics
+            .number_paced_wait
+            .with_label_values(&[number])
+            .observe(paced.elapsed().as_secs_f64());
         let mark = ledger::Mark {
             fence: job.fence.clone(),
             seq,
@@ -265,11 +305,11 @@ impl LiveHandler {
             }
         }
 
+        // The number's sliding window, as close to the request as it gets.
+        self.pacer.release(wa).await;
         let started = Instant::now();
         let callback = super::statuses::callback_id(job.id, seq);
-        let result = api
-            .send(&settings.whatsapp, &message.to, &callback, &message.body)
-            .await;
+        let result = api.send(wa, &message.to, &callback, &message.body).await;
         ctx.metrics
             .send_duration
             .observe(started.elapsed().as_secs_f64());
@@ -278,8 +318,9 @@ impl LiveHandler {
         match result {
             Ok(wamid) => {
                 permit.done(true);
-                self.pacer.accepted(settings);
+                self.pacer.accepted(wa);
                 ctx.metrics.messages_sent.inc();
+                ctx.metrics.number_sent.with_label_values(&[number]).inc();
                 self.record_sent(job, ctx, seq, &wamid).await
             }
             Err(err) => {
@@ -287,7 +328,11 @@ impl LiveHandler {
                     .whatsapp_errors
                     .with_label_values(&[err.class.label()])
                     .inc();
-                let mut refused = self.refused(job, ctx, seq, permit, err).await;
+                ctx.metrics
+                    .number_errors
+                    .with_label_values(&[number, err.class.label()])
+                    .inc();
+                let mut refused = self.refused(job, ctx, wa, seq, permit, err).await;
                 if total > 1 && refused.code != "lost" {
                     refused.message =
                         format!("message {} of {total}: {}", seq + 1, refused.message);
@@ -338,6 +383,7 @@ impl LiveHandler {
         &self,
         job: &Job,
         ctx: &JobContext,
+        wa: &WhatsappSettings,
         seq: i32,
         permit: Permit,
         err: SendError,
@@ -356,7 +402,7 @@ impl LiveHandler {
             }
             Class::SlowNumber => {
                 permit.done(false);
-                let delay = self.pacer.pause_number(settings, retry_after, &code);
+                let delay = self.pacer.pause_number(wa, retry_after, &code);
                 message.push_str(&format!(
                     "; the phone number is paused, this job runs again in {} (no attempt spent)",
                     humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
@@ -373,14 +419,34 @@ impl LiveHandler {
                 ));
                 (Status::Pending, Action::Retry { after: Some(after) })
             }
+            Class::Halt if code == SPAM_HOLD_CODE => {
+                // A quality signal, not a transient: held (every runner) until resumed by hand.
+                permit.done(false);
+                self.hold_for_spam(ctx, wa, &message).await;
+                message.push_str(&format!(
+                    "; phone number {} is paused until `outbound-runner numbers resume {}` \
+                     (no attempt spent)",
+                    wa.phone_number_id, wa.phone_number_id
+                ));
+                (
+                    Status::Pending,
+                    Action::Defer {
+                        delay: super::pacing::HOLD_RECHECK,
+                    },
+                )
+            }
             Class::Halt => {
                 permit.done(false);
-                let (delay, opened) = self.pacer.open_circuit(settings, &message);
+                let (delay, opened) = self.pacer.open_circuit(settings, wa, &message);
                 ctx.metrics.circuit_open.set(1);
+                ctx.metrics
+                    .number_circuit_open
+                    .with_label_values(&[wa.phone_number_id.as_str()])
+                    .set(1);
                 if opened {
                     tracing::error!(
                         code = %code,
-                        phone_number_id = %settings.whatsapp.phone_number_id,
+                        phone_number_id = %wa.phone_number_id,
                         cooldown = %humantime::format_duration(settings.whatsapp.halt_cooldown),
                         "sending HALTED for the phone number: {message}; jobs stay queued without \
                          spending attempts until whatsapp.halt_cooldown passes or the \
@@ -419,6 +485,59 @@ impl LiveHandler {
         }
         JobError::new(next, code, message)
     }
+}
+
+/// Meta's "spam rate limit hit" (131048): a quality signal, not a transient. The number is held
+/// in the database until an operator resumes it (docs/numbers.md).
+const SPAM_HOLD_CODE: &str = "131048";
+
+impl LiveHandler {
+    /// A 131048: hold the number (every runner) until resumed by hand.
+    async fn hold_for_spam(&self, ctx: &JobContext, wa: &WhatsappSettings, message: &str) {
+        let number = wa.phone_number_id.as_str();
+        let reason = format!("Meta answered 131048 (spam rate limit): {message}");
+        let reason: String = reason.chars().take(500).collect();
+        let by = "runner (131048)";
+        self.pacer.hold_now(
+            number,
+            super::pacing::Hold {
+                until: None,
+                reason: reason.clone(),
+                by: by.to_string(),
+            },
+        );
+        if let Err(e) = numbers::pause(&ctx.pool, number, None, &reason, by).await {
+            tracing::warn!(
+                error = %redact_sqlx(&e),
+                phone_number_id = %number,
+                "recording the hold of the number failed; this runner holds it all the same"
+            );
+        }
+        tracing::error!(
+            phone_number_id = %number,
+            "phone number PAUSED after a 131048 (spam rate limit) answer; its jobs wait without \
+             spending attempts until `outbound-runner numbers resume {number}`"
+        );
+    }
+}
+
+/// The number a job sends from: its `from`, or the default number.
+fn sending_number(settings: &Settings, payload: &Payload) -> Result<WhatsappSettings, JobError> {
+    let wa = &settings.whatsapp;
+    wa.number(payload.from.as_deref()).ok_or_else(|| match &payload.from {
+        Some(from) => JobError::fail(
+            "unknown_number",
+            format!(
+                "`from` names phone number id {from}, which is not configured here (configured: \
+                 {}); add it as a [[whatsapp.numbers]] table or fix the job's `from`",
+                wa.number_ids().join(", ")
+            ),
+        ),
+        None => JobError::fail(
+            "unknown_number",
+            "the job has no `from` and no default number is configured (whatsapp.phone_number_id)",
+        ),
+    })
 }
 
 impl JobHandler for LiveHandler {

@@ -12,6 +12,7 @@
 
 pub mod ledger;
 pub mod live;
+pub mod numbers;
 pub mod orchestrator;
 pub mod pacing;
 pub mod payload;

@@ -1,9 +1,16 @@
 //! Pacing: staying under Meta's limits instead of bouncing off them.
 //!
-//! Per phone number (`whatsapp.phone_number_id`):
-//! - **throughput**: a token bucket of one token refilled every `1 / whatsapp.rate_per_second`
-//!   (default 80/s): sends are spaced evenly, so no one-second window ever holds more than the
-//!   rate (a bigger bucket would allow bursts Meta counts against us);
+//! Per phone number (`whatsapp.phone_number_id` and each `[[whatsapp.numbers]]`, each with its own
+//! state, so one number's limits, pauses and circuit never touch another's; docs/numbers.md):
+//! - **throughput**: sends are spaced evenly, one slot every `1 / rate_per_second` (default
+//!   80/s), and a sliding-window log of the sends actually released guarantees that no
+//!   one-second window ever holds more than the rate, even when timers wake late and bunch
+//!   slots together (a bucket with a burst would let more through, which Meta answers with
+//!   130429). A job's slot is at most [`THROUGHPUT_HORIZON`] ahead, else it is deferred (due
+//!   at its slot): a busy number keeps only a quarter second of its rate waiting here, and its
+//!   backlog moves behind other numbers' due jobs, so it never starves them;
+//! - **hold**: an operator's pause (`outbound-runner numbers pause`, or a 131048 answer), kept
+//!   in the database so every runner sees it: jobs are deferred without spending an attempt;
 //! - **pause**: after a rate-limit answer (4, 80007, 130429, 131057) the whole number pauses for
 //!   `Retry-After`, or 1 s doubling per consecutive rate-limit answer up to 60 s;
 //! - **circuit**: after a halt-class answer (bad token, restricted account, ...) nothing is sent
@@ -20,17 +27,18 @@
 //! number's throughput, the pair interval), so a thousand jobs deferred by one pause come back
 //! one after another, not all at once.
 //!
-//! All of this is **per process**: two runners sending for the same number each pace at the full
-//! rate. Run one runner per number, or divide `rate_per_second` between them.
+//! All of this but the holds is **per process**: two runners sending for the same number each
+//! pace at the full rate. Run one runner per number, or divide `rate_per_second` between them.
+//! Holds are read from the database (`super::numbers`), so a pause reaches every runner.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
-use crate::config::Settings;
+use crate::config::{Settings, WhatsappSettings};
 use crate::queue::JobError;
 
 /// The longest a worker sleeps for pacing; a longer wait defers the job.
@@ -42,6 +50,16 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(30);
 pub const MAX_PAUSE: Duration = Duration::from_secs(60);
 /// The largest exponent of the 131056 backoff (4^5 s ≈ 17 min).
 pub const MAX_PAIR_EXPONENT: u32 = 5;
+/// The furthest ahead a job's throughput slot may be for it to wait in the process; a later
+/// slot defers the job (to that slot, without spending an attempt).
+pub const THROUGHPUT_HORIZON: Duration = Duration::from_millis(250);
+/// While a number is on hold (paused by an operator), its jobs come back this often (or when
+/// the hold ends, if sooner; `numbers resume` makes them due at once).
+pub const HOLD_RECHECK: Duration = Duration::from_secs(30);
+/// The sliding window is this much longer than a second: a send's trip to Meta varies (a
+/// connection opened, a busy core), and that variation must not bunch arrivals past the rate.
+/// Costs 2% of the configured throughput.
+pub const WINDOW_MARGIN: Duration = Duration::from_millis(20);
 /// Idle recipients are forgotten once this many are known.
 const RECIPIENTS_SWEEP_AT: usize = 10_000;
 
@@ -75,6 +93,17 @@ pub struct Admission {
 pub struct Pacer {
     numbers: Mutex<HashMap<String, Number>>,
     recipients: Mutex<Recipients>,
+    /// The numbers on hold, as last read from the database (by phone number id).
+    holds: Mutex<HashMap<String, Hold>>,
+}
+
+/// A number paused by an operator (or by a 131048 answer) until `until`, or until resumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// Time left when read (`None`: until resumed by hand).
+    pub until: Option<Instant>,
+    pub reason: String,
+    pub by: String,
 }
 
 #[derive(Default)]
@@ -90,6 +119,8 @@ struct Number {
     circuit: Option<Circuit>,
     /// The settings this number last ran under: a different `Arc` is a reload.
     seen: Weak<Settings>,
+    /// When the sends of the last second were released (the sliding window).
+    released: VecDeque<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -183,13 +214,16 @@ impl Pacer {
 
     /// Before a job's first send: notices a reload and an ended cooldown, and defers the job
     /// while the circuit is open.
-    pub fn admit(&self, settings: &Arc<Settings>) -> Result<Admission, Deferral> {
+    pub fn admit(
+        &self,
+        settings: &Arc<Settings>,
+        wa: &WhatsappSettings,
+    ) -> Result<Admission, Deferral> {
         let now = Instant::now();
-        let spacing = spacing(settings);
+        let spacing = spacing(wa);
+        let hold = self.hold(&wa.phone_number_id);
         let mut numbers = lock(&self.numbers);
-        let n = numbers
-            .entry(settings.whatsapp.phone_number_id.clone())
-            .or_default();
+        let n = numbers.entry(wa.phone_number_id.clone()).or_default();
         let mut out = Admission::default();
         let current = Arc::downgrade(settings);
         if !Weak::ptr_eq(&n.seen, &current) {
@@ -208,15 +242,59 @@ impl Pacer {
             let delay = promise(&mut n.promised, until, spacing, now);
             return Err(circuit_deferral(delay, &c.reason, until - now));
         }
+        if let Some(h) = hold {
+            return Err(hold_deferral(
+                &mut n.promised,
+                &wa.phone_number_id,
+                &h,
+                spacing,
+                now,
+            ));
+        }
         Ok(out)
+    }
+
+    /// Replaces the holds (as just read from the database).
+    pub fn set_holds(&self, holds: HashMap<String, Hold>) {
+        let lifted: Vec<String> = {
+            let mut current = lock(&self.holds);
+            let lifted = current
+                .keys()
+                .filter(|k| !holds.contains_key(*k))
+                .cloned()
+                .collect();
+            *current = holds;
+            lifted
+        };
+        // The slots promised to jobs deferred by a lifted hold are void: they run at once.
+        let mut numbers = lock(&self.numbers);
+        for id in lifted {
+            if let Some(n) = numbers.get_mut(&id) {
+                n.promised = None;
+            }
+        }
+    }
+
+    /// Puts one number on hold in this process at once (the database row is written by the
+    /// caller; the next read confirms it).
+    pub fn hold_now(&self, number: &str, hold: Hold) {
+        lock(&self.holds).insert(number.to_string(), hold);
+    }
+
+    /// The number's hold, if one is in force.
+    pub fn hold(&self, number: &str) -> Option<Hold> {
+        let now = Instant::now();
+        lock(&self.holds)
+            .get(number)
+            .filter(|h| h.until.is_none_or(|u| u > now))
+            .cloned()
     }
 
     /// Waits for the right to send to `to` now (at most [`MAX_SLEEP`]), or says how long to
     /// defer the job.
-    pub async fn acquire(&self, settings: &Arc<Settings>, to: &str) -> Result<Permit, Deferral> {
-        let wa = &settings.whatsapp;
+    pub async fn acquire(&self, wa: &WhatsappSettings, to: &str) -> Result<Permit, Deferral> {
         let number = wa.phone_number_id.as_str();
-        let spacing = spacing(settings);
+        let spacing = spacing(wa);
         let pair = wa.pair_interval;
         let deadline = Instant::now() + MAX_SLEEP;
 
@@ -257,7 +335,7 @@ impl Pacer {
             let mut numbers = lock(&self.numbers);
             let n = numbers.entry(number.to_string()).or_default();
             let slot = n.next_slot.map_or(now, |s| s.max(now));
-            if slot > deadline {
+            if slot > (now + THROUGHPUT_HORIZON).min(deadline) {
                 let delay = promise(&mut n.promised, slot, spacing, now);
                 return Err(Deferral {
                     delay,
@@ -292,10 +370,14 @@ impl Pacer {
         deadline: Instant,
     ) -> Result<(), Deferral> {
         loop {
+            let hold = self.hold(number);
             let until = {
                 let now = Instant::now();
                 let mut numbers = lock(&self.numbers);
                 let n = numbers.entry(number.to_string()).or_default();
+                if let Some(h) = hold {
+                    return Err(hold_deferral(&mut n.promised, number, &h, spacing, now));
+                }
                 if let Some(c) = n.circuit.as_ref().filter(|c| c.until > now) {
                     let (until, reason) = (c.until, c.reason.clone());
                     let delay = promise(&mut n.promised, until, spacing, now);
@@ -324,8 +406,8 @@ impl Pacer {
     }
 
     /// An accepted send: the number's rate-limit strikes are forgiven.
-    pub fn accepted(&self, settings: &Settings) {
-        if let Some(n) = lock(&self.numbers).get_mut(&settings.whatsapp.phone_number_id) {
+    pub fn accepted(&self, wa: &WhatsappSettings) {
+        if let Some(n) = lock(&self.numbers).get_mut(&wa.phone_number_id) {
             n.slow_strikes = 0;
         }
     }
@@ -335,16 +417,14 @@ impl Pacer {
     /// should wait.
     pub fn pause_number(
         &self,
-        settings: &Settings,
+        wa: &WhatsappSettings,
         retry_after: Option<Duration>,
         reason: &str,
     ) -> Duration {
         let now = Instant::now();
-        let spacing = spacing(settings);
+        let spacing = spacing(wa);
         let mut numbers = lock(&self.numbers);
-        let n = numbers
-            .entry(settings.whatsapp.phone_number_id.clone())
-            .or_default();
+        let n = numbers.entry(wa.phone_number_id.clone()).or_default();
         n.slow_strikes = n.slow_strikes.saturating_add(1);
         let pause = retry_after.unwrap_or_else(|| {
             Duration::from_secs(1u64 << (n.slow_strikes - 1).min(6)).min(MAX_PAUSE)
@@ -362,13 +442,16 @@ impl Pacer {
     /// the configuration is reloaded. Returns how long the job that got the answer should wait
     /// ([`PROBE_EVERY`] at most, so it notices a reload) and whether this opened the circuit
     /// (false: it was open already).
-    pub fn open_circuit(&self, settings: &Arc<Settings>, reason: &str) -> (Duration, bool) {
+    pub fn open_circuit(
+        &self,
+        settings: &Arc<Settings>,
+        wa: &WhatsappSettings,
+        reason: &str,
+    ) -> (Duration, bool) {
         let now = Instant::now();
-        let cooldown = settings.whatsapp.halt_cooldown;
+        let cooldown = wa.halt_cooldown;
         let mut numbers = lock(&self.numbers);
-        let n = numbers
-            .entry(settings.whatsapp.phone_number_id.clone())
-            .or_default();
+        let n = numbers.entry(wa.phone_number_id.clone()).or_default();
         // A halt answer under settings this number has not seen yet is for those settings.
         n.seen = Arc::downgrade(settings);
         let opened = match &mut n.circuit {
@@ -396,6 +479,41 @@ impl Pacer {
             .any(|n| n.circuit.as_ref().is_some_and(|c| c.until > now))
     }
 
+    /// Whether sending is halted for this number (its circuit is open).
+    pub fn circuit_open_for(&self, number: &str) -> bool {
+        let now = Instant::now();
+        lock(&self.numbers)
+            .get(number)
+            .is_some_and(|n| n.circuit.as_ref().is_some_and(|c| c.until > now))
+    }
+
+    /// The sliding window, just before the request leaves (after [`Pacer::acquire`] and the
+    /// `sending` mark, whose database write would otherwise add its jitter): waits until fewer
+    /// than `rate` sends left in the last second, then records this one. Recorded under the
+    /// lock with the time each actually leaves, so late wake-ups delay sends but never bunch
+    /// them.
+    pub async fn release(&self, wa: &WhatsappSettings) {
+        let number = wa.phone_number_id.as_str();
+        let window = Duration::from_secs(1) + WINDOW_MARGIN;
+        let rate = wa.rate_per_second.max(1) as usize;
+        loop {
+            let wait = {
+                let now = Instant::now();
+                let mut numbers = lock(&self.numbers);
+                let n = numbers.entry(number.to_string()).or_default();
+                while n.released.front().is_some_and(|&t| t + window <= now) {
+                    n.released.pop_front();
+                }
+                if n.released.len() < rate {
+                    n.released.push_back(now);
+                    return;
+                }
+                n.released[n.released.len() - rate] + window
+            };
+            sleep_until(wait).await;
+        }
+    }
+
     fn recipient(&self, number: &str, to: &str) -> Arc<Recipient> {
         let mut r = lock(&self.recipients);
         if r.map.len() >= r.sweep_at.max(RECIPIENTS_SWEEP_AT) {
@@ -417,8 +535,35 @@ impl Pacer {
 }
 
 /// The time between two throughput slots.
-fn spacing(settings: &Settings) -> Duration {
-    Duration::from_secs_f64(1.0 / f64::from(settings.whatsapp.rate_per_second.max(1)))
+fn spacing(wa: &WhatsappSettings) -> Duration {
+    (Duration::from_secs(1) + WINDOW_MARGIN) / wa.rate_per_second.max(1)
+}
+
+/// A job for a number on hold: back when the hold ends, or after [`HOLD_RECHECK`].
+fn hold_deferral(
+    promised: &mut Option<Instant>,
+    number: &str,
+    h: &Hold,
+    spacing: Duration,
+    now: Instant,
+) -> Deferral {
+    let back = h
+        .until
+        .map_or(now + HOLD_RECHECK, |u| u.min(now + HOLD_RECHECK));
+    let delay = promise(promised, back, spacing, now);
+    let until = match h.until {
+        Some(u) => format!("for {} more", human(u.saturating_duration_since(now))),
+        None => "until resumed".to_string(),
+    };
+    Deferral {
+        delay,
+        code: "number_on_hold",
+        message: format!(
+            "phone number {number} is paused {until} ({}, by {}); `outbound-runner numbers \
+             resume {number}` releases its jobs (no attempt spent)",
+            h.reason, h.by
+        ),
+    }
 }
 
 /// The next promised slot not before `earliest` and `spacing` after the last one; returns the
@@ -505,11 +650,196 @@ mod tests {
         let start = Instant::now();
         let mut at = Vec::new();
         for i in 0..5 {
-            let p = pacer.acquire(&s, &format!("1555000000{i}")).await.unwrap();
+            let p = pacer
+                .acquire(&s.whatsapp, &format!("1555000000{i}"))
+                .await
+                .unwrap();
             at.push((Instant::now() - start).as_millis());
             p.done(true);
         }
-        assert_eq!(at, [0, 100, 200, 300, 400]);
+        // One slot every (1 s + WINDOW_MARGIN) / rate.
+        assert_eq!(at, [0, 102, 204, 306, 408]);
+    }
+
+    /// The most sends in any one-second window `[t, t + 1s)`.
+    fn most_in_one_second(at: &[Instant]) -> usize {
+        let mut at = at.to_vec();
+        at.sort();
+        let mut most = 0;
+        let mut start = 0;
+        for end in 0..at.len() {
+            while at[end] - at[start] >= Duration::from_secs(1) {
+                start += 1;
+            }
+            most = most.max(end - start + 1);
+        }
+        most
+    }
+
+    /// Two numbers with different rates, each with a backlog far past one second, sent by many
+    /// concurrent workers (deferred jobs come back after their delay): no one-second window of
+    /// either number holds more than its rate, and the slow number is not held up by the fast.
+    #[tokio::test(start_paused = true)]
+    async fn two_numbers_each_under_its_own_rate_in_parallel() {
+        let s = settings(|s| {
+            s.whatsapp.rate_per_second = 50;
+            s.whatsapp.pair_interval = Duration::ZERO;
+            s.whatsapp.numbers = vec![crate::config::NumberSettings {
+                phone_number_id: "2000".into(),
+                access_token: None,
+                access_token_file: None,
+                rate_per_second: Some(7),
+                pair_interval: None,
+            }];
+        });
+        let fast = s.whatsapp.number(Some("1000")).unwrap();
+        let slow = s.whatsapp.number(Some("2000")).unwrap();
+        let pacer = Arc::new(Pacer::new());
+        let sent: Arc<Mutex<HashMap<String, Vec<Instant>>>> = Arc::default();
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for (wa, jobs) in [(&fast, 400), (&slow, 42)] {
+            for i in 0..jobs {
+                let (pacer, sent, wa) = (pacer.clone(), sent.clone(), wa.clone());
+                tasks.push(tokio::spawn(async move {
+                    let to = format!("1555{i:07}");
+                    loop {
+                        match pacer.acquire(&wa, &to).await {
+                            Ok(p) => {
+                                pacer.release(&wa).await;
+                                lock(&sent)
+                                    .entry(wa.phone_number_id.clone())
+                                    .or_default()
+                                    .push(Instant::now());
+                                // The request takes a while; the send slot is already spent.
+                                tokio::time::sleep(Duration::from_millis(120)).await;
+                                p.done(true);
+                                return;
+                            }
+                            Err(d) => tokio::time::sleep(d.delay).await,
+                        }
+                    }
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let sent = lock(&sent);
+        for (wa, jobs) in [(&fast, 400), (&slow, 42)] {
+            let at = &sent[&wa.phone_number_id];
+            assert_eq!(at.len(), jobs);
+            let most = most_in_one_second(at);
+            let took = *at.iter().max().unwrap() - start;
+            println!(
+                "number {}: rate_per_second = {}, most sends in one second = {most}, \
+                 {jobs} sends took {took:?}",
+                wa.phone_number_id, wa.rate_per_second
+            );
+            assert!(most <= wa.rate_per_second as usize, "{most} in one second");
+            assert!(
+                most >= wa.rate_per_second as usize - 1,
+                "{most}: the rate is used"
+            );
+            // In parallel: each number's backlog takes what its own rate needs, not the sum.
+            let need = Duration::from_secs_f64(jobs as f64 / f64::from(wa.rate_per_second));
+            assert!(
+                took <= need + Duration::from_millis(500),
+                "{took:?} for {need:?}"
+            );
+        }
+        // The slow number's first send did not wait for the fast one's backlog.
+        let first_slow = *sent["2000"].iter().min().unwrap() - start;
+        assert!(first_slow < Duration::from_millis(10), "{first_slow:?}");
+    }
+
+    /// Late wake-ups (here: the slot schedule forgotten between sends) cannot bunch sends past
+    /// the rate: the sliding window of released sends holds the eleventh for the first to age.
+    #[tokio::test(start_paused = true)]
+    async fn the_sliding_window_never_lets_more_than_the_rate_through() {
+        let s = settings(|s| {
+            s.whatsapp.rate_per_second = 10;
+            s.whatsapp.pair_interval = Duration::ZERO;
+        });
+        let pacer = Pacer::new();
+        let start = Instant::now();
+        let mut at = Vec::new();
+        for i in 0..25 {
+            lock(&pacer.numbers)
+                .entry("1000".into())
+                .or_default()
+                .next_slot = None;
+            let p = pacer
+                .acquire(&s.whatsapp, &format!("1555000{i:04}"))
+                .await
+                .unwrap();
+            pacer.release(&s.whatsapp).await;
+            at.push(Instant::now());
+            p.done(true);
+        }
+        assert_eq!(most_in_one_second(&at), 10);
+        let window = Duration::from_secs(1) + WINDOW_MARGIN;
+        assert_eq!(at[10] - start, window);
+        assert_eq!(at[20] - start, window * 2);
+    }
+
+    /// A hold (operator pause) defers the number's jobs, not another number's, and ends when
+    /// lifted.
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_defers_only_its_number() {
+        let s = settings(|s| {
+            s.whatsapp.pair_interval = Duration::ZERO;
+            s.whatsapp.numbers = vec![crate::config::NumberSettings {
+                phone_number_id: "2000".into(),
+                access_token: None,
+                access_token_file: None,
+                rate_per_second: None,
+                pair_interval: None,
+            }];
+        });
+        let other = s.whatsapp.number(Some("2000")).unwrap();
+        let pacer = Pacer::new();
+        pacer.hold_now(
+            "1000",
+            Hold {
+                until: None,
+                reason: "by hand".into(),
+                by: "ops".into(),
+            },
+        );
+        let d = pacer.admit(&s, &s.whatsapp).unwrap_err();
+        assert_eq!(d.code, "number_on_hold");
+        assert_eq!(d.delay, HOLD_RECHECK);
+        assert!(d.message.contains("numbers resume 1000"), "{}", d.message);
+        assert_eq!(
+            pacer
+                .acquire(&s.whatsapp, "15550000001")
+                .await
+                .unwrap_err()
+                .code,
+            "number_on_hold"
+        );
+        pacer.admit(&s, &other).unwrap();
+        pacer
+            .acquire(&other, "15550000001")
+            .await
+            .unwrap()
+            .done(true);
+        pacer.set_holds(HashMap::new());
+        pacer.admit(&s, &s.whatsapp).unwrap();
+        // A hold with an end brings the job back when it ends.
+        pacer.hold_now(
+            "1000",
+            Hold {
+                until: Some(Instant::now() + Duration::from_secs(5)),
+                reason: "by hand".into(),
+                by: "ops".into(),
+            },
+        );
+        let d = pacer.admit(&s, &s.whatsapp).unwrap_err();
+        assert_eq!(d.delay, Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        pacer.admit(&s, &s.whatsapp).unwrap();
     }
 
     #[tokio::test(start_paused = true)]
@@ -525,13 +855,13 @@ mod tests {
             numbers.entry("1000".into()).or_default().next_slot =
                 Some(Instant::now() + Duration::from_millis(1500));
         }
-        let a = pacer.acquire(&s, "15550000001").await.unwrap_err();
-        let b = pacer.acquire(&s, "15550000002").await.unwrap_err();
+        let a = pacer.acquire(&s.whatsapp, "15550000001").await.unwrap_err();
+        let b = pacer.acquire(&s.whatsapp, "15550000002").await.unwrap_err();
         assert_eq!(a.code, "number_paced");
         assert_eq!(a.delay, Duration::from_millis(1500));
         assert_eq!(
             b.delay,
-            Duration::from_millis(2000),
+            Duration::from_millis(2010),
             "promised the next slot"
         );
     }
@@ -541,13 +871,13 @@ mod tests {
         let short = settings(|s| s.whatsapp.pair_interval = Duration::from_millis(300));
         let pacer = Pacer::new();
         pacer
-            .acquire(&short, "15551112222")
+            .acquire(&short.whatsapp, "15551112222")
             .await
             .unwrap()
             .done(true);
         let start = Instant::now();
         pacer
-            .acquire(&short, "15551112222")
+            .acquire(&short.whatsapp, "15551112222")
             .await
             .unwrap()
             .done(true);
@@ -555,7 +885,7 @@ mod tests {
         // Another recipient does not wait.
         let start = Instant::now();
         pacer
-            .acquire(&short, "15553334444")
+            .acquire(&short.whatsapp, "15553334444")
             .await
             .unwrap()
             .done(true);
@@ -564,12 +894,18 @@ mod tests {
         let long = settings(|s| s.whatsapp.pair_interval = Duration::from_secs(6));
         let pacer = Pacer::new();
         pacer
-            .acquire(&long, "15551112222")
+            .acquire(&long.whatsapp, "15551112222")
             .await
             .unwrap()
             .done(true);
-        let first = pacer.acquire(&long, "15551112222").await.unwrap_err();
-        let second = pacer.acquire(&long, "15551112222").await.unwrap_err();
+        let first = pacer
+            .acquire(&long.whatsapp, "15551112222")
+            .await
+            .unwrap_err();
+        let second = pacer
+            .acquire(&long.whatsapp, "15551112222")
+            .await
+            .unwrap_err();
         assert_eq!(first.code, "recipient_paced");
         assert_eq!(first.delay, Duration::from_secs(6));
         assert_eq!(
@@ -584,14 +920,14 @@ mod tests {
     async fn one_send_at_a_time_per_recipient() {
         let s = settings(|s| s.whatsapp.pair_interval = Duration::ZERO);
         let pacer = Arc::new(Pacer::new());
-        let held = pacer.acquire(&s, "15551112222").await.unwrap();
+        let held = pacer.acquire(&s.whatsapp, "15551112222").await.unwrap();
         // Held past the one-second budget: the second job is deferred.
-        let err = pacer.acquire(&s, "15551112222").await.unwrap_err();
+        let err = pacer.acquire(&s.whatsapp, "15551112222").await.unwrap_err();
         assert_eq!(err.code, "recipient_paced");
         // Released within the budget: the second job gets its turn.
         let waiter = {
             let (pacer, s) = (pacer.clone(), s.clone());
-            tokio::spawn(async move { pacer.acquire(&s, "15551112222").await.map(|_| ()) })
+            tokio::spawn(async move { pacer.acquire(&s.whatsapp, "15551112222").await.map(|_| ()) })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         held.done(true);
@@ -605,7 +941,7 @@ mod tests {
         let mut backoffs = Vec::new();
         for _ in 0..7 {
             let p = loop {
-                match pacer.acquire(&s, "15551112222").await {
+                match pacer.acquire(&s.whatsapp, "15551112222").await {
                     Ok(p) => break p,
                     Err(d) => tokio::time::sleep(d.delay).await,
                 }
@@ -615,8 +951,12 @@ mod tests {
         assert_eq!(backoffs, [1, 4, 16, 64, 256, 1024, 1024]);
         // An accepted send resets the exponent.
         tokio::time::sleep(Duration::from_secs(1024)).await;
-        pacer.acquire(&s, "15551112222").await.unwrap().done(true);
-        let p = pacer.acquire(&s, "15551112222").await.unwrap();
+        pacer
+            .acquire(&s.whatsapp, "15551112222")
+            .await
+            .unwrap()
+            .done(true);
+        let p = pacer.acquire(&s.whatsapp, "15551112222").await.unwrap();
         assert_eq!(p.pair_limited(), Duration::from_secs(1));
     }
 
@@ -626,67 +966,91 @@ mod tests {
         let pacer = Pacer::new();
         // Short pause: slept.
         assert_eq!(
-            pacer.pause_number(&s, Some(Duration::from_millis(400)), "130429"),
+            pacer.pause_number(&s.whatsapp, Some(Duration::from_millis(400)), "130429"),
             Duration::from_millis(400)
         );
         let start = Instant::now();
-        pacer.acquire(&s, "15550000001").await.unwrap().done(true);
+        pacer
+            .acquire(&s.whatsapp, "15550000001")
+            .await
+            .unwrap()
+            .done(true);
         assert!(Instant::now() - start >= Duration::from_millis(400));
         // Escalating pauses without Retry-After: 2 s (the second strike), then 4 s: deferred.
         assert_eq!(
-            pacer.pause_number(&s, None, "130429"),
+            pacer.pause_number(&s.whatsapp, None, "130429"),
             Duration::from_secs(2)
         );
-        let d = pacer.acquire(&s, "15550000002").await.unwrap_err();
+        let d = pacer.acquire(&s.whatsapp, "15550000002").await.unwrap_err();
         assert_eq!(d.code, "number_paused");
         assert!(d.message.contains("130429"), "{}", d.message);
-        assert_eq!(pacer.pause_number(&s, None, "4"), Duration::from_secs(4));
+        assert_eq!(
+            pacer.pause_number(&s.whatsapp, None, "4"),
+            Duration::from_secs(4)
+        );
         // An accepted send forgives the strikes.
         tokio::time::sleep(Duration::from_secs(5)).await;
-        pacer.acquire(&s, "15550000003").await.unwrap().done(true);
-        pacer.accepted(&s);
-        assert_eq!(pacer.pause_number(&s, None, "4"), Duration::from_secs(1));
+        pacer
+            .acquire(&s.whatsapp, "15550000003")
+            .await
+            .unwrap()
+            .done(true);
+        pacer.accepted(&s.whatsapp);
+        assert_eq!(
+            pacer.pause_number(&s.whatsapp, None, "4"),
+            Duration::from_secs(1)
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_circuit_closes_after_the_cooldown_or_on_reload() {
         let s = settings(|s| s.whatsapp.halt_cooldown = Duration::from_secs(300));
         let pacer = Pacer::new();
-        assert_eq!(pacer.admit(&s), Ok(Admission::default()));
-        let (probe, opened) = pacer.open_circuit(&s, "Cloud API error 190");
+        assert_eq!(pacer.admit(&s, &s.whatsapp), Ok(Admission::default()));
+        let (probe, opened) = pacer.open_circuit(&s, &s.whatsapp, "Cloud API error 190");
         assert!(opened);
         assert_eq!(probe, PROBE_EVERY);
-        assert!(!pacer.open_circuit(&s, "again").1, "already open");
+        assert!(
+            !pacer.open_circuit(&s, &s.whatsapp, "again").1,
+            "already open"
+        );
         assert!(pacer.circuit_open());
-        let d = pacer.admit(&s).unwrap_err();
+        let d = pacer.admit(&s, &s.whatsapp).unwrap_err();
         assert_eq!(d.code, "circuit_open");
         assert_eq!(d.delay, Duration::from_secs(300));
         assert!(d.message.contains("Cloud API error 190"), "{}", d.message);
         assert_eq!(
-            pacer.acquire(&s, "15550000001").await.unwrap_err().code,
+            pacer
+                .acquire(&s.whatsapp, "15550000001")
+                .await
+                .unwrap_err()
+                .code,
             "circuit_open"
         );
 
         tokio::time::sleep(Duration::from_secs(300)).await;
         assert!(!pacer.circuit_open());
         assert_eq!(
-            pacer.admit(&s),
+            pacer.admit(&s, &s.whatsapp),
             Ok(Admission {
                 closed_after_cooldown: true,
                 ..Default::default()
             })
         );
 
-        pacer.open_circuit(&s, "Cloud API error 190");
+        pacer.open_circuit(&s, &s.whatsapp, "Cloud API error 190");
         let reloaded = Arc::new((*s).clone());
         assert_eq!(
-            pacer.admit(&reloaded),
+            pacer.admit(&reloaded, &reloaded.whatsapp),
             Ok(Admission {
                 closed_by_reload: true,
                 ..Default::default()
             })
         );
         assert!(!pacer.circuit_open());
-        pacer.acquire(&reloaded, "15550000001").await.unwrap();
+        pacer
+            .acquire(&reloaded.whatsapp, "15550000001")
+            .await
+            .unwrap();
     }
 }

@@ -4,7 +4,11 @@
 //! {"to": "15551234567", "message": {"type": "text", "text": {"body": "Hello"}}}
 //! {"to": "15551234567", "message": [{...}, {...}]}
 //! {"to": "15551234567", "input": {...anything the orchestrator understands...}}
+//! {"to": "15551234567", "from": "109876543210", "message": {...}}
 //! ```
+//!
+//! `from` (optional) names the sending number by its phone number id (what the inbound webhook
+//! reported in `metadata.phone_number_id`); absent, the default number sends (docs/numbers.md).
 //!
 //! `message` holds Cloud API message objects as the app composed them: we check the envelope
 //! (a known `type` and its object, a non-empty text body, a template name), not Meta's schema.
@@ -34,6 +38,8 @@ pub const MESSAGE_TYPES: &[&str] = &[
 pub struct Payload {
     /// The recipient, E.164 digits without `+`.
     pub to: String,
+    /// The sending number's phone number id; `None`: the default number.
+    pub from: Option<String>,
     pub content: Content,
 }
 
@@ -62,6 +68,23 @@ impl Payload {
             Some(other) => return Err(bad(format!("`to` must be a string, got {}", kind(other)))),
             None => return Err(bad("payload has no `to` (the recipient's phone number)")),
         };
+        let from = match obj.get("from") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) => {
+                Some(s.clone())
+            }
+            Some(Value::String(s)) => {
+                return Err(bad(format!(
+                    "`from` must be the sending number's phone number id (digits), got {s:?}"
+                )));
+            }
+            Some(other) => {
+                return Err(bad(format!(
+                    "`from` must be a string (the sending number's phone number id), got {}",
+                    kind(other)
+                )));
+            }
+        };
         let content = match (obj.get("message"), obj.get("input")) {
             (Some(_), Some(_)) => {
                 return Err(bad("payload has both `message` and `input`; give one"));
@@ -74,7 +97,7 @@ impl Payload {
                 ));
             }
         };
-        Ok(Self { to, content })
+        Ok(Self { to, from, content })
     }
 }
 
@@ -186,6 +209,20 @@ mod tests {
 
     fn err(v: Value) -> String {
         Payload::parse(&v).unwrap_err().message
+    }
+
+    #[test]
+    fn from_names_the_sending_number() {
+        let m = json!({"type": "text", "text": {"body": "hi"}});
+        let p =
+            Payload::parse(&json!({"to": "15551234567", "from": "1098", "message": m})).unwrap();
+        assert_eq!(p.from.as_deref(), Some("1098"));
+        let p = Payload::parse(&json!({"to": "15551234567", "message": m})).unwrap();
+        assert_eq!(p.from, None);
+        assert!(err(json!({"to": "15551234567", "from": 1098, "message": m})).contains("`from`"));
+        assert!(
+            err(json!({"to": "15551234567", "from": "+1 555", "message": m})).contains("digits")
+        );
     }
 
     #[test]

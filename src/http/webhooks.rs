@@ -11,7 +11,8 @@
 //! ```
 //!
 //! The signature is checked over the raw bytes, in constant time, before anything is parsed.
-//! Statuses for another phone number than `whatsapp.phone_number_id` are ignored (counted).
+//! Statuses for a phone number that is not configured (`whatsapp.phone_number_id` or
+//! `[[whatsapp.numbers]]`) are ignored (counted).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -162,8 +163,8 @@ async fn receive(State(state): State<HttpState>, request: Request) -> Response {
         let Ok(json) = serde_json::from_slice::<Value>(&body) else {
             return Err((StatusCode::BAD_REQUEST, "the body is not JSON"));
         };
-        let ours = &settings.whatsapp.phone_number_id;
-        let (updates, other_number) = statuses_of(&json, ours);
+        let ours = settings.whatsapp.number_ids();
+        let (updates, other_number) = statuses_of(&json, &ours);
         for kind in other_number {
             metrics
                 .whatsapp_statuses
@@ -245,9 +246,10 @@ async fn forward(url: &str, headers: &HeaderMap, body: Bytes) -> Result<(), Stri
     }
 }
 
-/// The statuses of a webhook payload for our number, and the kinds of those for another number.
-/// Anything that is not a status of the expected shape is skipped.
-pub fn statuses_of(json: &Value, phone_number_id: &str) -> (Vec<StatusUpdate>, Vec<Kind>) {
+/// The statuses of a webhook payload for our numbers (`ours`: every configured phone number id),
+/// and the kinds of those for another number. Anything that is not a status of the expected
+/// shape is skipped.
+pub fn statuses_of(json: &Value, ours_ids: &[&str]) -> (Vec<StatusUpdate>, Vec<Kind>) {
     let mut ours = Vec::new();
     let mut others = Vec::new();
     if json.get("object").and_then(Value::as_str) != Some("whatsapp_business_account") {
@@ -269,7 +271,7 @@ pub fn statuses_of(json: &Value, phone_number_id: &str) -> (Vec<StatusUpdate>, V
         let number = value
             .pointer("/metadata/phone_number_id")
             .and_then(Value::as_str);
-        let mine = !phone_number_id.is_empty() && number == Some(phone_number_id);
+        let mine = number.is_some_and(|n| !n.is_empty() && ours_ids.contains(&n));
         for status in value
             .get("statuses")
             .and_then(Value::as_array)
@@ -360,7 +362,7 @@ mod tests {
             ]}},
             {"field": "account_update", "value": {"statuses": [{"id": "x", "status": "sent"}]}}
         ]}]});
-        let (ours, others) = statuses_of(&payload, "111");
+        let (ours, others) = statuses_of(&payload, &["111"]);
         assert_eq!(ours.len(), 2);
         assert_eq!(ours[0].kind, Kind::Delivered);
         assert_eq!(ours[0].callback, Some((7, 0)));
@@ -371,7 +373,12 @@ mod tests {
             Some("Message undeliverable")
         );
         assert_eq!(others, [Kind::Read]);
-        assert_eq!(statuses_of(&json!({"object": "page"}), "111").0.len(), 0);
-        assert_eq!(statuses_of(&json!([1, 2]), "111").0.len(), 0);
+        assert_eq!(statuses_of(&json!({"object": "page"}), &["111"]).0.len(), 0);
+        assert_eq!(statuses_of(&json!([1, 2]), &["111"]).0.len(), 0);
+        // With a second sending number configured, its statuses are ours too.
+        let (ours, others) = statuses_of(&payload, &["111", "222"]);
+        assert_eq!((ours.len(), others.len()), (3, 0));
+        // An empty id never matches a payload without one.
+        assert_eq!(statuses_of(&payload, &[""]).0.len(), 0);
     }
 }

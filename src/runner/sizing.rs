@@ -23,7 +23,7 @@ pub const SEED_LATENCY: f64 = 1.0;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sizing {
     pub limit: u32,
-    /// The send rate used (`whatsapp.rate_per_second`).
+    /// The send rate used (every number's `rate_per_second` together).
     pub rate: f64,
     /// The latency used, in seconds (observed, or [`SEED_LATENCY`]); 0 in sandbox mode.
     pub latency: f64,
@@ -34,7 +34,7 @@ pub struct Sizing {
 /// The in-flight limit for `settings` at the observed `latency` (seconds; `None` when no call
 /// was observed recently).
 pub fn size(settings: &Settings, latency: Option<f64>) -> Sizing {
-    let rate = f64::from(settings.whatsapp.rate_per_second);
+    let rate = f64::from(settings.whatsapp.total_rate());
     let cap = settings.runner.max_in_flight.max(1);
     if settings.runner.workers > 0 {
         return Sizing {

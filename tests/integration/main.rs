@@ -10,6 +10,7 @@ mod guide_sql;
 mod hostile;
 mod http;
 mod logs;
+mod numbers;
 mod pooler;
 mod queue;
 mod support;

@@ -14,6 +14,7 @@
 //!   `sent`, `delivered`, `read` statuses (or `sent`, `failed` for [`Reply::AcceptThenFail`]),
 //!   carrying the message's `biz_opaque_callback_data`, POSTed to the runner after a delay,
 //!   optionally duplicated and out of order.
+//! - more phone number ids, each with its own token and script ([`MockMeta::add_number`]).
 //!
 //! Every accepted message is recorded with its `biz_opaque_callback_data` and body, so tests
 //! can assert "exactly one accepted send per message". Replies are scripted per test: a queue
@@ -128,6 +129,10 @@ pub struct Accepted {
     pub message: Value,
     pub wamid: String,
     pub at: Instant,
+    /// The phone number id it was sent from (the URL's).
+    pub phone: String,
+    /// When its request arrived (before the mock's latency): what Meta's counters see.
+    pub arrived: Instant,
 }
 
 /// Limits like Meta's; `None` is unlimited.
@@ -154,6 +159,10 @@ struct Inner {
     webhooks: Option<Webhooks>,
     /// The runner's answers to the webhooks sent, in order.
     webhook_answers: Vec<u16>,
+    /// More phone number ids served, with their tokens.
+    numbers: HashMap<String, String>,
+    /// Answers scripted for one phone number id (before the shared script).
+    scripts: HashMap<String, VecDeque<Reply>>,
 }
 
 struct Shared {
@@ -224,6 +233,30 @@ impl MockMeta {
 
     pub fn set_latency(&self, latency: Duration) {
         self.inner().latency = latency;
+    }
+
+    /// Serves another phone number id, with its own access token.
+    pub fn add_number(&self, phone: &str, token: &str) {
+        self.inner().numbers.insert(phone.into(), token.into());
+    }
+
+    /// Queues answers for the next requests to one phone number id.
+    pub fn script_for(&self, phone: &str, replies: impl IntoIterator<Item = Reply>) {
+        self.inner()
+            .scripts
+            .entry(phone.into())
+            .or_default()
+            .extend(replies);
+    }
+
+    /// Accepted messages sent from one phone number id.
+    pub fn accepted_from(&self, phone: &str) -> Vec<Accepted> {
+        self.inner()
+            .accepted
+            .iter()
+            .filter(|a| a.phone == phone)
+            .cloned()
+            .collect()
     }
 
     /// Lets `n` held requests answer.
@@ -372,6 +405,7 @@ fn webhook_client() -> reqwest::Client {
 fn spawn_webhooks(
     shared: Arc<Shared>,
     hooks: Webhooks,
+    phone: String,
     wamid: String,
     callback: String,
     fail: Option<i64>,
@@ -407,7 +441,7 @@ fn spawn_webhooks(
         }
         for status in statuses {
             tokio::time::sleep(hooks.delay).await;
-            let body = serde_json::to_vec(&webhook_body(vec![status])).unwrap();
+            let body = serde_json::to_vec(&webhook_body_for(&phone, vec![status])).unwrap();
             let times = if hooks.duplicates { 2 } else { 1 };
             for _ in 0..times {
                 let answer = post_signed(&hooks.url, &hooks.secret, &body).await;
@@ -451,26 +485,29 @@ async fn messages(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    let arrived = Instant::now();
     shared.seen.send_modify(|n| *n += 1);
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-    let latency = {
+    let (latency, token) = {
         let mut inner = shared.inner.lock().unwrap();
         inner.authorizations.push(auth.clone());
         inner.requests.push(parsed.clone().unwrap_or(Value::Null));
-        inner.latency
+        (inner.latency, inner.numbers.get(&phone).cloned())
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
 
-    if auth.as_deref() != Some(&format!("Bearer {TOKEN}")) {
+    let known = phone == PHONE_NUMBER_ID || token.is_some();
+    let token = token.unwrap_or_else(|| TOKEN.to_string());
+    if auth.as_deref() != Some(&format!("Bearer {token}")) {
         return meta_error(&shared, 401, 190, "Invalid OAuth access token", None);
     }
-    if phone != PHONE_NUMBER_ID {
+    if !known {
         return meta_error(&shared, 400, 100, "Unknown phone number id", None);
     }
     let Some(req) = parsed.filter(|v| {
@@ -487,13 +524,12 @@ async fn messages(
         );
     };
 
-    let reply = shared
-        .inner
-        .lock()
-        .unwrap()
-        .script
-        .pop_front()
-        .unwrap_or(Reply::Accept);
+    let reply = {
+        let mut inner = shared.inner.lock().unwrap();
+        let own = inner.scripts.get_mut(&phone).and_then(VecDeque::pop_front);
+        own.or_else(|| inner.script.pop_front())
+            .unwrap_or(Reply::Accept)
+    };
     let (status, code, details, retry_after) = match reply {
         Reply::Error {
             status,
@@ -513,7 +549,7 @@ async fn messages(
             if let Some(limited) = limit(&shared, &req) {
                 return limited;
             }
-            let (wamid, to) = record(&shared, &req);
+            let (wamid, to) = record(&shared, &req, &phone, arrived);
             let hooks = shared.inner.lock().unwrap().webhooks.clone();
             if let Some(hooks) = hooks {
                 let callback = req["biz_opaque_callback_data"]
@@ -524,7 +560,14 @@ async fn messages(
                     Reply::AcceptThenFail(code) => Some(code),
                     _ => None,
                 };
-                spawn_webhooks(shared.clone(), hooks, wamid.clone(), callback, fail);
+                spawn_webhooks(
+                    shared.clone(),
+                    hooks,
+                    phone.clone(),
+                    wamid.clone(),
+                    callback,
+                    fail,
+                );
             }
             if matches!(accepting, Reply::Hold) {
                 shared.hold.acquire().await.unwrap().forget();
@@ -609,7 +652,7 @@ fn limit(shared: &Shared, req: &Value) -> Option<Response> {
     None
 }
 
-fn record(shared: &Shared, req: &Value) -> (String, String) {
+fn record(shared: &Shared, req: &Value, phone: &str, arrived: Instant) -> (String, String) {
     let mut inner = shared.inner.lock().unwrap();
     inner.next_id += 1;
     let wamid = format!("wamid.MOCK{:012}", inner.next_id);
@@ -631,6 +674,8 @@ fn record(shared: &Shared, req: &Value) -> (String, String) {
         message,
         wamid: wamid.clone(),
         at: Instant::now(),
+        phone: phone.to_string(),
+        arrived,
     });
     drop(inner);
     shared.recorded.send_modify(|n| *n += 1);
