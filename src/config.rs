@@ -1,7 +1,7 @@
 //! Configuration: layered loading, secrets, validation.
 //!
 //! Layers, lowest first: the built-in defaults (`config/default.toml`, compiled in) → the config
-//! file (`/etc/outbound-runner/config.toml` or `--config`) → the guide's environment names
+//! file (`/etc/outbound-runner/config.toml` or `--config`) → the user's job-runner guide's environment names (README "Configuration")
 //! (`DATABASE_URL`, `JOB_RUNNER_TOKEN`, `CRON_SECRET`) → `OUTBOUND_RUNNER__SECTION__KEY`.
 //!
 //! Every struct denies unknown fields, so a typo in a key is an error that names the key, never a

@@ -39,7 +39,7 @@ pub enum Command {
     Migrate,
     /// Insert jobs: one from flags, or JSON lines from stdin.
     Enqueue(EnqueueArgs),
-    /// The queue at a glance: the guide's monitoring queries, with checks (exit 1 if one fails).
+    /// The queue at a glance: the user's job-runner guide's monitoring queries (docs/operations.md "Monitor"), with checks (exit 1 if one fails).
     Status(status::StatusArgs),
     /// Find, inspect, retry, cancel and settle jobs (list|show|retry|cancel|settle).
     Jobs(jobs::JobsArgs),

@@ -1,4 +1,4 @@
-//! `outbound-runner status`: the guide's monitoring queries answered on one screen, with the
+//! `outbound-runner status`: the user's job-runner guide's monitoring queries (docs/operations.md "Monitor") answered on one screen, with the
 //! guide's "Expected Behavior" turned into checks that set the exit code.
 
 use std::time::Duration;
