@@ -4,7 +4,8 @@
 //!
 //! The records are written by the statement that marks the job `done` (one statement for a
 //! whole batch of completions), so a sandbox job costs no round trip of its own: the sandbox
-//! measures the queue, not a fake network.
+//! measures the queue, not a fake network. The ledger writes that half of the statement
+//! ([`super::ledger::SANDBOX_SENT_CTE`]), the store the other (docs/queue.md "Code layout").
 
 use super::payload::{Content, Payload};
 use super::{BoxFuture, JobContext, JobHandler};

@@ -23,6 +23,8 @@ mod dispatcher;
 mod maintenance;
 pub mod sizing;
 mod worker;
+#[doc(hidden)]
+pub use worker::complete_sql;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -247,7 +249,6 @@ impl Shared {
                 let message = format!("claiming this job fails: {why}");
                 match store::fail_unclaimable(&self.pool, id, &message).await {
                     Ok(true) => {
-                        self.health.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(
                             job_id = id,
                             error = %why,
@@ -298,7 +299,6 @@ impl Shared {
                     .jobs_finished
                     .with_label_values(&["failed"])
                     .inc();
-                self.health.failed.fetch_add(1, Ordering::Relaxed);
                 self.finished.send_modify(|n| *n += 1);
                 tracing::error!(
                     job_id = bad.fence.id,
@@ -754,12 +754,6 @@ impl Runner {
             "drained"
         );
         report
-    }
-
-    /// Runs until `shutdown` resolves, then drains (the mini-redis shape).
-    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) -> DrainReport {
-        shutdown.await;
-        self.shutdown().await
     }
 }
 
