@@ -712,28 +712,32 @@ impl Runner {
         }
         let settings = shared.settings();
         let fail_in_doubt = settings.delivery.on_unknown == crate::config::OnUnknown::Fail;
-        for attempt in 1..=5 {
-            match store::reclaim(
-                &shared.pool,
-                Reclaim::Ours(&shared.locked_by),
-                fail_in_doubt,
-                settings.retry.max_attempts as i32,
-            )
-            .await
-            {
-                Ok(r) => {
-                    report.released = r;
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        attempt,
-                        error = %crate::db::redact_sqlx(&e),
-                        "releasing claims failed; their leases will expire and another runner will rescue them"
-                    );
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-            }
+        let backoff = crate::db::retry::Backoff {
+            first: Duration::from_millis(200),
+            max: Duration::from_millis(1600),
+            attempts: Some(5),
+        };
+        if let Ok(r) = crate::db::retry::with_backoff(
+            backoff,
+            |attempt, e: &sqlx::Error| {
+                tracing::warn!(
+                    attempt,
+                    error = %crate::db::redact_sqlx(e),
+                    "releasing claims failed; their leases will expire and another runner will rescue them"
+                );
+            },
+            || {
+                store::reclaim(
+                    &shared.pool,
+                    Reclaim::Ours(&shared.locked_by),
+                    fail_in_doubt,
+                    settings.retry.max_attempts as i32,
+                )
+            },
+        )
+        .await
+        {
+            report.released = r;
         }
         self.stop_late.cancel();
         let tasks: Vec<JoinHandle<()>> = self.tasks.lock().expect("tasks lock").drain(..).collect();

@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use super::Shared;
 use crate::db::redact_sqlx;
+use crate::db::retry::{Backoff, with_backoff};
 use crate::db::wait::patiently;
 use crate::delivery::{JobContext, SentRecords, ledger};
 use crate::queue::retry::{self, Next};
@@ -202,26 +203,30 @@ fn lost(job: &Job) -> Outcome {
 /// (the lease expires and the rescuer takes the job back; nothing is lost). A wait for a
 /// connection is no outage: it is waited out for up to a lease (which the lease keeper extends)
 /// before it counts as a failure (see [`crate::db::wait`]).
-async fn with_retries<T, F, Fut>(shared: &Shared, mut write: F) -> Option<T>
+async fn with_retries<T, F, Fut>(shared: &Shared, write: F) -> Option<T>
 where
-    F: FnMut() -> Fut,
+    F: Fn() -> Fut,
     Fut: std::future::Future<Output = sqlx::Result<T>>,
 {
-    let mut delay = Duration::from_millis(100);
     // One lease in all for the waits, however many failures come between them.
     let patience_ends = tokio::time::Instant::now() + shared.settings().runner.lease;
-    for attempt in 1..=6 {
-        let bound = patience_ends.saturating_duration_since(tokio::time::Instant::now());
-        match patiently(bound, &shared.metrics.db_waits, &mut write).await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                tracing::warn!(attempt, error = %redact_sqlx(&e), "writing the job's state failed");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
-    }
-    None
+    let backoff = Backoff {
+        first: Duration::from_millis(100),
+        max: Duration::from_millis(3200),
+        attempts: Some(6),
+    };
+    with_backoff(
+        backoff,
+        |attempt, e: &sqlx::Error| {
+            tracing::warn!(attempt, error = %redact_sqlx(e), "writing the job's state failed");
+        },
+        || {
+            let bound = patience_ends.saturating_duration_since(tokio::time::Instant::now());
+            patiently(bound, &shared.metrics.db_waits, &write)
+        },
+    )
+    .await
+    .ok()
 }
 
 /// Marks finished jobs `done`, as many per statement as have finished meanwhile.
