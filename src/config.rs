@@ -8,6 +8,8 @@
 //! silently ignored setting. Secrets are [`SecretString`]s: their `Debug` prints a mask, and the
 //! only way to read one is `expose_secret()`, which keeps every use greppable.
 
+pub mod keys;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
