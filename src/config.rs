@@ -8,6 +8,7 @@
 //! silently ignored setting. Secrets are [`SecretString`]s: their `Debug` prints a mask, and the
 //! only way to read one is `expose_secret()`, which keeps every use greppable.
 
+pub mod database_url;
 pub mod keys;
 
 use std::collections::HashMap;
@@ -843,7 +844,7 @@ fn check_postgres_url(text: &str) -> Result<(), String> {
     // The reason must not echo the URL: it may hold a password.
     let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
     match url.scheme() {
-        "postgres" | "postgresql" => crate::db::pooler::clean_url(text).map(|_| ()),
+        "postgres" | "postgresql" => database_url::clean_url(text).map(|_| ()),
         other => Err(format!(
             "scheme must be postgres:// or postgresql://, not {other}://"
         )),
