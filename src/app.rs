@@ -354,3 +354,59 @@ async fn wait_for_database(pool: &db::Pool, stop: &CancellationToken) -> bool {
         delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::keys::{Apply, KEYS};
+    use std::time::Duration;
+
+    /// The reload check names only keys src/config/keys.rs marks `Restart`, and every such key is
+    /// either checked here or reaches a checked one (a `*_file` fills its key; `database.migrate`
+    /// only acts at start).
+    #[test]
+    fn needs_restart_follows_the_key_table() {
+        let load = || {
+            crate::config::load(&crate::config::LoadOptions {
+                config_path: None,
+                skip_default_path: true,
+                env: Default::default(),
+            })
+            .unwrap()
+        };
+        let old = load();
+        let mut new = load();
+        new.database.url = Some("postgres://u@h/a".into());
+        new.database.direct_url = Some("postgres://u@h/b".into());
+        new.database.listen_url = Some("postgres://u@h/c".into());
+        new.database.pooler = crate::config::PoolerMode::Transaction;
+        new.database.max_connections += 1;
+        new.database.connect_timeout += Duration::from_secs(1);
+        new.database.embedded_dir = Some("/elsewhere".into());
+        new.runner.heartbeat += Duration::from_secs(1);
+        new.http.listen = "127.0.0.1:1".into();
+        new.metrics.listen = "127.0.0.1:2".into();
+        new.log.format = crate::config::LogFormat::Json;
+        new.delivery.mode = crate::config::DeliveryMode::Live;
+        let named = needs_restart(&old, &new);
+        for name in &named {
+            let key = crate::config::keys::get(name)
+                .unwrap_or_else(|| panic!("{name} needs one row in src/config/keys.rs"));
+            assert_eq!(
+                key.apply,
+                Apply::Restart,
+                "{name}: restart here, reload in keys.rs"
+            );
+        }
+        let unchecked: Vec<&str> = KEYS
+            .iter()
+            .filter(|k| k.apply == Apply::Restart && !named.contains(&k.name))
+            .map(|k| k.name)
+            .filter(|n| !n.ends_with("_file") && *n != "database.migrate")
+            .collect();
+        assert!(
+            unchecked.is_empty(),
+            "keys src/config/keys.rs marks restart that app::needs_restart does not check: {unchecked:?}"
+        );
+    }
+}

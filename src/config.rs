@@ -1,12 +1,15 @@
 //! Configuration: layered loading, secrets, validation.
 //!
 //! Layers, lowest first: the built-in defaults (`config/default.toml`, compiled in) → the config
-//! file (`/etc/outbound-runner/config.toml` or `--config`) → the guide's environment names
+//! file (`/etc/outbound-runner/config.toml` or `--config`) → the user's job-runner guide's environment names (README "Configuration")
 //! (`DATABASE_URL`, `JOB_RUNNER_TOKEN`, `CRON_SECRET`) → `OUTBOUND_RUNNER__SECTION__KEY`.
 //!
 //! Every struct denies unknown fields, so a typo in a key is an error that names the key, never a
 //! silently ignored setting. Secrets are [`SecretString`]s: their `Debug` prints a mask, and the
 //! only way to read one is `expose_secret()`, which keeps every use greppable.
+
+pub mod database_url;
+pub mod keys;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -1013,7 +1016,7 @@ fn check_postgres_url(text: &str) -> Result<(), String> {
     // The reason must not echo the URL: it may hold a password.
     let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
     match url.scheme() {
-        "postgres" | "postgresql" => crate::db::pooler::clean_url(text).map(|_| ()),
+        "postgres" | "postgresql" => database_url::clean_url(text).map(|_| ()),
         other => Err(format!(
             "scheme must be postgres:// or postgresql://, not {other}://"
         )),

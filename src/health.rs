@@ -1,9 +1,13 @@
 //! What the runner knows about its own health: read by `/readyz`, the systemd watchdog and the
 //! STATUS line. Plain atomics: written on hot paths, read rarely.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tokio::task::AbortHandle;
 
 #[derive(Debug)]
 pub struct Health {
@@ -15,14 +19,12 @@ pub struct Health {
     db_ok: AtomicBool,
     listening: AtomicBool,
     draining: AtomicBool,
-    pub done: AtomicU64,
-    pub failed: AtomicU64,
-    /// The first supervised task that died for good, and why (see [`crate::supervise`]).
+    /// The first supervised task that died for good, and why (see `crate::supervise`).
     dead: watch::Sender<Option<String>>,
     /// Restarts of supervised tasks so far.
     restarts: watch::Sender<u64>,
-    /// The supervised tasks (see [`crate::supervise::Registry`]).
-    pub tasks: crate::supervise::Registry,
+    /// The supervised tasks (filled by `crate::supervise`).
+    pub tasks: Registry,
 }
 
 impl Default for Health {
@@ -34,8 +36,6 @@ impl Default for Health {
             db_ok: AtomicBool::new(false),
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            done: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
             dead: watch::channel(None).0,
             restarts: watch::channel(0).0,
             tasks: Default::default(),
@@ -135,5 +135,46 @@ impl Health {
         self.dead.borrow().is_none()
             && self.db_ok()
             && self.since_tick().is_some_and(|a| a <= max_age)
+    }
+}
+
+/// The running supervised tasks by name, for tests and diagnostics.
+#[derive(Debug, Default)]
+pub struct Registry {
+    tasks: Mutex<HashMap<&'static str, AbortHandle>>,
+}
+
+impl Registry {
+    pub(crate) fn set(&self, name: &'static str, handle: AbortHandle) {
+        self.tasks
+            .lock()
+            .expect("task registry lock")
+            .insert(name, handle);
+    }
+
+    /// Aborts the named task as if it had died (a test hook: "kill each task"). False if no
+    /// such task runs.
+    #[doc(hidden)]
+    pub fn kill(&self, name: &str) -> bool {
+        match self.tasks.lock().expect("task registry lock").get(name) {
+            Some(h) if !h.is_finished() => {
+                h.abort();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The names of the supervised tasks started so far.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self
+            .tasks
+            .lock()
+            .expect("task registry lock")
+            .keys()
+            .copied()
+            .collect();
+        names.sort_unstable();
+        names
     }
 }

@@ -7,9 +7,8 @@
 //! docs/reliability.md, "No silent death", lists which task gets which.
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::{AbortHandle, JoinError, JoinHandle};
@@ -33,46 +32,9 @@ pub enum Restart {
     No,
 }
 
-/// The running supervised tasks by name, for tests and diagnostics.
-#[derive(Debug, Default)]
-pub struct Registry {
-    tasks: Mutex<HashMap<&'static str, AbortHandle>>,
-}
-
-impl Registry {
-    fn set(&self, name: &'static str, handle: AbortHandle) {
-        self.tasks
-            .lock()
-            .expect("task registry lock")
-            .insert(name, handle);
-    }
-
-    /// Aborts the named task as if it had died (a test hook: "kill each task"). False if no
-    /// such task runs.
-    #[doc(hidden)]
-    pub fn kill(&self, name: &str) -> bool {
-        match self.tasks.lock().expect("task registry lock").get(name) {
-            Some(h) if !h.is_finished() => {
-                h.abort();
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// The names of the supervised tasks started so far.
-    pub fn names(&self) -> Vec<&'static str> {
-        let mut names: Vec<_> = self
-            .tasks
-            .lock()
-            .expect("task registry lock")
-            .keys()
-            .copied()
-            .collect();
-        names.sort_unstable();
-        names
-    }
-}
+/// The running supervised tasks by name: kept in [`Health`] (so health imports nothing of
+/// this module), filled by [`spawn`] and [`watch`].
+pub use crate::health::Registry;
 
 /// Aborts the supervised task when its supervisor goes (the drain aborts supervisors that do
 /// not stop in time: the task must not outlive them).

@@ -40,7 +40,7 @@ pub enum Command {
     Migrate,
     /// Insert jobs: one from flags, or JSON lines from stdin.
     Enqueue(EnqueueArgs),
-    /// The queue at a glance: the guide's monitoring queries, with checks (exit 1 if one fails).
+    /// The queue at a glance: the user's job-runner guide's monitoring queries (docs/operations.md "Monitor"), with checks (exit 1 if one fails).
     Status(status::StatusArgs),
     /// Find, inspect, retry, cancel and settle jobs (list|show|retry|cancel|settle).
     Jobs(jobs::JobsArgs),
@@ -613,4 +613,71 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::keys::KEYS;
+
+    fn load(env: &[(&str, &str)]) -> Settings {
+        config::load(&LoadOptions {
+            config_path: None,
+            skip_default_path: true,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+        .unwrap()
+    }
+
+    /// `check-config` lists exactly the keys of src/config/keys.rs, in its order, and masks
+    /// exactly its secrets.
+    #[test]
+    fn check_config_lists_the_key_table() {
+        let listed = effective(&load(&[]));
+        let names: Vec<&str> = listed.iter().map(|(k, _)| k.as_str()).collect();
+        let table: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
+        assert_eq!(
+            names, table,
+            "check-config's effective() (src/cli/mod.rs) vs src/config/keys.rs: a key was added \
+             or removed: it needs one row in src/config/keys.rs and one line in effective()"
+        );
+        // Every secret set (structured names), but `database.listen_url`: the old name of
+        // `database.direct_url`, not to be given with it.
+        let env: Vec<(String, &str)> = KEYS
+            .iter()
+            .filter(|k| k.secret && k.name != "database.listen_url")
+            .map(|k| {
+                let name = format!(
+                    "OUTBOUND_RUNNER__{}",
+                    k.name.replace('.', "__").to_uppercase()
+                );
+                let value = if k.name.ends_with("url") {
+                    "postgres://u:p@h/db"
+                } else {
+                    "s3cret-value"
+                };
+                (name, value)
+            })
+            .collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let mut masked = 0;
+        for ((name, value), key) in effective(&load(&env)).iter().zip(KEYS) {
+            if value == "***" {
+                masked += 1;
+                assert!(
+                    key.secret,
+                    "{name} is masked but src/config/keys.rs says not secret"
+                );
+            } else {
+                assert!(
+                    !key.secret || value == "\"\"",
+                    "{name} is a secret shown as {value}"
+                );
+            }
+        }
+        assert!(masked >= env.len(), "only {masked} secrets masked");
+    }
 }

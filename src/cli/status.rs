@@ -1,4 +1,4 @@
-//! `outbound-runner status`: the guide's monitoring queries answered on one screen, with the
+//! `outbound-runner status`: the user's job-runner guide's monitoring queries (docs/operations.md "Monitor") answered on one screen, with the
 //! guide's "Expected Behavior" turned into checks that set the exit code.
 
 use std::time::Duration;
@@ -96,25 +96,20 @@ pub struct Check {
 /// Runs the queries. Each is the guide's own (or its obvious sibling), so the numbers match what
 /// an operator pasting the guide's SQL would see.
 pub async fn collect(pool: &Pool, args: &StatusArgs) -> sqlx::Result<Status> {
-    let counts: Vec<(String, i64)> =
-        sqlx::query_as(r#"SELECT status, COUNT(*) FROM "OutboundJob" GROUP BY status"#)
-            .fetch_all(pool)
-            .await?;
+    // The counts by status and the oldest due job's age: the store's own queries (the gauges').
+    let stats = crate::queue::store::queue_stats(pool, true).await?;
     let by_status = STATUSES
         .iter()
         .map(|s| StatusCount {
             status: s.to_string(),
-            count: counts.iter().find(|(st, _)| st == s).map_or(0, |(_, c)| *c),
+            count: stats
+                .by_status
+                .iter()
+                .find(|(st, _)| st == s)
+                .map_or(0, |(_, c)| *c),
         })
         .collect();
-    // A "runAt" of -infinity has no age (NULL), rather than failing the query.
-    let oldest: Option<f64> = sqlx::query_scalar(
-        r#"SELECT CASE WHEN isfinite(m) THEN EXTRACT(EPOCH FROM now() - m)::float8 END
-           FROM (SELECT min("runAt") AS m FROM "OutboundJob"
-                 WHERE status = 'queued' AND "runAt" <= now()) q"#,
-    )
-    .fetch_one(pool)
-    .await?;
+    let oldest: Option<f64> = stats.oldest_queued_age.map(|d| d.as_secs_f64());
     let expired_leases: i64 = sqlx::query_scalar(
         r#"SELECT COUNT(*) FROM "OutboundJob" WHERE status = 'running' AND "leaseUntil" < now()"#,
     )

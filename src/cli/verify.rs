@@ -1,4 +1,4 @@
-//! `outbound-runner verify URL`: the guide's `scripts/verify-job-runner.sh`, as one command.
+//! `outbound-runner verify URL`: the user's job-runner guide's `scripts/verify-job-runner.sh` (docs/operations.md "Verify"), as one command.
 //! Calls both trigger endpoints with the tokens from the environment (or flags), checks status
 //! codes and JSON shapes, checks that a call without a token is refused, checks `/readyz` and
 //! `/metrics`, and prints one line per check with a hint from the guide's troubleshooting.

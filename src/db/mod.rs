@@ -6,6 +6,7 @@
 
 pub mod embedded;
 pub mod pooler;
+pub mod retry;
 pub mod wait;
 
 pub use pooler::Pool;

@@ -1,4 +1,5 @@
-//! The idempotency ledger: every statement live delivery runs on `"OutboundMessage"`.
+//! The idempotency ledger: every statement live delivery runs on `"OutboundMessage"`, and the
+//! sandbox's half of the batched completion ([`SANDBOX_SENT_CTE`]).
 //!
 //! Each write is one statement, fenced by the job's claim: it lands only while the job is
 //! `running`, locked by us, on this attempt. The fence takes a `FOR KEY SHARE` lock on the job
@@ -482,20 +483,32 @@ pub async fn settle(
     Ok(done.rows_affected() == 1)
 }
 
-/// After a reload closed an open circuit: the queued jobs it deferred become due now (the one
-/// write about jobs we do not hold; it only moves `"runAt"` of `queued` rows earlier, which a
-/// claim's row lock keeps apart from everything else). Returns how many.
-pub async fn wake_circuit_deferred(pool: &Pool) -> sqlx::Result<u64> {
-    let done = sqlx::query(
-        r#"
-        UPDATE "OutboundJob" SET "runAt" = now(), "updatedAt" = now()
-        WHERE status = 'queued' AND "lastErrorCode" = 'circuit_open' AND "runAt" > now()
-        "#,
-    )
-    .execute(pool)
-    .await?;
-    if done.rows_affected() > 0 {
-        crate::queue::store::notify(pool).await?;
-    }
-    Ok(done.rows_affected())
+/// The store's write, re-exported so the call site (src/delivery/live.rs) stays as it is: it
+/// writes `"OutboundJob"` only, so it lives in [`crate::queue::store`].
+pub use crate::queue::store::wake_circuit_deferred;
+
+/// Messages recorded as sent together with their job's completion (sandbox sends), as the
+/// columns [`SANDBOX_SENT_CTE`] takes.
+#[derive(Debug, Default)]
+pub struct CompletionRecords {
+    pub job: Vec<i64>,
+    pub seq: Vec<i32>,
+    pub to: Vec<String>,
+    pub body: Vec<serde_json::Value>,
 }
+
+/// The batched completion's `"OutboundMessage"` half: a CTE named `sandbox` that records the
+/// sandbox sends (`$4` jobs, `$5` seqs, `$6` recipients, `$7` bodies: [`CompletionRecords`]) as
+/// `sent`, with a fake wamid (`wamid.sandbox.<job>.<seq>`), for the jobs the store's `done` CTE
+/// ([`crate::queue::store::COMPLETE_DONE_CTE`]) marked done. One statement with it, so a
+/// sandbox job's records cost no round trip; see docs/queue.md "Code layout".
+pub const SANDBOX_SENT_CTE: &str = r#"
+        sandbox AS (
+            INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, wamid, "sentAt")
+            SELECT r.job, r.seq, 'sent', r.recipient, r.body,
+                   'wamid.sandbox.' || r.job || '.' || r.seq, now()
+            FROM unnest($4::bigint[], $5::int[], $6::text[], $7::jsonb[])
+                 AS r(job, seq, recipient, body)
+            WHERE r.job IN (SELECT id FROM done)
+            ON CONFLICT ("jobId", seq) DO NOTHING
+        )"#;

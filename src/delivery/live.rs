@@ -573,43 +573,47 @@ fn build_client(
 
 /// A fenced ledger write after a request left: retried (100 ms doubling to 2 s) until the
 /// database answers, for as long as the attempt runs. Returns whether the fence held.
-async fn persist<F, Fut, E>(job: &Job, seq: i32, what: &str, mut write: F) -> bool
+async fn persist<F, Fut, E>(job: &Job, seq: i32, what: &str, write: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool, E>>,
     E: std::fmt::Display,
 {
-    let mut delay = Duration::from_millis(100);
     let mut failures = 0u32;
-    loop {
-        match write().await {
-            Ok(held) => {
-                if failures > 0 {
-                    tracing::info!(
-                        job_id = job.id,
-                        seq,
-                        failures,
-                        "{what}: written after the database came back"
-                    );
-                }
-                return held;
+    let backoff = crate::db::retry::Backoff {
+        first: Duration::from_millis(100),
+        max: Duration::from_secs(2),
+        attempts: None,
+    };
+    let written = crate::db::retry::with_backoff(
+        backoff,
+        |n, e: &E| {
+            failures = n;
+            if n == 1 || n % 10 == 0 {
+                tracing::warn!(
+                    job_id = job.id,
+                    seq,
+                    failures = n,
+                    error = %redact_sqlx(e),
+                    "{what} failed; retrying until the database answers (runner.job_timeout bounds the attempt)"
+                );
             }
-            Err(e) => {
-                failures += 1;
-                if failures == 1 || failures % 10 == 0 {
-                    tracing::warn!(
-                        job_id = job.id,
-                        seq,
-                        failures,
-                        error = %redact_sqlx(&e),
-                        "{what} failed; retrying until the database answers (runner.job_timeout bounds the attempt)"
-                    );
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        }
+        },
+        write,
+    )
+    .await;
+    let Ok(held) = written else {
+        unreachable!("retried without a limit")
+    };
+    if failures > 0 {
+        tracing::info!(
+            job_id = job.id,
+            seq,
+            failures,
+            "{what}: written after the database came back"
+        );
     }
+    held
 }
 
 fn lost() -> JobError {

@@ -1,10 +1,11 @@
 //! Sandbox delivery: nothing leaves the machine. Each message is logged and recorded in
 //! `"OutboundMessage"` as `sent` with a fake wamid (`wamid.sandbox.<job>.<seq>`), so the whole
-//! pipeline (claims, ledger, metrics, the guide's SQL) can be exercised without Meta.
+//! pipeline (claims, ledger, metrics, the user's job-runner guide's SQL, see docs/operations.md "Verify") can be exercised without Meta.
 //!
 //! The records are written by the statement that marks the job `done` (one statement for a
 //! whole batch of completions), so a sandbox job costs no round trip of its own: the sandbox
-//! measures the queue, not a fake network.
+//! measures the queue, not a fake network. The ledger writes that half of the statement
+//! ([`super::ledger::SANDBOX_SENT_CTE`]), the store the other (docs/queue.md "Code layout").
 
 use super::payload::{Content, Payload};
 use super::{BoxFuture, JobContext, JobHandler};

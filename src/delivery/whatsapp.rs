@@ -1,6 +1,6 @@
 //! The WhatsApp Cloud API client, and the one place that decides what an answer means.
 //!
-//! [`classify`] is DESIGN.md §4 as code: Meta's `error.code` decides the class; the HTTP status
+//! [`classify`] is docs/delivery.md's "What Meta's answers lead to" table as code: Meta's `error.code` decides the class; the HTTP status
 //! only decides for codes the table does not list (Meta sends the same code under 400, 403, 429
 //! and 500). [`CloudApi::send`] turns every way a request can end into either a wamid or a
 //! [`SendError`] carrying that class, Meta's code, and a readable reason that keeps
@@ -63,7 +63,7 @@ impl Class {
     }
 }
 
-/// The class of a listed `error.code`, `None` for codes DESIGN.md §4 does not name.
+/// The class of a listed `error.code`, `None` for codes docs/delivery.md's table does not name.
 pub fn class_of_code(code: i64) -> Option<Class> {
     Some(match code {
         // Temporary: API unknown / service unavailable / something went wrong / service

@@ -176,7 +176,7 @@ fn refused(endpoint: Endpoint, why: String) {
     );
 }
 
-/// `x-vercel-cron` or a Vercel cron user agent: worth a log line (the guide's troubleshooting
+/// `x-vercel-cron` or a Vercel cron user agent: worth a log line (the user's job-runner guide's troubleshooting, docs/operations.md "Verify";
 /// looks for it), never a credential.
 fn note_vercel_cron(endpoint: Endpoint, headers: &HeaderMap) {
     let header = headers.contains_key("x-vercel-cron");

@@ -1,4 +1,4 @@
-//! The HTTP server: the guide's two trigger endpoints, `/metrics`, `/healthz` and `/readyz`.
+//! The HTTP server: the user's job-runner guide's two trigger endpoints (docs/http.md), `/metrics`, `/healthz` and `/readyz`.
 //!
 //! ```text
 //!  bind(settings)          http.listen (and metrics.listen) bound before READY=1

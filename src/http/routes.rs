@@ -1,4 +1,4 @@
-//! The handlers and their answers. The trigger answers are the guide's JSON, key for key:
+//! The handlers and their answers. The trigger answers are the user's job-runner guide's JSON (docs/http.md), key for key:
 //!
 //! ```text
 //! /api/jobs/run-outbound       {"ok":true,"processed":N,"failed":M,"jobIds":{"processed":[…],"failed":[…]}}
@@ -23,7 +23,7 @@ use super::{BODY_LIMIT, HttpState};
 use crate::db::redact_sqlx;
 use crate::queue::PassReport;
 
-/// `max` when the request gives none (the guide's).
+/// `max` when the request gives none (the user's job-runner guide's, docs/http.md "`max`").
 pub const DEFAULT_MAX: u32 = 10;
 /// How long `/readyz` waits for `SELECT 1`.
 const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
@@ -59,7 +59,7 @@ fn finish(router: Router<HttpState>, state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// `{"ok":false,"error":…}`: every refusal and failure, `ok` first like the guide's answers.
+/// `{"ok":false,"error":…}`: every refusal and failure, `ok` first like the guide's answers (docs/http.md).
 #[derive(Serialize)]
 pub(super) struct ErrorBody<'a> {
     ok: bool,

@@ -257,19 +257,28 @@ pub async fn next_due(pool: &Pool) -> sqlx::Result<Option<DateTime<Utc>>> {
     .await
 }
 
-/// Messages recorded as sent together with their job's completion (sandbox sends).
-#[derive(Debug, Default)]
-pub struct CompletionRecords {
-    pub job: Vec<i64>,
-    pub seq: Vec<i32>,
-    pub to: Vec<String>,
-    pub body: Vec<serde_json::Value>,
-}
-
-/// The batched completion (see [`complete`]); public so a test can check its plan.
-#[doc(hidden)]
-pub const COMPLETE_SQL: &str = r#"
-        WITH done AS (
+/// The batched completion's `"OutboundJob"` half: a CTE named `done` (`$1` lockedBy, `$2` ids,
+/// `$3` attempts) that marks the jobs whose fence holds `done` and returns their ids.
+///
+/// The store owns every statement on `"OutboundJob"`, the ledger every statement on
+/// `"OutboundMessage"`; the completion needs both at once (a sandbox job's messages are recorded
+/// by the statement that marks it done, so a sandbox job costs no round trip of its own). So the
+/// completion is one statement built from two halves, each written by its table's owner: this
+/// CTE and the ledger's `SANDBOX_SENT_CTE` in src/delivery/ledger.rs (`$4`–`$7`, reading `done`). The
+/// completer (`src/runner/worker.rs`), which imports both, joins them; see docs/queue.md
+/// "Code layout". The store cannot name the ledger: `src/queue/` imports nothing above it.
+///
+/// This commit is synchronous on purpose: it makes the ledger writes before it (committed with
+/// `synchronous_commit = off`) durable too.
+///
+/// A job is only marked done while every message of its ledger is `sent` (or already
+/// `delivered`/`read`: a status webhook can overtake the completion). The ledger's `sent`
+/// commits without its own fsync: if PostgreSQL crashes before that reaches the disk, crash
+/// recovery puts the message back to `sending` while this runner, still alive, retries the
+/// completion. The job is then not marked done (it counts as taken from us) and the rescuer
+/// settles it like any send cut short: the message `unknown`, the job `failed`.
+pub const COMPLETE_DONE_CTE: &str = r#"
+        done AS (
             UPDATE "OutboundJob" j
             SET status = 'done', "completedAt" = now(), "updatedAt" = now(), "leaseUntil" = NULL
             FROM unnest($2::bigint[], $3::int[]) AS d(id, attempts)
@@ -281,47 +290,24 @@ pub const COMPLETE_SQL: &str = r#"
                               WHERE m."jobId" = j.id
                                 AND m.status NOT IN ('sent', 'delivered', 'read'))
             RETURNING j.id
-        ), sandbox AS (
-            INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, wamid, "sentAt")
-            SELECT r.job, r.seq, 'sent', r.recipient, r.body,
-                   'wamid.sandbox.' || r.job || '.' || r.seq, now()
-            FROM unnest($4::bigint[], $5::int[], $6::text[], $7::jsonb[])
-                 AS r(job, seq, recipient, body)
-            WHERE r.job IN (SELECT id FROM done)
-            ON CONFLICT ("jobId", seq) DO NOTHING
-        )
-        SELECT id FROM done
-        "#;
+        )"#;
 
-/// Marks a batch of jobs `done` in one statement, and records `records` (sandbox sends) for the
-/// jobs whose fence held, in the same statement. Returns the ids whose fence held.
-///
-/// This commit is synchronous on purpose: it makes the ledger writes before it (committed with
-/// `synchronous_commit = off`) durable too.
-///
-/// A job is only marked done while every message of its ledger is `sent` (or already
-/// `delivered`/`read`: a status webhook can overtake the completion). The ledger's `sent`
-/// commits without its own fsync: if PostgreSQL crashes before that reaches the disk, crash
-/// recovery puts the message back to `sending` while this runner, still alive, retries the
-/// completion. The job is then not marked done (it counts as taken from us) and the rescuer
-/// settles it like any send cut short: the message `unknown`, the job `failed`.
-pub async fn complete(
-    pool: &Pool,
-    locked_by: &str,
-    ids: &[i64],
-    attempts: &[i32],
-    records: &CompletionRecords,
-) -> sqlx::Result<Vec<i64>> {
-    sqlx::query_scalar(COMPLETE_SQL)
-        .bind(locked_by)
-        .bind(ids)
-        .bind(attempts)
-        .bind(&records.job)
-        .bind(&records.seq)
-        .bind(&records.to)
-        .bind(&records.body)
-        .fetch_all(pool)
-        .await
+/// After a reload closed an open circuit: the queued jobs it deferred become due now (the one
+/// write about jobs we do not hold; it only moves `"runAt"` of `queued` rows earlier, which a
+/// claim's row lock keeps apart from everything else). Returns how many.
+pub async fn wake_circuit_deferred(pool: &Pool) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        r#"
+        UPDATE "OutboundJob" SET "runAt" = now(), "updatedAt" = now()
+        WHERE status = 'queued' AND "lastErrorCode" = 'circuit_open' AND "runAt" > now()
+        "#,
+    )
+    .execute(pool)
+    .await?;
+    if done.rows_affected() > 0 {
+        notify(pool).await?;
+    }
+    Ok(done.rows_affected())
 }
 
 /// Puts a job back to `queued`, due after `delay`. With `refund`, the attempt is not counted

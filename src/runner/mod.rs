@@ -23,6 +23,8 @@ mod dispatcher;
 mod maintenance;
 pub mod sizing;
 mod worker;
+#[doc(hidden)]
+pub use worker::complete_sql;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -247,7 +249,6 @@ impl Shared {
                 let message = format!("claiming this job fails: {why}");
                 match store::fail_unclaimable(&self.pool, id, &message).await {
                     Ok(true) => {
-                        self.health.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(
                             job_id = id,
                             error = %why,
@@ -298,7 +299,6 @@ impl Shared {
                     .jobs_finished
                     .with_label_values(&["failed"])
                     .inc();
-                self.health.failed.fetch_add(1, Ordering::Relaxed);
                 self.finished.send_modify(|n| *n += 1);
                 tracing::error!(
                     job_id = bad.fence.id,
@@ -712,28 +712,32 @@ impl Runner {
         }
         let settings = shared.settings();
         let fail_in_doubt = settings.delivery.on_unknown == crate::config::OnUnknown::Fail;
-        for attempt in 1..=5 {
-            match store::reclaim(
-                &shared.pool,
-                Reclaim::Ours(&shared.locked_by),
-                fail_in_doubt,
-                settings.retry.max_attempts as i32,
-            )
-            .await
-            {
-                Ok(r) => {
-                    report.released = r;
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        attempt,
-                        error = %crate::db::redact_sqlx(&e),
-                        "releasing claims failed; their leases will expire and another runner will rescue them"
-                    );
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-            }
+        let backoff = crate::db::retry::Backoff {
+            first: Duration::from_millis(200),
+            max: Duration::from_millis(1600),
+            attempts: Some(5),
+        };
+        if let Ok(r) = crate::db::retry::with_backoff(
+            backoff,
+            |attempt, e: &sqlx::Error| {
+                tracing::warn!(
+                    attempt,
+                    error = %crate::db::redact_sqlx(e),
+                    "releasing claims failed; their leases will expire and another runner will rescue them"
+                );
+            },
+            || {
+                store::reclaim(
+                    &shared.pool,
+                    Reclaim::Ours(&shared.locked_by),
+                    fail_in_doubt,
+                    settings.retry.max_attempts as i32,
+                )
+            },
+        )
+        .await
+        {
+            report.released = r;
         }
         self.stop_late.cancel();
         let tasks: Vec<JoinHandle<()>> = self.tasks.lock().expect("tasks lock").drain(..).collect();
@@ -754,12 +758,6 @@ impl Runner {
             "drained"
         );
         report
-    }
-
-    /// Runs until `shutdown` resolves, then drains (the mini-redis shape).
-    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) -> DrainReport {
-        shutdown.await;
-        self.shutdown().await
     }
 }
 

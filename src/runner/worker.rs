@@ -12,8 +12,9 @@ use tracing::Instrument;
 
 use super::Shared;
 use crate::db::redact_sqlx;
+use crate::db::retry::{Backoff, with_backoff};
 use crate::db::wait::patiently;
-use crate::delivery::{JobContext, SentRecords};
+use crate::delivery::{JobContext, SentRecords, ledger};
 use crate::queue::retry::{self, Next};
 use crate::queue::{Fence, Job, JobError, Outcome, store};
 
@@ -83,9 +84,7 @@ pub async fn execute(shared: &Shared, job: Job, slot: Option<OwnedSemaphorePermi
         };
         let outcome = finish(shared, &job, result, ctx.take_records(), slot).await;
         let label = match outcome {
-            Outcome::Done => Some("done"),
-            Outcome::Retried => Some("retry"),
-            Outcome::Failed => Some("failed"),
+            Outcome::Done | Outcome::Retried | Outcome::Failed => Some(outcome.label()),
             Outcome::Deferred | Outcome::Lost => None,
         };
         if let Some(label) = label {
@@ -127,10 +126,6 @@ async fn finish(
             }
             return match done.await {
                 Ok(true) => {
-                    shared
-                        .health
-                        .done
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!("Job {} completed successfully", job.id);
                     Outcome::Done
                 }
@@ -185,10 +180,6 @@ async fn finish(
             .await
             {
                 Some(true) => {
-                    shared
-                        .health
-                        .failed
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::error!(code = %code, "job failed: {message}");
                     Outcome::Failed
                 }
@@ -212,26 +203,30 @@ fn lost(job: &Job) -> Outcome {
 /// (the lease expires and the rescuer takes the job back; nothing is lost). A wait for a
 /// connection is no outage: it is waited out for up to a lease (which the lease keeper extends)
 /// before it counts as a failure (see [`crate::db::wait`]).
-async fn with_retries<T, F, Fut>(shared: &Shared, mut write: F) -> Option<T>
+async fn with_retries<T, F, Fut>(shared: &Shared, write: F) -> Option<T>
 where
-    F: FnMut() -> Fut,
+    F: Fn() -> Fut,
     Fut: std::future::Future<Output = sqlx::Result<T>>,
 {
-    let mut delay = Duration::from_millis(100);
     // One lease in all for the waits, however many failures come between them.
     let patience_ends = tokio::time::Instant::now() + shared.settings().runner.lease;
-    for attempt in 1..=6 {
-        let bound = patience_ends.saturating_duration_since(tokio::time::Instant::now());
-        match patiently(bound, &shared.metrics.db_waits, &mut write).await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                tracing::warn!(attempt, error = %redact_sqlx(&e), "writing the job's state failed");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
-    }
-    None
+    let backoff = Backoff {
+        first: Duration::from_millis(100),
+        max: Duration::from_millis(3200),
+        attempts: Some(6),
+    };
+    with_backoff(
+        backoff,
+        |attempt, e: &sqlx::Error| {
+            tracing::warn!(attempt, error = %redact_sqlx(e), "writing the job's state failed");
+        },
+        || {
+            let bound = patience_ends.saturating_duration_since(tokio::time::Instant::now());
+            patiently(bound, &shared.metrics.db_waits, &write)
+        },
+    )
+    .await
+    .ok()
 }
 
 /// Marks finished jobs `done`, as many per statement as have finished meanwhile.
@@ -245,7 +240,7 @@ pub async fn completer(
     while crate::queue::next_batch(&mut rx, &stop, MAX_BATCH, &mut batch).await {
         let ids: Vec<i64> = batch.iter().map(|r| r.fence.id).collect();
         let attempts: Vec<i32> = batch.iter().map(|r| r.fence.attempts).collect();
-        let mut records = store::CompletionRecords::default();
+        let mut records = ledger::CompletionRecords::default();
         for request in &batch {
             if let Some(sent) = &request.records {
                 for (seq, body) in sent.messages.iter().enumerate() {
@@ -257,7 +252,7 @@ pub async fn completer(
             }
         }
         let held = with_retries(&shared, || {
-            store::complete(&shared.pool, &shared.locked_by, &ids, &attempts, &records)
+            complete(&shared.pool, &shared.locked_by, &ids, &attempts, &records)
         })
         .await
         .unwrap_or_default();
@@ -268,4 +263,42 @@ pub async fn completer(
         shared.completing.fetch_sub(flushed, Ordering::SeqCst);
         shared.completions_flushed.notify_waiters();
     }
+}
+
+/// The batched completion: one statement, the store's `done` CTE (the `"OutboundJob"` half,
+/// [`store::COMPLETE_DONE_CTE`]) and the ledger's `sandbox` CTE (the `"OutboundMessage"` half,
+/// [`ledger::SANDBOX_SENT_CTE`]), joined here because only the runner may import both (see
+/// docs/queue.md "Code layout"). Public so a test can check its plan.
+#[doc(hidden)]
+pub fn complete_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH {}, {}\n        SELECT id FROM done",
+            store::COMPLETE_DONE_CTE,
+            ledger::SANDBOX_SENT_CTE
+        )
+    });
+    &SQL
+}
+
+/// Marks a batch of jobs `done` in one statement, and records `records` (sandbox sends) for the
+/// jobs whose fence held, in the same statement. Returns the ids whose fence held. What the
+/// commit makes durable, and when a job is not marked done: [`store::COMPLETE_DONE_CTE`].
+async fn complete(
+    pool: &crate::db::Pool,
+    locked_by: &str,
+    ids: &[i64],
+    attempts: &[i32],
+    records: &ledger::CompletionRecords,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(complete_sql())
+        .bind(locked_by)
+        .bind(ids)
+        .bind(attempts)
+        .bind(&records.job)
+        .bind(&records.seq)
+        .bind(&records.to)
+        .bind(&records.body)
+        .fetch_all(pool)
+        .await
 }

@@ -1,4 +1,4 @@
-//! The HTTP endpoints, black-box over real HTTP on port 0 with a real database: the guide's
+//! The HTTP endpoints, black-box over real HTTP on port 0 with a real database: the user's job-runner guide's (docs/http.md)
 //! requests and answers, the auth rules, `max`, concurrency, timeouts, `/metrics`, `/readyz`,
 //! and the daemon binary serving them.
 
@@ -490,7 +490,7 @@ async fn unknown_paths_and_methods_are_refused() {
     app.stop().await;
 }
 
-/// Every metric of DESIGN.md §6, without the `outbound_runner_` prefix.
+/// Every metric of docs/metrics.md, without the `outbound_runner_` prefix.
 const DESIGN_METRICS: &[&str] = &[
     "jobs_claimed_total",
     "jobs_finished_total",
@@ -707,7 +707,7 @@ async fn readyz_needs_listen() {
 }
 
 mod daemon {
-    //! The binary as an operator runs it: the guide's curl commands against `outbound-runner
+    //! The binary as an operator runs it: the user's job-runner guide's curl commands (docs/operations.md "Verify") against `outbound-runner
     //! run`, its logs, and a port that is taken.
 
     use std::process::Stdio;

@@ -662,7 +662,7 @@ async fn the_completion_finds_jobs_by_primary_key_whatever_the_statistics_say() 
         .unwrap();
     sqlx::query(&format!(
         "PREPARE complete_check(text, bigint[], int[], bigint[], int[], text[], jsonb[]) AS {}",
-        store::COMPLETE_SQL
+        outbound_runner::runner::complete_sql()
     ))
     .execute(&mut *conn)
     .await
