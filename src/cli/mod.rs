@@ -597,21 +597,31 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
             q(&format!("{:?}", s.log.format).to_lowercase()),
         ),
     ];
-    // `[[whatsapp.numbers]]`: one line per number, secrets masked (docs/numbers.md).
+    // `[[whatsapp.numbers]]`: one line per number, secrets masked (docs/numbers.md), in the key
+    // table's place (after `whatsapp.webhook_forward_url`); `[]` when there are none.
+    let mut numbers: Vec<(String, String)> = Vec::new();
     for (i, n) in s.whatsapp.numbers.iter().enumerate() {
         let k = |key: &str| format!("whatsapp.numbers[{i}].{key}");
-        out.push((k("phone_number_id"), q(&n.phone_number_id)));
-        out.push((k("access_token"), secret(&n.access_token)));
+        numbers.push((k("phone_number_id"), q(&n.phone_number_id)));
+        numbers.push((k("access_token"), secret(&n.access_token)));
         if n.access_token_file.is_some() {
-            out.push((k("access_token_file"), p(&n.access_token_file)));
+            numbers.push((k("access_token_file"), p(&n.access_token_file)));
         }
         if let Some(rate) = n.rate_per_second {
-            out.push((k("rate_per_second"), rate.to_string()));
+            numbers.push((k("rate_per_second"), rate.to_string()));
         }
         if let Some(pair) = n.pair_interval {
-            out.push((k("pair_interval"), d(pair)));
+            numbers.push((k("pair_interval"), d(pair)));
         }
     }
+    if numbers.is_empty() {
+        numbers.push(("whatsapp.numbers".into(), "[]".into()));
+    }
+    let at = out
+        .iter()
+        .position(|(k, _)| k == "whatsapp.webhook_forward_url")
+        .map_or(out.len(), |i| i + 1);
+    out.splice(at..at, numbers);
     out
 }
 

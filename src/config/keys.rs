@@ -349,6 +349,13 @@ pub const KEYS: &[Key] = &[
         "pass every webhook POST on, unchanged, to the app's webhook (docs/http.md)",
     ),
     key(
+        "whatsapp.numbers",
+        "[]",
+        Reload,
+        false,
+        "more sending numbers, `[[whatsapp.numbers]]` tables, each with its own token, rate and pair interval (docs/numbers.md)",
+    ),
+    key(
         "http.listen",
         "127.0.0.1:8080",
         Restart,
