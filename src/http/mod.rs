@@ -244,23 +244,12 @@ pub fn spawn(listeners: Listeners, state: HttpState, stop: CancellationToken) ->
                 "CRON_SECRET is not set: /api/cron/run-outbound-jobs is disabled (answers 404)"
             );
         }
-        let health = state.runner().health().clone();
-        let mut once = Some((listener, state.clone(), stop.clone()));
-        // Supervised: a server that stops while not asked to turns health red (the listen
-        // socket went with it, so it is not restarted).
-        tasks.push(crate::supervise::spawn(
+        tasks.push(spawn_supervised(
             "HTTP server",
-            health,
-            stop.clone(),
-            crate::supervise::Restart::No,
-            move || {
-                let (listener, state, stop) = once.take().expect("the server starts once");
-                async move {
-                    if let Err(e) = serve(listener, state, stop.cancelled_owned()).await {
-                        tracing::error!(error = %e, "the HTTP server stopped");
-                    }
-                }
-            },
+            listener,
+            routes::api(state.clone()),
+            &state,
+            &stop,
         ));
     }
     if let Some(listener) = listeners.metrics {
@@ -269,24 +258,41 @@ pub fn spawn(listeners: Listeners, state: HttpState, stop: CancellationToken) ->
             addr = %addr.map(|a| a.to_string()).unwrap_or_default(),
             "metrics listening: /metrics"
         );
-        let health = state.runner().health().clone();
-        let mut once = Some((listener, state.clone(), stop.clone()));
-        tasks.push(crate::supervise::spawn(
+        tasks.push(spawn_supervised(
             "metrics server",
-            health,
-            stop.clone(),
-            crate::supervise::Restart::No,
-            move || {
-                let (listener, state, stop) = once.take().expect("the server starts once");
-                async move {
-                    if let Err(e) = serve_metrics(listener, state, stop.cancelled_owned()).await {
-                        tracing::error!(error = %e, "the metrics server stopped");
-                    }
-                }
-            },
+            listener,
+            routes::metrics_only(state.clone()),
+            &state,
+            &stop,
         ));
     }
     Server { stop, tasks }
+}
+
+/// Serves `router` on `listener` until `stop`, supervised: a server that stops while not asked
+/// to turns health red (the listen socket went with it, so it is not restarted).
+fn spawn_supervised(
+    name: &'static str,
+    listener: TcpListener,
+    router: axum::Router,
+    state: &HttpState,
+    stop: &CancellationToken,
+) -> JoinHandle<()> {
+    let mut once = Some((listener, router, stop.clone()));
+    crate::supervise::spawn(
+        name,
+        state.runner().health().clone(),
+        stop.clone(),
+        crate::supervise::Restart::No,
+        move || {
+            let (listener, router, stop) = once.take().expect("the server starts once");
+            async move {
+                if let Err(e) = serve_router(listener, router, stop.cancelled_owned()).await {
+                    tracing::error!(error = %e, "the {name} stopped");
+                }
+            }
+        },
+    )
 }
 
 impl Server {
