@@ -525,6 +525,18 @@ pub struct Actor<'a> {
     pub dry_run: bool,
 }
 
+impl Actor<'_> {
+    /// The lock a bulk action takes on the jobs it will move: none for a dry run, which only
+    /// counts; otherwise it waits for (never skips) a row another writer holds.
+    fn row_lock(&self) -> &'static str {
+        if self.dry_run {
+            ""
+        } else {
+            "FOR NO KEY UPDATE OF j"
+        }
+    }
+}
+
 /// What a retry did (or, dry, would do).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -559,11 +571,7 @@ pub async fn retry(
     default_max_attempts: i32,
 ) -> Result<RetryReport, AdminError> {
     let statuses = filter.for_action("retry", &["failed", "cancelled"])?;
-    let lock = if actor.dry_run {
-        ""
-    } else {
-        "FOR NO KEY UPDATE OF j"
-    };
+    let lock = actor.row_lock();
     let sql = format!(
         r#"
         WITH target AS (
@@ -694,11 +702,7 @@ pub async fn cancel(
     actor: &Actor<'_>,
 ) -> Result<CancelReport, AdminError> {
     let statuses = filter.for_action("cancel", &["queued", "running"])?;
-    let lock = if actor.dry_run {
-        ""
-    } else {
-        "FOR NO KEY UPDATE OF j"
-    };
+    let lock = actor.row_lock();
     let sql = format!(
         r#"
         WITH target AS (
