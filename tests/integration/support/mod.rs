@@ -213,16 +213,7 @@ pub async fn spawn_runner_via(
     tweak(&mut settings);
     let pool = outbound_runner::db::open(&settings, url).unwrap();
     let listen = direct_url.map(|u| outbound_runner::db::connect_options(u).unwrap());
-    Runner::start_with(
-        pool,
-        listen,
-        Arc::new(settings),
-        handler,
-        Arc::new(Metrics::new()),
-        Arc::new(Health::default()),
-        mode,
-    )
-    .await
+    start_on(pool, listen, settings, handler, mode).await
 }
 
 /// A runner without a dispatcher: jobs run only when the test calls `run_pass`.
@@ -248,6 +239,17 @@ async fn start(
         .connect_with(options)
         .await
         .unwrap();
+    start_on(pool, listen, settings, handler, mode).await
+}
+
+/// A runner on `pool` with fresh metrics and health.
+async fn start_on(
+    pool: impl Into<outbound_runner::db::Pool>,
+    listen: Option<PgConnectOptions>,
+    settings: Settings,
+    handler: Arc<dyn JobHandler>,
+    mode: Mode,
+) -> Runner {
     Runner::start_with(
         pool,
         listen,
