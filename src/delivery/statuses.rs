@@ -187,11 +187,14 @@ pub struct Applied {
 
 /// Applies `updates` in one transaction (see the module docs). `early` are the ids of
 /// `"OutboundEarlyStatus"` rows the updates came from (the sweep), parallel to `updates`: the
-/// ones applied are deleted, the others stay.
+/// ones applied are deleted, the others stay. `named`: the statements may be prepared by name
+/// and cached (not behind a transaction-mode pooler, where each must leave nothing named behind:
+/// docs/operations.md, "Poolers").
 async fn apply_in(
     tx: &mut Transaction<'_, Postgres>,
     updates: &[StatusUpdate],
     early: Option<&[i64]>,
+    named: bool,
 ) -> sqlx::Result<Applied> {
     let wamids: Vec<&str> = updates.iter().map(|u| u.wamid.as_str()).collect();
     let (cb_jobs, cb_seqs): (Vec<i64>, Vec<i32>) =
@@ -215,7 +218,7 @@ async fn apply_in(
     .bind(&wamids)
     .bind(&cb_jobs)
     .bind(&cb_seqs)
-    .persistent(false)
+    .persistent(named)
     .fetch_all(&mut **tx)
     .await?;
 
@@ -389,7 +392,7 @@ async fn apply_in(
         .bind(&read)
         .bind(&codes)
         .bind(&errors)
-        .persistent(false)
+        .persistent(named)
         .execute(&mut **tx)
         .await?;
     }
@@ -411,7 +414,7 @@ async fn apply_in(
         .bind(&ids)
         .bind(&codes)
         .bind(&reasons)
-        .persistent(false)
+        .persistent(named)
         .execute(&mut **tx)
         .await?;
         out.jobs_failed = done.rows_affected();
@@ -430,7 +433,7 @@ async fn apply_in(
             "#,
         )
         .bind(&settle_jobs)
-        .persistent(false)
+        .persistent(named)
         .execute(&mut **tx)
         .await?;
         out.jobs_settled = done.rows_affected();
@@ -439,7 +442,7 @@ async fn apply_in(
     match early {
         None => {
             if !park.is_empty() {
-                insert_early(tx, &park).await?;
+                insert_early(tx, &park, named).await?;
             }
         }
         Some(ids) => {
@@ -453,7 +456,7 @@ async fn apply_in(
             if !gone.is_empty() {
                 sqlx::query(r#"DELETE FROM "OutboundEarlyStatus" WHERE id = ANY($1)"#)
                     .bind(&gone)
-                    .persistent(false)
+                    .persistent(named)
                     .execute(&mut **tx)
                     .await?;
             }
@@ -465,6 +468,7 @@ async fn apply_in(
 async fn insert_early(
     tx: &mut Transaction<'_, Postgres>,
     park: &[&StatusUpdate],
+    named: bool,
 ) -> sqlx::Result<()> {
     let jobs: Vec<Option<i64>> = park.iter().map(|u| u.callback.map(|c| c.0)).collect();
     let seqs: Vec<Option<i32>> = park.iter().map(|u| u.callback.map(|c| c.1)).collect();
@@ -488,18 +492,18 @@ async fn insert_early(
     .bind(&ats)
     .bind(&codes)
     .bind(&titles)
-    .persistent(false)
+    .persistent(named)
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-/// Applies `updates` in one transaction, committed synchronously (see the module docs). The
-/// statements inside it are unnamed (`persistent(false)`): a transaction-mode pooler keeps one
-/// server for the transaction, and nothing named outlives it (docs/operations.md, "Poolers").
+/// Applies `updates` in one transaction, committed synchronously (see the module docs). Behind a
+/// transaction-mode pooler the statements inside it are unnamed: the pooler keeps one server for
+/// the transaction, and nothing named outlives it (docs/operations.md, "Poolers").
 pub async fn apply(pool: &Pool, updates: &[StatusUpdate]) -> sqlx::Result<Applied> {
     let mut tx = pool.pg().begin().await?;
-    let out = apply_in(&mut tx, updates, None).await?;
+    let out = apply_in(&mut tx, updates, None, !pool.pooled()).await?;
     tx.commit().await?;
     Ok(out)
 }
@@ -525,6 +529,8 @@ pub async fn sweep(pool: &Pool, retention: Duration) -> sqlx::Result<Swept> {
     .await?;
     out.expired = expired.rows_affected();
 
+    // Unnamed statements behind a transaction-mode pooler (see [`apply`]).
+    let named = !pool.pooled();
     let mut tx = pool.pg().begin().await?;
     let rows = sqlx::query(
         r#"
@@ -542,7 +548,7 @@ pub async fn sweep(pool: &Pool, retention: Duration) -> sqlx::Result<Swept> {
         FOR UPDATE OF e SKIP LOCKED
         "#,
     )
-    .persistent(false)
+    .persistent(named)
     .fetch_all(&mut *tx)
     .await?;
     if !rows.is_empty() {
@@ -565,7 +571,7 @@ pub async fn sweep(pool: &Pool, retention: Duration) -> sqlx::Result<Swept> {
                 error_title: r.get(7),
             });
         }
-        out.applied = apply_in(&mut tx, &updates, Some(&ids)).await?;
+        out.applied = apply_in(&mut tx, &updates, Some(&ids), named).await?;
     }
     tx.commit().await?;
     out.waiting = sqlx::query_scalar(r#"SELECT count(*) FROM "OutboundEarlyStatus""#)
