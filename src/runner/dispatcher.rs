@@ -25,6 +25,16 @@ const LISTEN_PROBE: Duration = Duration::from_secs(15);
 /// How long the dispatcher pauses before a claim while statements wait for connections.
 const SATURATED_PAUSE: Duration = Duration::from_millis(100);
 
+/// The first pause before a LISTEN reconnect; it doubles on every failure up to
+/// [`LISTEN_BACKOFF_MAX`].
+const LISTEN_BACKOFF_FIRST: Duration = Duration::from_millis(250);
+
+/// The longest pause between LISTEN reconnects. Short, because every second without LISTEN is
+/// a second a new job may wait for `runner.poll_interval` and `/readyz` says 503: after a
+/// database restart LISTEN is back within this much of the server (docs/queue.md). One attempt
+/// every 2 s is a connection attempt the server barely notices.
+const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
 /// A LISTEN connection.
 pub struct Listener(PgListener);
 
@@ -77,10 +87,10 @@ pub async fn listen(shared: Arc<Shared>, mut listener: Option<Listener>, stop: C
     if shared.listen_options.is_none() {
         return;
     }
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = LISTEN_BACKOFF_FIRST;
     loop {
         if let Some(Listener(mut l)) = listener.take() {
-            backoff = Duration::from_millis(500);
+            backoff = LISTEN_BACKOFF_FIRST;
             let mut probe = tokio::time::interval_at(Instant::now() + LISTEN_PROBE, LISTEN_PROBE);
             loop {
                 tokio::select! {
@@ -115,11 +125,13 @@ pub async fn listen(shared: Arc<Shared>, mut listener: Option<Listener>, stop: C
             }
             shared.health.set_listening(false);
         }
+        // Half to all of the backoff: daemons cut off together do not reconnect in step.
+        let pause = backoff.mul_f64(rand::random_range(0.5..=1.0));
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
         listener = Listener::connect(&shared).await;
         if listener.is_some() {
             shared.wake.notify_one();
