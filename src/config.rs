@@ -188,6 +188,13 @@ pub struct WhatsappSettings {
     /// Empty: none. Else every webhook POST is passed on, unchanged, to this URL (the app's own
     /// webhook), and Meta hears 200 only when the app answered 2xx.
     pub webhook_forward_url: String,
+    /// How long the app behind `webhook_forward_url` has to answer a forwarded webhook.
+    #[serde(with = "humantime_serde")]
+    pub webhook_forward_timeout: Duration,
+    /// How long a status no message could take yet is kept in `"OutboundEarlyStatus"` before it
+    /// is dropped (and counted).
+    #[serde(with = "humantime_serde")]
+    pub status_retention: Duration,
     /// More sending numbers (`[[whatsapp.numbers]]`); the keys above are the default number.
     /// Read them through [`WhatsappSettings::number`] (docs/numbers.md).
     #[serde(default)]
@@ -317,6 +324,12 @@ pub struct LogSettings {
 /// `database.max_connections` when it is 0: small, whatever the concurrency (docs/operations.md,
 /// "Connections").
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
+
+/// The longest `whatsapp.webhook_forward_timeout`: Meta's webhook request waits for the app.
+const MAX_FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
+/// The shortest `whatsapp.status_retention`: a status that raced its send's answer, or waits
+/// for a running job, must outlive that.
+const MIN_STATUS_RETENTION: Duration = Duration::from_secs(600);
 
 impl Settings {
     /// The connection budget: `database.max_connections`, or its default.
@@ -978,6 +991,19 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
             bad("whatsapp.webhook_forward_url", &reason);
         }
     }
+    if w.webhook_forward_timeout.is_zero() || w.webhook_forward_timeout > MAX_FORWARD_TIMEOUT {
+        bad(
+            "whatsapp.webhook_forward_timeout",
+            "must be more than 0s and at most 1m (Meta's webhook waits for the app's answer)",
+        );
+    }
+    if w.status_retention < MIN_STATUS_RETENTION || w.status_retention <= s.runner.job_timeout {
+        bad(
+            "whatsapp.status_retention",
+            "must be at least 10m and longer than runner.job_timeout (a status for a running job \
+             waits for the job to finish)",
+        );
+    }
 
     if !s.http.listen.is_empty() && s.http.listen.parse::<SocketAddr>().is_err() {
         bad(
@@ -1146,6 +1172,43 @@ mod tests {
         let e = load(&opts(&[("DATABASE_URL", "mysql://u:hunter2@h/db")])).unwrap_err();
         assert_eq!(e.problems[0].key, "database.url");
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn webhook_forward_timeout_and_status_retention_are_checked() {
+        let s = load(&opts(&[])).unwrap();
+        assert_eq!(s.whatsapp.webhook_forward_timeout, Duration::from_secs(10));
+        assert_eq!(s.whatsapp.status_retention, Duration::from_secs(24 * 3600));
+        let s = load(&opts(&[
+            ("OUTBOUND_RUNNER__WHATSAPP__WEBHOOK_FORWARD_TIMEOUT", "30s"),
+            ("OUTBOUND_RUNNER__WHATSAPP__STATUS_RETENTION", "2h"),
+        ]))
+        .unwrap();
+        assert_eq!(s.whatsapp.webhook_forward_timeout, Duration::from_secs(30));
+        assert_eq!(s.whatsapp.status_retention, Duration::from_secs(7200));
+        let problem = |env: &[(&str, &str)]| {
+            let e = load(&opts(env)).unwrap_err();
+            e.problems.iter().map(|p| p.key.clone()).collect::<Vec<_>>()
+        };
+        for bad in ["0s", "2m"] {
+            assert_eq!(
+                problem(&[("OUTBOUND_RUNNER__WHATSAPP__WEBHOOK_FORWARD_TIMEOUT", bad)]),
+                ["whatsapp.webhook_forward_timeout"],
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            problem(&[("OUTBOUND_RUNNER__WHATSAPP__STATUS_RETENTION", "5m")]),
+            ["whatsapp.status_retention"]
+        );
+        // Shorter than a job may run: a status waiting for its running job would be dropped.
+        assert_eq!(
+            problem(&[
+                ("OUTBOUND_RUNNER__WHATSAPP__STATUS_RETENTION", "1h"),
+                ("OUTBOUND_RUNNER__RUNNER__JOB_TIMEOUT", "2h"),
+            ]),
+            ["whatsapp.status_retention"]
+        );
     }
 
     #[test]

@@ -568,6 +568,14 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
                 &s.whatsapp.webhook_forward_url,
             )),
         ),
+        (
+            "whatsapp.webhook_forward_timeout".into(),
+            d(s.whatsapp.webhook_forward_timeout),
+        ),
+        (
+            "whatsapp.status_retention".into(),
+            d(s.whatsapp.status_retention),
+        ),
         ("http.listen".into(), q(&s.http.listen)),
         (
             "http.job_runner_token".into(),
@@ -598,7 +606,7 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
         ),
     ];
     // `[[whatsapp.numbers]]`: one line per number, secrets masked (docs/numbers.md), in the key
-    // table's place (after `whatsapp.webhook_forward_url`); `[]` when there are none.
+    // table's place (after `whatsapp.status_retention`); `[]` when there are none.
     let mut numbers: Vec<(String, String)> = Vec::new();
     for (i, n) in s.whatsapp.numbers.iter().enumerate() {
         let k = |key: &str| format!("whatsapp.numbers[{i}].{key}");
@@ -619,7 +627,7 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
     }
     let at = out
         .iter()
-        .position(|(k, _)| k == "whatsapp.webhook_forward_url")
+        .position(|(k, _)| k == "whatsapp.status_retention")
         .map_or(out.len(), |i| i + 1);
     out.splice(at..at, numbers);
     out

@@ -349,6 +349,20 @@ pub const KEYS: &[Key] = &[
         "pass every webhook POST on, unchanged, to the app's webhook (docs/http.md)",
     ),
     key(
+        "whatsapp.webhook_forward_timeout",
+        "10s",
+        Reload,
+        false,
+        "how long the app behind `webhook_forward_url` has to answer (at most 1m)",
+    ),
+    key(
+        "whatsapp.status_retention",
+        "24h",
+        Reload,
+        false,
+        "how long a status that matches no message yet is kept before it is dropped and counted (at least 10m)",
+    ),
+    key(
         "whatsapp.numbers",
         "[]",
         Reload,

@@ -243,12 +243,14 @@ impl Writers {
     /// Starts the writers' tasks; they end when `stop` is cancelled (after the drain: a job in
     /// flight may still send).
     /// A batch that waits for a connection is retried for up to `patience` (see
-    /// [`crate::db::wait`]), each wait counted in `metrics.db_waits`.
+    /// [`crate::db::wait`]), each wait counted in `metrics.db_waits`. Early statuses are kept
+    /// for `status_retention` (`whatsapp.status_retention`).
     pub fn start(
         pool: &Pool,
         metrics: &std::sync::Arc<crate::metrics::Metrics>,
         stop: &CancellationToken,
         patience: Duration,
+        status_retention: Duration,
     ) -> (Writers, Vec<JoinHandle<()>>) {
         let patient = Patience {
             waits: metrics.db_waits.clone(),
@@ -266,7 +268,8 @@ impl Writers {
             patient,
             |pool, sent| async move { record_sent(&pool, &sent).await },
         );
-        let (statuses, c) = super::statuses::Writer::start(pool, metrics.clone(), stop);
+        let (statuses, c) =
+            super::statuses::Writer::start(pool, metrics.clone(), stop, status_retention);
         (
             Writers {
                 sending,

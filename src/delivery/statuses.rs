@@ -19,8 +19,9 @@
 //! - **Early statuses**: a status whose message is still `pending` or `sending` (it raced the
 //!   send's answer), one that would settle or fail a job still `running` (its runner is about to
 //!   complete or fail it), or one whose callback names no row, is kept in
-//!   `"OutboundEarlyStatus"` and applied as soon as the message can take it; after [`EARLY_RETENTION`] it is dropped and
-//!   counted (`expired`). A status with neither our callback id nor a known wamid is not ours
+//!   `"OutboundEarlyStatus"` and applied as soon as the message can take it; after
+//!   `whatsapp.status_retention` (default [`EARLY_RETENTION`]) it is dropped and counted
+//!   (`expired`). A status with neither our callback id nor a known wamid is not ours
 //!   (the app's own messages): counted `unmatched`, not kept.
 //! - **Nothing is ever sent** because of a status.
 //!
@@ -31,6 +32,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -43,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
-/// How long a status nobody could apply is kept.
+/// How long a status nobody could apply is kept: the default of `whatsapp.status_retention`.
 pub const EARLY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// The prefix of our `biz_opaque_callback_data`.
 const CALLBACK_PREFIX: &str = "outbound-runner:";
@@ -512,7 +514,7 @@ pub async fn apply(pool: &Pool, updates: &[StatusUpdate]) -> sqlx::Result<Applie
 #[derive(Debug, Default)]
 pub struct Swept {
     pub applied: Applied,
-    /// Early statuses dropped after [`EARLY_RETENTION`].
+    /// Early statuses dropped after the retention.
     pub expired: u64,
     /// Early statuses still waiting.
     pub waiting: i64,
@@ -590,21 +592,37 @@ type Waiting = (
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Waiting>,
+    /// `whatsapp.status_retention` in milliseconds (changed on reload).
+    retention: Arc<AtomicU64>,
 }
 
 /// How often the early statuses are looked at while there are some.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Writer {
-    /// Starts the writer's task; it ends when `stop` is cancelled.
+    /// Starts the writer's task; it ends when `stop` is cancelled. Early statuses are kept for
+    /// `retention` (`whatsapp.status_retention`; see [`Writer::set_retention`]).
     pub fn start(
         pool: &Pool,
         metrics: Arc<Metrics>,
         stop: &CancellationToken,
+        retention: Duration,
     ) -> (Writer, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4096);
-        let task = tokio::spawn(run(pool.clone(), metrics, rx, stop.clone()));
-        (Writer { tx }, task)
+        let retention = Arc::new(AtomicU64::new(millis(retention)));
+        let task = tokio::spawn(run(
+            pool.clone(),
+            metrics,
+            rx,
+            stop.clone(),
+            retention.clone(),
+        ));
+        (Writer { tx, retention }, task)
+    }
+
+    /// A new `whatsapp.status_retention` (a reload): the next expiry uses it.
+    pub fn set_retention(&self, retention: Duration) {
+        self.retention.store(millis(retention), Ordering::Relaxed);
     }
 
     /// Applies `updates` with whatever other statuses are waiting; returns once they are
@@ -619,6 +637,10 @@ impl Writer {
             .await
             .unwrap_or_else(|_| Err("the runner is stopping".to_string()))
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn record(metrics: &Metrics, applied: &Applied) {
@@ -645,6 +667,7 @@ async fn run(
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<Waiting>,
     stop: CancellationToken,
+    retention: Arc<AtomicU64>,
 ) {
     const MAX_BATCH: usize = 256;
     let mut batch: Vec<Waiting> = Vec::with_capacity(MAX_BATCH);
@@ -665,7 +688,8 @@ async fn run(
                 if !early_waiting && !expiry_due {
                     continue;
                 }
-                match sweep(&pool, EARLY_RETENTION).await {
+                let retention = Duration::from_millis(retention.load(Ordering::Relaxed));
+                match sweep(&pool, retention).await {
                     Ok(s) => {
                         last_expiry = tokio::time::Instant::now();
                         early_waiting = s.waiting > 0;

@@ -222,7 +222,8 @@ pub fn spawn(listeners: Listeners, state: HttpState, stop: CancellationToken) ->
         let addr = listener.local_addr().ok();
         tracing::info!(
             addr = %addr.map(|a| a.to_string()).unwrap_or_default(),
-            "HTTP listening: /api/jobs/run-outbound, /api/cron/run-outbound-jobs, /healthz, /readyz{}",
+            "HTTP listening: /api/jobs/run-outbound, /api/cron/run-outbound-jobs, /api/admin/jobs, \
+             /webhooks/whatsapp, /healthz, /readyz{}",
             if listeners.metrics.is_none() { ", /metrics" } else { "" }
         );
         if settings.http.job_runner_token.is_none() {

@@ -40,8 +40,6 @@ pub const PATH: &str = "/webhooks/whatsapp";
 pub const BODY_LIMIT: usize = 1024 * 1024;
 /// The signature header.
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
-/// How long the app behind `whatsapp.webhook_forward_url` has to answer.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The webhook's routes (their own body limit: larger than the other endpoints').
 pub fn routes(state: HttpState) -> Router {
@@ -156,7 +154,15 @@ async fn receive(State(state): State<HttpState>, request: Request) -> Response {
         if forward_url.is_empty() {
             None
         } else {
-            Some(forward(&forward_url, &parts.headers, body.clone()).await)
+            Some(
+                forward(
+                    &forward_url,
+                    settings.whatsapp.webhook_forward_timeout,
+                    &parts.headers,
+                    body.clone(),
+                )
+                .await,
+            )
         }
     };
     let apply = async {
@@ -222,14 +228,19 @@ static FORWARD_CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
     reqwest::Client::builder()
         .user_agent(concat!("outbound-runner/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(FORWARD_TIMEOUT)
         .build()
         .expect("building the forwarding HTTP client")
 });
 
-/// Passes the webhook on unchanged: the same body and the same signature headers.
-async fn forward(url: &str, headers: &HeaderMap, body: Bytes) -> Result<(), String> {
-    let mut request = FORWARD_CLIENT.post(url).body(body);
+/// Passes the webhook on unchanged: the same body and the same signature headers. The app has
+/// `timeout` (`whatsapp.webhook_forward_timeout`) to answer.
+async fn forward(
+    url: &str,
+    timeout: Duration,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<(), String> {
+    let mut request = FORWARD_CLIENT.post(url).timeout(timeout).body(body);
     for name in [
         header::CONTENT_TYPE.as_str(),
         SIGNATURE_HEADER,

@@ -389,8 +389,13 @@ impl Runner {
         let (tx, rx) = mpsc::channel(4096);
         let stop = CancellationToken::new();
         let stop_late = CancellationToken::new();
-        let (writers, writer_tasks) =
-            ledger::Writers::start(&pool, &metrics, &stop_late, settings.runner.lease);
+        let (writers, writer_tasks) = ledger::Writers::start(
+            &pool,
+            &metrics,
+            &stop_late,
+            settings.runner.lease,
+            settings.whatsapp.status_retention,
+        );
         let first = sizing::size(&settings, sizing::observed_latency(&metrics));
         let workers = first.limit;
         metrics.workers.set(workers as i64);
@@ -597,8 +602,12 @@ impl Runner {
 
     /// Applies settings that can change while running: the in-flight limit (`runner.workers`,
     /// `runner.max_in_flight`, the send rate), retry policy, intervals, tokens (read per request),
-    /// pacing. The caller reports what needs a restart.
+    /// pacing, the early statuses' retention. The caller reports what needs a restart.
     pub fn apply(&self, settings: Arc<Settings>) {
+        self.shared
+            .ledger
+            .statuses
+            .set_retention(settings.whatsapp.status_retention);
         *self.shared.settings.write().expect("settings lock") = settings;
         self.shared.resize(true);
         self.shared.wake.notify_one();

@@ -11,8 +11,14 @@
 //!   - every `unknown` message is one the mock may or may not have accepted (both are allowed;
 //!     the count, and how many the mock did accept, are reported);
 //!   - a `failed` job attempted a send first (a message `unknown`, or refused by Meta): the
-//!     runner never gives up on a job before a send was attempted (DESIGN §3's "at least once per
-//!     job until a send is attempted"), unless Meta refused the job for good.
+//!     runner never gives up on a job before a send was attempted ("at least once per job until
+//!     a send is attempted", docs/delivery.md), unless Meta refused the job for good.
+//! - **every message's fate**, in the scenarios with status webhooks on (after the mock's
+//!   webhooks were all answered 2xx and no status waits early): every message the mock accepted
+//!   is `read` with its wamid (settled, also when its send was in doubt), and its job is `done`
+//!   unless the job was cut before a later message of it left (that message never reached the
+//!   mock: the job stays failed `delivery_unknown`, counted as `unsent_rest`); a message left
+//!   `unknown` is one whose request never reached the mock.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -39,6 +45,13 @@ pub struct Counts {
     pub unknown_unseen: usize,
     /// Failed jobs per `"lastErrorCode"`.
     pub failed_codes: BTreeMap<String, usize>,
+    /// Messages the mock accepted.
+    pub accepted: usize,
+    /// Of those, how many are `read` (their webhooks applied).
+    pub read: usize,
+    /// Jobs failed `delivery_unknown` whose messages that left are all settled, with a later
+    /// message that never left (the attempt was cut before it).
+    pub unsent_rest: usize,
     pub violations: Vec<String>,
 }
 
@@ -100,7 +113,32 @@ fn text_of(body: &serde_json::Value) -> String {
         .to_string()
 }
 
-pub async fn verify(pool: &PgPool, mock: &MockMeta, produced: &[i64]) -> anyhow::Result<Counts> {
+/// Waits until no status waits in `"OutboundEarlyStatus"` (each is applied within a second of
+/// its message being able to take it); whether that happened within `within`.
+pub async fn no_early_statuses(pool: &PgPool, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        let n: Result<i64, _> = sqlx::query_scalar(r#"SELECT count(*) FROM "OutboundEarlyStatus""#)
+            .fetch_one(pool)
+            .await;
+        if matches!(n, Ok(0)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `webhooks`: the mock sent status webhooks for every message it accepted, and every one was
+/// answered 2xx (see the module docs).
+pub async fn verify(
+    pool: &PgPool,
+    mock: &MockMeta,
+    produced: &[i64],
+    webhooks: bool,
+) -> anyhow::Result<Counts> {
     let mut c = Counts::default();
     let jobs: Vec<(i64, String, Option<String>)> =
         sqlx::query_as(r#"SELECT id, status, "lastErrorCode" FROM "OutboundJob" ORDER BY id"#)
@@ -186,7 +224,7 @@ pub async fn verify(pool: &PgPool, mock: &MockMeta, produced: &[i64]) -> anyhow:
                 .push(format!("job {job} message {seq} has text {:?}", key.1));
         }
         match st.as_str() {
-            "sent" => match wamid.as_deref().and_then(|w| issued.get(w)) {
+            "sent" | "delivered" | "read" => match wamid.as_deref().and_then(|w| issued.get(w)) {
                 Some(owner) if *owner == key => {}
                 Some(owner) => c.violations.push(format!(
                     "job {job} message {seq} is sent with a wamid the mock issued for {owner:?}"
@@ -202,6 +240,11 @@ pub async fn verify(pool: &PgPool, mock: &MockMeta, produced: &[i64]) -> anyhow:
                 }
                 if !requested.contains(&key) {
                     c.unknown_unseen += 1;
+                } else if webhooks {
+                    c.violations.push(format!(
+                        "job {job} message {seq} reached the mock but is left unknown although \
+                         its status webhooks were answered"
+                    ));
                 }
                 jobs_in_doubt_or_refused.insert(*job);
             }
@@ -210,14 +253,66 @@ pub async fn verify(pool: &PgPool, mock: &MockMeta, produced: &[i64]) -> anyhow:
             }
             _ => {}
         }
-        if status.get(job).is_some_and(|(s, _)| *s == "done") && st != "sent" {
+        if status.get(job).is_some_and(|(s, _)| *s == "done")
+            && !matches!(st.as_str(), "sent" | "delivered" | "read")
+        {
             c.violations
                 .push(format!("job {job} is done but its message {seq} is {st}"));
         }
         rows.insert(key, (st.as_str(), wamid.as_deref()));
     }
+    // Jobs failed `delivery_unknown` with a message that never reached the mock (`pending`, or
+    // `unknown`: cut between its mark and its request), while every message of it that did is
+    // settled: the attempt was cut before their rest left.
+    let never_left = |job: i64, st: &str, body: &serde_json::Value| {
+        matches!(st, "pending" | "unknown")
+            && !requested.contains(&(job.to_string(), text_of(body)))
+    };
+    let mut unsent_rest: HashSet<i64> = messages
+        .iter()
+        .filter(|m| never_left(m.0, &m.2, &m.4))
+        .map(|m| m.0)
+        .collect();
+    unsent_rest.retain(|job| {
+        status.get(job) == Some(&("failed", Some("delivery_unknown")))
+            && messages.iter().filter(|m| m.0 == *job).all(|m| {
+                never_left(m.0, &m.2, &m.4) || matches!(m.2.as_str(), "sent" | "delivered" | "read")
+            })
+    });
+    c.accepted = per_message.len();
+    let mut partial: HashSet<i64> = HashSet::new();
     for ((job, text), wamids) in &per_message {
-        match rows.get(&(job.clone(), text.clone())) {
+        let row = rows.get(&(job.clone(), text.clone()));
+        if webhooks {
+            // Every message Meta accepted ends settled: `read` (the mock's last status), with
+            // the wamid it was accepted under, its job `done` (or cut before its rest left).
+            match row {
+                Some(("read", Some(w))) if wamids.contains(w) => {
+                    c.read += 1;
+                    let id: i64 = job.parse().unwrap_or_default();
+                    let job_status = status.get(&id).map(|s| s.0);
+                    if job_status == Some("done") {
+                    } else if unsent_rest.contains(&id) {
+                        partial.insert(id);
+                        jobs_in_doubt_or_refused.insert(id);
+                    } else {
+                        c.violations.push(format!(
+                            "the mock accepted job {job} {text:?} and its webhooks were answered, \
+                             but the job is {job_status:?}"
+                        ));
+                    }
+                }
+                Some((st, w)) => c.violations.push(format!(
+                    "the mock accepted job {job} {text:?} ({wamids:?}) and its webhooks were \
+                     answered, but the ledger says {st} {w:?} (expected read)"
+                )),
+                None => c.violations.push(format!(
+                    "the mock accepted job {job} {text:?} ({wamids:?}), which the ledger does not have"
+                )),
+            }
+            continue;
+        }
+        match row {
             Some(("sent", Some(w))) if wamids.contains(w) => {}
             Some(("unknown", _)) => {}
             Some((st, w)) => c.violations.push(format!(
@@ -228,6 +323,7 @@ pub async fn verify(pool: &PgPool, mock: &MockMeta, produced: &[i64]) -> anyhow:
             )),
         }
     }
+    c.unsent_rest = partial.len();
     for (id, st, code) in &jobs {
         if st != "failed" {
             continue;

@@ -12,6 +12,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+use crate::support::mock_meta::Receivers;
+
 /// The daemon binary: `CHAOS_BIN`, else the one cargo built with this test (debug under
 /// `cargo test`, release under `cargo test --release`).
 pub fn binary() -> PathBuf {
@@ -269,6 +271,9 @@ impl Daemon {
 /// Several daemons against one database.
 pub struct Fleet {
     pub daemons: Vec<Daemon>,
+    /// The `/webhooks/whatsapp` URLs of the daemons that are up (ready, not killed): where the
+    /// mock Cloud API sends its status webhooks.
+    pub receivers: Receivers,
 }
 
 impl Fleet {
@@ -284,27 +289,52 @@ impl Fleet {
             env.extend(per_slot(slot));
             daemons.push(Daemon::spawn(slot, env, Arc::new(LogBook::default()), 0)?);
         }
-        Ok(Fleet { daemons })
+        Ok(Fleet {
+            daemons,
+            receivers: Receivers::default(),
+        })
     }
 
     pub async fn all_ready(&mut self, within: Duration) -> anyhow::Result<()> {
         for d in &mut self.daemons {
             d.ready(within).await?;
         }
+        self.publish();
         Ok(())
+    }
+
+    /// Tells the webhooks' sender which daemons are up now.
+    fn publish(&mut self) {
+        let urls = self
+            .daemons
+            .iter_mut()
+            .filter_map(|d| {
+                let up = d.alive();
+                d.http
+                    .as_ref()
+                    .filter(|_| up)
+                    .map(|h| format!("{h}/webhooks/whatsapp"))
+            })
+            .collect();
+        self.receivers.set(urls);
     }
 
     /// SIGKILL one daemon.
     pub async fn kill9(&mut self, slot: usize) {
         self.daemons[slot].kill9().await;
+        self.publish();
     }
 
     /// Starts slot `slot` again and waits until it is ready.
     pub async fn restart(&mut self, slot: usize) -> anyhow::Result<()> {
         let d = &mut self.daemons[slot];
         d.kill9().await;
+        self.publish();
+        let d = &mut self.daemons[slot];
         d.respawn()?;
-        d.ready(Duration::from_secs(60)).await
+        d.ready(Duration::from_secs(60)).await?;
+        self.publish();
+        Ok(())
     }
 
     /// Slots whose process has exited.
@@ -318,6 +348,25 @@ impl Fleet {
     /// Lines containing `needle` logged by any generation of any slot.
     pub fn count(&self, needle: &str) -> usize {
         self.daemons.iter().map(|d| d.log.count(0, needle)).sum()
+    }
+
+    /// The sum of `key=N` over the lines containing `needle`, every generation of every slot.
+    pub fn sum(&self, needle: &str, key: &str) -> u64 {
+        let key = format!("{key}=");
+        self.daemons
+            .iter()
+            .flat_map(|d| {
+                d.log
+                    .all()
+                    .lines()
+                    .filter(|l| l.contains(needle))
+                    .filter_map(|l| {
+                        let at = l.find(&key)? + key.len();
+                        l[at..].split_whitespace().next()?.parse::<u64>().ok()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .sum()
     }
 
     /// The last lines of every slot, for a failure report.

@@ -20,7 +20,7 @@ use crate::check::{self, Counts};
 use crate::cluster::{self, Db, Private, Server};
 use crate::fleet::Fleet;
 use crate::producer::Producer;
-use crate::support::mock_meta::{self, Limits, MockMeta, Reply};
+use crate::support::mock_meta::{self, Limits, MockMeta, Reply, Webhooks};
 use crate::support::proxy::{Proxy, upstream_of};
 
 pub type Fut = Pin<Box<dyn Future<Output = anyhow::Result<Row>> + Send>>;
@@ -177,6 +177,10 @@ pub struct Opts {
     pub instances: usize,
     /// Extra variables for every daemon (they override the defaults).
     pub extra: Vec<(&'static str, &'static str)>,
+    /// Status webhooks on: the daemons take them (`whatsapp.app_secret`), and the mock sends
+    /// `sent`, `delivered`, `read` for every message it accepts to whichever daemon is up,
+    /// retrying until one answers 2xx, like Meta.
+    pub webhooks: bool,
 }
 
 impl Default for Opts {
@@ -191,6 +195,7 @@ impl Default for Opts {
             wait_ready: true,
             instances: INSTANCES,
             extra: Vec::new(),
+            webhooks: false,
         }
     }
 }
@@ -200,6 +205,9 @@ pub const WORKERS: u32 = 4;
 /// The short faults drain well within this; a job backing off after a fault waits at most
 /// `retry.cap` (2 s) per attempt.
 const DRAIN_WINDOW: Duration = Duration::from_secs(60);
+/// After the drain, for the last status webhooks to be answered (each sent 100 ms after the
+/// one before, retried every 250 ms).
+const WEBHOOK_WINDOW: Duration = Duration::from_secs(30);
 
 fn via_port(url: &str, port: u16) -> String {
     let mut u = url::Url::parse(url).expect("database url");
@@ -207,6 +215,9 @@ fn via_port(url: &str, port: u16) -> String {
     u.set_port(Some(port)).unwrap();
     u.to_string()
 }
+
+/// The app secret of the scenarios with status webhooks.
+const WEBHOOK_SECRET: &str = "chaos-app-secret-5d1e";
 
 /// The daemons' environment: live delivery to the mock, short leases and backoffs.
 pub fn daemon_env(db: &Db, mock: &MockMeta, opts: &Opts) -> BTreeMap<String, String> {
@@ -246,6 +257,9 @@ pub fn daemon_env(db: &Db, mock: &MockMeta, opts: &Opts) -> BTreeMap<String, Str
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    if opts.webhooks {
+        env.insert("WHATSAPP_APP_SECRET".into(), WEBHOOK_SECRET.into());
+    }
     for (k, v) in &opts.extra {
         env.insert(k.to_string(), v.to_string());
     }
@@ -271,6 +285,8 @@ pub struct Setup {
     /// The scenario kills daemons: a send cut between its `sending` mark and its request is
     /// `unknown` without having reached the mock, legitimately. Without kills that never happens.
     pub kills: bool,
+    /// The mock sends status webhooks (see [`Opts::webhooks`]).
+    pub webhooks: bool,
 }
 
 impl Setup {
@@ -295,6 +311,18 @@ impl Setup {
         if opts.wait_ready {
             fleet.all_ready(Duration::from_secs(60)).await?;
         }
+        if opts.webhooks {
+            // A request that reached the mock is accepted even if its daemon is killed while the
+            // mock takes its time: a send in doubt that Meta did accept.
+            mock.finish_when_cut(true);
+            // Before the first job: every message the mock accepts has its webhooks.
+            mock.send_webhooks(Webhooks {
+                delay: Duration::from_millis(100),
+                receivers: Some(fleet.receivers.clone()),
+                retry: Some(Duration::from_millis(250)),
+                ..Webhooks::to(String::new(), WEBHOOK_SECRET)
+            });
+        }
         let producer = Producer::start(&db.url, opts.rate).await?;
         Ok(Setup {
             name,
@@ -305,6 +333,7 @@ impl Setup {
             producer,
             http: reqwest::Client::new(),
             kills: false,
+            webhooks: opts.webhooks,
         })
     }
 
@@ -403,7 +432,25 @@ impl Setup {
     pub async fn finish(mut self, fault_end: Instant, notes: String) -> anyhow::Result<Row> {
         self.producer.stop().await;
         let drained = check::drained(&self.db.pool, DRAIN_WINDOW).await;
-        let mut counts = check::verify(&self.db.pool, &self.mock, &self.producer.ids()).await?;
+        let mut late = Vec::new();
+        if self.webhooks {
+            // Every accepted message's webhooks answered 2xx by a daemon, and applied.
+            if !self.mock.webhooks_done(WEBHOOK_WINDOW).await {
+                late.push(format!(
+                    "the mock's status webhooks were not all answered 2xx within {WEBHOOK_WINDOW:?}"
+                ));
+            } else if !check::no_early_statuses(&self.db.pool, Duration::from_secs(15)).await {
+                late.push("statuses still waiting in \"OutboundEarlyStatus\" after 15 s".into());
+            }
+        }
+        let mut counts = check::verify(
+            &self.db.pool,
+            &self.mock,
+            &self.producer.ids(),
+            self.webhooks,
+        )
+        .await?;
+        counts.violations.extend(late);
         let dead = self.fleet.dead();
         if !dead.is_empty() {
             counts
@@ -430,7 +477,21 @@ impl Setup {
             ));
         }
         let mut notes = notes;
-        if counts.unknown_unseen > 0 {
+        if self.webhooks {
+            let settled = self.fleet.sum("Meta's statuses decided jobs", "settled");
+            notes.push_str(&format!(
+                "; webhooks: {} messages accepted, {} read ({} jobs settled from unknown to done \
+                 by a webhook, {} cut before their rest left), {} left unknown, {} never reached \
+                 the mock; {} webhook attempts retried",
+                counts.accepted,
+                counts.read,
+                settled,
+                counts.unsent_rest,
+                counts.unknown,
+                counts.unknown_unseen,
+                self.mock.webhook_retries()
+            ));
+        } else if counts.unknown_unseen > 0 {
             notes.push_str(&format!(
                 "; {} unknown never reached the mock",
                 counts.unknown_unseen
@@ -501,9 +562,15 @@ async fn sleep(d: Duration) {
 // 1. kill -9
 
 /// One instance is killed with SIGKILL mid-run, stays down a while, and is started again. Its
-/// claims expire and the others rescue them; a send it had in flight becomes `unknown`.
+/// claims expire and the others rescue them; a send it had in flight becomes `unknown`. Status
+/// webhooks on: a send in doubt that reached the mock is settled by its webhooks (never resent);
+/// only sends that never reached it stay `unknown`.
 async fn kill9_once(ctx: Ctx) -> anyhow::Result<Row> {
-    let mut s = Setup::new("kill9_once", &Server::Shared, Opts::default()).await?;
+    let opts = Opts {
+        webhooks: true,
+        ..Opts::default()
+    };
+    let mut s = Setup::new("kill9_once", &Server::Shared, opts).await?;
     s.kills = true;
     s.warm(40).await?;
     let down = ctx.pick(Duration::from_secs(3), Duration::from_secs(30));
@@ -524,9 +591,15 @@ async fn kill9_once(ctx: Ctx) -> anyhow::Result<Row> {
     .await
 }
 
-/// A random instance is killed every couple of seconds and started again at once.
+/// A random instance is killed every couple of seconds and started again at once. Status
+/// webhooks on, as in `kill9_once`; they go to whichever daemons are up (a killed one refuses
+/// them, or is cut mid-request) and are retried until one answers 2xx.
 async fn kill9_repeated(ctx: Ctx) -> anyhow::Result<Row> {
-    let mut s = Setup::new("kill9_repeated", &Server::Shared, Opts::default()).await?;
+    let opts = Opts {
+        webhooks: true,
+        ..Opts::default()
+    };
+    let mut s = Setup::new("kill9_repeated", &Server::Shared, opts).await?;
     s.kills = true;
     s.warm(40).await?;
     let total = ctx.pick(Duration::from_secs(12), Duration::from_secs(180));

@@ -710,6 +710,11 @@ async fn bad_webhooks_are_refused_or_ignored_and_write_nothing() {
     assert_eq!(message(db, job).await, after);
     assert_eq!(message(db, other).await, before.1);
 
+    // Every request counted once, by outcome.
+    let outcomes = ["ok", "bad_signature", "malformed", "too_large", "forwarded"]
+        .map(|o| webhook_requests(&app, o));
+    assert_eq!(outcomes, [11, 4, 1, 1, 0]);
+
     // Still serving.
     let (status, _) = app.get_json("/healthz").await;
     assert_eq!(status, 200);
@@ -859,4 +864,154 @@ async fn forwarding_passes_every_webhook_on_unchanged_and_answers_meta_as_the_ap
     assert_eq!(post(&app, &read, None).await, 401);
     assert_eq!(hook.got.lock().unwrap().len(), 2);
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_mixing_foreign_and_malformed_entries_still_applies_its_valid_statuses() {
+    let meta = MockMeta::start().await;
+    let app = live_app(&meta, |_| {}).await;
+    let db = &app.db;
+    let job = job_with_message(db, "done", None, "sent", Some("wamid.X1")).await;
+    let doomed = job_with_message(db, "done", None, "sent", Some("wamid.X2")).await;
+    let (cb, cb2) = (callback_id(job, 0), callback_id(doomed, 0));
+    let t = Utc::now().timestamp();
+    // Meta's titles are short; a huge one is cut, not refused.
+    let huge_title = "t".repeat(100 * 1024);
+    let mut failed = status_json("wamid.X2", "failed", &cb2, t, Some((131026, "x")));
+    failed["errors"][0]["title"] = json!(huge_title);
+    let body = json!({"object": "whatsapp_business_account", "entry": [
+        // Another number's change names our row: not ours, ignored.
+        {"id": "1", "changes": [{"field": "messages", "value": {
+            "metadata": {"phone_number_id": "999999999"},
+            "statuses": [status_json("wamid.X1", "read", &cb, t + 9, None)]}}]},
+        // Entries of other shapes.
+        {"id": "2"},
+        {"id": "3", "changes": "not a list"},
+        {"id": "4", "changes": [
+            {"field": "account_update", "value": {"event": "VERIFIED_ACCOUNT"}},
+            {"field": "messages"},
+            {"field": "messages", "value": {"metadata": {"phone_number_id": mock_meta::PHONE_NUMBER_ID},
+             "statuses": [
+                {"status": "read", "timestamp": "1"},
+                {"id": 42, "status": "read"},
+                {"id": "wamid.X1", "status": "deleted"},
+                {"id": "wamid.X1", "status": ["read"]},
+                "not an object",
+                // The valid ones among them.
+                status_json("wamid.X1", "delivered", &cb, t, None),
+                failed,
+             ]}}
+        ]},
+    ]});
+    let bytes = serde_json::to_vec(&body).unwrap();
+    assert_eq!(
+        post(&app, &bytes, Some(sign(SECRET.as_bytes(), &bytes))).await,
+        200
+    );
+    let m = message(db, job).await;
+    assert_eq!(m.status, "delivered", "the foreign read is not applied");
+    assert_eq!(m.delivered_at.unwrap().timestamp(), t);
+    assert_eq!(job_state(db, job).await.0, "done");
+    let f = message(db, doomed).await;
+    assert_eq!(
+        (f.status.as_str(), f.code.as_deref()),
+        ("failed", Some("131026"))
+    );
+    assert!(f.error.as_ref().unwrap().len() <= 500, "the title is cut");
+    let (status, code, error) = job_state(db, doomed).await;
+    assert_eq!(
+        (status.as_str(), code.as_deref()),
+        ("failed", Some("131026"))
+    );
+    assert!(error.unwrap().len() < 2000);
+    assert_eq!(webhook_requests(&app, "ok"), 1);
+    let (status, _) = app.get_json("/healthz").await;
+    assert_eq!(status, 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_forward_timeout_is_the_configured_one() {
+    // An app that takes 2 s to answer.
+    let router = axum::Router::new().route(
+        "/whatsapp",
+        axum::routing::post(|| async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            axum::http::StatusCode::OK
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let forward = format!("http://{}/whatsapp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let meta = MockMeta::start().await;
+    let app = live_app(&meta, |s| {
+        s.whatsapp.webhook_forward_url = forward;
+        s.whatsapp.webhook_forward_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let job = job_with_message(&app.db, "done", None, "sent", Some("wamid.T1")).await;
+    let body = serde_json::to_vec(&webhook_body(vec![status_json(
+        "wamid.T1",
+        "delivered",
+        &callback_id(job, 0),
+        Utc::now().timestamp(),
+        None,
+    )]))
+    .unwrap();
+    let url = app.url("/webhooks/whatsapp");
+    let t0 = std::time::Instant::now();
+    assert_eq!(post_signed(&url, SECRET, &body).await, 502);
+    assert!(
+        t0.elapsed() < Duration::from_millis(1900),
+        "answered after {:?}: the app's 2 s, not the 200 ms configured",
+        t0.elapsed()
+    );
+    assert_eq!(webhook_requests(&app, "forward_failed"), 1);
+    assert_eq!(message(&app.db, job).await.status, "delivered");
+
+    // A reload gives the app longer: now it answers in time.
+    let mut longer = (*app.runner.settings()).clone();
+    longer.whatsapp.webhook_forward_timeout = Duration::from_secs(10);
+    app.runner.apply(Arc::new(longer));
+    assert_eq!(post_signed(&url, SECRET, &body).await, 200);
+    assert_eq!(webhook_requests(&app, "forwarded"), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn early_statuses_are_kept_for_the_configured_retention() {
+    let db = TestDb::new().await;
+    // Two statuses that never matched: one received 11 minutes ago, one 9 minutes ago.
+    sqlx::query(
+        r#"INSERT INTO "OutboundEarlyStatus" ("jobId", seq, wamid, status, "at", "receivedAt")
+           VALUES (999998, 0, 'wamid.OLD', 'read', now(), now() - interval '11 minutes'),
+                  (999999, 0, 'wamid.NEW', 'read', now(), now() - interval '9 minutes')"#,
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let meta = MockMeta::start().await;
+    let handler = Arc::new(LiveHandler::new(&test_settings()).unwrap());
+    let runner = crate::support::spawn_passive(&db, handler, |s| {
+        live(s, &meta);
+        s.whatsapp.status_retention = Duration::from_secs(10 * 60);
+    })
+    .await;
+    // The status writer sweeps at once when it starts: the older one goes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while runner.metrics().whatsapp_statuses_expired.get() < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing expired within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left: Vec<String> = sqlx::query_scalar(r#"SELECT wamid FROM "OutboundEarlyStatus""#)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["wamid.NEW"]);
+    assert_eq!(runner.metrics().whatsapp_statuses_expired.get(), 1);
+    runner.shutdown().await;
 }

@@ -7,13 +7,17 @@
 //! - HTML 502 bodies, slow answers, accept-then-drop (the message is recorded, then the
 //!   connection is shut without an answer), held answers released by the test, 200s without a
 //!   wamid;
+//! - optionally ([`MockMeta::finish_when_cut`]), requests processed to their end even when
+//!   their client is gone;
 //! - optional limits like Meta's: a per-number token bucket (`rate_per_second`, bucket of one
 //!   second) answering 130429, and a per-recipient pair interval answering 131056;
 //! - a configurable latency for every answer;
 //! - Meta's status webhooks ([`MockMeta::send_webhooks`]): after accepting a message, signed
 //!   `sent`, `delivered`, `read` statuses (or `sent`, `failed` for [`Reply::AcceptThenFail`]),
 //!   carrying the message's `biz_opaque_callback_data`, POSTed to the runner after a delay,
-//!   optionally duplicated and out of order.
+//!   optionally duplicated and out of order; with [`Webhooks::retry`], like Meta, a webhook not
+//!   answered 2xx (refused, reset, an error status) is sent again until it is, to whichever of
+//!   the [`Receivers`] is there (the chaos suite's daemons come and go on new ports).
 //! - more phone number ids, each with its own token and script ([`MockMeta::add_number`]).
 //!
 //! Every accepted message is recorded with its `biz_opaque_callback_data` and body, so tests
@@ -91,6 +95,36 @@ pub struct Webhooks {
     pub reorder: bool,
     /// The webhooks wait for [`MockMeta::release_webhooks`].
     pub hold: bool,
+    /// Where to send them instead of `url`: each attempt goes to the next URL of the list
+    /// (round robin), as it is at that moment.
+    pub receivers: Option<Receivers>,
+    /// Like Meta (which retries for days): a webhook not answered 2xx is sent again after this
+    /// pause, until it is. `None`: each webhook is sent once, whatever the answer.
+    pub retry: Option<Duration>,
+}
+
+/// The URLs webhooks may go to, changed while they are being sent (daemons restarting).
+#[derive(Debug, Clone, Default)]
+pub struct Receivers {
+    urls: Arc<Mutex<Vec<String>>>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Receivers {
+    /// Replaces the list.
+    pub fn set(&self, urls: Vec<String>) {
+        *self.urls.lock().unwrap() = urls;
+    }
+
+    /// The next URL, round robin; `None` while the list is empty.
+    fn pick(&self) -> Option<String> {
+        let urls = self.urls.lock().unwrap();
+        if urls.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(urls[i % urls.len()].clone())
+    }
 }
 
 impl Webhooks {
@@ -102,6 +136,8 @@ impl Webhooks {
             duplicates: false,
             reorder: false,
             hold: false,
+            receivers: None,
+            retry: None,
         }
     }
 }
@@ -157,8 +193,12 @@ struct Inner {
     requests: Vec<Value>,
     authorizations: Vec<Option<String>>,
     webhooks: Option<Webhooks>,
-    /// The runner's answers to the webhooks sent, in order.
+    /// The runner's answers to the webhooks sent, in order (every attempt).
     webhook_answers: Vec<u16>,
+    /// Attempts that were not answered 2xx and were sent again ([`Webhooks::retry`]).
+    webhook_retries: u64,
+    /// See [`MockMeta::finish_when_cut`].
+    finish_when_cut: bool,
     /// More phone number ids served, with their tokens.
     numbers: HashMap<String, String>,
     /// Answers scripted for one phone number id (before the shared script).
@@ -172,6 +212,9 @@ struct Shared {
     /// Counts webhooks answered (with any status).
     webhooks_sent: watch::Sender<u64>,
     webhooks_released: watch::Sender<bool>,
+    /// Accepted messages whose status webhooks are not all sent yet (with [`Webhooks::retry`]:
+    /// not all answered 2xx).
+    webhooks_pending: watch::Sender<u64>,
     hold: Semaphore,
 }
 
@@ -204,6 +247,7 @@ impl MockMeta {
             recorded: watch::channel(0).0,
             webhooks_sent: watch::channel(0).0,
             webhooks_released: watch::channel(false).0,
+            webhooks_pending: watch::channel(0).0,
             hold: Semaphore::new(0),
         });
         let app = Router::new()
@@ -233,6 +277,14 @@ impl MockMeta {
 
     pub fn set_latency(&self, latency: Duration) {
         self.inner().latency = latency;
+    }
+
+    /// Like Meta's servers: a request that arrived is processed to its end (accepted, its
+    /// webhooks sent) even when its client is gone meanwhile (killed mid-request). By default
+    /// the mock stops handling a request whose client went away (within its latency), like any
+    /// HTTP handler.
+    pub fn finish_when_cut(&self, on: bool) {
+        self.inner().finish_when_cut = on;
     }
 
     /// Serves another phone number id, with its own access token.
@@ -333,6 +385,20 @@ impl MockMeta {
     pub fn webhook_answers(&self) -> Vec<u16> {
         self.inner().webhook_answers.clone()
     }
+
+    /// Webhook attempts sent again because the one before was not answered 2xx.
+    pub fn webhook_retries(&self) -> u64 {
+        self.inner().webhook_retries
+    }
+
+    /// Waits up to `within` until every accepted message's status webhooks were sent (with
+    /// [`Webhooks::retry`]: answered 2xx). Whether they were.
+    pub async fn webhooks_done(&self, within: Duration) -> bool {
+        let mut rx = self.shared.webhooks_pending.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
 }
 
 /// A webhook body with `statuses` for [`PHONE_NUMBER_ID`].
@@ -410,6 +476,7 @@ fn spawn_webhooks(
     callback: String,
     fail: Option<i64>,
 ) {
+    shared.webhooks_pending.send_modify(|n| *n += 1);
     tokio::spawn(async move {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -444,11 +511,33 @@ fn spawn_webhooks(
             let body = serde_json::to_vec(&webhook_body_for(&phone, vec![status])).unwrap();
             let times = if hooks.duplicates { 2 } else { 1 };
             for _ in 0..times {
-                let answer = post_signed(&hooks.url, &hooks.secret, &body).await;
-                shared.inner.lock().unwrap().webhook_answers.push(answer);
-                shared.webhooks_sent.send_modify(|n| *n += 1);
+                loop {
+                    let url = match &hooks.receivers {
+                        Some(r) => r.pick(),
+                        None => Some(hooks.url.clone()),
+                    };
+                    // No receiver at all: as refused.
+                    let answer = match url {
+                        Some(url) => post_signed(&url, &hooks.secret, &body).await,
+                        None => 0,
+                    };
+                    let again = hooks.retry.filter(|_| !(200..300).contains(&answer));
+                    {
+                        let mut inner = shared.inner.lock().unwrap();
+                        inner.webhook_answers.push(answer);
+                        if again.is_some() {
+                            inner.webhook_retries += 1;
+                        }
+                    }
+                    shared.webhooks_sent.send_modify(|n| *n += 1);
+                    match again {
+                        Some(pause) => tokio::time::sleep(pause).await,
+                        None => break,
+                    }
+                }
             }
         }
+        shared.webhooks_pending.send_modify(|n| *n -= 1);
     });
 }
 
@@ -482,6 +571,25 @@ async fn messages(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(conn): ConnectInfo<Conn>,
     Path((_version, phone)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let detached = shared.inner.lock().unwrap().finish_when_cut;
+    let handling = handle(shared, conn, phone, headers, body);
+    if detached {
+        // On a task of its own: it runs to its end even if this future is dropped.
+        tokio::spawn(handling)
+            .await
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    } else {
+        handling.await
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    conn: Conn,
+    phone: String,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
