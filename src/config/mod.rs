@@ -9,9 +9,10 @@
 //! prints a mask, and the only way to read one is `expose_secret()`, which keeps every use
 //! greppable.
 //!
-//! The folder, by concern: [`settings`] the types; [`load`](mod@load) the layers and where each
-//! value came from; [`secrets`] `*_file` and systemd credentials; [`validate`](mod@validate) what
-//! types alone cannot check; [`redact`] URLs for logs; [`keys`] the table of every key.
+//! The folder, by concern: `settings.rs` the types; `load.rs` the layers and where each value
+//! came from; `secrets.rs` `*_file` keys and systemd credentials; `validate.rs` what types alone
+//! cannot check; `redact.rs` URLs for logs; [`keys`] the table of every key, from which
+//! `check-config`'s listing, the reload check and the secret slots are derived.
 
 pub mod database_url;
 pub mod keys;

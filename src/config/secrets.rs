@@ -6,102 +6,52 @@ use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
 
+use super::keys::{KEYS, Key, Value};
 use super::{ConfigError, Problem, Settings};
 
-/// A secret given inline, as `*_file`, or as a systemd credential (in that order of preference;
-/// inline and file together are an error because one of them would be silently ignored).
-struct SecretSlot<'a> {
-    key: &'static str,
-    credential: &'static str,
-    value: &'a mut Option<SecretString>,
-    file: &'a Option<PathBuf>,
+/// The path in `<key>_file`, if set.
+fn file_of(key: &Key, s: &Settings) -> Option<PathBuf> {
+    let file = super::keys::get(&format!("{}_file", key.name))?;
+    match file.value(s) {
+        Value::Path(p) => p.map(Path::to_path_buf),
+        _ => None,
+    }
 }
 
+/// Reads every secret the key table gives a slot (src/config/keys.rs): given inline, as its
+/// `<key>_file`, or as a systemd credential, in that order of preference; inline and file
+/// together are an error because one of them would be silently ignored.
 pub(super) fn resolve_secrets(
     s: &mut Settings,
     env: &HashMap<String, String>,
 ) -> Result<(), ConfigError> {
     let credentials = env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-    let slots = [
-        SecretSlot {
-            key: "database.url",
-            credential: "database_url",
-            value: &mut s.database.url,
-            file: &s.database.url_file,
-        },
-        SecretSlot {
-            key: "database.direct_url",
-            credential: "database_direct_url",
-            value: &mut s.database.direct_url,
-            file: &s.database.direct_url_file,
-        },
-        SecretSlot {
-            key: "database.listen_url",
-            credential: "database_listen_url",
-            value: &mut s.database.listen_url,
-            file: &s.database.listen_url_file,
-        },
-        SecretSlot {
-            key: "http.job_runner_token",
-            credential: "job_runner_token",
-            value: &mut s.http.job_runner_token,
-            file: &s.http.job_runner_token_file,
-        },
-        SecretSlot {
-            key: "http.cron_secret",
-            credential: "cron_secret",
-            value: &mut s.http.cron_secret,
-            file: &s.http.cron_secret_file,
-        },
-        SecretSlot {
-            key: "http.admin_token",
-            credential: "admin_token",
-            value: &mut s.http.admin_token,
-            file: &s.http.admin_token_file,
-        },
-        SecretSlot {
-            key: "orchestrator.token",
-            credential: "orchestrator_token",
-            value: &mut s.orchestrator.token,
-            file: &s.orchestrator.token_file,
-        },
-        SecretSlot {
-            key: "whatsapp.access_token",
-            credential: "whatsapp_access_token",
-            value: &mut s.whatsapp.access_token,
-            file: &s.whatsapp.access_token_file,
-        },
-        SecretSlot {
-            key: "whatsapp.app_secret",
-            credential: "whatsapp_app_secret",
-            value: &mut s.whatsapp.app_secret,
-            file: &s.whatsapp.app_secret_file,
-        },
-    ];
     let mut problems = Vec::new();
-    for slot in slots {
+    for key in KEYS {
+        let Some(slot) = key.slot else { continue };
+        let file = file_of(key, s);
+        let value = (slot.value)(s);
         // A token of spaces enables an endpoint with a credential no client can send (clients
         // and this runner trim it): refused like an empty file.
-        if slot
-            .value
+        if value
             .as_ref()
             .is_some_and(|v| v.expose_secret().trim().is_empty())
         {
             problems.push(Problem {
-                key: slot.key.to_string(),
+                key: key.name.to_string(),
                 reason: "is only whitespace; set a real value or leave it unset".into(),
             });
             continue;
         }
-        match (slot.value.is_some(), slot.file) {
+        match (value.is_some(), &file) {
             (true, Some(_)) => problems.push(Problem {
-                key: format!("{}_file", slot.key),
-                reason: format!("set together with {}; set only one of them", slot.key),
+                key: format!("{}_file", key.name),
+                reason: format!("set together with {}; set only one of them", key.name),
             }),
             (false, Some(path)) => match read_secret_file(path) {
-                Ok(v) => *slot.value = v,
+                Ok(v) => *value = v,
                 Err(reason) => problems.push(Problem {
-                    key: format!("{}_file", slot.key),
+                    key: format!("{}_file", key.name),
                     reason,
                 }),
             },
@@ -110,9 +60,9 @@ pub(super) fn resolve_secrets(
                     let path = dir.join(slot.credential);
                     if path.exists() {
                         match read_secret_file(&path) {
-                            Ok(v) => *slot.value = v,
+                            Ok(v) => *value = v,
                             Err(reason) => problems.push(Problem {
-                                key: slot.key.to_string(),
+                                key: key.name.to_string(),
                                 reason: format!("credential {}: {reason}", slot.credential),
                             }),
                         }

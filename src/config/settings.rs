@@ -349,3 +349,24 @@ pub(super) fn path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D
     let s = String::deserialize(d)?;
     Ok((!s.is_empty()).then(|| PathBuf::from(s)))
 }
+
+/// The name `config/default.toml` writes for each value of a choice key (serde's lowercase).
+macro_rules! names {
+    ($($ty:ident { $($variant:ident => $name:literal),+ $(,)? })+) => {$(
+        impl $ty {
+            /// The value as the configuration writes it.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+        }
+    )+};
+}
+
+names! {
+    PoolerMode { Auto => "auto", None => "none", Transaction => "transaction" }
+    DeliveryMode { Live => "live", Sandbox => "sandbox" }
+    OnUnknown { Fail => "fail", Retry => "retry" }
+    LogFormat { Text => "text", Json => "json" }
+}
