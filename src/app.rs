@@ -262,49 +262,10 @@ fn reload(
     systemd::ready(&outcome);
 }
 
-/// Keys whose new value only a restart applies.
+/// Keys whose new value only a restart applies: those the key table marks `Restart` whose value
+/// changed (src/config/keys.rs).
 pub fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
-    use secrecy::ExposeSecret;
-    let secret =
-        |s: &Option<secrecy::SecretString>| s.as_ref().map(|v| v.expose_secret().to_string());
-    let mut out = Vec::new();
-    if secret(&old.database.url) != secret(&new.database.url) {
-        out.push("database.url");
-    }
-    if secret(&old.database.direct_url) != secret(&new.database.direct_url) {
-        out.push("database.direct_url");
-    }
-    if secret(&old.database.listen_url) != secret(&new.database.listen_url) {
-        out.push("database.listen_url");
-    }
-    if old.database.pooler != new.database.pooler {
-        out.push("database.pooler");
-    }
-    if old.database.max_connections != new.database.max_connections {
-        out.push("database.max_connections");
-    }
-    if old.database.connect_timeout != new.database.connect_timeout {
-        out.push("database.connect_timeout");
-    }
-    if old.database.embedded_dir != new.database.embedded_dir {
-        out.push("database.embedded_dir");
-    }
-    if old.runner.heartbeat != new.runner.heartbeat {
-        out.push("runner.heartbeat");
-    }
-    if old.http.listen != new.http.listen {
-        out.push("http.listen");
-    }
-    if old.metrics.listen != new.metrics.listen {
-        out.push("metrics.listen");
-    }
-    if old.log.format != new.log.format {
-        out.push("log.format");
-    }
-    if old.delivery.mode != new.delivery.mode {
-        out.push("delivery.mode");
-    }
-    out
+    config::keys::restart_needed(old, new)
 }
 
 /// The first SIGTERM/SIGINT starts the drain; a second one exits at once.
@@ -358,55 +319,19 @@ async fn wait_for_database(pool: &db::Pool, stop: &CancellationToken) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::keys::tests::{defaults, with_changed};
     use crate::config::keys::{Apply, KEYS};
-    use std::time::Duration;
 
-    /// The reload check names only keys src/config/keys.rs marks `Restart`, and every such key is
-    /// either checked here or reaches a checked one (a `*_file` fills its key; `database.migrate`
-    /// only acts at start).
+    /// A SIGHUP that changes one key reports a restart exactly for the keys src/config/keys.rs
+    /// marks `Restart` (a `*_file` is reported through the secret it fills).
     #[test]
     fn needs_restart_follows_the_key_table() {
-        let load = || {
-            crate::config::load(&crate::config::LoadOptions {
-                config_path: None,
-                skip_default_path: true,
-                env: Default::default(),
-            })
-            .unwrap()
-        };
-        let old = load();
-        let mut new = load();
-        new.database.url = Some("postgres://u@h/a".into());
-        new.database.direct_url = Some("postgres://u@h/b".into());
-        new.database.listen_url = Some("postgres://u@h/c".into());
-        new.database.pooler = crate::config::PoolerMode::Transaction;
-        new.database.max_connections += 1;
-        new.database.connect_timeout += Duration::from_secs(1);
-        new.database.embedded_dir = Some("/elsewhere".into());
-        new.runner.heartbeat += Duration::from_secs(1);
-        new.http.listen = "127.0.0.1:1".into();
-        new.metrics.listen = "127.0.0.1:2".into();
-        new.log.format = crate::config::LogFormat::Json;
-        new.delivery.mode = crate::config::DeliveryMode::Live;
-        let named = needs_restart(&old, &new);
-        for name in &named {
-            let key = crate::config::keys::get(name)
-                .unwrap_or_else(|| panic!("{name} needs one row in src/config/keys.rs"));
-            assert_eq!(
-                key.apply,
-                Apply::Restart,
-                "{name}: restart here, reload in keys.rs"
-            );
+        let started = defaults();
+        for key in KEYS {
+            let named = needs_restart(&started, &with_changed(key.name));
+            let restart = key.apply == Apply::Restart && !key.name.ends_with("_file");
+            assert_eq!(named.contains(&key.name), restart, "changing {}", key.name);
+            assert!(named.len() <= 1, "changing {} names {named:?}", key.name);
         }
-        let unchecked: Vec<&str> = KEYS
-            .iter()
-            .filter(|k| k.apply == Apply::Restart && !named.contains(&k.name))
-            .map(|k| k.name)
-            .filter(|n| !n.ends_with("_file") && *n != "database.migrate")
-            .collect();
-        assert!(
-            unchecked.is_empty(),
-            "keys src/config/keys.rs marks restart that app::needs_restart does not check: {unchecked:?}"
-        );
     }
 }
