@@ -568,6 +568,11 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
                 &s.whatsapp.webhook_forward_url,
             )),
         ),
+        (
+            "whatsapp.tier_limit".into(),
+            s.whatsapp.tier_limit.to_string(),
+        ),
+        ("whatsapp.business_id".into(), q(&s.whatsapp.business_id)),
         ("http.listen".into(), q(&s.http.listen)),
         (
             "http.job_runner_token".into(),
@@ -598,7 +603,7 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
         ),
     ];
     // `[[whatsapp.numbers]]`: one line per number, secrets masked (docs/numbers.md), in the key
-    // table's place (after `whatsapp.webhook_forward_url`); `[]` when there are none.
+    // table's place (after `whatsapp.business_id`); `[]` when there are none.
     let mut numbers: Vec<(String, String)> = Vec::new();
     for (i, n) in s.whatsapp.numbers.iter().enumerate() {
         let k = |key: &str| format!("whatsapp.numbers[{i}].{key}");
@@ -613,13 +618,19 @@ fn effective(s: &Settings) -> Vec<(String, String)> {
         if let Some(pair) = n.pair_interval {
             numbers.push((k("pair_interval"), d(pair)));
         }
+        if let Some(limit) = n.tier_limit {
+            numbers.push((k("tier_limit"), limit.to_string()));
+        }
+        if let Some(b) = &n.business_id {
+            numbers.push((k("business_id"), q(b)));
+        }
     }
     if numbers.is_empty() {
         numbers.push(("whatsapp.numbers".into(), "[]".into()));
     }
     let at = out
         .iter()
-        .position(|(k, _)| k == "whatsapp.webhook_forward_url")
+        .position(|(k, _)| k == "whatsapp.business_id")
         .map_or(out.len(), |i| i + 1);
     out.splice(at..at, numbers);
     out

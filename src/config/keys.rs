@@ -349,11 +349,25 @@ pub const KEYS: &[Key] = &[
         "pass every webhook POST on, unchanged, to the app's webhook (docs/http.md)",
     ),
     key(
+        "whatsapp.tier_limit",
+        "0",
+        Reload,
+        false,
+        "hold business-initiated (template) sends to new recipients once this many unique recipients got one in 24 h (Meta's messaging limit); 0: none (docs/numbers.md)",
+    ),
+    key(
+        "whatsapp.business_id",
+        "",
+        Reload,
+        false,
+        "the business portfolio of the number: numbers naming the same one share one tier count; empty: its own",
+    ),
+    key(
         "whatsapp.numbers",
         "[]",
         Reload,
         false,
-        "more sending numbers, `[[whatsapp.numbers]]` tables, each with its own token, rate and pair interval (docs/numbers.md)",
+        "more sending numbers, `[[whatsapp.numbers]]` tables, each with its own token, rate, pair interval, tier limit and business (docs/numbers.md)",
     ),
     key(
         "http.listen",
