@@ -276,7 +276,9 @@ impl LiveHandler {
         }
 
         let number = wa.phone_number_id.as_str();
-        if message.body.get("type").and_then(|t| t.as_str()) == Some("template") {
+        // Held until this send has ended (dropped on every way out of this function).
+        let _tier_ticket = if message.body.get("type").and_then(|t| t.as_str()) == Some("template")
+        {
             self.tier_check(ctx, wa, &message.to)
                 .await
                 .inspect_err(|_| {
@@ -284,8 +286,10 @@ impl LiveHandler {
                         .number_deferred
                         .with_label_values(&[number, "tier_limit"])
                         .inc();
-                })?;
-        }
+                })?
+        } else {
+            None
+        };
         let paced = Instant::now();
         let permit = self.pacer.acquire(wa, &message.to).await.map_err(|d| {
             ctx.metrics
@@ -514,13 +518,14 @@ impl LiveHandler {
         ctx: &JobContext,
         wa: &WhatsappSettings,
         to: &str,
-    ) -> Result<(), JobError> {
+    ) -> Result<Option<numbers::TierTicket<'_>>, JobError> {
         let verdict = match self.tiers.check(&ctx.pool, &ctx.settings, wa, to).await {
             Ok(v) => v,
             Err(e) => return Err(database_sqlx("checking the tier limit", &e)),
         };
-        let TierVerdict::Held(count) = verdict else {
-            return Ok(());
+        let count = match verdict {
+            TierVerdict::Send(ticket) => return Ok(ticket),
+            TierVerdict::Held(count) => count,
         };
         let now = chrono::Utc::now();
         let wait = count

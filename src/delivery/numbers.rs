@@ -5,7 +5,7 @@
 //! `tier_limit`) and each runner's circuits, kept in `"OutboundNumberCircuit"` for the
 //! `numbers` command.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -244,9 +244,10 @@ pub async fn counted(
     .await
 }
 
-/// The runner's copy of the tier counts, read at most every [`TIERS_MAX_AGE`], plus the new
-/// recipients this runner let through since (so a burst within that second cannot pass the
-/// limit by more than what other runners sent meanwhile).
+/// The runner's copy of the tier counts, read at most every [`TIERS_MAX_AGE`], plus the
+/// recipients this runner let through that the copy may not hold: sends still under way, and
+/// sends that ended after the read began. So one runner never passes the limit; several can
+/// pass it by what the others sent within a second.
 #[derive(Default)]
 pub struct TierCache {
     state: Mutex<TierState>,
@@ -257,14 +258,37 @@ pub struct TierCache {
 struct TierState {
     read_at: Option<Instant>,
     tiers: Arc<Tiers>,
-    /// Recipients let through per group since the last read.
-    admitted: HashMap<String, HashSet<String>>,
+    /// Recipients let through per group that the copy may not count: `None` while the send is
+    /// under way, else when it ended (dropped once a read that began later lands).
+    admitted: HashMap<String, HashMap<String, Option<Instant>>>,
+}
+
+/// A template send let through by [`TierCache::check`]: counted by this runner until a read of
+/// the counts that began after the send ended. Drop it when the send has ended (its outcome
+/// recorded).
+pub struct TierTicket<'a> {
+    cache: &'a TierCache,
+    group: String,
+    to: String,
+}
+
+impl Drop for TierTicket<'_> {
+    fn drop(&mut self) {
+        let mut s = self.cache.lock();
+        if let Some(e) = s
+            .admitted
+            .get_mut(&self.group)
+            .and_then(|g| g.get_mut(&self.to))
+        {
+            *e = Some(Instant::now());
+        }
+    }
 }
 
 /// What a tier check decided.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TierVerdict {
-    Send,
+pub enum TierVerdict<'a> {
+    /// Send; drop the ticket when the send has ended. `None`: no limit applies.
+    Send(Option<TierTicket<'a>>),
     /// The limit is reached: hold the send (the count and when it drops).
     Held(TierCount),
 }
@@ -290,7 +314,10 @@ impl TierCache {
                         let mut s = self.lock();
                         s.tiers = Arc::new(t);
                         s.read_at = Some(started);
-                        s.admitted.clear();
+                        // What ended before the read began is in it; the rest is not.
+                        for g in s.admitted.values_mut() {
+                            g.retain(|_, ended| ended.is_none_or(|t| t >= started));
+                        }
                     }
                     Err(e) => tracing::warn!(
                         error = %crate::db::redact_sqlx(&e),
@@ -310,10 +337,10 @@ impl TierCache {
         settings: &crate::config::Settings,
         wa: &crate::config::WhatsappSettings,
         to: &str,
-    ) -> sqlx::Result<TierVerdict> {
+    ) -> sqlx::Result<TierVerdict<'_>> {
         let limit = i64::from(wa.tier_limit);
         if limit == 0 {
-            return Ok(TierVerdict::Send);
+            return Ok(TierVerdict::Send(None));
         }
         let group = wa.tier_group();
         let tiers = self.get(pool, &settings.whatsapp, TIERS_MAX_AGE).await;
@@ -321,11 +348,11 @@ impl TierCache {
         {
             let mut s = self.lock();
             let admitted = s.admitted.entry(group.clone()).or_default();
-            // A recipient let through since the read may or may not be new: counted as new.
+            // A recipient the copy may not hold may or may not be new: counted as new.
             let ours = admitted.len() as i64;
-            if admitted.contains(to) || count.recipients + ours < limit {
-                admitted.insert(to.to_string());
-                return Ok(TierVerdict::Send);
+            if admitted.contains_key(to) || count.recipients + ours < limit {
+                admitted.insert(to.to_string(), None);
+                return Ok(TierVerdict::Send(Some(self.ticket(&group, to))));
             }
         }
         let all = &settings.whatsapp;
@@ -337,11 +364,19 @@ impl TierCache {
             .map(|n| n.phone_number_id)
             .collect();
         if counted(pool, all.default_number_id(), &numbers, to).await? {
-            return Ok(TierVerdict::Send);
+            return Ok(TierVerdict::Send(None));
         }
         let mut held = count;
         held.recipients = held.recipients.max(limit);
         Ok(TierVerdict::Held(held))
+    }
+
+    fn ticket(&self, group: &str, to: &str) -> TierTicket<'_> {
+        TierTicket {
+            cache: self,
+            group: group.to_string(),
+            to: to.to_string(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TierState> {
