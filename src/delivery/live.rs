@@ -581,7 +581,9 @@ impl LiveHandler {
     async fn upkeep(&self, ctx: &JobContext, runner: &str) {
         self.publish(ctx, runner, true).await;
         let wa = &ctx.settings.whatsapp;
-        let tiers = self.tiers.get(&ctx.pool, wa, HOLDS_MAX_AGE).await;
+        let Ok(tiers) = self.tiers.get(&ctx.pool, wa, HOLDS_MAX_AGE).await else {
+            return;
+        };
         let m = &ctx.metrics;
         let mut businesses = Vec::new();
         for id in wa.number_ids() {

@@ -295,38 +295,43 @@ pub enum TierVerdict<'a> {
 
 impl TierCache {
     /// The counts, read when the copy is older than `max_age` (a read under way elsewhere is not
-    /// waited for: the caller goes on with the copy there is). A failed read keeps the copy.
+    /// waited for: the caller goes on with the copy there is, unless there is none yet). A failed
+    /// read keeps the copy; with no copy at all, it is the caller's error.
     pub async fn get(
         &self,
         pool: &Pool,
         wa: &crate::config::WhatsappSettings,
         max_age: Duration,
-    ) -> Arc<Tiers> {
-        let fresh = {
-            let s = self.lock();
-            s.read_at.is_some_and(|t| t.elapsed() < max_age)
+    ) -> sqlx::Result<Arc<Tiers>> {
+        let read_at = self.lock().read_at;
+        if read_at.is_some_and(|t| t.elapsed() < max_age) {
+            return Ok(self.lock().tiers.clone());
+        }
+        let reading = match read_at {
+            Some(_) => self.reading.try_lock().ok(),
+            // No copy yet: wait for the read under way, or make it.
+            None => Some(self.reading.lock().await),
         };
-        if !fresh {
-            if let Ok(_reading) = self.reading.try_lock() {
-                let started = Instant::now();
-                match tiers(pool, wa).await {
-                    Ok(t) => {
-                        let mut s = self.lock();
-                        s.tiers = Arc::new(t);
-                        s.read_at = Some(started);
-                        // What ended before the read began is in it; the rest is not.
-                        for g in s.admitted.values_mut() {
-                            g.retain(|_, ended| ended.is_none_or(|t| t >= started));
-                        }
+        if reading.is_some() && (read_at.is_some() || self.lock().read_at.is_none()) {
+            let started = Instant::now();
+            match tiers(pool, wa).await {
+                Ok(t) => {
+                    let mut s = self.lock();
+                    s.tiers = Arc::new(t);
+                    s.read_at = Some(started);
+                    // What ended before the read began is in it; the rest is not.
+                    for g in s.admitted.values_mut() {
+                        g.retain(|_, ended| ended.is_none_or(|t| t >= started));
                     }
-                    Err(e) => tracing::warn!(
-                        error = %crate::db::redact_sqlx(&e),
-                        "reading the tier counts failed; keeping the last copy"
-                    ),
                 }
+                Err(e) if read_at.is_none() => return Err(e),
+                Err(e) => tracing::warn!(
+                    error = %crate::db::redact_sqlx(&e),
+                    "reading the tier counts failed; keeping the last copy"
+                ),
             }
         }
-        self.lock().tiers.clone()
+        Ok(self.lock().tiers.clone())
     }
 
     /// May a template message go from the number `wa` (its own settings) to `to`? Under its
@@ -343,7 +348,7 @@ impl TierCache {
             return Ok(TierVerdict::Send(None));
         }
         let group = wa.tier_group();
-        let tiers = self.get(pool, &settings.whatsapp, TIERS_MAX_AGE).await;
+        let tiers = self.get(pool, &settings.whatsapp, TIERS_MAX_AGE).await?;
         let count = tiers.group(&group);
         {
             let mut s = self.lock();
