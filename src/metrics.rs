@@ -52,9 +52,16 @@ pub struct Metrics {
     pub number_circuit_open: IntGaugeVec,
     pub number_on_hold: IntGaugeVec,
     /// number, reason (the deferral's code: number_paced, recipient_paced, number_paused,
-    /// number_on_hold, circuit_open).
+    /// number_on_hold, circuit_open, tier_limit).
     pub number_deferred: IntCounterVec,
     pub number_paced_wait: HistogramVec,
+    /// Unique recipients of template messages in the rolling 24 h: the number's own, the count
+    /// its `tier_limit` applies to (its business's when it names one), and the limit (0: none).
+    pub number_tier_recipients: IntGaugeVec,
+    pub number_tier_counted: IntGaugeVec,
+    pub number_tier_limit: IntGaugeVec,
+    /// business (`whatsapp.numbers[].business_id`).
+    pub business_tier_recipients: IntGaugeVec,
 }
 
 /// The most recent latencies of one kind of call (at most [`LatencyWindow::SAMPLES`], none older
@@ -275,6 +282,35 @@ impl Metrics {
                 )
                 .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0]),
                 &["number"]
+            )),
+            number_tier_recipients: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "number_tier_recipients",
+                    "Unique recipients of the number's template messages in the last 24 h."
+                ),
+                &["number"]
+            )),
+            number_tier_counted: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "number_tier_counted",
+                    "The 24 h unique-recipient count the number's tier_limit applies to \
+                     (its business's, if it names one)."
+                ),
+                &["number"]
+            )),
+            number_tier_limit: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "number_tier_limit",
+                    "The number's whatsapp tier_limit (0: none)."
+                ),
+                &["number"]
+            )),
+            business_tier_recipients: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "business_tier_recipients",
+                    "Unique recipients of the business's template messages in the last 24 h."
+                ),
+                &["business"]
             )),
             circuit_open: reg!(IntGauge::new(
                 "circuit_open",

@@ -1,8 +1,9 @@
 //! `outbound-runner numbers [list|pause ID [--for DURATION]|resume ID]`: the sending numbers,
-//! their state, today's sends and the unique recipients of their template messages over the
-//! last 24 hours (what Meta's messaging-limit tier counts); pausing and resuming one for every runner sharing the
-//! database (the hold is a row of `"OutboundNumberHold"`, read by each runner at most a second
-//! later; docs/numbers.md).
+//! their state (with each runner's circuit), today's sends and the unique recipients of their
+//! template messages over the last 24 hours against `tier_limit` (what Meta's messaging-limit
+//! tier counts); pausing and resuming one for every runner sharing the database (the hold is
+//! a row of `"OutboundNumberHold"`, read by each runner at most a second later;
+//! docs/numbers.md).
 //!
 //! Exit codes: 0 done, 1 `resume` of a number that was not paused, 64 a number that is not
 //! configured, 69 the database is unreachable.
@@ -13,7 +14,7 @@ use clap::Subcommand;
 
 use crate::config::Settings;
 use crate::db::Pool;
-use crate::delivery::numbers::{self, StoredHold};
+use crate::delivery::numbers::{self, RunnerCircuit, StoredHold, Tiers};
 use crate::exit;
 
 #[derive(Debug, clap::Args)]
@@ -24,8 +25,9 @@ pub struct NumbersArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum NumbersCommand {
-    /// Each configured number: its state (sending, or paused: why, by whom, until when), its
-    /// rate and pair interval, and the messages it sent today (the default).
+    /// Each configured number: its state (sending, or paused: why, by whom, until when; each
+    /// runner's open circuit), its rate and pair interval, the messages it sent today and its
+    /// unique template recipients in 24 h against its tier limit (the default).
     List,
     /// Pause a number on every runner: its jobs wait without spending attempts.
     Pause(PauseArgs),
@@ -62,9 +64,13 @@ pub async fn run(pool: &Pool, settings: &Settings, args: &NumbersArgs) -> anyhow
         NumbersCommand::List => {
             let holds = numbers::holds(pool).await?;
             let sent = numbers::sent_today(pool, &default_id).await?;
-            let tier = numbers::template_recipients_24h(pool, &default_id).await?;
+            let tiers = numbers::tiers(pool, wa).await?;
+            let circuits = numbers::circuits(pool).await?;
             let now = chrono::Utc::now();
-            print!("{}", render(settings, &holds, &sent, &tier, now));
+            print!(
+                "{}",
+                render(settings, &holds, &sent, &tiers, &circuits, now)
+            );
             Ok(exit::OK)
         }
         NumbersCommand::Pause(p) => {
@@ -111,12 +117,13 @@ fn not_configured(settings: &Settings, id: &str) -> String {
     )
 }
 
-/// The `numbers` table.
+/// The `numbers` table, then one line per business (its shared tier count).
 pub fn render(
     settings: &Settings,
     holds: &[StoredHold],
     sent: &std::collections::HashMap<String, i64>,
-    tier: &std::collections::HashMap<String, i64>,
+    tiers: &Tiers,
+    circuits: &[RunnerCircuit],
     now: chrono::DateTime<chrono::Utc>,
 ) -> String {
     let wa = &settings.whatsapp;
@@ -126,7 +133,7 @@ pub fn render(
         "RATE/S".into(),
         "PAIR".into(),
         "SENT TODAY".into(),
-        "TEMPLATE RECIPIENTS 24H".into(),
+        "TIER 24H".into(),
         "STATE".into(),
     ]];
     let mut ids: Vec<String> = wa.number_ids().iter().map(|s| s.to_string()).collect();
@@ -135,18 +142,14 @@ pub fn render(
             ids.push(h.phone_number_id.clone());
         }
     }
+    let mut businesses: Vec<(String, u32, Vec<String>)> = Vec::new();
     for id in ids {
         let n = wa.number(Some(&id));
-        let state = match holds.iter().find(|h| h.phone_number_id == id) {
+        let mut state = match holds.iter().find(|h| h.phone_number_id == id) {
             None => "sending".to_string(),
             Some(h) => {
                 let until = match h.until {
-                    Some(u) => format!(
-                        "paused for {} more",
-                        humantime::format_duration(Duration::from_secs(
-                            (u - now).num_seconds().max(0) as u64
-                        ))
-                    ),
+                    Some(u) => format!("paused for {} more", left(u - now)),
                     None => "paused until resumed".to_string(),
                 };
                 format!(
@@ -157,6 +160,42 @@ pub fn render(
                 )
             }
         };
+        let own = tiers.number(&id);
+        let mut tier = own.to_string();
+        if let Some(n) = n.as_ref().filter(|n| n.tier_limit > 0) {
+            let count = tiers.group(&n.tier_group());
+            if n.business_id.is_empty() {
+                tier = format!("{own}/{}", n.tier_limit);
+            }
+            if count.recipients >= i64::from(n.tier_limit) {
+                let until = count.drops_at.map_or_else(
+                    || "the count drops".to_string(),
+                    |at| at.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+                );
+                state.push_str(&format!(
+                    "; tier limit reached: template messages to new recipients held until {until}"
+                ));
+            }
+        }
+        if let Some(n) = n.as_ref().filter(|n| !n.business_id.is_empty()) {
+            match businesses.iter_mut().find(|b| b.0 == n.business_id) {
+                Some(b) => b.2.push(id.clone()),
+                None => businesses.push((n.business_id.clone(), n.tier_limit, vec![id.clone()])),
+            }
+        }
+        for c in circuits.iter().filter(|c| c.phone_number_id == id) {
+            let what = match c.state.as_str() {
+                "circuit_open" => "circuit open",
+                "rate_paused" => "rate-paused",
+                other => other,
+            };
+            state.push_str(&format!(
+                "; {what} on runner {} for {} more: {}",
+                c.runner,
+                left(c.until - now),
+                c.reason
+            ));
+        }
         let mut name = id.clone();
         if id == default_id {
             name.push_str(" (default)");
@@ -172,7 +211,7 @@ pub fn render(
                 humantime::format_duration(n.pair_interval).to_string()
             }),
             sent.get(&id).copied().unwrap_or(0).to_string(),
-            tier.get(&id).copied().unwrap_or(0).to_string(),
+            tier,
             state,
         ]);
     }
@@ -187,5 +226,22 @@ pub fn render(
         out.push_str(&r[5]);
         out.push('\n');
     }
+    for (business, limit, ids) in businesses {
+        let count = tiers.group(&format!("business:{business}")).recipients;
+        let limit = if limit > 0 {
+            format!("/{limit}")
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "business {business}: {count}{limit} unique template recipients in 24 h (numbers {})\n",
+            ids.join(", ")
+        ));
+    }
     out
+}
+
+/// Time left, in whole seconds.
+fn left(d: chrono::TimeDelta) -> String {
+    humantime::format_duration(Duration::from_secs(d.num_seconds().max(0) as u64)).to_string()
 }

@@ -170,6 +170,12 @@ impl Value<'_> {
                     if let Some(pair) = n.pair_interval {
                         push("pair_interval", Value::Duration(pair));
                     }
+                    if let Some(limit) = n.tier_limit {
+                        push("tier_limit", Value::Number(limit));
+                    }
+                    if let Some(b) = &n.business_id {
+                        push("business_id", Value::Text(b));
+                    }
                 }
                 out
             }
@@ -568,10 +574,24 @@ pub const KEYS: &[Key] = &[
         |s| Value::Duration(s.whatsapp.status_retention),
     ),
     key(
+        "whatsapp.tier_limit",
+        "0",
+        Reload,
+        "hold business-initiated (template) sends to new recipients once this many unique recipients got one in 24 h (Meta's messaging limit); 0: none (docs/numbers.md)",
+        |s| Value::Number(s.whatsapp.tier_limit),
+    ),
+    key(
+        "whatsapp.business_id",
+        "",
+        Reload,
+        "the business portfolio of the number: numbers naming the same one share one tier count; empty: its own",
+        |s| Value::Text(&s.whatsapp.business_id),
+    ),
+    key(
         "whatsapp.numbers",
         "[]",
         Reload,
-        "more sending numbers, `[[whatsapp.numbers]]` tables, each with its own token, rate and pair interval (docs/numbers.md)",
+        "more sending numbers, `[[whatsapp.numbers]]` tables, each with its own token, rate, pair interval, tier limit and business (docs/numbers.md)",
         |s| Value::Numbers(&s.whatsapp.numbers),
     ),
     key(

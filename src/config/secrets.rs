@@ -230,6 +230,35 @@ mod tests {
         let keys: Vec<_> = e.problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["whatsapp.numbers[0].access_token"], "{e}");
         assert!(!e.to_string().contains("tok-"), "{e}");
+
+        // Tier limits: inherited, per number, grouped by business; one business, one limit.
+        write(
+            "[whatsapp]\nphone_number_id = \"111\"\naccess_token = \"tok-111\"\n\
+             tier_limit = 250\nbusiness_id = \"acme\"\n\
+             [[whatsapp.numbers]]\nphone_number_id = \"222\"\n\
+             [[whatsapp.numbers]]\nphone_number_id = \"333\"\ntier_limit = 2000\nbusiness_id = \"\"\n",
+        );
+        let w = load_it().unwrap().whatsapp;
+        let n = |id| w.number(Some(id)).unwrap();
+        assert_eq!(
+            (n("222").tier_limit, n("222").tier_group()),
+            (250, "business:acme".into())
+        );
+        assert_eq!(
+            (n("333").tier_limit, n("333").tier_group()),
+            (2000, "number:333".into())
+        );
+        write(
+            "[whatsapp]\nphone_number_id = \"111\"\naccess_token = \"tok-111\"\n\
+             tier_limit = 250\nbusiness_id = \"acme\"\n\
+             [[whatsapp.numbers]]\nphone_number_id = \"222\"\ntier_limit = 2000\n",
+        );
+        let e = load_it().unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("share business_id acme but not tier_limit"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

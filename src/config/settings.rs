@@ -170,6 +170,13 @@ pub struct WhatsappSettings {
     /// Empty: none. Else every webhook POST is passed on, unchanged, to this URL (the app's own
     /// webhook), and Meta hears 200 only when the app answered 2xx.
     pub webhook_forward_url: String,
+    /// Meta's messaging limit to stay under: business-initiated (template) sends to new
+    /// recipients are held once this many unique recipients got one in the rolling 24 h. 0: no
+    /// limit (docs/numbers.md, "Tier limit").
+    pub tier_limit: u32,
+    /// The business portfolio the number belongs to ("": its own). Numbers naming the same
+    /// business share one tier count (Meta's limit is per portfolio).
+    pub business_id: String,
     /// How long the app behind `webhook_forward_url` has to answer a forwarded webhook.
     #[serde(with = "humantime_serde")]
     pub webhook_forward_timeout: Duration,
@@ -185,7 +192,7 @@ pub struct WhatsappSettings {
 
 /// One `[[whatsapp.numbers]]` table: a sending number with its own token and limits. A key left
 /// out takes the `[whatsapp]` value.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NumberSettings {
     pub phone_number_id: String,
@@ -197,6 +204,10 @@ pub struct NumberSettings {
     pub rate_per_second: Option<u32>,
     #[serde(default, with = "humantime_serde::option")]
     pub pair_interval: Option<Duration>,
+    #[serde(default)]
+    pub tier_limit: Option<u32>,
+    #[serde(default)]
+    pub business_id: Option<String>,
 }
 
 impl WhatsappSettings {
@@ -240,7 +251,21 @@ impl WhatsappSettings {
         out.access_token_file = None;
         out.rate_per_second = n.rate_per_second.unwrap_or(self.rate_per_second);
         out.pair_interval = n.pair_interval.unwrap_or(self.pair_interval);
+        out.tier_limit = n.tier_limit.unwrap_or(self.tier_limit);
+        if let Some(b) = &n.business_id {
+            out.business_id = b.clone();
+        }
         Some(out)
+    }
+
+    /// What the number's tier limit counts: its business (`business:ID`) when it names one, else
+    /// the number itself (`number:ID`). Call on a number's settings ([`Self::number`]).
+    pub fn tier_group(&self) -> String {
+        if self.business_id.is_empty() {
+            format!("number:{}", self.phone_number_id)
+        } else {
+            format!("business:{}", self.business_id)
+        }
     }
 
     /// The sum of every number's rate (the in-flight sizing's input).

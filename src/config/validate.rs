@@ -246,6 +246,28 @@ fn number_problems(s: &Settings) -> Vec<(String, String)> {
             ));
         }
     }
+    // Meta's limit is the business portfolio's: its numbers must agree on it.
+    let mut limits: Vec<(String, u32, String)> = Vec::new();
+    for id in w.number_ids() {
+        let Some(n) = w.number(Some(id)) else {
+            continue;
+        };
+        if n.business_id.is_empty() {
+            continue;
+        }
+        match limits.iter().find(|(b, _, _)| *b == n.business_id) {
+            Some((b, limit, first)) if *limit != n.tier_limit => out.push((
+                "whatsapp.numbers".to_string(),
+                format!(
+                    "numbers {first} and {id} share business_id {b} but not tier_limit ({limit} \
+                     and {}): Meta's messaging limit is the business's, give them the same",
+                    n.tier_limit
+                ),
+            )),
+            Some(_) => {}
+            None => limits.push((n.business_id.clone(), n.tier_limit, id.to_string())),
+        }
+    }
     out
 }
 

@@ -120,6 +120,7 @@ pub async fn prepare(
     pool: &Pool,
     fence: &Fence,
     to: &str,
+    from: &str,
     composed: Option<&Value>,
     messages: &[Value],
 ) -> sqlx::Result<Option<Vec<Message>>> {
@@ -130,8 +131,8 @@ pub async fn prepare(
             FROM owner o
             WHERE j.id = o.id AND $4::jsonb IS NOT NULL AND j.composed IS NULL
         ), ins AS (
-            INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body)
-            SELECT o.id, (m.n - 1)::int, 'pending', $5, m.body
+            INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, "phoneNumberId")
+            SELECT o.id, (m.n - 1)::int, 'pending', $5, m.body, $7
             FROM owner o, unnest($6::jsonb[]) WITH ORDINALITY AS m(body, n)
             ON CONFLICT ("jobId", seq) DO NOTHING
             RETURNING seq, status, "to", body, wamid, "lastErrorCode", "lastError"
@@ -149,6 +150,7 @@ pub async fn prepare(
         .bind(composed)
         .bind(to)
         .bind(messages)
+        .bind(from)
         .fetch_all(pool)
         .await?;
     if rows.is_empty() {

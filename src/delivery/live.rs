@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::ledger::{self, Message, Status};
-use super::numbers::{self, HOLDS_MAX_AGE, HoldCache};
+use super::numbers::{self, HOLDS_MAX_AGE, HoldCache, TierCache, TierVerdict};
 use super::orchestrator;
 use super::pacing::{Pacer, Permit};
 use super::payload::{Content, Payload};
@@ -41,6 +41,10 @@ pub struct LiveHandler {
     pacer: Pacer,
     /// The numbers on hold, read from the database at most a second ago.
     holds: HoldCache,
+    /// The tier counts (unique template recipients in 24 h), read at most a second ago.
+    tiers: TierCache,
+    /// The circuits and pauses this runner last wrote to `"OutboundNumberCircuit"`.
+    published: Mutex<Vec<(String, &'static str)>>,
 }
 
 /// The HTTP client, rebuilt when a reload changes the timeouts it was built for.
@@ -59,6 +63,8 @@ impl LiveHandler {
             }),
             pacer: Pacer::new(),
             holds: HoldCache::default(),
+            tiers: TierCache::default(),
+            published: Mutex::new(Vec::new()),
         })
     }
 
@@ -119,6 +125,7 @@ impl LiveHandler {
                 &ctx.pool,
                 &job.fence,
                 &payload.to,
+                &wa.phone_number_id,
                 answer.as_ref(),
                 &messages,
             )
@@ -269,6 +276,20 @@ impl LiveHandler {
         }
 
         let number = wa.phone_number_id.as_str();
+        // Held until this send has ended (dropped on every way out of this function).
+        let _tier_ticket = if message.body.get("type").and_then(|t| t.as_str()) == Some("template")
+        {
+            self.tier_check(ctx, wa, &message.to)
+                .await
+                .inspect_err(|_| {
+                    ctx.metrics
+                        .number_deferred
+                        .with_label_values(&[number, "tier_limit"])
+                        .inc();
+                })?
+        } else {
+            None
+        };
         let paced = Instant::now();
         let permit = self.pacer.acquire(wa, &message.to).await.map_err(|d| {
             ctx.metrics
@@ -408,6 +429,7 @@ impl LiveHandler {
                     humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
                 ));
                 tracing::warn!(job_id = job.id, code = %code, "rate limited by Meta: pausing the phone number");
+                self.publish(ctx, &job.fence.locked_by, false).await;
                 (Status::Pending, Action::Defer { delay })
             }
             Class::SlowRecipient => {
@@ -453,6 +475,7 @@ impl LiveHandler {
                          configuration is reloaded"
                     );
                 }
+                self.publish(ctx, &job.fence.locked_by, false).await;
                 (Status::Pending, Action::Defer { delay })
             }
             Class::Fail => {
@@ -484,6 +507,109 @@ impl LiveHandler {
             return lost();
         }
         JobError::new(next, code, message)
+    }
+}
+
+impl LiveHandler {
+    /// A template message (business-initiated) to `to`: held while the number's (or its
+    /// business's) tier limit is reached and `to` is not counted yet (docs/numbers.md).
+    async fn tier_check(
+        &self,
+        ctx: &JobContext,
+        wa: &WhatsappSettings,
+        to: &str,
+    ) -> Result<Option<numbers::TierTicket<'_>>, JobError> {
+        let verdict = match self.tiers.check(&ctx.pool, &ctx.settings, wa, to).await {
+            Ok(v) => v,
+            Err(e) => return Err(database_sqlx("checking the tier limit", &e)),
+        };
+        let count = match verdict {
+            TierVerdict::Send(ticket) => return Ok(ticket),
+            TierVerdict::Held(count) => count,
+        };
+        let now = chrono::Utc::now();
+        let wait = count
+            .drops_at
+            .and_then(|at| (at - now).to_std().ok())
+            .unwrap_or(numbers::TIER_RECHECK);
+        let delay = wait.clamp(Duration::from_secs(1), numbers::TIER_RECHECK);
+        let whose = if wa.business_id.is_empty() {
+            format!("on number {}", wa.phone_number_id)
+        } else {
+            format!(
+                "by business {} (number {})",
+                wa.business_id, wa.phone_number_id
+            )
+        };
+        let until = count.drops_at.map_or_else(
+            || "the count drops".to_string(),
+            |at| at.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+        );
+        Err(JobError::defer(
+            delay,
+            "tier_limit",
+            format!(
+                "tier_limit: {} unique recipients in 24 h reached {whose}; held until {until} \
+                 (a template message to a new recipient; no attempt spent, looks again in {})",
+                wa.tier_limit,
+                humantime::format_duration(Duration::from_secs(delay.as_secs()))
+            ),
+        ))
+    }
+
+    /// Writes this runner's circuits and pauses to `"OutboundNumberCircuit"` for the `numbers`
+    /// command: when they changed, or (`refresh`) to keep open ones fresh.
+    async fn publish(&self, ctx: &JobContext, runner: &str, refresh: bool) {
+        let stopped = self.pacer.stopped();
+        let now: Vec<(String, &'static str)> = stopped.iter().map(|s| (s.0.clone(), s.1)).collect();
+        {
+            let last = self.published.lock().unwrap_or_else(|p| p.into_inner());
+            if *last == now && (!refresh || now.is_empty()) {
+                return;
+            }
+        }
+        match numbers::publish_circuits(&ctx.pool, runner, &stopped).await {
+            Ok(()) => *self.published.lock().unwrap_or_else(|p| p.into_inner()) = now,
+            Err(e) => tracing::debug!(
+                error = %redact_sqlx(&e),
+                "writing this runner's circuits for `numbers` failed; trying again shortly"
+            ),
+        }
+    }
+
+    /// The upkeep: publish the circuits, refresh the tier counts and their gauges.
+    async fn upkeep(&self, ctx: &JobContext, runner: &str) {
+        self.publish(ctx, runner, true).await;
+        let wa = &ctx.settings.whatsapp;
+        let Ok(tiers) = self.tiers.get(&ctx.pool, wa, HOLDS_MAX_AGE).await else {
+            return;
+        };
+        let m = &ctx.metrics;
+        let mut businesses = Vec::new();
+        for id in wa.number_ids() {
+            let Some(n) = wa.number(Some(id)) else {
+                continue;
+            };
+            let group = n.tier_group();
+            m.number_tier_recipients
+                .with_label_values(&[id])
+                .set(tiers.number(id));
+            m.number_tier_counted
+                .with_label_values(&[id])
+                .set(tiers.group(&group).recipients);
+            m.number_tier_limit
+                .with_label_values(&[id])
+                .set(i64::from(n.tier_limit));
+            if !n.business_id.is_empty() && !businesses.contains(&n.business_id) {
+                m.business_tier_recipients
+                    .with_label_values(&[n.business_id.as_str()])
+                    .set(tiers.group(&group).recipients);
+                businesses.push(n.business_id);
+            }
+            m.number_circuit_open
+                .with_label_values(&[id])
+                .set(i64::from(self.pacer.circuit_open_for(id)));
+        }
     }
 }
 
@@ -547,6 +673,10 @@ impl JobHandler for LiveHandler {
         ctx: &'a JobContext,
     ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(self.attempt(job, ctx))
+    }
+
+    fn maintain<'a>(&'a self, ctx: &'a JobContext, runner: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(self.upkeep(ctx, runner))
     }
 }
 

@@ -42,6 +42,13 @@ pub trait JobHandler: Send + Sync + 'static {
         job: &'a Job,
         ctx: &'a JobContext,
     ) -> BoxFuture<'a, Result<(), JobError>>;
+
+    /// The handler's upkeep, called by each runner every few seconds (its prober) while the
+    /// database answers; `runner` is the runner's `lockedBy` name. Live delivery publishes its
+    /// circuits and refreshes the tier gauges. Nothing by default.
+    fn maintain<'a>(&'a self, _ctx: &'a JobContext, _runner: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// What a handler works with. `settings` is the configuration in force when the attempt started

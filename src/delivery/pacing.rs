@@ -479,6 +479,30 @@ impl Pacer {
             .any(|n| n.circuit.as_ref().is_some_and(|c| c.until > now))
     }
 
+    /// The numbers this process does not send for now, by its own state: (id, `circuit_open` or
+    /// `rate_paused`, time left, reason). An open circuit hides a pause of the same number.
+    pub fn stopped(&self) -> Vec<(String, &'static str, Duration, String)> {
+        let now = Instant::now();
+        let mut out: Vec<_> = lock(&self.numbers)
+            .iter()
+            .filter_map(|(id, n)| {
+                if let Some(c) = n.circuit.as_ref().filter(|c| c.until > now) {
+                    return Some((id.clone(), "circuit_open", c.until - now, c.reason.clone()));
+                }
+                n.pause_until.filter(|&u| u > now).map(|u| {
+                    (
+                        id.clone(),
+                        "rate_paused",
+                        u - now,
+                        format!("rate-limit answer {}", n.pause_reason),
+                    )
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Whether sending is halted for this number (its circuit is open).
     pub fn circuit_open_for(&self, number: &str) -> bool {
         let now = Instant::now();
@@ -690,6 +714,7 @@ mod tests {
                 access_token_file: None,
                 rate_per_second: Some(7),
                 pair_interval: None,
+                ..Default::default()
             }];
         });
         let fast = s.whatsapp.number(Some("1000")).unwrap();
@@ -795,6 +820,7 @@ mod tests {
                 access_token_file: None,
                 rate_per_second: None,
                 pair_interval: None,
+                ..Default::default()
             }];
         });
         let other = s.whatsapp.number(Some("2000")).unwrap();

@@ -150,7 +150,8 @@ pub fn probe_period(heartbeat: Duration) -> Duration {
     (heartbeat * 5).min(PROBE_EVERY)
 }
 
-/// Probes the database (health, watchdog) and refreshes the queue gauges.
+/// Probes the database (health, watchdog), refreshes the queue gauges and runs the delivery
+/// handler's upkeep ([`crate::delivery::JobHandler::maintain`]).
 pub async fn prober(shared: Arc<Shared>, stop: CancellationToken) {
     let period = probe_period(shared.settings().runner.heartbeat);
     let mut every = tokio::time::interval(period);
@@ -180,6 +181,19 @@ pub async fn prober(shared: Arc<Shared>, stop: CancellationToken) {
         if ok && n % STATS_EVERY_N_PROBES == 0 {
             let all = (n / STATS_EVERY_N_PROBES) % FINISHED_EVERY_N_STATS == 0;
             refresh_gauges(&shared, all).await;
+        }
+        if ok {
+            let ctx = crate::delivery::JobContext::new(
+                shared.pool.clone(),
+                shared.settings(),
+                shared.metrics.clone(),
+                shared.ledger.clone(),
+            );
+            // Bounded: the probe's own rhythm (health, watchdog) never waits on it.
+            let upkeep = shared.handler.maintain(&ctx, &shared.locked_by);
+            if tokio::time::timeout(period, upkeep).await.is_err() {
+                tracing::debug!("the delivery handler's upkeep took longer than a probe period");
+            }
         }
         n = n.wrapping_add(1);
     }

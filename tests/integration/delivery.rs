@@ -1070,7 +1070,7 @@ async fn marks_of_several_jobs_land_in_one_statement_each_fenced_by_its_own_job(
     assert_eq!(jobs.len(), 4);
     for job in &jobs {
         let body = json!({"type": "text", "text": {"body": "x"}});
-        ledger::prepare(&db.pool, &job.fence, "15551230000", None, &[body])
+        ledger::prepare(&db.pool, &job.fence, "15551230000", "1", None, &[body])
             .await
             .unwrap()
             .expect("fence holds");

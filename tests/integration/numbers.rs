@@ -1,6 +1,7 @@
 //! Several sending numbers against the mock Cloud API: each under its own rate, in parallel;
 //! a 131048 holds only its number; `numbers pause|resume` act through the database; an unknown
-//! `from` fails only its job; pair spacing is per number; a reload adds a number.
+//! `from` fails only its job; pair spacing is per number; a reload adds a number; a tier limit
+//! holds template messages to new recipients only; each runner's circuit shows in `numbers`.
 
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -25,6 +26,7 @@ fn number(id: &str, token: &str, rate: Option<u32>) -> NumberSettings {
         access_token_file: None,
         rate_per_second: rate,
         pair_interval: None,
+        ..Default::default()
     }
 }
 
@@ -72,14 +74,20 @@ fn most_in(window: Duration, mut at: Vec<Instant>) -> usize {
 
 /// The binary with `DATABASE_URL` and a configuration naming both numbers.
 fn cli(db: &TestDb, args: &[&str]) -> Output {
+    cli_with(db, "", "", args)
+}
+
+/// [`cli`] with more keys for the default number's and the other number's tables.
+fn cli_with(db: &TestDb, default_keys: &str, other_keys: &str, args: &[&str]) -> Output {
     let dir = std::env::temp_dir().join(format!("or-numbers-{}", db.name));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
-            "[whatsapp]\nphone_number_id = \"{}\"\nrate_per_second = 80\n\
-             [[whatsapp.numbers]]\nphone_number_id = \"{OTHER}\"\nrate_per_second = 20\n",
+            "[whatsapp]\nphone_number_id = \"{}\"\nrate_per_second = 80\n{default_keys}\n\
+             [[whatsapp.numbers]]\nphone_number_id = \"{OTHER}\"\nrate_per_second = 20\n\
+             {other_keys}\n",
             mock_meta::PHONE_NUMBER_ID
         ),
     )
@@ -420,4 +428,126 @@ fn check_config_lists_the_numbers_with_secrets_masked() {
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+async fn template(db: &TestDb, from: Option<&str>, to: &str) -> i64 {
+    let mut payload = json!({"to": to, "message": {"type": "template",
+        "template": {"name": "hello_world", "language": {"code": "en_US"}}}});
+    if let Some(from) = from {
+        payload["from"] = from.into();
+    }
+    db.insert_payload(&payload.to_string()).await
+}
+
+/// Two numbers of one business with `tier_limit = 2`: once two recipients got a template from
+/// either, a template to a third waits (no attempt spent, `tier_limit`), while a template to a
+/// recipient counted already and a free-form reply still go; `numbers` shows the counts and the
+/// held state.
+#[tokio::test]
+async fn a_tier_limit_holds_templates_to_new_recipients_only() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let tiered = |s: &mut Settings| {
+        two_numbers(s, &meta);
+        s.whatsapp.tier_limit = 2;
+        s.whatsapp.business_id = "acme".into();
+    };
+    let runner = spawn_passive(&db, handler(), tiered).await;
+    let a = template(&db, None, "15551700001").await;
+    let b = template(&db, Some(OTHER), "15551700002").await;
+    let mut done = runner.run_pass(2).await.unwrap().processed;
+    done.sort();
+    assert_eq!(done, [a, b]);
+
+    // Within the second of the runner's copy: what it let through counts as new.
+    let new = template(&db, Some(OTHER), "15551700003").await;
+    assert_eq!(runner.run_pass(1).await.unwrap().retried, [new]);
+    let j = db.job(new).await;
+    assert_eq!((j.status.as_str(), j.attempts), ("queued", 0));
+    assert_eq!(j.last_error_code.as_deref(), Some("tier_limit"));
+    let why = j.last_error.unwrap();
+    assert!(
+        why.starts_with("tier_limit: 2 unique recipients in 24 h reached by business acme"),
+        "{why}"
+    );
+
+    // A runner reading the counts afresh: held until the first recipient leaves the window.
+    let fresh = spawn_passive(&db, handler(), tiered).await;
+    let also_new = template(&db, None, "15551700004").await;
+    let counted = template(&db, None, "15551700002").await;
+    let reply = job(&db, None, "15551700005").await;
+    let report = fresh.run_pass(3).await.unwrap();
+    let mut processed = report.processed.clone();
+    processed.sort();
+    assert_eq!(processed, [counted, reply], "{report:?}");
+    assert_eq!(report.retried, [also_new], "{report:?}");
+    let j = db.job(also_new).await;
+    assert_eq!(
+        (j.attempts, j.last_error_code.as_deref()),
+        (0, Some("tier_limit"))
+    );
+    let why = j.last_error.unwrap();
+    assert!(why.contains("held until 20"), "{why}");
+    assert!((290.0..=300.0).contains(&j.due_in), "{}", j.due_in);
+    assert_eq!(
+        fresh
+            .metrics()
+            .number_deferred
+            .with_label_values(&[mock_meta::PHONE_NUMBER_ID, "tier_limit"])
+            .get(),
+        1
+    );
+    assert_eq!(meta.accepted().len(), 4);
+
+    let keys = "tier_limit = 2\nbusiness_id = \"acme\"";
+    let listed = cli_with(&db, keys, keys, &["numbers"]);
+    assert_eq!(listed.status.code(), Some(0), "{listed:?}");
+    let table = stdout(&listed);
+    println!("{table}");
+    assert!(
+        table.contains("business acme: 2/2 unique template recipients in 24 h"),
+        "{table}"
+    );
+    assert_eq!(
+        table
+            .matches("tier limit reached: template messages to new recipients held until")
+            .count(),
+        2,
+        "{table}"
+    );
+    // Without a limit the count is shown all the same, and nothing is held.
+    let table = stdout(&cli(&db, &["numbers"]));
+    let row = |id: &str| -> Vec<String> {
+        let line = table.lines().find(|l| l.starts_with(id)).unwrap();
+        line.split_whitespace().map(str::to_string).collect()
+    };
+    // NUMBER (default) RATE/S PAIR SENT-TODAY TIER-24H STATE
+    assert_eq!(row(mock_meta::PHONE_NUMBER_ID)[4..], ["3", "2", "sending"]);
+    assert_eq!(row(OTHER)[3..], ["1", "1", "sending"]);
+    runner.shutdown().await;
+    fresh.shutdown().await;
+}
+
+/// A halt-class answer opens the number's circuit in the runner that got it; the runner
+/// writes it to "OutboundNumberCircuit" and `numbers` shows it, naming the runner.
+#[tokio::test]
+async fn numbers_shows_each_runners_circuit() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let runner = spawn_passive(&db, handler(), |s| two_numbers(s, &meta)).await;
+    meta.script_for(OTHER, [Reply::error(401, 190)]);
+    let halted = job(&db, Some(OTHER), "15551800001").await;
+    assert_eq!(runner.run_pass(1).await.unwrap().retried, [halted]);
+    assert_eq!(db.job(halted).await.last_error_code.as_deref(), Some("190"));
+    let table = stdout(&cli(&db, &["numbers"]));
+    println!("{table}");
+    let line = table.lines().find(|l| l.starts_with(OTHER)).unwrap();
+    assert!(line.contains("; circuit open on runner "), "{table}");
+    assert!(line.contains("more: "), "{table}");
+    let default = table
+        .lines()
+        .find(|l| l.starts_with(mock_meta::PHONE_NUMBER_ID))
+        .unwrap();
+    assert!(!default.contains("circuit"), "{table}");
+    runner.shutdown().await;
 }
