@@ -10,9 +10,11 @@
 //! 3. **Send** each message in `seq` order. `sent`: skipped. `unknown`: never sent again (an
 //!    operator decides). `sending` (an earlier attempt was cut off mid-send): in doubt, per
 //!    `delivery.on_unknown`. Otherwise: pace → mark `sending` (committed) → POST → on 200 store
-//!    the wamid and `sent` in one statement; on an error settle the message and say what the job
-//!    does next (see [`super::whatsapp::Class`]).
-//! 4. `Ok(())` when every message is `sent`: the worker marks the job done.
+//!    the wamid and `sent` in one statement (the last message's with the job's completion); on
+//!    an error settle the message and say what the job does next (see
+//!    [`super::whatsapp::Class`]).
+//! 4. `Ok(())` when every message is accepted: the worker marks the job done, and records the
+//!    last wamid, in one statement.
 //!
 //! Delivery is at most once per message: a message is sent only from `pending` (or `failed`,
 //! refused by Meta for good, when an operator requeues its job), and the request leaves only
@@ -31,7 +33,6 @@ use super::whatsapp::{Class, CloudApi, SendError};
 use super::{BoxFuture, JobContext, JobHandler};
 use crate::config::{OnUnknown, Settings, WhatsappSettings};
 use crate::db::redact_sqlx;
-use crate::db::wait::patiently;
 use crate::queue::{Action, Job, JobError};
 
 /// The handler of `delivery.mode = "live"`. One per process: it holds the HTTP client (its
@@ -112,21 +113,26 @@ impl LiveHandler {
                 (c.messages, Some(c.answer))
             }
         };
-        // A wait for a connection is not the job's: it waits (up to a lease, which the lease
-        // keeper extends) rather than spend an attempt.
-        let prepare = || {
-            ledger::prepare(
-                &ctx.pool,
-                &job.fence,
-                &payload.to,
-                answer.as_ref(),
-                &messages,
-            )
+        // Batched with the other jobs' (`ledger::Writers`). A wait for a connection is not the
+        // job's: the writer waits (up to a lease, which the lease keeper extends) rather than
+        // spend an attempt, and past that the job is deferred.
+        let prepare = ledger::Prepare {
+            fence: job.fence.clone(),
+            to: payload.to.clone(),
+            composed: answer,
+            messages,
         };
-        let rows = match patiently(settings.runner.lease, &ctx.metrics.db_waits, prepare).await {
+        let rows = match ctx.ledger.prepare.write(prepare).await {
             Ok(Some(rows)) => rows,
             Ok(None) => return Err(lost()),
-            Err(e) => return Err(database_sqlx("recording the messages", &e)),
+            Err(e) if e.wait => {
+                return Err(JobError::defer(
+                    Duration::from_secs(1),
+                    "database_busy",
+                    format!("recording the messages: no database connection: {e}"),
+                ));
+            }
+            Err(e) => return Err(database("recording the messages", &e)),
         };
 
         let pending = rows.iter().filter(|m| !m.status.accepted()).count();
@@ -140,8 +146,9 @@ impl LiveHandler {
             );
         }
         let api = CloudApi::new(http);
-        for message in &rows {
-            self.deliver(job, ctx, &wa, &api, message, rows.len())
+        for (i, message) in rows.iter().enumerate() {
+            let last = i + 1 == rows.len();
+            self.deliver(job, ctx, &wa, &api, message, rows.len(), last)
                 .await?;
         }
         Ok(())
@@ -207,6 +214,7 @@ impl LiveHandler {
         api: &CloudApi,
         message: &Message,
         total: usize,
+        last: bool,
     ) -> Result<(), JobError> {
         let settings = &ctx.settings;
         let on_unknown = settings.delivery.on_unknown;
@@ -321,6 +329,13 @@ impl LiveHandler {
                 self.pacer.accepted(wa);
                 ctx.metrics.messages_sent.inc();
                 ctx.metrics.number_sent.with_label_values(&[number]).inc();
+                if last {
+                    // Every other message of the job is accepted: the wamid goes with the
+                    // job's completion, one statement for both (docs/delivery.md, "Durability").
+                    tracing::debug!(job_id = job.id, seq, wamid, "message accepted");
+                    ctx.record_wamid_with_completion(seq, &wamid);
+                    return Ok(());
+                }
                 self.record_sent(job, ctx, seq, &wamid).await
             }
             Err(err) => {
@@ -621,20 +636,6 @@ fn lost() -> JobError {
         "lost",
         "the job was taken from this runner, or an operator asked it to stop (jobs cancel)",
     )
-}
-
-/// A database error of a job's statement: a wait for a connection (past the caller's patience)
-/// defers the job without spending an attempt; anything else is a transient failure.
-fn database_sqlx(what: &str, e: &sqlx::Error) -> JobError {
-    if crate::db::wait::is_wait(e) {
-        JobError::defer(
-            Duration::from_secs(1),
-            "database_busy",
-            format!("{what}: no database connection: {}", redact_sqlx(e)),
-        )
-    } else {
-        database(what, e)
-    }
 }
 
 fn database(what: &str, e: &dyn std::fmt::Display) -> JobError {

@@ -56,6 +56,16 @@ pub struct JobContext {
     /// Messages to record as sent in the same statement that marks the job `done` (fenced by
     /// it): sandbox sends, which need no write of their own before the job completes.
     pub(crate) record_with_completion: Arc<std::sync::Mutex<Option<SentRecords>>>,
+    /// The wamid of the job's last message, written by the statement that marks the job `done`
+    /// (live sends: docs/delivery.md, "Durability").
+    pub(crate) wamid_with_completion: Arc<std::sync::Mutex<Option<Accepted>>>,
+}
+
+/// A message Meta accepted whose wamid is written with the job's completion.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub seq: i32,
+    pub wamid: String,
 }
 
 /// Messages a handler reports as sent, recorded atomically with the job's completion.
@@ -78,7 +88,27 @@ impl JobContext {
             metrics,
             ledger,
             record_with_completion: Arc::default(),
+            wamid_with_completion: Arc::default(),
         }
+    }
+
+    /// Records the wamid of the job's last message (`sending`, accepted by Meta) as `sent` in
+    /// the statement that marks the job `done`, and only if that statement does.
+    pub fn record_wamid_with_completion(&self, seq: i32, wamid: &str) {
+        *self
+            .wamid_with_completion
+            .lock()
+            .expect("completion wamid lock") = Some(Accepted {
+            seq,
+            wamid: wamid.to_string(),
+        });
+    }
+
+    pub(crate) fn take_wamid(&self) -> Option<Accepted> {
+        self.wamid_with_completion
+            .lock()
+            .expect("completion wamid lock")
+            .take()
     }
 
     /// Records `messages` to `to` as sent (with fake wamids) when, and only when, the job's
