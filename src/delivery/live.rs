@@ -146,9 +146,8 @@ impl LiveHandler {
             );
         }
         let api = CloudApi::new(http);
-        for (i, message) in rows.iter().enumerate() {
-            let last = i + 1 == rows.len();
-            self.deliver(job, ctx, &wa, &api, message, rows.len(), last)
+        for message in &rows {
+            self.deliver(job, ctx, &wa, &api, message, rows.len())
                 .await?;
         }
         Ok(())
@@ -214,9 +213,11 @@ impl LiveHandler {
         api: &CloudApi,
         message: &Message,
         total: usize,
-        last: bool,
     ) -> Result<(), JobError> {
         let settings = &ctx.settings;
+        // The rows are the job's messages 0..total in order: every one before the last is
+        // accepted by the time the last is sent.
+        let last = usize::try_from(message.seq).is_ok_and(|s| s + 1 == total);
         let on_unknown = settings.delivery.on_unknown;
         let seq = message.seq;
         match message.status {
