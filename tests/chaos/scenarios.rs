@@ -1401,9 +1401,9 @@ async fn full_disk_on(ctx: &Ctx, server: &Server, ts: &str) -> anyhow::Result<Ro
 ///
 /// - PostgreSQL is crashed (immediate stop) and started again: the runner, alive, retries the
 ///   completion, which writes the wamid and `done` together (nothing was on disk half-way);
-/// - then, with a second job, the daemon is killed (SIGKILL) instead: the message stays
-///   `sending`, the rescuer makes it `unknown` and fails the job `delivery_unknown`, and it is
-///   never sent again.
+/// - then, with a second job, the daemon is killed (SIGKILL) instead, and its waiting statement
+///   ended with it: the message stays `sending`, the rescuer makes it `unknown` and fails the
+///   job `delivery_unknown`, and it is never sent again.
 async fn postgres_crash_before_done(ctx: Ctx) -> anyhow::Result<Row> {
     let private = ctx.private().await?;
     let server = Server::Private(private.clone());
@@ -1440,6 +1440,30 @@ async fn postgres_crash_before_done(ctx: Ctx) -> anyhow::Result<Row> {
     // Job 2 (one message): the daemon dies while its completion waits.
     let (id2, mut holder) = held_at_completion(&s).await?;
     s.fleet.kill9(0).await;
+    // A statement the server already has outlives its client (it would commit once the lock is
+    // free): end it too, so this is a runner that died before its completion reached the server.
+    let waiting = r#"SELECT count(*) FROM pg_stat_activity
+        WHERE datname = current_database() AND application_name = 'outbound-runner'
+          AND wait_event_type = 'Lock'"#;
+    s.db.pool
+        .execute(
+            r#"SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+               WHERE datname = current_database() AND application_name = 'outbound-runner'
+                 AND wait_event_type = 'Lock'"#,
+        )
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sqlx::query_scalar::<_, i64>(waiting)
+        .fetch_one(&s.db.pool)
+        .await?
+        > 0
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the dead daemon's completion did not end"
+        );
+        sleep(Duration::from_millis(5)).await;
+    }
     holder.execute("COMMIT").await?;
     drop(holder);
     s.fleet.restart(0).await?;
@@ -1487,7 +1511,7 @@ async fn held_at_completion(s: &Setup) -> anyhow::Result<(i64, sqlx::PgConnectio
             .await
             .context("the job was not sent")??;
         let parts: i64 = sqlx::query_scalar(
-            r#"SELECT jsonb_array_length(payload->'message') FROM "OutboundJob" WHERE id = $1"#,
+            r#"SELECT jsonb_array_length(payload->'message')::bigint FROM "OutboundJob" WHERE id = $1"#,
         )
         .bind(id)
         .fetch_one(&s.db.pool)
