@@ -1411,6 +1411,9 @@ async fn postgres_crash_before_done(ctx: Ctx) -> anyhow::Result<Row> {
         rate: 0,
         latency: Duration::ZERO,
         instances: 1,
+        // Long enough that nothing is rescued before the completion is retried (a restart on a
+        // loaded machine takes seconds).
+        extra: vec![("OUTBOUND_RUNNER__RUNNER__LEASE", "10s")],
         ..Opts::default()
     };
     let mut s = Setup::new("postgres_crash_before_done", &server, opts).await?;
