@@ -28,7 +28,7 @@ use outbound_runner::runner::Runner;
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
 
-use crate::common::{Args, Db, Row, int};
+use crate::common::{Args, Db, Row, ServerCpu, int};
 use crate::mock_meta::{self, Limits, MockMeta};
 use crate::mock_orchestrator::{Answer, MockOrchestrator};
 use crate::progress;
@@ -69,6 +69,9 @@ struct Drive {
     max_running: i64,
     rss_base_kb: i64,
     rss_peak_kb: i64,
+    /// PostgreSQL's CPU from the runner's start to the last `done` (its backends of the
+    /// database, the sampler's among them, and the shared processes: [`ServerCpu`]).
+    server_cpu: f64,
 }
 
 /// The most requests in any one-second window `[t, t + 1s)`.
@@ -154,6 +157,7 @@ async fn drive(
     let pool = outbound_runner::db::pool(&s, opts.application_name(APP), false);
     // As the daemon does before it starts the runner (app.rs).
     let pool = outbound_runner::db::wait::fit_budget(pool, &s).await;
+    let server = ServerCpu::start(&db.name);
     let started = Instant::now();
     let runner = Runner::start(
         pool.clone(),
@@ -175,6 +179,7 @@ async fn drive(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let elapsed = started.elapsed().as_secs_f64();
+    let (server_cpu, _) = server.stop();
     stop.store(true, Ordering::SeqCst);
     let _ = sampler.await;
     runner.shutdown().await;
@@ -197,6 +202,7 @@ async fn drive(
         max_running: running.load(Ordering::SeqCst),
         rss_base_kb,
         rss_peak_kb: rss.load(Ordering::SeqCst),
+        server_cpu,
     }
 }
 
@@ -424,7 +430,10 @@ pub async fn run(a: &Args) -> Vec<Row> {
             result: format!("{} messages/s", int(per_s)),
             ratio: format!("{:.0} % of the rate", per_s / f64::from(rate) * 100.0),
             detail: format!(
-                "{}; {}; at most {most} requests in any one second at the mock (the rate: {rate})",
+                "PostgreSQL {:.2} s CPU = {:.0} µs/message; {}; {}; at most {most} requests in any \
+                 one second at the mock (the rate: {rate})",
+                d.server_cpu,
+                d.server_cpu / (d.done.max(1) as f64) * 1e6,
                 held(&d, budget),
                 finished(&d)
             ),

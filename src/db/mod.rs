@@ -4,6 +4,7 @@
 //! statement goes through a [`Pool`], which is pooler-safe when `database.url` goes through a
 //! transaction-mode pooler ([`pooler`], docs/operations.md "Poolers").
 
+pub mod batch;
 pub mod embedded;
 pub mod pooler;
 pub mod retry;

@@ -26,20 +26,21 @@
 //! synchronously (for all the jobs about to send at once, through [`Writers`]). The
 //! other writes commit with `synchronous_commit = off` (no fsync of their own): PostgreSQL
 //! flushes its WAL in order, so the next synchronous commit (the next `mark_sending`, or the
-//! job's requeue, failure or completion) makes them durable too. A crash
+//! job's requeue, failure or completion) makes them durable too. The wamid of a job's last
+//! message is written by the completion itself ([`ACCEPTED_CTE`], synchronous). A crash
 //! in between loses at most a `pending` row (recreated by the next attempt, nothing was sent) or
-//! a `sent` that stays `sending` (the rescuer makes it `unknown`: never a second send).
+//! leaves an accepted message `sending` (the rescuer makes it `unknown`: never a second send);
+//! docs/delivery.md ("Durability") has every case.
 
 use std::time::Duration;
 
-use prometheus::IntCounter;
 use serde_json::Value;
 use sqlx::Row;
-use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::Pool;
+use crate::db::batch::{Gate, Intake, Patience};
 use crate::queue::{Fence, fence_arrays};
 
 /// The statuses of `"OutboundMessage".status`.
@@ -112,68 +113,103 @@ const OWNER_RELAXED: &str = r#"owner AS (
     FOR KEY SHARE OF "OutboundJob"
 )"#;
 
-/// Before any send: saves the orchestrator's answer in `composed` (when given and not saved
-/// yet) and creates the job's message rows as `pending` (rows that exist are kept as they are),
-/// in one statement. Returns every message row of the job in `seq` order, or `None` if the fence
-/// did not hold.
-pub async fn prepare(
-    pool: &Pool,
-    fence: &Fence,
-    to: &str,
-    from: &str,
-    composed: Option<&Value>,
-    messages: &[Value],
-) -> sqlx::Result<Option<Vec<Message>>> {
-    let sql = format!(
+/// One job's messages to create before any send (see [`prepare`]).
+#[derive(Debug, Clone)]
+pub struct Prepare {
+    pub fence: Fence,
+    pub to: String,
+    /// The phone number id the messages leave from (the tier count's, docs/numbers.md).
+    pub from: String,
+    /// The orchestrator's answer, to save in `composed` (when not saved yet).
+    pub composed: Option<Value>,
+    pub messages: Vec<Value>,
+}
+
+/// Before any send, for any number of jobs in one statement: saves each orchestrator answer in
+/// `composed` (when given and not saved yet) and creates each job's message rows as `pending`
+/// (rows that exist are kept as they are). Returns, per job, every message row of the job in
+/// `seq` order, or `None` if its fence did not hold. No fsync of its own (see the module docs).
+pub async fn prepare(pool: &Pool, jobs: &[Prepare]) -> sqlx::Result<Vec<Option<Vec<Message>>>> {
+    let (ids, owners, attempts) = fence_arrays(jobs.iter().map(|p| &p.fence));
+    let composed: Vec<Option<&Value>> = jobs.iter().map(|p| p.composed.as_ref()).collect();
+    let to: Vec<&str> = jobs.iter().map(|p| p.to.as_str()).collect();
+    let from: Vec<&str> = jobs.iter().map(|p| p.from.as_str()).collect();
+    let (mut m_job, mut m_seq, mut m_body) = (Vec::new(), Vec::new(), Vec::new());
+    for p in jobs {
+        for (seq, body) in p.messages.iter().enumerate() {
+            m_job.push(p.fence.id);
+            m_seq.push(seq as i32);
+            m_body.push(body);
+        }
+    }
+    let rows = sqlx::query(
         r#"
-        WITH {OWNER_RELAXED}, save AS (
-            UPDATE "OutboundJob" j SET composed = $4, "updatedAt" = now()
+        WITH req AS (
+            SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::jsonb[], $5::text[],
+                                 $9::text[])
+                AS r(job, locked_by, attempts, composed, recipient, sender)
+        ), owner AS (
+            SELECT r.job, r.composed, r.recipient, r.sender
+            FROM "OutboundJob" j JOIN req r ON j.id = r.job,
+                 (SELECT set_config('synchronous_commit', 'off', true)) relaxed
+            WHERE j.id = ANY($1) AND j.status = 'running' AND j."lockedBy" = r.locked_by
+              AND j.attempts = r.attempts
+            FOR KEY SHARE OF j
+        ), save AS (
+            UPDATE "OutboundJob" j SET composed = o.composed, "updatedAt" = now()
             FROM owner o
-            WHERE j.id = o.id AND $4::jsonb IS NOT NULL AND j.composed IS NULL
+            WHERE j.id = o.job AND o.composed IS NOT NULL AND j.composed IS NULL
         ), ins AS (
             INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, "phoneNumberId")
-            SELECT o.id, (m.n - 1)::int, 'pending', $5, m.body, $7
-            FROM owner o, unnest($6::jsonb[]) WITH ORDINALITY AS m(body, n)
+            SELECT o.job, m.seq, 'pending', o.recipient, m.body, o.sender
+            FROM owner o JOIN unnest($6::bigint[], $7::int[], $8::jsonb[]) AS m(job, seq, body)
+                 ON m.job = o.job
             ON CONFLICT ("jobId", seq) DO NOTHING
-            RETURNING seq, status, "to", body, wamid, "lastErrorCode", "lastError"
+            RETURNING "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError"
         )
-        SELECT seq, status, "to", body, wamid, "lastErrorCode", "lastError" FROM ins
+        SELECT "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError" FROM ins
         UNION ALL
-        SELECT m.seq, m.status, m."to", m.body, m.wamid, m."lastErrorCode", m."lastError"
-        FROM "OutboundMessage" m JOIN owner o ON m."jobId" = o.id
-        "#
-    );
-    let rows = sqlx::query(&sql)
-        .bind(fence.id)
-        .bind(&*fence.locked_by)
-        .bind(fence.attempts)
-        .bind(composed)
-        .bind(to)
-        .bind(messages)
-        .bind(from)
-        .fetch_all(pool)
-        .await?;
-    if rows.is_empty() {
-        // `messages` is never empty, so an owned job always has rows.
-        return Ok(None);
-    }
-    let mut out = Vec::with_capacity(rows.len());
+        SELECT m."jobId", m.seq, m.status, m."to", m.body, m.wamid, m."lastErrorCode",
+               m."lastError"
+        FROM "OutboundMessage" m JOIN owner o ON m."jobId" = o.job
+        "#,
+    )
+    .bind(&ids)
+    .bind(&owners)
+    .bind(&attempts)
+    .bind(&composed)
+    .bind(&to)
+    .bind(&m_job)
+    .bind(&m_seq)
+    .bind(&m_body)
+    .bind(&from)
+    .fetch_all(pool)
+    .await?;
+    let mut by_job: std::collections::HashMap<i64, Vec<Message>> = Default::default();
     for row in rows {
-        let status: String = row.get(1);
-        out.push(Message {
-            seq: row.get(0),
+        let status: String = row.get(2);
+        by_job.entry(row.get(0)).or_default().push(Message {
+            seq: row.get(1),
             status: Status::parse(&status).ok_or_else(|| {
                 sqlx::Error::Protocol(format!("unexpected message status {status:?}"))
             })?,
-            to: row.get(2),
-            body: row.get(3),
-            wamid: row.get(4),
-            error_code: row.get(5),
-            error: row.get(6),
+            to: row.get(3),
+            body: row.get(4),
+            wamid: row.get(5),
+            error_code: row.get(6),
+            error: row.get(7),
         });
     }
-    out.sort_by_key(|m| m.seq);
-    Ok(Some(out))
+    // A job's `messages` are never empty, so an owned job always has rows.
+    Ok(jobs
+        .iter()
+        .map(|p| {
+            by_job.remove(&p.fence.id).map(|mut rows| {
+                rows.sort_by_key(|m| m.seq);
+                rows
+            })
+        })
+        .collect())
 }
 
 /// A message to mark `sending` (see [`mark_sending`]).
@@ -228,18 +264,24 @@ pub async fn mark_sending(pool: &Pool, marks: &[Mark]) -> sqlx::Result<Vec<bool>
     Ok(landed_of(marks.len(), landed))
 }
 
-/// The ledger writes every send makes, each batched across the runner's jobs (a group commit):
-/// one task per kind of write takes every request waiting and writes them in one statement,
-/// so many jobs sending at once cost one round trip (and, for the marks, one fsync) per batch
-/// instead of one per message. Every row is still fenced by its own job, and every request
-/// waits for its own statement: a mark is committed before its request leaves, as before.
+/// The ledger writes every send makes, each batched across the runner's jobs (a group commit,
+/// [`crate::db::batch`]): one task per kind of write (creating the messages, the marks, the
+/// wamids) takes every request waiting and writes them in one statement, so many jobs sending
+/// at once cost one round trip (and, for the marks, one fsync) per batch instead of one per
+/// message. Every row is still fenced by its own job, and every request waits for its own
+/// statement: a mark is committed before its request leaves, as before. (A job's last wamid is
+/// written by its completion: [`ACCEPTED_CTE`].)
 #[derive(Clone)]
 pub struct Writers {
+    pub prepare: Gate<Prepare, Option<Vec<Message>>>,
     pub sending: Gate<Mark, bool>,
     pub sent: Gate<Sent, bool>,
     /// Meta's status webhooks, applied in batches ([`super::statuses`]).
     pub statuses: super::statuses::Writer,
 }
+
+/// The most requests one ledger statement takes.
+const MAX_BATCH: usize = 256;
 
 impl Writers {
     /// Starts the writers' tasks; they end when `stop` is cancelled (after the drain: a job in
@@ -258,120 +300,39 @@ impl Writers {
             waits: metrics.db_waits.clone(),
             patience,
         };
+        let intake = || Intake::new(MAX_BATCH, crate::db::batch::LINGER);
+        let (prepare, p) = Gate::start(
+            pool.clone(),
+            stop.clone(),
+            patient.clone(),
+            intake(),
+            |pool, jobs| async move { prepare(&pool, &jobs).await },
+        );
         let (sending, a) = Gate::start(
             pool.clone(),
             stop.clone(),
             patient.clone(),
+            intake(),
             |pool, marks| async move { mark_sending(&pool, &marks).await },
         );
         let (sent, b) = Gate::start(
             pool.clone(),
             stop.clone(),
             patient,
+            intake(),
             |pool, sent| async move { record_sent(&pool, &sent).await },
         );
         let (statuses, c) =
             super::statuses::Writer::start(pool, metrics.clone(), stop, status_retention);
         (
             Writers {
+                prepare,
                 sending,
                 sent,
                 statuses,
             },
-            vec![a, b, c],
+            vec![p, a, b, c],
         )
-    }
-}
-
-type Waiting<R, T> = (R, oneshot::Sender<Result<T, String>>);
-
-#[derive(Clone)]
-struct Patience {
-    waits: IntCounter,
-    patience: Duration,
-}
-
-/// One batched write (see [`Writers`]).
-pub struct Gate<R, T> {
-    tx: mpsc::Sender<Waiting<R, T>>,
-}
-
-impl<R, T> Clone for Gate<R, T> {
-    fn clone(&self) -> Self {
-        Gate {
-            tx: self.tx.clone(),
-        }
-    }
-}
-
-impl<R: Clone + Send + Sync + 'static, T: Send + 'static> Gate<R, T> {
-    fn start<F, Fut>(
-        pool: Pool,
-        stop: CancellationToken,
-        patient: Patience,
-        write: F,
-    ) -> (Self, JoinHandle<()>)
-    where
-        F: Fn(Pool, Vec<R>) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = sqlx::Result<Vec<T>>> + Send + 'static,
-    {
-        let (tx, rx) = mpsc::channel(4096);
-        (
-            Gate { tx },
-            tokio::spawn(batches(pool, rx, stop, patient, write)),
-        )
-    }
-
-    /// Writes `request` with whatever other requests are waiting. An error is the statement's
-    /// (redacted): the write may have landed all the same.
-    pub async fn write(&self, request: R) -> Result<T, String> {
-        let (ack, answer) = oneshot::channel();
-        self.tx
-            .send((request, ack))
-            .await
-            .map_err(|_| "the runner is stopping".to_string())?;
-        answer
-            .await
-            .unwrap_or_else(|_| Err("the runner is stopping".to_string()))
-    }
-}
-
-async fn batches<R: Clone, T, F, Fut>(
-    pool: Pool,
-    mut rx: mpsc::Receiver<Waiting<R, T>>,
-    stop: CancellationToken,
-    patient: Patience,
-    write: F,
-) where
-    F: Fn(Pool, Vec<R>) -> Fut,
-    Fut: std::future::Future<Output = sqlx::Result<Vec<T>>>,
-{
-    const MAX_BATCH: usize = 256;
-    let mut batch: Vec<Waiting<R, T>> = Vec::with_capacity(MAX_BATCH);
-    while crate::queue::next_batch(&mut rx, &stop, MAX_BATCH, &mut batch).await {
-        // A job that stopped waiting (its attempt timed out or was aborted) is left out: it
-        // will not send, and a `sending` left behind would read as a send in doubt.
-        batch.retain(|(_, ack)| !ack.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        let (requests, acks): (Vec<R>, Vec<_>) = batch.drain(..).unzip();
-        let statement = || write(pool.clone(), requests.clone());
-        match crate::db::wait::patiently(patient.patience, &patient.waits, statement).await {
-            Ok(results) => {
-                for (ack, result) in acks.into_iter().zip(results) {
-                    let _ = ack.send(Ok(result));
-                }
-            }
-            Err(e) => {
-                // Every request of the batch hears it and retries or settles on its own (an
-                // error fails the whole batch: one statement, one transaction).
-                let why = crate::db::redact_sqlx(&e);
-                for ack in acks {
-                    let _ = ack.send(Err(why.clone()));
-                }
-            }
-        }
     }
 }
 
@@ -500,6 +461,10 @@ pub struct CompletionRecords {
     pub seq: Vec<i32>,
     pub to: Vec<String>,
     pub body: Vec<serde_json::Value>,
+    /// Live sends: a job's last message, `sending`, that Meta accepted (see [`ACCEPTED_CTE`]).
+    pub accepted_job: Vec<i64>,
+    pub accepted_seq: Vec<i32>,
+    pub accepted_wamid: Vec<String>,
 }
 
 /// The batched completion's `"OutboundMessage"` half: a CTE named `sandbox` that records the
@@ -516,4 +481,21 @@ pub const SANDBOX_SENT_CTE: &str = r#"
                  AS r(job, seq, recipient, body)
             WHERE r.job IN (SELECT id FROM done)
             ON CONFLICT ("jobId", seq) DO NOTHING
+        )"#;
+
+/// The batched completion's other `"OutboundMessage"` half: a CTE named `accepted` that records
+/// the wamid and `sent` of a live job's last message (`$8` jobs, `$9` seqs, `$10` wamids:
+/// [`CompletionRecords`]'s `accepted_*`), still `sending`, for the jobs the store's `done` CTE
+/// marked done. The `done` CTE lets exactly these `sending` messages through its "every message
+/// accepted" check. So the last wamid of a job costs no statement of its own, and it becomes
+/// durable with the completion's synchronous commit; docs/delivery.md ("Durability") has what
+/// a crash in between leaves.
+pub const ACCEPTED_CTE: &str = r#"
+        accepted AS (
+            UPDATE "OutboundMessage" m
+            SET status = 'sent', wamid = a.wamid, "sentAt" = now(), "lastErrorCode" = NULL,
+                "updatedAt" = now()
+            FROM unnest($8::bigint[], $9::int[], $10::text[]) AS a(job, seq, wamid)
+            WHERE m."jobId" = a.job AND m.seq = a.seq AND m.status = 'sending'
+              AND a.job IN (SELECT id FROM done)
         )"#;

@@ -10,9 +10,11 @@
 //! 3. **Send** each message in `seq` order. `sent`: skipped. `unknown`: never sent again (an
 //!    operator decides). `sending` (an earlier attempt was cut off mid-send): in doubt, per
 //!    `delivery.on_unknown`. Otherwise: pace → mark `sending` (committed) → POST → on 200 store
-//!    the wamid and `sent` in one statement; on an error settle the message and say what the job
-//!    does next (see [`super::whatsapp::Class`]).
-//! 4. `Ok(())` when every message is `sent`: the worker marks the job done.
+//!    the wamid and `sent` in one statement (the last message's with the job's completion); on
+//!    an error settle the message and say what the job does next (see
+//!    [`super::whatsapp::Class`]).
+//! 4. `Ok(())` when every message is accepted: the worker marks the job done, and records the
+//!    last wamid, in one statement.
 //!
 //! Delivery is at most once per message: a message is sent only from `pending` (or `failed`,
 //! refused by Meta for good, when an operator requeues its job), and the request leaves only
@@ -31,7 +33,6 @@ use super::whatsapp::{Class, CloudApi, SendError};
 use super::{BoxFuture, JobContext, JobHandler};
 use crate::config::{OnUnknown, Settings, WhatsappSettings};
 use crate::db::redact_sqlx;
-use crate::db::wait::patiently;
 use crate::queue::{Action, Job, JobError};
 
 /// The handler of `delivery.mode = "live"`. One per process: it holds the HTTP client (its
@@ -118,22 +119,27 @@ impl LiveHandler {
                 (c.messages, Some(c.answer))
             }
         };
-        // A wait for a connection is not the job's: it waits (up to a lease, which the lease
-        // keeper extends) rather than spend an attempt.
-        let prepare = || {
-            ledger::prepare(
-                &ctx.pool,
-                &job.fence,
-                &payload.to,
-                &wa.phone_number_id,
-                answer.as_ref(),
-                &messages,
-            )
+        // Batched with the other jobs' (`ledger::Writers`). A wait for a connection is not the
+        // job's: the writer waits (up to a lease, which the lease keeper extends) rather than
+        // spend an attempt, and past that the job is deferred.
+        let prepare = ledger::Prepare {
+            fence: job.fence.clone(),
+            to: payload.to.clone(),
+            from: wa.phone_number_id.clone(),
+            composed: answer,
+            messages,
         };
-        let rows = match patiently(settings.runner.lease, &ctx.metrics.db_waits, prepare).await {
+        let rows = match ctx.ledger.prepare.write(prepare).await {
             Ok(Some(rows)) => rows,
             Ok(None) => return Err(lost()),
-            Err(e) => return Err(database_sqlx("recording the messages", &e)),
+            Err(e) if e.wait => {
+                return Err(JobError::defer(
+                    Duration::from_secs(1),
+                    "database_busy",
+                    format!("recording the messages: no database connection: {e}"),
+                ));
+            }
+            Err(e) => return Err(database("recording the messages", &e)),
         };
 
         let pending = rows.iter().filter(|m| !m.status.accepted()).count();
@@ -216,6 +222,9 @@ impl LiveHandler {
         total: usize,
     ) -> Result<(), JobError> {
         let settings = &ctx.settings;
+        // The rows are the job's messages 0..total in order: every one before the last is
+        // accepted by the time the last is sent.
+        let last = usize::try_from(message.seq).is_ok_and(|s| s + 1 == total);
         let on_unknown = settings.delivery.on_unknown;
         let seq = message.seq;
         match message.status {
@@ -277,8 +286,7 @@ impl LiveHandler {
 
         let number = wa.phone_number_id.as_str();
         // Held until this send has ended (dropped on every way out of this function).
-        let _tier_ticket = if message.body.get("type").and_then(|t| t.as_str()) == Some("template")
-        {
+        let tier_ticket = if message.body.get("type").and_then(|t| t.as_str()) == Some("template") {
             self.tier_check(ctx, wa, &message.to)
                 .await
                 .inspect_err(|_| {
@@ -342,6 +350,18 @@ impl LiveHandler {
                 self.pacer.accepted(wa);
                 ctx.metrics.messages_sent.inc();
                 ctx.metrics.number_sent.with_label_values(&[number]).inc();
+                if last {
+                    // Every other message of the job is accepted: the wamid goes with the
+                    // job's completion, one statement for both (docs/delivery.md, "Durability").
+                    tracing::debug!(job_id = job.id, seq, wamid, "message accepted");
+                    ctx.record_wamid_with_completion(seq, &wamid);
+                    // So is its place in the tier count: this runner counts the recipient until
+                    // a read of the counts that began after the completion wrote the send.
+                    if let Some(ticket) = tier_ticket {
+                        ctx.keep_until_written(ticket);
+                    }
+                    return Ok(());
+                }
                 self.record_sent(job, ctx, seq, &wamid).await
             }
             Err(err) => {
@@ -518,7 +538,7 @@ impl LiveHandler {
         ctx: &JobContext,
         wa: &WhatsappSettings,
         to: &str,
-    ) -> Result<Option<numbers::TierTicket<'_>>, JobError> {
+    ) -> Result<Option<numbers::TierTicket>, JobError> {
         let verdict = match self.tiers.check(&ctx.pool, &ctx.settings, wa, to).await {
             Ok(v) => v,
             Err(e) => return Err(database_sqlx("checking the tier limit", &e)),
@@ -753,8 +773,8 @@ fn lost() -> JobError {
     )
 }
 
-/// A database error of a job's statement: a wait for a connection (past the caller's patience)
-/// defers the job without spending an attempt; anything else is a transient failure.
+/// A failed statement of the job's own: a wait for a connection defers the job (not its
+/// fault), anything else is retried.
 fn database_sqlx(what: &str, e: &sqlx::Error) -> JobError {
     if crate::db::wait::is_wait(e) {
         JobError::defer(

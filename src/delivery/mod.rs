@@ -63,6 +63,19 @@ pub struct JobContext {
     /// Messages to record as sent in the same statement that marks the job `done` (fenced by
     /// it): sandbox sends, which need no write of their own before the job completes.
     pub(crate) record_with_completion: Arc<std::sync::Mutex<Option<SentRecords>>>,
+    /// The wamid of the job's last message, written by the statement that marks the job `done`
+    /// (live sends: docs/delivery.md, "Durability").
+    pub(crate) wamid_with_completion: Arc<std::sync::Mutex<Option<Accepted>>>,
+    /// Whatever must live until the job's outcome is written (the worker drops the context
+    /// after the completion, retry or failure statement): see [`Self::keep_until_written`].
+    kept: Arc<std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>>>,
+}
+
+/// A message Meta accepted whose wamid is written with the job's completion.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub seq: i32,
+    pub wamid: String,
 }
 
 /// Messages a handler reports as sent, recorded atomically with the job's completion.
@@ -85,7 +98,38 @@ impl JobContext {
             metrics,
             ledger,
             record_with_completion: Arc::default(),
+            wamid_with_completion: Arc::default(),
+            kept: Arc::default(),
         }
+    }
+
+    /// Keeps `item` alive until the job's outcome is written, after the handler returned: the
+    /// tier ticket of a last message, whose send is written by the job's completion, not
+    /// before it (docs/numbers.md, "Tier limit").
+    pub fn keep_until_written(&self, item: impl std::any::Any + Send) {
+        self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(item));
+    }
+
+    /// Records the wamid of the job's last message (`sending`, accepted by Meta) as `sent` in
+    /// the statement that marks the job `done`, and only if that statement does.
+    pub fn record_wamid_with_completion(&self, seq: i32, wamid: &str) {
+        *self
+            .wamid_with_completion
+            .lock()
+            .expect("completion wamid lock") = Some(Accepted {
+            seq,
+            wamid: wamid.to_string(),
+        });
+    }
+
+    pub(crate) fn take_wamid(&self) -> Option<Accepted> {
+        self.wamid_with_completion
+            .lock()
+            .expect("completion wamid lock")
+            .take()
     }
 
     /// Records `messages` to `to` as sent (with fake wamids) when, and only when, the job's

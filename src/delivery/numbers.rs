@@ -250,7 +250,11 @@ pub async fn counted(
 /// pass it by what the others sent within a second.
 #[derive(Default)]
 pub struct TierCache {
-    state: Mutex<TierState>,
+    /// Shared with the tickets, which outlive a borrow of the cache (the last message's is
+    /// held until its job's completion has written the send, [`JobContext::keep_until_written`]).
+    ///
+    /// [`JobContext::keep_until_written`]: super::JobContext::keep_until_written
+    state: Arc<Mutex<TierState>>,
     reading: tokio::sync::Mutex<()>,
 }
 
@@ -266,15 +270,15 @@ struct TierState {
 /// A template send let through by [`TierCache::check`]: counted by this runner until a read of
 /// the counts that began after the send ended. Drop it when the send has ended (its outcome
 /// recorded).
-pub struct TierTicket<'a> {
-    cache: &'a TierCache,
+pub struct TierTicket {
+    state: Arc<Mutex<TierState>>,
     group: String,
     to: String,
 }
 
-impl Drop for TierTicket<'_> {
+impl Drop for TierTicket {
     fn drop(&mut self) {
-        let mut s = self.cache.lock();
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = s
             .admitted
             .get_mut(&self.group)
@@ -286,9 +290,9 @@ impl Drop for TierTicket<'_> {
 }
 
 /// What a tier check decided.
-pub enum TierVerdict<'a> {
+pub enum TierVerdict {
     /// Send; drop the ticket when the send has ended. `None`: no limit applies.
-    Send(Option<TierTicket<'a>>),
+    Send(Option<TierTicket>),
     /// The limit is reached: hold the send (the count and when it drops).
     Held(TierCount),
 }
@@ -342,7 +346,7 @@ impl TierCache {
         settings: &crate::config::Settings,
         wa: &crate::config::WhatsappSettings,
         to: &str,
-    ) -> sqlx::Result<TierVerdict<'_>> {
+    ) -> sqlx::Result<TierVerdict> {
         let limit = i64::from(wa.tier_limit);
         if limit == 0 {
             return Ok(TierVerdict::Send(None));
@@ -376,9 +380,9 @@ impl TierCache {
         Ok(TierVerdict::Held(held))
     }
 
-    fn ticket(&self, group: &str, to: &str) -> TierTicket<'_> {
+    fn ticket(&self, group: &str, to: &str) -> TierTicket {
         TierTicket {
-            cache: self,
+            state: self.state.clone(),
             group: group.to_string(),
             to: to.to_string(),
         }

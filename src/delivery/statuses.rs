@@ -26,7 +26,7 @@
 //! - **Nothing is ever sent** because of a status.
 //!
 //! The writes are a group commit like the completer's: one task takes every batch of statuses
-//! waiting ([`crate::queue::next_batch`]) and applies them in one transaction, committed
+//! waiting ([`crate::db::batch::Intake`]) and applies them in one transaction, committed
 //! synchronously; each webhook request waits for its batch, so a `200` to Meta means the
 //! statuses are on disk.
 
@@ -671,6 +671,7 @@ async fn run(
 ) {
     const MAX_BATCH: usize = 256;
     let mut batch: Vec<Waiting> = Vec::with_capacity(MAX_BATCH);
+    let mut intake = crate::db::batch::Intake::new(MAX_BATCH, crate::db::batch::LINGER);
     // Early statuses may be waiting from an earlier run.
     let mut early_waiting = true;
     let mut sweep_timer = tokio::time::interval(SWEEP_INTERVAL);
@@ -678,7 +679,7 @@ async fn run(
     let mut last_expiry = tokio::time::Instant::now() - Duration::from_secs(3600);
     loop {
         tokio::select! {
-            more = crate::queue::next_batch(&mut rx, &stop, MAX_BATCH, &mut batch) => {
+            more = intake.next(&mut rx, &stop, &mut batch) => {
                 if !more {
                     return;
                 }

@@ -7,8 +7,7 @@
 //!   full jitter).
 //! - [`admin`]: the operators' actions (list, show, retry, cancel, settle) behind
 //!   `outbound-runner jobs` and the admin API.
-//! - The job types ([`Job`], [`JobError`], [`Outcome`]) and the group commit's intake
-//!   (`next_batch`).
+//! - The job types ([`Job`], [`JobError`], [`Outcome`]).
 //!
 //! The runtime that claims and runs jobs (dispatcher, workers, completer, maintenance loops) is
 //! `runner`.
@@ -44,29 +43,6 @@ pub struct Job {
     pub run_at: DateTime<Utc>,
     /// Proof of ownership for every write about this job.
     pub fence: Fence,
-}
-
-/// The group commit's intake, for the completer and the ledger writers: waits for one request,
-/// then takes every other one already waiting, up to `max`, into `batch`. False once `stop` is
-/// cancelled or every sender is gone.
-pub(crate) async fn next_batch<T>(
-    rx: &mut tokio::sync::mpsc::Receiver<T>,
-    stop: &tokio_util::sync::CancellationToken,
-    max: usize,
-    batch: &mut Vec<T>,
-) -> bool {
-    let first = tokio::select! {
-        r = rx.recv() => match r { Some(r) => r, None => return false },
-        _ = stop.cancelled() => return false,
-    };
-    batch.push(first);
-    while batch.len() < max {
-        match rx.try_recv() {
-            Ok(r) => batch.push(r),
-            Err(_) => break,
-        }
-    }
-    true
 }
 
 /// The fences of a batch as three arrays (ids, `lockedBy`, attempts), to bind to one statement.

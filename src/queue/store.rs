@@ -272,7 +272,9 @@ pub async fn next_due(pool: &Pool) -> sqlx::Result<Option<DateTime<Utc>>> {
 /// `synchronous_commit = off`) durable too.
 ///
 /// A job is only marked done while every message of its ledger is `sent` (or already
-/// `delivered`/`read`: a status webhook can overtake the completion). The ledger's `sent`
+/// `delivered`/`read`: a status webhook can overtake the completion), or `sending` and named in
+/// `$8`/`$9`: accepted by Meta, its wamid recorded by this same statement (the ledger's
+/// `accepted` CTE, for a live job's last message). The ledger's `sent`
 /// commits without its own fsync: if PostgreSQL crashes before that reaches the disk, crash
 /// recovery puts the message back to `sending` while this runner, still alive, retries the
 /// completion. The job is then not marked done (it counts as taken from us) and the rescuer
@@ -288,7 +290,12 @@ pub const COMPLETE_DONE_CTE: &str = r#"
               AND j.attempts = d.attempts
               AND NOT EXISTS (SELECT 1 FROM "OutboundMessage" m
                               WHERE m."jobId" = j.id
-                                AND m.status NOT IN ('sent', 'delivered', 'read'))
+                                AND m.status NOT IN ('sent', 'delivered', 'read')
+                                -- Accepted by Meta, its wamid written by this statement
+                                -- (`$8` jobs, `$9` seqs: the ledger's `accepted` CTE).
+                                AND NOT (m.status = 'sending'
+                                         AND (m."jobId", m.seq) IN
+                                             (SELECT * FROM unnest($8::bigint[], $9::int[]))))
             RETURNING j.id
         )"#;
 

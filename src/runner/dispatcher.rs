@@ -3,7 +3,8 @@
 //! Wake sources: a NOTIFY on `outbound_jobs` (sent by the insert trigger at commit), the
 //! `runner.poll_interval` backstop (notifications can be lost), a trigger (HTTP), and the due
 //! time of a job this runner put back with a backoff. After a wake the dispatcher claims batches
-//! sized to its free worker slots until a claim comes back short: the queue has no due job left.
+//! sized to its free worker slots (while the queue is busy, with a moment's wait for the slots
+//! about to be freed) until a claim comes back short: the queue has no due job left.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,6 +22,9 @@ use crate::queue::{CHANNEL, store};
 /// How often the LISTEN connection is probed. A connection cut without a reset (a dead NAT
 /// entry, a firewall) delivers nothing and reports nothing; a query on it finds out.
 const LISTEN_PROBE: Duration = Duration::from_secs(15);
+
+/// How long a claim waits at most for the slots of jobs about to finish (see [`dispatch`]).
+const CLAIM_GATHER: Duration = crate::db::batch::LINGER;
 
 /// How long the dispatcher pauses before a claim while statements wait for connections.
 const SATURATED_PAUSE: Duration = Duration::from_millis(100);
@@ -153,6 +157,8 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
     let mut last_waits = shared.metrics.db_waits.get();
     // Start with a pass: jobs may have been queued while no runner was up.
     let mut pending = true;
+    // The last claim came back full: the queue is busy.
+    let mut busy = false;
 
     loop {
         shared.health.tick();
@@ -232,10 +238,33 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
             _ = heartbeat.tick() => { pending = true; continue }
         };
         let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
-        while permits.len() < batch as usize {
-            match shared.slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
+        let free = |permits: &mut Vec<OwnedSemaphorePermit>| {
+            while permits.len() < batch as usize {
+                match shared.slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+        };
+        free(&mut permits);
+        // Sized by what can start soon, not only by what is free this instant: while the queue
+        // is busy (the last claim came back full) and most slots are taken, the jobs about to
+        // finish give theirs back within moments; a short, bounded wait lets one claim take
+        // them together instead of one claim per slot. A claimed job still never waits for a
+        // slot (its lease runs only while it is worked on), and an idle runner, whose slots are
+        // free, never waits.
+        let target = (batch as usize).min(workers.max(1));
+        if busy && permits.len() * 2 < target {
+            let deadline = Instant::now() + CLAIM_GATHER;
+            while permits.len() < target {
+                let more = tokio::time::timeout_at(deadline, shared.slots.clone().acquire_owned());
+                match more.await {
+                    Ok(Ok(p)) => {
+                        permits.push(p);
+                        free(&mut permits);
+                    }
+                    _ => break,
+                }
             }
         }
         let want = permits.len();
@@ -243,6 +272,7 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
             Ok(jobs) => {
                 error_backoff = Duration::from_millis(250);
                 pending = jobs.len() == want;
+                busy = pending;
                 for (job, permit) in jobs.into_iter().zip(permits.drain(..)) {
                     // The slot is free again when the job's task ends, however it ends.
                     shared.spawn_job(job, Some(permit));

@@ -1,6 +1,6 @@
 //! Running one job: the handler, the timeout, the job's next state; and the completer, which
-//! marks finished jobs `done` in batches (group commit: one statement for all the jobs that
-//! finished while the previous statement ran).
+//! marks finished jobs `done` in batches (a group commit, [`crate::db::batch`]: one statement
+//! for all the jobs that finished while the previous statement ran).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,10 +11,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::Shared;
+use crate::db::batch::Intake;
 use crate::db::redact_sqlx;
 use crate::db::retry::{Backoff, with_backoff};
 use crate::db::wait::patiently;
-use crate::delivery::{JobContext, SentRecords, ledger};
+use crate::delivery::{Accepted, JobContext, SentRecords, ledger};
 use crate::queue::retry::{self, Next};
 use crate::queue::{Fence, Job, JobError, Outcome, store};
 
@@ -23,6 +24,8 @@ pub struct CompleteRequest {
     pub fence: Fence,
     /// Sandbox sends to record with the completion.
     pub records: Option<SentRecords>,
+    /// The wamid of a live job's last message, recorded with the completion.
+    pub wamid: Option<Accepted>,
     pub ack: oneshot::Sender<bool>,
 }
 
@@ -82,7 +85,11 @@ pub async fn execute(shared: &Shared, job: Job, slot: Option<OwnedSemaphorePermi
                 ),
             )),
         };
-        let outcome = finish(shared, &job, result, ctx.take_records(), slot).await;
+        let completion = Completion {
+            records: ctx.take_records(),
+            wamid: ctx.take_wamid(),
+        };
+        let outcome = finish(shared, &job, result, completion, slot).await;
         let label = match outcome {
             Outcome::Done | Outcome::Retried | Outcome::Failed => Some(outcome.label()),
             Outcome::Deferred | Outcome::Lost => None,
@@ -100,12 +107,18 @@ pub async fn execute(shared: &Shared, job: Job, slot: Option<OwnedSemaphorePermi
     .await
 }
 
+/// What a successful attempt hands to the completion besides the job.
+struct Completion {
+    records: Option<SentRecords>,
+    wamid: Option<Accepted>,
+}
+
 /// Writes the job's next state.
 async fn finish(
     shared: &Shared,
     job: &Job,
     result: Result<(), JobError>,
-    records: Option<SentRecords>,
+    completion: Completion,
     slot: Option<OwnedSemaphorePermit>,
 ) -> Outcome {
     let err = match result {
@@ -113,7 +126,8 @@ async fn finish(
             let (ack, done) = oneshot::channel();
             let request = CompleteRequest {
                 fence: job.fence.clone(),
-                records,
+                records: completion.records,
+                wamid: completion.wamid,
                 ack,
             };
             // Counted before the slot is given back, so the dispatcher always sees the job as
@@ -229,6 +243,45 @@ where
     .ok()
 }
 
+/// A completion that records the wamids of accepted messages: retried (100 ms doubling to 2 s)
+/// until the database answers, for at most `runner.job_timeout` (the bound of any write after a
+/// request left). Each retry is fenced: once the lease ran out and the job was rescued, it
+/// matches nothing.
+async fn until_answered<T, F, Fut>(shared: &Shared, write: F) -> Option<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<T>>,
+{
+    let bound = shared.settings().runner.job_timeout;
+    let ends = tokio::time::Instant::now() + bound;
+    let backoff = Backoff {
+        first: Duration::from_millis(100),
+        max: Duration::from_secs(2),
+        attempts: None,
+    };
+    let retried = with_backoff(
+        backoff,
+        |attempt, e: &sqlx::Error| {
+            if attempt == 1 || attempt % 10 == 0 {
+                tracing::warn!(
+                    attempt,
+                    error = %redact_sqlx(e),
+                    "writing a completion with the wamids of accepted messages failed; retrying \
+                     until the database answers (runner.job_timeout bounds it)"
+                );
+            }
+        },
+        || {
+            patiently(
+                ends.saturating_duration_since(tokio::time::Instant::now()),
+                &shared.metrics.db_waits,
+                &write,
+            )
+        },
+    );
+    tokio::time::timeout_at(ends, retried).await.ok()?.ok()
+}
+
 /// Marks finished jobs `done`, as many per statement as have finished meanwhile.
 pub async fn completer(
     shared: Arc<Shared>,
@@ -237,7 +290,8 @@ pub async fn completer(
 ) {
     const MAX_BATCH: usize = 1024;
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while crate::queue::next_batch(&mut rx, &stop, MAX_BATCH, &mut batch).await {
+    let mut intake = Intake::new(MAX_BATCH, crate::db::batch::LINGER);
+    while intake.next(&mut rx, &stop, &mut batch).await {
         let ids: Vec<i64> = batch.iter().map(|r| r.fence.id).collect();
         let attempts: Vec<i32> = batch.iter().map(|r| r.fence.attempts).collect();
         let mut records = ledger::CompletionRecords::default();
@@ -250,11 +304,20 @@ pub async fn completer(
                     records.body.push(body.clone());
                 }
             }
+            if let Some(accepted) = &request.wamid {
+                records.accepted_job.push(request.fence.id);
+                records.accepted_seq.push(accepted.seq);
+                records.accepted_wamid.push(accepted.wamid.clone());
+            }
         }
-        let held = with_retries(&shared, || {
-            complete(&shared.pool, &shared.locked_by, &ids, &attempts, &records)
-        })
-        .await
+        let write = || complete(&shared.pool, &shared.locked_by, &ids, &attempts, &records);
+        let held = if records.accepted_job.is_empty() {
+            with_retries(&shared, write).await
+        } else {
+            // The batch carries wamids of messages Meta accepted: like any write after a
+            // request left, retried until the database answers (docs/delivery.md, "Durability").
+            until_answered(&shared, write).await
+        }
         .unwrap_or_default();
         let flushed = batch.len();
         for request in batch.drain(..) {
@@ -266,23 +329,24 @@ pub async fn completer(
 }
 
 /// The batched completion: one statement, the store's `done` CTE (the `"OutboundJob"` half,
-/// [`store::COMPLETE_DONE_CTE`]) and the ledger's `sandbox` CTE (the `"OutboundMessage"` half,
-/// [`ledger::SANDBOX_SENT_CTE`]), joined here because only the runner may import both (see
+/// [`store::COMPLETE_DONE_CTE`]) and the ledger's `sandbox` and `accepted` CTEs (the
+/// `"OutboundMessage"` half, [`ledger::SANDBOX_SENT_CTE`], [`ledger::ACCEPTED_CTE`]), joined here because only the runner may import both (see
 /// docs/queue.md "Code layout"). Public so a test can check its plan.
 #[doc(hidden)]
 pub fn complete_sql() -> &'static str {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
-            "WITH {}, {}\n        SELECT id FROM done",
+            "WITH {}, {}, {}\n        SELECT id FROM done",
             store::COMPLETE_DONE_CTE,
-            ledger::SANDBOX_SENT_CTE
+            ledger::SANDBOX_SENT_CTE,
+            ledger::ACCEPTED_CTE
         )
     });
     &SQL
 }
 
-/// Marks a batch of jobs `done` in one statement, and records `records` (sandbox sends) for the
-/// jobs whose fence held, in the same statement. Returns the ids whose fence held. What the
+/// Marks a batch of jobs `done` in one statement, and records `records` (sandbox sends, and the
+/// wamids of live jobs' last messages) for the jobs whose fence held, in the same statement. Returns the ids whose fence held. What the
 /// commit makes durable, and when a job is not marked done: [`store::COMPLETE_DONE_CTE`].
 async fn complete(
     pool: &crate::db::Pool,
@@ -299,6 +363,9 @@ async fn complete(
         .bind(&records.seq)
         .bind(&records.to)
         .bind(&records.body)
+        .bind(&records.accepted_job)
+        .bind(&records.accepted_seq)
+        .bind(&records.accepted_wamid)
         .fetch_all(pool)
         .await
 }

@@ -1466,101 +1466,176 @@ async fn full_disk_on(ctx: &Ctx, server: &Server, ts: &str) -> anyhow::Result<Ro
 // ---------------------------------------------------------------------------------------------
 // 12. PostgreSQL crashes between a message's `sent` and its job's `done`
 
-/// The ledger writes `sent` with an asynchronous commit (only `sending` pays an fsync). If
-/// PostgreSQL crashes after that commit but before the WAL reaches the disk, the `sent` is lost
-/// in crash recovery while the runner, still alive, goes on to mark the job `done`: a done job
-/// whose message says `sending`. Made deterministic: the WAL writer is slowed to 10 s, a test
-/// transaction holds the job's row (`FOR NO KEY UPDATE`: the ledger's `FOR KEY SHARE` fence
-/// passes, the completion waits), and the server is crashed as soon as `sent` is visible.
+/// The wamid of a job's last message is written by the statement that marks the job `done`
+/// (one synchronous commit for both, docs/delivery.md "Durability"). Between Meta's answer and
+/// that commit the message is `sending`. Made deterministic: a test transaction holds the job's
+/// row (`FOR NO KEY UPDATE`: the ledger's `FOR KEY SHARE` fences pass, the completion waits),
+/// the answer is released, and once the completion is seen waiting on the lock:
+///
+/// - PostgreSQL is crashed (immediate stop) and started again: the runner, alive, retries the
+///   completion, which writes the wamid and `done` together (nothing was on disk half-way);
+/// - then, with a second job, the daemon is killed (SIGKILL) instead, and its waiting statement
+///   ended with it: the message stays `sending`, the rescuer makes it `unknown` and fails the
+///   job `delivery_unknown`, and it is never sent again.
 async fn postgres_crash_before_done(ctx: Ctx) -> anyhow::Result<Row> {
     let private = ctx.private().await?;
     let server = Server::Private(private.clone());
-    let admin = cluster::admin_pool(&server).await?;
-    admin
-        .execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
-        .await?;
-    admin.execute("SELECT pg_reload_conf()").await?;
-    admin.close().await;
-    let result = crash_before_done(&ctx, &server, &private).await;
-    if let Ok(admin) = cluster::admin_pool(&server).await {
-        let _ = admin.execute("ALTER SYSTEM RESET wal_writer_delay").await;
-        let _ = admin.execute("SELECT pg_reload_conf()").await;
-        admin.close().await;
-    }
-    result
-}
-
-async fn crash_before_done(_ctx: &Ctx, server: &Server, private: &Private) -> anyhow::Result<Row> {
     let opts = Opts {
         rate: 0,
         latency: Duration::ZERO,
         instances: 1,
-        // Long enough that nothing is rescued before the completion is retried.
+        // Long enough that nothing is rescued before the completion is retried (a restart on a
+        // loaded machine takes seconds).
         extra: vec![("OUTBOUND_RUNNER__RUNNER__LEASE", "10s")],
         ..Opts::default()
     };
-    let s = Setup::new("postgres_crash_before_done", server, opts).await?;
-    // Anything else that commits synchronously in the cluster (a checkpoint, a lease renewal)
-    // flushes the WAL early and the window closes: then try again with a new job.
-    let mut fault_end = Instant::now();
-    let mut tries = 0;
-    let mut lost_sent = false;
-    while tries < 3 && !lost_sent {
-        tries += 1;
-        s.mock.script([Reply::Hold]);
-        let id = s.producer.burst(1, Duration::ZERO).await?[0].0;
-        let mut recorded = s.mock.recorded();
-        let n = tries as u64;
-        tokio::time::timeout(Duration::from_secs(10), recorded.wait_for(|v| *v >= n))
-            .await
-            .context("the job was not sent")??;
-        let mut holder = s.db.connect().await?;
-        holder.execute("BEGIN").await?;
-        sqlx::query(r#"SELECT 1 FROM "OutboundJob" WHERE id = $1 FOR NO KEY UPDATE"#)
-            .bind(id)
-            .execute(&mut holder)
-            .await?;
-        s.mock.release(1);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let st: String =
-                sqlx::query_scalar(r#"SELECT status FROM "OutboundMessage" WHERE "jobId" = $1"#)
-                    .bind(id)
-                    .fetch_one(&s.db.pool)
-                    .await?;
-            if st == "sent" {
-                break;
-            }
-            ensure!(Instant::now() < deadline, "the wamid was never recorded");
-            sleep(Duration::from_millis(5)).await;
-        }
-        private.crash().await;
-        drop(holder);
-        private.start_again().await?;
-        fault_end = Instant::now();
-        let after: String =
-            sqlx::query_scalar(r#"SELECT status FROM "OutboundMessage" WHERE "jobId" = $1"#)
-                .bind(id)
-                .fetch_one(&s.db.pool)
-                .await?;
-        lost_sent = after == "sending";
-        if !lost_sent {
-            // Let the job finish before the next try.
-            check::finished(&s.db.pool, &[id], Duration::from_secs(30)).await;
-        }
+    let mut s = Setup::new("postgres_crash_before_done", &server, opts).await?;
+    s.kills = true;
+    // Job 1 (one message): PostgreSQL crashes while its completion waits.
+    let (id, holder) = held_at_completion(&s).await?;
+    private.crash().await;
+    drop(holder);
+    private.start_again().await?;
+    let fault_end = Instant::now();
+    check::finished(&s.db.pool, &[id], Duration::from_secs(30))
+        .await
+        .context("the job did not finish after the restart")?;
+    let (job, msg, wamid): (String, String, Option<String>) = sqlx::query_as(
+        r#"SELECT j.status, m.status, m.wamid FROM "OutboundJob" j
+           JOIN "OutboundMessage" m ON m."jobId" = j.id WHERE j.id = $1"#,
+    )
+    .bind(id)
+    .fetch_one(&s.db.pool)
+    .await?;
+    ensure!(
+        job == "done" && msg == "sent" && wamid.is_some(),
+        "after the crash the job is {job}, its message {msg} (wamid {wamid:?}): the completion \
+         was not retried with its wamid\n{}",
+        s.fleet.tails(30)
+    );
+    // Job 2 (one message): the daemon dies while its completion waits.
+    let (id2, mut holder) = held_at_completion(&s).await?;
+    s.fleet.kill9(0).await;
+    // A statement the server already has outlives its client (it would commit once the lock is
+    // free): end it too, so this is a runner that died before its completion reached the server.
+    let waiting = r#"SELECT count(*) FROM pg_stat_activity
+        WHERE datname = current_database() AND application_name = 'outbound-runner'
+          AND wait_event_type = 'Lock'"#;
+    s.db.pool
+        .execute(
+            r#"SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+               WHERE datname = current_database() AND application_name = 'outbound-runner'
+                 AND wait_event_type = 'Lock'"#,
+        )
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sqlx::query_scalar::<_, i64>(waiting)
+        .fetch_one(&s.db.pool)
+        .await?
+        > 0
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the dead daemon's completion did not end"
+        );
+        sleep(Duration::from_millis(5)).await;
     }
-    let outcome = if lost_sent {
-        "crash recovery lost the 'sent' (the message was 'sending' again)".to_string()
-    } else {
-        "NOT EXERCISED: the WAL reached the disk before each crash".to_string()
-    };
+    holder.execute("COMMIT").await?;
+    drop(holder);
+    s.fleet.restart(0).await?;
+    check::finished(&s.db.pool, &[id2], Duration::from_secs(30))
+        .await
+        .context("the killed daemon's job was not rescued")?;
+    let (job2, code2, msg2): (String, Option<String>, String) = sqlx::query_as(
+        r#"SELECT j.status, j."lastErrorCode", m.status FROM "OutboundJob" j
+           JOIN "OutboundMessage" m ON m."jobId" = j.id WHERE j.id = $1"#,
+    )
+    .bind(id2)
+    .fetch_one(&s.db.pool)
+    .await?;
+    let accepted = s.mock.accepted_for(id2).len();
+    ensure!(
+        job2 == "failed" && code2.as_deref() == Some("delivery_unknown") && msg2 == "unknown",
+        "after the kill the job is {job2} ({code2:?}), its message {msg2}: expected failed, \
+         delivery_unknown, unknown"
+    );
+    ensure!(
+        accepted == 1,
+        "the mock accepted the message {accepted} times"
+    );
     s.finish(
         fault_end,
-        format!(
-            "{tries} crash(es) after a wamid's asynchronous commit and before its job's done: {outcome}"
-        ),
+        "PostgreSQL crashed while a completion carrying its job's last wamid waited: retried after \
+         the restart, wamid and done written together; the daemon killed at the same point: the \
+         message unknown, the job failed delivery_unknown, sent once"
+            .to_string(),
     )
     .await
+}
+
+/// Inserts a one-message job, lets the mock accept it while a test transaction holds the job's
+/// row, and returns once the daemon's completion waits on that row lock (the message `sending`,
+/// accepted by the mock), with the holder's connection: the fault comes next, then the holder
+/// lets go.
+async fn held_at_completion(s: &Setup) -> anyhow::Result<(i64, sqlx::PgConnection)> {
+    let id = loop {
+        s.mock.script([Reply::Hold]);
+        let mut recorded = s.mock.recorded();
+        let seen = *recorded.borrow();
+        let (id, _) = s.producer.burst(1, Duration::ZERO).await?[0];
+        tokio::time::timeout(Duration::from_secs(10), recorded.wait_for(|v| *v > seen))
+            .await
+            .context("the job was not sent")??;
+        let parts: i64 = sqlx::query_scalar(
+            r#"SELECT jsonb_array_length(payload->'message')::bigint FROM "OutboundJob" WHERE id = $1"#,
+        )
+        .bind(id)
+        .fetch_one(&s.db.pool)
+        .await?;
+        if parts == 1 {
+            break id;
+        }
+        // A two-message job (every third): let it finish, take the next.
+        s.mock.release(1);
+        check::finished(&s.db.pool, &[id], Duration::from_secs(30)).await;
+    };
+    let mut holder = s.db.connect().await?;
+    holder.execute("BEGIN").await?;
+    sqlx::query(r#"SELECT 1 FROM "OutboundJob" WHERE id = $1 FOR NO KEY UPDATE"#)
+        .bind(id)
+        .execute(&mut holder)
+        .await?;
+    s.mock.release(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let accepted = !s.mock.accepted_for(id).is_empty();
+        let waiting: i64 = sqlx::query_scalar(
+            r#"SELECT count(*) FROM pg_stat_activity
+               WHERE datname = current_database() AND application_name = 'outbound-runner'
+                 AND wait_event_type = 'Lock' AND query LIKE '%done AS%'"#,
+        )
+        .fetch_one(&s.db.pool)
+        .await?;
+        if accepted && waiting > 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the completion never waited on the held row\n{}",
+            s.fleet.tails(30)
+        );
+        sleep(Duration::from_millis(5)).await;
+    }
+    let msg: String =
+        sqlx::query_scalar(r#"SELECT status FROM "OutboundMessage" WHERE "jobId" = $1"#)
+            .bind(id)
+            .fetch_one(&s.db.pool)
+            .await?;
+    ensure!(
+        msg == "sending",
+        "an accepted last message is {msg} before its completion (expected sending)"
+    );
+    Ok((id, holder))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1068,13 +1068,26 @@ async fn marks_of_several_jobs_land_in_one_statement_each_fenced_by_its_own_job(
         .unwrap()
         .jobs;
     assert_eq!(jobs.len(), 4);
-    for job in &jobs {
-        let body = json!({"type": "text", "text": {"body": "x"}});
-        ledger::prepare(&db.pool, &job.fence, "15551230000", "1", None, &[body])
-            .await
-            .unwrap()
-            .expect("fence holds");
+    // Every job's messages in one statement; a stale fence creates nothing.
+    let prepare = |fence: &outbound_runner::queue::Fence| ledger::Prepare {
+        fence: fence.clone(),
+        to: "15551230000".into(),
+        from: "1".into(),
+        composed: None,
+        messages: vec![json!({"type": "text", "text": {"body": "x"}})],
+    };
+    let mut requests: Vec<ledger::Prepare> = jobs.iter().map(|j| prepare(&j.fence)).collect();
+    let mut stale_fence = jobs[0].fence.clone();
+    stale_fence.attempts += 1;
+    requests.push(prepare(&stale_fence));
+    let prepared = ledger::prepare(&db.pool, &requests).await.unwrap();
+    assert_eq!(prepared.len(), 5);
+    for rows in &prepared[..4] {
+        let rows = rows.as_ref().expect("fence holds");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].status, ledger::Status::Pending);
     }
+    assert!(prepared[4].is_none(), "a stale fence creates nothing");
     // Job 2's message went out already; job 3's mark comes from a stale claim.
     sqlx::query(r#"UPDATE "OutboundMessage" SET status = 'sent', wamid = 'w' WHERE "jobId" = $1"#)
         .bind(jobs[2].id)

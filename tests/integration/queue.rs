@@ -661,14 +661,16 @@ async fn the_completion_finds_jobs_by_primary_key_whatever_the_statistics_say() 
         .await
         .unwrap();
     sqlx::query(&format!(
-        "PREPARE complete_check(text, bigint[], int[], bigint[], int[], text[], jsonb[]) AS {}",
+        "PREPARE complete_check(text, bigint[], int[], bigint[], int[], text[], jsonb[], \
+         bigint[], int[], text[]) AS {}",
         outbound_runner::runner::complete_sql()
     ))
     .execute(&mut *conn)
     .await
     .unwrap();
     let plan: Vec<String> = sqlx::query_scalar(
-        "EXPLAIN EXECUTE complete_check('planner-test', '{1,2}', '{1,1}', '{}', '{}', '{}', '{}')",
+        "EXPLAIN EXECUTE complete_check('planner-test', '{1,2}', '{1,1}', '{}', '{}', '{}', '{}', \
+         '{}', '{}', '{}')",
     )
     .fetch_all(&mut *conn)
     .await
