@@ -22,8 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{Quota, RateLimiter};
+#[path = "../tests/integration/support/window.rs"]
+mod window;
 use outbound_runner::config::{LoadOptions, NumberSettings, WhatsappSettings, load};
 use outbound_runner::delivery::pacing::Pacer;
+use window::most_in_one_second;
 
 const NUMBERS: [&str; 2] = ["106540352242922", "208811223344556"];
 
@@ -41,19 +44,6 @@ impl Kind {
             Kind::Governor { burst: false } => "governor keyed, burst = 1",
         }
     }
-}
-
-/// The most instants in any window `[t, t + 1 s)`.
-fn most_in_one_second(mut at: Vec<Instant>) -> usize {
-    at.sort();
-    let (mut most, mut start) = (0, 0);
-    for end in 0..at.len() {
-        while at[end] - at[start] >= Duration::from_secs(1) {
-            start += 1;
-        }
-        most = most.max(end - start + 1);
-    }
-    most
 }
 
 /// CPU time of every thread of this process so far (`/proc/self/task/*/schedstat`, in ns).

@@ -32,6 +32,7 @@ use crate::common::{Args, Db, Row, ServerCpu, int};
 use crate::mock_meta::{self, Limits, MockMeta};
 use crate::mock_orchestrator::{Answer, MockOrchestrator};
 use crate::progress;
+use crate::window::most_in_one_second;
 
 const APP: &str = "or-bench-budget";
 
@@ -72,19 +73,6 @@ struct Drive {
     /// PostgreSQL's CPU from the runner's start to the last `done` (its backends of the
     /// database, the sampler's among them, and the shared processes: [`ServerCpu`]).
     server_cpu: f64,
-}
-
-/// The most requests in any one-second window `[t, t + 1s)`.
-fn most_in_one_second(mut at: Vec<Instant>) -> usize {
-    at.sort();
-    let (mut most, mut start) = (0, 0);
-    for end in 0..at.len() {
-        while at[end] - at[start] >= Duration::from_secs(1) {
-            start += 1;
-        }
-        most = most.max(end - start + 1);
-    }
-    most
 }
 
 fn rss_kb() -> i64 {

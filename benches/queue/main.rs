@@ -34,6 +34,8 @@ mod mock_meta;
 mod mock_orchestrator;
 #[path = "../../tests/integration/support/pgbouncer.rs"]
 mod pgbouncer;
+#[path = "../../tests/integration/support/window.rs"]
+mod window;
 
 mod budget;
 mod common;

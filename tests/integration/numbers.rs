@@ -12,6 +12,7 @@ use outbound_runner::delivery::live::LiveHandler;
 use serde_json::json;
 
 use crate::support::mock_meta::{self, MockMeta, Reply};
+use crate::support::window::{most_in, most_in_one_second};
 use crate::support::{TestDb, spawn_passive, spawn_runner, test_settings, wait_count};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbound-runner");
@@ -52,24 +53,6 @@ async fn job(db: &TestDb, from: Option<&str>, to: &str) -> i64 {
         payload["from"] = from.into();
     }
     db.insert_payload(&payload.to_string()).await
-}
-
-/// The most accepted sends in any one-second window `[t, t + 1s)`.
-fn most_in_one_second(at: Vec<Instant>) -> usize {
-    most_in(Duration::from_secs(1), at)
-}
-
-/// The most instants in any window of `window`.
-fn most_in(window: Duration, mut at: Vec<Instant>) -> usize {
-    at.sort();
-    let (mut most, mut start) = (0, 0);
-    for end in 0..at.len() {
-        while at[end] - at[start] >= window {
-            start += 1;
-        }
-        most = most.max(end - start + 1);
-    }
-    most
 }
 
 /// The binary with `DATABASE_URL` and a configuration naming both numbers.

@@ -6,6 +6,7 @@ pub mod mock_meta;
 pub mod mock_orchestrator;
 pub mod pgbouncer;
 pub mod proxy;
+pub mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
