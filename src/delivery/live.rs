@@ -13,8 +13,8 @@
 //!    the wamid and `sent` in one statement (the last message's with the job's completion); on
 //!    an error settle the message and say what the job does next (see
 //!    [`super::whatsapp::Class`]).
-//! 4. `Ok(())` when every message is accepted: the worker marks the job done, and records the
-//!    last wamid, in one statement.
+//! 4. `Ok` when every message is accepted: the worker marks the job done, and records the
+//!    last wamid (returned in [`super::Delivered`]), in one statement.
 //!
 //! Delivery is at most once per message: a message is sent only from `pending` (or `failed`,
 //! refused by Meta for good, when an operator requeues its job), and the request leaves only
@@ -30,7 +30,7 @@ use super::orchestrator;
 use super::pacing::{Pacer, Permit};
 use super::payload::{Content, Payload};
 use super::whatsapp::{Class, CloudApi, SendError};
-use super::{BoxFuture, JobContext, JobHandler};
+use super::{Accepted, BoxFuture, Delivered, JobContext, JobHandler};
 use crate::config::{OnUnknown, Settings, WhatsappSettings};
 use crate::db::redact_sqlx;
 use crate::queue::{Action, Job, JobError};
@@ -89,7 +89,7 @@ impl LiveHandler {
         http.client.clone()
     }
 
-    async fn attempt(&self, job: &Job, ctx: &JobContext) -> Result<(), JobError> {
+    async fn attempt(&self, job: &Job, ctx: &JobContext) -> Result<Delivered, JobError> {
         let settings = &ctx.settings;
         let payload = Payload::parse(&job.payload)?;
         let wa = sending_number(settings, &payload)?;
@@ -153,11 +153,14 @@ impl LiveHandler {
             );
         }
         let api = CloudApi::new(http);
+        // Only the last message's send hands anything to the completion.
+        let mut delivered = Delivered::default();
         for message in &rows {
-            self.deliver(job, ctx, &wa, &api, message, rows.len())
+            delivered = self
+                .deliver(job, ctx, &wa, &api, message, rows.len())
                 .await?;
         }
-        Ok(())
+        Ok(delivered)
     }
 
     /// Notices a reload or an ended cooldown; defers the job while the circuit is open.
@@ -220,7 +223,7 @@ impl LiveHandler {
         api: &CloudApi,
         message: &Message,
         total: usize,
-    ) -> Result<(), JobError> {
+    ) -> Result<Delivered, JobError> {
         let settings = &ctx.settings;
         // The rows are the job's messages 0..total in order: every one before the last is
         // accepted by the time the last is sent.
@@ -228,7 +231,7 @@ impl LiveHandler {
         let on_unknown = settings.delivery.on_unknown;
         let seq = message.seq;
         match message.status {
-            Status::Sent | Status::Delivered | Status::Read => return Ok(()),
+            Status::Sent | Status::Delivered | Status::Read => return Ok(Delivered::default()),
             Status::Failed if message.wamid.is_some() => {
                 // Meta accepted it, then reported it failed (a status webhook): never resent.
                 let code = message
@@ -354,15 +357,18 @@ impl LiveHandler {
                     // Every other message of the job is accepted: the wamid goes with the
                     // job's completion, one statement for both (docs/delivery.md, "Durability").
                     tracing::debug!(job_id = job.id, seq, wamid, "message accepted");
-                    ctx.record_wamid_with_completion(seq, &wamid);
                     // So is its place in the tier count: this runner counts the recipient until
                     // a read of the counts that began after the completion wrote the send.
-                    if let Some(ticket) = tier_ticket {
-                        ctx.keep_until_written(ticket);
-                    }
-                    return Ok(());
+                    return Ok(Delivered {
+                        records: None,
+                        accepted: Some(Accepted { seq, wamid }),
+                        keep: tier_ticket
+                            .map(|ticket| Box::new(ticket) as Box<dyn std::any::Any + Send>),
+                    });
                 }
-                self.record_sent(job, ctx, seq, &wamid).await
+                self.record_sent(job, ctx, seq, &wamid)
+                    .await
+                    .map(|()| Delivered::default())
             }
             Err(err) => {
                 ctx.metrics
@@ -691,7 +697,7 @@ impl JobHandler for LiveHandler {
         &'a self,
         job: &'a Job,
         ctx: &'a JobContext,
-    ) -> BoxFuture<'a, Result<(), JobError>> {
+    ) -> BoxFuture<'a, Result<Delivered, JobError>> {
         Box::pin(self.attempt(job, ctx))
     }
 

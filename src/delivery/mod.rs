@@ -31,8 +31,9 @@ use crate::queue::{Job, JobError};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Runs one attempt of one job. `Ok(())` means every message of the job was sent (the worker then
-/// marks the job done); an error says what should happen next (see [`crate::queue::Action`]).
+/// Runs one attempt of one job. `Ok` means every message of the job was sent (the worker then
+/// marks the job done, with what [`Delivered`] carries); an error says what should happen next
+/// (see [`crate::queue::Action`]).
 ///
 /// A handler must only write about the job through fenced statements (`job.fence`): the job may
 /// be taken from it at any time if its lease expires.
@@ -41,7 +42,7 @@ pub trait JobHandler: Send + Sync + 'static {
         &'a self,
         job: &'a Job,
         ctx: &'a JobContext,
-    ) -> BoxFuture<'a, Result<(), JobError>>;
+    ) -> BoxFuture<'a, Result<Delivered, JobError>>;
 
     /// The handler's upkeep, called by each runner every few seconds (its prober) while the
     /// database answers; `runner` is the runner's `lockedBy` name. Live delivery publishes its
@@ -60,15 +61,6 @@ pub struct JobContext {
     pub metrics: Arc<Metrics>,
     /// The batched ledger writes of live delivery, shared by the runner's jobs.
     pub ledger: ledger::Writers,
-    /// Messages to record as sent in the same statement that marks the job `done` (fenced by
-    /// it): sandbox sends, which need no write of their own before the job completes.
-    pub(crate) record_with_completion: Arc<std::sync::Mutex<Option<SentRecords>>>,
-    /// The wamid of the job's last message, written by the statement that marks the job `done`
-    /// (live sends: docs/delivery.md, "Durability").
-    pub(crate) wamid_with_completion: Arc<std::sync::Mutex<Option<Accepted>>>,
-    /// Whatever must live until the job's outcome is written (the worker drops the context
-    /// after the completion, retry or failure statement): see [`Self::keep_until_written`].
-    kept: Arc<std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>>>,
 }
 
 /// A message Meta accepted whose wamid is written with the job's completion.
@@ -97,57 +89,35 @@ impl JobContext {
             settings,
             metrics,
             ledger,
-            record_with_completion: Arc::default(),
-            wamid_with_completion: Arc::default(),
-            kept: Arc::default(),
         }
     }
+}
 
-    /// Keeps `item` alive until the job's outcome is written, after the handler returned: the
-    /// tier ticket of a last message, whose send is written by the job's completion, not
-    /// before it (docs/numbers.md, "Tier limit").
-    pub fn keep_until_written(&self, item: impl std::any::Any + Send) {
-        self.kept
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Box::new(item));
-    }
+/// What a successful attempt hands to the statement that marks the job `done` (fenced by it,
+/// written only if it is). Nothing by default.
+#[derive(Default)]
+pub struct Delivered {
+    /// Messages to record as sent with the completion: sandbox sends, which need no write of
+    /// their own before the job completes.
+    pub records: Option<SentRecords>,
+    /// The wamid of the job's last message (live sends: docs/delivery.md, "Durability").
+    pub accepted: Option<Accepted>,
+    /// Whatever must live until the job's outcome is written (the worker drops it after the
+    /// completion statement): the tier ticket of a last message, whose send is written by the
+    /// completion, not before it (docs/numbers.md, "Tier limit").
+    pub keep: Option<Box<dyn std::any::Any + Send>>,
+}
 
-    /// Records the wamid of the job's last message (`sending`, accepted by Meta) as `sent` in
-    /// the statement that marks the job `done`, and only if that statement does.
-    pub fn record_wamid_with_completion(&self, seq: i32, wamid: &str) {
-        *self
-            .wamid_with_completion
-            .lock()
-            .expect("completion wamid lock") = Some(Accepted {
-            seq,
-            wamid: wamid.to_string(),
-        });
-    }
-
-    pub(crate) fn take_wamid(&self) -> Option<Accepted> {
-        self.wamid_with_completion
-            .lock()
-            .expect("completion wamid lock")
-            .take()
-    }
-
+impl Delivered {
     /// Records `messages` to `to` as sent (with fake wamids) when, and only when, the job's
     /// completion lands.
-    pub fn record_with_completion(&self, to: &str, messages: Vec<serde_json::Value>) {
-        *self
-            .record_with_completion
-            .lock()
-            .expect("completion records lock") = Some(SentRecords {
-            to: to.to_string(),
-            messages,
-        });
-    }
-
-    pub(crate) fn take_records(&self) -> Option<SentRecords> {
-        self.record_with_completion
-            .lock()
-            .expect("completion records lock")
-            .take()
+    pub fn records(to: &str, messages: Vec<serde_json::Value>) -> Self {
+        Self {
+            records: Some(SentRecords {
+                to: to.to_string(),
+                messages,
+            }),
+            ..Self::default()
+        }
     }
 }

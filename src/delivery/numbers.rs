@@ -251,9 +251,9 @@ pub async fn counted(
 #[derive(Default)]
 pub struct TierCache {
     /// Shared with the tickets, which outlive a borrow of the cache (the last message's is
-    /// held until its job's completion has written the send, [`JobContext::keep_until_written`]).
+    /// held until its job's completion has written the send, [`Delivered::keep`]).
     ///
-    /// [`JobContext::keep_until_written`]: super::JobContext::keep_until_written
+    /// [`Delivered::keep`]: super::Delivered::keep
     state: Arc<Mutex<TierState>>,
     reading: tokio::sync::Mutex<()>,
 }

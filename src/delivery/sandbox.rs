@@ -8,7 +8,7 @@
 //! ([`super::ledger::SANDBOX_SENT_CTE`]), the store the other (docs/queue.md "Code layout").
 
 use super::payload::{Content, Payload};
-use super::{BoxFuture, JobContext, JobHandler};
+use super::{BoxFuture, Delivered, JobContext, JobHandler};
 use crate::queue::{Job, JobError};
 
 #[derive(Debug, Default, Clone)]
@@ -19,7 +19,7 @@ impl JobHandler for SandboxHandler {
         &'a self,
         job: &'a Job,
         ctx: &'a JobContext,
-    ) -> BoxFuture<'a, Result<(), JobError>> {
+    ) -> BoxFuture<'a, Result<Delivered, JobError>> {
         Box::pin(async move {
             let payload = Payload::parse(&job.payload)?;
             let messages = match (&job.composed, payload.content) {
@@ -41,9 +41,8 @@ impl JobHandler for SandboxHandler {
                 "Sending outbound for job {} (sandbox: nothing leaves the machine)",
                 job.id
             );
-            ctx.record_with_completion(&payload.to, messages.clone());
             ctx.metrics.messages_sent.inc_by(messages.len() as u64);
-            Ok(())
+            Ok(Delivered::records(&payload.to, messages))
         })
     }
 }

@@ -85,9 +85,24 @@ pub async fn execute(shared: &Shared, job: Job, slot: Option<OwnedSemaphorePermi
                 ),
             )),
         };
-        let completion = Completion {
-            records: ctx.take_records(),
-            wamid: ctx.take_wamid(),
+        // What goes with the completion; `keep` lives until the outcome is written.
+        let (result, completion, _keep) = match result {
+            Ok(delivered) => (
+                Ok(()),
+                Completion {
+                    records: delivered.records,
+                    wamid: delivered.accepted,
+                },
+                delivered.keep,
+            ),
+            Err(err) => (
+                Err(err),
+                Completion {
+                    records: None,
+                    wamid: None,
+                },
+                None,
+            ),
         };
         let outcome = finish(shared, &job, result, completion, slot).await;
         let label = match outcome {

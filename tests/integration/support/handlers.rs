@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use outbound_runner::delivery::sandbox::SandboxHandler;
-use outbound_runner::delivery::{BoxFuture, JobContext, JobHandler};
+use outbound_runner::delivery::{BoxFuture, Delivered, JobContext, JobHandler};
 use outbound_runner::queue::{Job, JobError};
 use tokio::sync::{Notify, Semaphore};
 
@@ -20,7 +20,7 @@ impl JobHandler for Counting {
         &'a self,
         job: &'a Job,
         ctx: &'a JobContext,
-    ) -> BoxFuture<'a, Result<(), JobError>> {
+    ) -> BoxFuture<'a, Result<Delivered, JobError>> {
         Box::pin(async move {
             *self.runs.lock().unwrap().entry(job.id).or_default() += 1;
             self.called.notify_one();
@@ -48,7 +48,7 @@ impl JobHandler for Scripted {
         &'a self,
         job: &'a Job,
         ctx: &'a JobContext,
-    ) -> BoxFuture<'a, Result<(), JobError>> {
+    ) -> BoxFuture<'a, Result<Delivered, JobError>> {
         Box::pin(async move {
             let next = self.script.lock().unwrap().pop_front();
             match next {
@@ -80,7 +80,7 @@ impl JobHandler for Gate {
         &'a self,
         job: &'a Job,
         ctx: &'a JobContext,
-    ) -> BoxFuture<'a, Result<(), JobError>> {
+    ) -> BoxFuture<'a, Result<Delivered, JobError>> {
         Box::pin(async move {
             self.entered.add_permits(1);
             self.open.acquire().await.unwrap().forget();
