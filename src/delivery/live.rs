@@ -132,14 +132,7 @@ impl LiveHandler {
         let rows = match ctx.ledger.prepare.write(prepare).await {
             Ok(Some(rows)) => rows,
             Ok(None) => return Err(lost()),
-            Err(e) if e.wait => {
-                return Err(JobError::defer(
-                    Duration::from_secs(1),
-                    "database_busy",
-                    format!("recording the messages: no database connection: {e}"),
-                ));
-            }
-            Err(e) => return Err(database("recording the messages", &e)),
+            Err(e) => return Err(database_failed("recording the messages", &e, e.wait)),
         };
 
         let pending = rows.iter().filter(|m| !m.status.accepted()).count();
@@ -547,7 +540,10 @@ impl LiveHandler {
     ) -> Result<Option<numbers::TierTicket>, JobError> {
         let verdict = match self.tiers.check(&ctx.pool, &ctx.settings, wa, to).await {
             Ok(v) => v,
-            Err(e) => return Err(database_sqlx("checking the tier limit", &e)),
+            Err(e) => {
+                let wait = crate::db::wait::is_wait(&e);
+                return Err(database_failed("checking the tier limit", &e, wait));
+            }
         };
         let count = match verdict {
             TierVerdict::Send(ticket) => return Ok(ticket),
@@ -779,10 +775,10 @@ fn lost() -> JobError {
     )
 }
 
-/// A failed statement of the job's own: a wait for a connection defers the job (not its
-/// fault), anything else is retried.
-fn database_sqlx(what: &str, e: &sqlx::Error) -> JobError {
-    if crate::db::wait::is_wait(e) {
+/// A failed statement of the job's own: a wait for a connection (`wait`) defers the job (not
+/// its fault, no attempt spent), anything else is retried.
+fn database_failed(what: &str, e: &dyn std::fmt::Display, wait: bool) -> JobError {
+    if wait {
         JobError::defer(
             Duration::from_secs(1),
             "database_busy",
