@@ -15,7 +15,7 @@ use crate::db::batch::Intake;
 use crate::db::redact_sqlx;
 use crate::db::retry::{Backoff, with_backoff};
 use crate::db::wait::patiently;
-use crate::delivery::{Accepted, JobContext, SentRecords, ledger};
+use crate::delivery::{Accepted, Delivered, JobContext, SentRecords, ledger};
 use crate::queue::retry::{self, Next};
 use crate::queue::{Fence, Job, JobError, Outcome, store};
 
@@ -85,26 +85,7 @@ pub async fn execute(shared: &Shared, job: Job, slot: Option<OwnedSemaphorePermi
                 ),
             )),
         };
-        // What goes with the completion; `keep` lives until the outcome is written.
-        let (result, completion, _keep) = match result {
-            Ok(delivered) => (
-                Ok(()),
-                Completion {
-                    records: delivered.records,
-                    wamid: delivered.accepted,
-                },
-                delivered.keep,
-            ),
-            Err(err) => (
-                Err(err),
-                Completion {
-                    records: None,
-                    wamid: None,
-                },
-                None,
-            ),
-        };
-        let outcome = finish(shared, &job, result, completion, slot).await;
+        let outcome = finish(shared, &job, result, slot).await;
         let label = match outcome {
             Outcome::Done | Outcome::Retried | Outcome::Failed => Some(outcome.label()),
             Outcome::Deferred | Outcome::Lost => None,
@@ -122,27 +103,24 @@ pub async fn execute(shared: &Shared, job: Job, slot: Option<OwnedSemaphorePermi
     .await
 }
 
-/// What a successful attempt hands to the completion besides the job.
-struct Completion {
-    records: Option<SentRecords>,
-    wamid: Option<Accepted>,
-}
-
-/// Writes the job's next state.
+/// Writes the job's next state. A delivered job's `keep` lives until its completion has run.
 async fn finish(
     shared: &Shared,
     job: &Job,
-    result: Result<(), JobError>,
-    completion: Completion,
+    result: Result<Delivered, JobError>,
     slot: Option<OwnedSemaphorePermit>,
 ) -> Outcome {
     let err = match result {
-        Ok(()) => {
+        Ok(Delivered {
+            records,
+            accepted,
+            keep: _keep,
+        }) => {
             let (ack, done) = oneshot::channel();
             let request = CompleteRequest {
                 fence: job.fence.clone(),
-                records: completion.records,
-                wamid: completion.wamid,
+                records,
+                wamid: accepted,
                 ack,
             };
             // Counted before the slot is given back, so the dispatcher always sees the job as
