@@ -700,6 +700,10 @@ impl JobHandler for LiveHandler {
     fn maintain<'a>(&'a self, ctx: &'a JobContext, runner: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(self.upkeep(ctx, runner))
     }
+
+    fn ready_at(&self, settings: &Settings) -> Option<tokio::time::Instant> {
+        self.pacer.ready_at(settings.whatsapp.number_ids())
+    }
 }
 
 fn timeouts(s: &Settings) -> (Duration, Duration) {

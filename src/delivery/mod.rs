@@ -50,6 +50,15 @@ pub trait JobHandler: Send + Sync + 'static {
     fn maintain<'a>(&'a self, _ctx: &'a JobContext, _runner: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
+
+    /// When a claimed job could next start its work rather than be deferred at once: `None` if
+    /// it can now. The dispatcher does not claim before then. Live delivery says when one of
+    /// the sending numbers has a throughput slot within reach (`pacing::Pacer::ready_at`); a
+    /// job claimed while every number's slots are taken further ahead would only go back to
+    /// the queue and be claimed again. Nothing by default.
+    fn ready_at(&self, _settings: &Settings) -> Option<tokio::time::Instant> {
+        None
+    }
 }
 
 /// What a handler works with. `settings` is the configuration in force when the attempt started
@@ -59,7 +68,10 @@ pub struct JobContext {
     pub pool: Pool,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
-    /// The batched ledger writes of live delivery, shared by the runner's jobs.
+    /// The batched writes on `"OutboundMessage"` (live delivery's prepare, marks and wamids;
+    /// Meta's statuses), shared by the runner's jobs. The runner owns and stops them, like the
+    /// pool: they must outlive its drain (a job in flight may still send), and a handler may
+    /// serve several runners, so it cannot hold writers bound to one runner's connections.
     pub ledger: ledger::Writers,
 }
 

@@ -2,13 +2,17 @@
 //!
 //! Per phone number (`whatsapp.phone_number_id` and each `[[whatsapp.numbers]]`, each with its own
 //! state, so one number's limits, pauses and circuit never touch another's; docs/numbers.md):
-//! - **throughput**: sends are spaced evenly, one slot every `1 / rate_per_second` (default
-//!   80/s), and a sliding-window log of the sends actually released guarantees that no
-//!   one-second window ever holds more than the rate, even when timers wake late and bunch
-//!   slots together (a bucket with a burst would let more through, which Meta answers with
-//!   130429). A job's slot is at most [`THROUGHPUT_HORIZON`] ahead, else it is deferred (due
-//!   at its slot): a busy number keeps only a quarter second of its rate waiting here, and its
-//!   backlog moves behind other numbers' due jobs, so it never starves them;
+//! - **throughput**: sends are spaced evenly at `rate_per_second` (default 80/s): one slot every
+//!   `1 / rate`, or, at rates above 100/s, one slot every [`GROUP_SPAN`] for the `rate × 10 ms`
+//!   sends of that span ([`group`]; 10 every 10 ms at 1,000/s), so the sends of one slot write
+//!   their `sending` marks and their completions in one batched statement each instead of one
+//!   statement per message (docs/benchmarks.md, "Issue 14"). A sliding-window log of the sends
+//!   actually released guarantees that no one-second window ever holds more than the rate,
+//!   even when timers wake late and bunch slots together (a bucket with a second's burst would
+//!   let more through, which Meta answers with 130429). A job's slot is at most
+//!   [`THROUGHPUT_HORIZON`] ahead, else it is deferred (due at its slot): a busy number keeps
+//!   only a quarter second of its rate waiting here, and its backlog moves behind other
+//!   numbers' due jobs, so it never starves them;
 //! - **hold**: an operator's pause (`outbound-runner numbers pause`, or a 131048 answer), kept
 //!   in the database so every runner sees it: jobs are deferred without spending an attempt;
 //! - **pause**: after a rate-limit answer (4, 80007, 130429, 131057) the whole number pauses for
@@ -60,6 +64,10 @@ pub const HOLD_RECHECK: Duration = Duration::from_secs(30);
 /// connection opened, a busy core), and that variation must not bunch arrivals past the rate.
 /// Costs 2% of the configured throughput.
 pub const WINDOW_MARGIN: Duration = Duration::from_millis(20);
+/// At rates above 100/s a number's throughput slots come this far apart, each for the sends of
+/// the span (see [`group`]): Meta's limit is per second, and 10 ms groups let the sends of a
+/// slot share their database statements.
+pub const GROUP_SPAN: Duration = Duration::from_millis(10);
 /// Idle recipients are forgotten once this many are known.
 const RECIPIENTS_SWEEP_AT: usize = 10_000;
 
@@ -110,6 +118,8 @@ pub struct Hold {
 struct Number {
     /// The next free throughput slot.
     next_slot: Option<Instant>,
+    /// How many sends `next_slot` has given out already (of [`group`]).
+    slot_taken: u32,
     /// The last slot promised to a deferred job.
     promised: Option<Instant>,
     pause_until: Option<Instant>,
@@ -334,7 +344,18 @@ impl Pacer {
             let now = Instant::now();
             let mut numbers = lock(&self.numbers);
             let n = numbers.entry(number.to_string()).or_default();
-            let slot = n.next_slot.map_or(now, |s| s.max(now));
+            // Join the slot's group while its span has not passed (sending now if the slot is
+            // behind us: a timer woke late); a slot a whole span behind is gone: a new group
+            // starts now, whole. The next group is a span after this one's slot, not after a
+            // late wake-up: the timer's rounding (up to a millisecond per wake) is not lost from
+            // the rate; the sliding window in `release` still holds every second to it.
+            let group = group(wa);
+            let span = spacing * group;
+            let (grid, taken) = match n.next_slot {
+                Some(s) if s + span > now => (s, n.slot_taken),
+                _ => (now, 0),
+            };
+            let slot = grid.max(now);
             if slot > (now + THROUGHPUT_HORIZON).min(deadline) {
                 let delay = promise(&mut n.promised, slot, spacing, now);
                 return Err(Deferral {
@@ -348,7 +369,13 @@ impl Pacer {
                     ),
                 });
             }
-            n.next_slot = Some(slot + spacing);
+            if taken + 1 >= group {
+                n.next_slot = Some(grid + span);
+                n.slot_taken = 0;
+            } else {
+                n.next_slot = Some(grid);
+                n.slot_taken = taken + 1;
+            }
             slot
         };
         sleep_until(slot).await;
@@ -403,6 +430,25 @@ impl Pacer {
             };
             sleep_until(until).await;
         }
+    }
+
+    /// When a job of one of `numbers` could next take a throughput slot without being deferred
+    /// (its slot within [`THROUGHPUT_HORIZON`]): `None` if one can now. Until then a claimed job
+    /// would only be deferred and claimed again (two writes and a claim for nothing), so the
+    /// dispatcher waits instead (docs/numbers.md, "Fairness"). At most a slot's span away.
+    pub fn ready_at<'a>(&self, numbers: impl IntoIterator<Item = &'a str>) -> Option<Instant> {
+        let now = Instant::now();
+        let map = lock(&self.numbers);
+        let mut earliest: Option<Instant> = None;
+        for id in numbers {
+            let reach = map
+                .get(id)
+                .and_then(|n| n.next_slot)
+                .and_then(|slot| slot.checked_sub(THROUGHPUT_HORIZON))
+                .filter(|reach| *reach > now)?;
+            earliest = Some(earliest.map_or(reach, |e| e.min(reach)));
+        }
+        earliest
     }
 
     /// An accepted send: the number's rate-limit strikes are forgiven.
@@ -558,9 +604,16 @@ impl Pacer {
     }
 }
 
-/// The time between two throughput slots.
+/// The time between two sends at the number's rate (a throughput slot is [`group`] of them).
 fn spacing(wa: &WhatsappSettings) -> Duration {
     (Duration::from_secs(1) + WINDOW_MARGIN) / wa.rate_per_second.max(1)
+}
+
+/// How many sends one throughput slot gives out: the rate's sends in [`GROUP_SPAN`], at least
+/// one (so at rates up to 100/s every send has a slot of its own, evenly spaced).
+fn group(wa: &WhatsappSettings) -> u32 {
+    let per_span = u128::from(wa.rate_per_second) * GROUP_SPAN.as_millis() / 1000;
+    u32::try_from(per_span).unwrap_or(u32::MAX).max(1)
 }
 
 /// A job for a number on hold: back when the hold ends, or after [`HOLD_RECHECK`].
@@ -685,14 +738,103 @@ mod tests {
         assert_eq!(at, [0, 102, 204, 306, 408]);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn above_a_hundred_a_second_slots_come_in_groups_of_ten_milliseconds() {
+        let s = settings(|s| {
+            s.whatsapp.rate_per_second = 1000;
+            s.whatsapp.pair_interval = Duration::ZERO;
+        });
+        assert_eq!(group(&s.whatsapp), 10);
+        let pacer = Pacer::new();
+        let start = Instant::now();
+        let mut at = Vec::new();
+        for i in 0..25 {
+            let p = pacer
+                .acquire(&s.whatsapp, &format!("1555000{i:04}"))
+                .await
+                .unwrap();
+            at.push((Instant::now() - start).as_micros());
+            p.done(true);
+        }
+        // Ten sends per slot, a slot every 10 × (1 s + WINDOW_MARGIN) / 1000 = 10.2 ms (the
+        // timer wakes on the next whole millisecond; the slots stay on their 10.2 ms grid).
+        let mut want = vec![0u128; 10];
+        want.extend([11_000; 10]);
+        want.extend([21_000; 5]);
+        assert_eq!(at, want);
+        // After a pause the next group starts when asked, whole.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let before = Instant::now();
+        for i in 0..10 {
+            pacer
+                .acquire(&s.whatsapp, &format!("1556000{i:04}"))
+                .await
+                .unwrap()
+                .done(true);
+        }
+        assert_eq!(Instant::now(), before, "one group, no wait");
+        // Time passes between the sends of a group (it does, outside a test): still ten per
+        // slot, and the slots stay on their grid (10.2, 20.4, 30.6 ms; each woken on the next
+        // whole millisecond), so late wake-ups do not slow the rate.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let start = Instant::now();
+        let mut at = Vec::new();
+        for i in 0..35 {
+            pacer
+                .acquire(&s.whatsapp, &format!("1557000{i:04}"))
+                .await
+                .unwrap()
+                .done(true);
+            at.push((Instant::now() - start).as_micros());
+            tokio::time::advance(Duration::from_micros(100)).await;
+        }
+        let want: Vec<u128> = (0..35u128)
+            .map(|k| [0, 11_000, 21_000, 31_000][(k / 10) as usize] + (k % 10) * 100)
+            .collect();
+        assert_eq!(at, want);
+        let at_80 = settings(|s| s.whatsapp.rate_per_second = 80);
+        assert_eq!(
+            group(&at_80.whatsapp),
+            1,
+            "at 80/s every send has its own slot"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_number_whose_slots_are_a_horizon_ahead_is_not_ready() {
+        let pacer = Pacer::new();
+        assert_eq!(pacer.ready_at(["1000"]), None, "an unused number is ready");
+        // Slots up to 306 ms from now are taken (three jobs wait for theirs): the next is beyond
+        // the 250 ms horizon.
+        let start = Instant::now();
+        lock(&pacer.numbers)
+            .entry("1000".into())
+            .or_default()
+            .next_slot = Some(start + Duration::from_millis(306));
+        let at = pacer.ready_at(["1000"]).expect("not ready");
+        assert_eq!(at - start, Duration::from_millis(306) - THROUGHPUT_HORIZON);
+        assert_eq!(
+            pacer.ready_at(["1000", "2000"]),
+            None,
+            "another number is ready"
+        );
+        tokio::time::advance(Duration::from_millis(56)).await;
+        assert_eq!(pacer.ready_at(["1000"]), None);
+    }
+
     /// The most sends in any one-second window `[t, t + 1s)`.
     fn most_in_one_second(at: &[Instant]) -> usize {
+        most_in(Duration::from_secs(1), at)
+    }
+
+    /// The most sends in any window `[t, t + window)`.
+    fn most_in(window: Duration, at: &[Instant]) -> usize {
         let mut at = at.to_vec();
         at.sort();
         let mut most = 0;
         let mut start = 0;
         for end in 0..at.len() {
-            while at[end] - at[start] >= Duration::from_secs(1) {
+            while at[end] - at[start] >= window {
                 start += 1;
             }
             most = most.max(end - start + 1);

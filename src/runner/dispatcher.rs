@@ -231,6 +231,19 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
             settings.runner.batch
         };
 
+        // Claim only what can start: while every sending number's throughput slots are taken
+        // further ahead than a job may wait for one, a claimed job would only be deferred back
+        // to the queue and claimed again (docs/numbers.md, "Fairness"). At most a slot's span.
+        if let Some(at) = shared.handler.ready_at(&settings) {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until(at) => {}
+                _ = heartbeat.tick() => {}
+            }
+            pending = true;
+            continue;
+        }
+
         // Free worker slots: wait for one, then take every other free one up to a batch.
         let first = tokio::select! {
             _ = stop.cancelled() => return,

@@ -5,9 +5,11 @@
 //! number's send rate busy, Little's law asks for `rate × latency` jobs in flight; the runner
 //! keeps `rate × p95 latency × HEADROOM` of them, at least [`MIN_IN_FLIGHT`] and at most
 //! `runner.max_in_flight`, re-sized every second from the last minute's latencies. Jobs beyond
-//! what the rate needs only wait in the pacer (leases kept), so erring high is cheap; erring low
-//! leaves the rate idle. An explicit `runner.workers` pins the limit. Sandbox delivery makes no
-//! HTTP call: its jobs are bound by the database, and [`MIN_IN_FLIGHT`] is plenty.
+//! what the rate needs only wait in the pacer (leases kept; and while the numbers' slots are
+//! taken further ahead than a job may wait, the dispatcher claims none: docs/numbers.md,
+//! "Fairness"), so erring high is cheap; erring low leaves the rate idle. An explicit
+//! `runner.workers` pins the limit. Sandbox delivery makes no HTTP call: its jobs are bound by
+//! the database, and [`MIN_IN_FLIGHT`] is plenty.
 
 use crate::config::{DeliveryMode, Settings};
 use crate::metrics::Metrics;
