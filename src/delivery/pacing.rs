@@ -10,9 +10,9 @@
 //!   actually released guarantees that no one-second window ever holds more than the rate,
 //!   even when timers wake late and bunch slots together (a bucket with a second's burst would
 //!   let more through, which Meta answers with 130429). A job's slot is at most
-//!   [`THROUGHPUT_HORIZON`] ahead, else it is deferred (due at its slot): a busy number keeps
-//!   only a quarter second of its rate waiting here, and its backlog moves behind other
-//!   numbers' due jobs, so it never starves them;
+//!   [`THROUGHPUT_HORIZON`] ahead (with one number configured, [`MAX_SLEEP`]), else it is
+//!   deferred (due at its slot): a busy number keeps only a quarter second of its rate waiting
+//!   here, and its backlog moves behind other numbers' due jobs, so it never starves them;
 //! - **hold**: an operator's pause (`outbound-runner numbers pause`, or a 131048 answer), kept
 //!   in the database so every runner sees it: jobs are deferred without spending an attempt;
 //! - **pause**: after a rate-limit answer (4, 80007, 130429, 131057) the whole number pauses for
@@ -54,8 +54,11 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(30);
 pub const MAX_PAUSE: Duration = Duration::from_secs(60);
 /// The largest exponent of the 131056 backoff (4^5 s ≈ 17 min).
 pub const MAX_PAIR_EXPONENT: u32 = 5;
-/// The furthest ahead a job's throughput slot may be for it to wait in the process; a later
-/// slot defers the job (to that slot, without spending an attempt).
+/// The furthest ahead a job's throughput slot may be for it to wait in the process while
+/// several numbers are configured; a later slot defers the job (to that slot, without spending
+/// an attempt), so a busy number's backlog moves behind the other numbers' due jobs. With one
+/// number there is no other to make room for: its jobs wait up to [`MAX_SLEEP`] (see
+/// [`Pacer::horizon`]).
 pub const THROUGHPUT_HORIZON: Duration = Duration::from_millis(250);
 /// While a number is on hold (paused by an operator), its jobs come back this often (or when
 /// the hold ends, if sooner; `numbers resume` makes them due at once).
@@ -103,6 +106,9 @@ pub struct Pacer {
     recipients: Mutex<Recipients>,
     /// The numbers on hold, as last read from the database (by phone number id).
     holds: Mutex<HashMap<String, Hold>>,
+    /// Whether one number is configured (as last seen by [`Pacer::admit`]): see
+    /// [`Pacer::horizon`].
+    sole_number: std::sync::atomic::AtomicBool,
 }
 
 /// A number paused by an operator (or by a 131048 answer) until `until`, or until resumed.
@@ -231,6 +237,10 @@ impl Pacer {
     ) -> Result<Admission, Deferral> {
         let now = Instant::now();
         let spacing = spacing(wa);
+        self.sole_number.store(
+            settings.whatsapp.number_ids().len() <= 1,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let hold = self.hold(&wa.phone_number_id);
         let mut numbers = lock(&self.numbers);
         let n = numbers.entry(wa.phone_number_id.clone()).or_default();
@@ -356,7 +366,7 @@ impl Pacer {
                 _ => (now, 0),
             };
             let slot = grid.max(now);
-            if slot > (now + THROUGHPUT_HORIZON).min(deadline) {
+            if slot > (now + self.horizon()).min(deadline) {
                 let delay = promise(&mut n.promised, slot, spacing, now);
                 return Err(Deferral {
                     delay,
@@ -432,19 +442,33 @@ impl Pacer {
         }
     }
 
+    /// How far ahead a job's throughput slot may be for it to wait here rather than be
+    /// deferred: [`THROUGHPUT_HORIZON`] while several numbers are configured (fairness), else
+    /// [`MAX_SLEEP`]: with one number a job deferred only comes back behind the same backlog,
+    /// at the cost of a requeue and a claim (at 80/s, with a quarter second, nearly every job of
+    /// a backlog was deferred once: docs/benchmarks.md, "Issue 14, second round").
+    pub fn horizon(&self) -> Duration {
+        if self.sole_number.load(std::sync::atomic::Ordering::Relaxed) {
+            MAX_SLEEP
+        } else {
+            THROUGHPUT_HORIZON
+        }
+    }
+
     /// When a job of one of `numbers` could next take a throughput slot without being deferred
-    /// (its slot within [`THROUGHPUT_HORIZON`]): `None` if one can now. Until then a claimed job
+    /// (its slot within [`Pacer::horizon`]): `None` if one can now. Until then a claimed job
     /// would only be deferred and claimed again (two writes and a claim for nothing), so the
     /// dispatcher waits instead (docs/numbers.md, "Fairness"). At most a slot's span away.
     pub fn ready_at<'a>(&self, numbers: impl IntoIterator<Item = &'a str>) -> Option<Instant> {
         let now = Instant::now();
+        let horizon = self.horizon();
         let map = lock(&self.numbers);
         let mut earliest: Option<Instant> = None;
         for id in numbers {
             let reach = map
                 .get(id)
                 .and_then(|n| n.next_slot)
-                .and_then(|slot| slot.checked_sub(THROUGHPUT_HORIZON))
+                .and_then(|slot| slot.checked_sub(horizon))
                 .filter(|reach| *reach > now)?;
             earliest = Some(earliest.map_or(reach, |e| e.min(reach)));
         }
@@ -820,6 +844,46 @@ mod tests {
         );
         tokio::time::advance(Duration::from_millis(56)).await;
         assert_eq!(pacer.ready_at(["1000"]), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_one_number_a_job_waits_up_to_a_second_for_its_slot() {
+        let one = settings(|s| s.whatsapp.pair_interval = Duration::ZERO);
+        let pacer = Pacer::new();
+        pacer.admit(&one, &one.whatsapp).unwrap();
+        assert_eq!(pacer.horizon(), MAX_SLEEP);
+        let start = Instant::now();
+        lock(&pacer.numbers)
+            .entry("1000".into())
+            .or_default()
+            .next_slot = Some(start + Duration::from_millis(600));
+        assert_eq!(pacer.ready_at(["1000"]), None, "within the second");
+        pacer
+            .acquire(&one.whatsapp, "15550000001")
+            .await
+            .expect("waits, not deferred")
+            .done(true);
+        assert_eq!(Instant::now() - start, Duration::from_millis(600));
+        // Two numbers: the quarter second again (fairness).
+        let two = settings(|s| {
+            s.whatsapp.pair_interval = Duration::ZERO;
+            s.whatsapp.numbers = vec![crate::config::NumberSettings {
+                phone_number_id: "2000".into(),
+                ..Default::default()
+            }];
+        });
+        pacer.admit(&two, &two.whatsapp).unwrap();
+        assert_eq!(pacer.horizon(), THROUGHPUT_HORIZON);
+        let now = Instant::now();
+        lock(&pacer.numbers)
+            .entry("1000".into())
+            .or_default()
+            .next_slot = Some(now + Duration::from_millis(600));
+        let d = pacer
+            .acquire(&two.whatsapp, "15550000002")
+            .await
+            .unwrap_err();
+        assert_eq!(d.code, "number_paced");
     }
 
     /// The most sends in any one-second window `[t, t + 1s)`.
