@@ -701,8 +701,12 @@ impl JobHandler for LiveHandler {
         Box::pin(self.upkeep(ctx, runner))
     }
 
-    fn ready_at(&self, settings: &Settings) -> Option<tokio::time::Instant> {
-        self.pacer.ready_at(settings.whatsapp.number_ids())
+    fn room(&self, settings: &Settings) -> super::pacing::Room {
+        self.pacer.room(&settings.whatsapp)
+    }
+
+    fn claimed(&self, jobs: usize) {
+        self.pacer.reserve(jobs);
     }
 }
 

@@ -51,14 +51,15 @@ pub trait JobHandler: Send + Sync + 'static {
         Box::pin(async {})
     }
 
-    /// When a claimed job could next start its work rather than be deferred at once: `None` if
-    /// it can now. The dispatcher does not claim before then. Live delivery says when one of
-    /// the sending numbers has a throughput slot within reach (`pacing::Pacer::ready_at`); a
-    /// job claimed while every number's slots are taken further ahead would only go back to
-    /// the queue and be claimed again. Nothing by default.
-    fn ready_at(&self, _settings: &Settings) -> Option<tokio::time::Instant> {
-        None
+    /// How many jobs the dispatcher may claim now: a job claimed beyond what the handler can
+    /// start soon would only go back to the queue and be claimed again. Live delivery answers
+    /// with its pacing's room (`pacing::Pacer::room`); no limit by default.
+    fn room(&self, _settings: &Settings) -> pacing::Room {
+        pacing::Room::Any
     }
+
+    /// The dispatcher claimed `jobs` on [`JobHandler::room`]'s word.
+    fn claimed(&self, _jobs: usize) {}
 }
 
 /// What a handler works with. `settings` is the configuration in force when the attempt started

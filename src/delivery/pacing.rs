@@ -109,6 +109,19 @@ pub struct Pacer {
     /// Whether one number is configured (as last seen by [`Pacer::admit`]): see
     /// [`Pacer::horizon`].
     sole_number: std::sync::atomic::AtomicBool,
+    /// Room promised to claimed jobs on their way to their slot, as expiry times ([`Pacer::reserve`]).
+    reserved: Mutex<VecDeque<Instant>>,
+}
+
+/// What [`Pacer::room`] says the dispatcher may claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// No pacing applies (no number is configured).
+    Any,
+    /// At most this many jobs.
+    Jobs(usize),
+    /// None before then.
+    At(Instant),
 }
 
 /// A number paused by an operator (or by a 131048 answer) until `until`, or until resumed.
@@ -313,6 +326,8 @@ impl Pacer {
     /// Waits for the right to send to `to` now (at most [`MAX_SLEEP`]), or says how long to
     /// defer the job.
     pub async fn acquire(&self, wa: &WhatsappSettings, to: &str) -> Result<Permit, Deferral> {
+        // The room this job was claimed on is its own now (see `room`).
+        lock(&self.reserved).pop_front();
         let number = wa.phone_number_id.as_str();
         let spacing = spacing(wa);
         let pair = wa.pair_interval;
@@ -455,24 +470,57 @@ impl Pacer {
         }
     }
 
-    /// When a job of one of `numbers` could next take a throughput slot without being deferred
-    /// (its slot within [`Pacer::horizon`]): `None` if one can now. Until then a claimed job
-    /// would only be deferred and claimed again (two writes and a claim for nothing), so the
-    /// dispatcher waits instead (docs/numbers.md, "Fairness"). At most a slot's span away.
-    pub fn ready_at<'a>(&self, numbers: impl IntoIterator<Item = &'a str>) -> Option<Instant> {
+    /// How many jobs the dispatcher may claim now without pacing deferring them (docs/numbers.md,
+    /// "Fairness"): the throughput slots of every configured number within [`Pacer::horizon`],
+    /// less the jobs claimed for them that have not asked for their slot yet ([`Pacer::reserve`]).
+    /// A job claimed beyond that would only be deferred and claimed again (a requeue and a claim
+    /// for nothing, and each deferral frees a worker slot that the next claim fills again).
+    pub fn room(&self, wa: &WhatsappSettings) -> Room {
         let now = Instant::now();
         let horizon = self.horizon();
+        let reserved = {
+            let mut r = lock(&self.reserved);
+            while r.front().is_some_and(|&until| until <= now) {
+                r.pop_front();
+            }
+            r.len()
+        };
         let map = lock(&self.numbers);
-        let mut earliest: Option<Instant> = None;
-        for id in numbers {
-            let reach = map
+        let (mut room, mut earliest, mut shortest) = (0usize, None::<Instant>, None::<Duration>);
+        for id in wa.number_ids() {
+            let Some(number) = wa.number(Some(id)) else {
+                continue;
+            };
+            let spacing = spacing(&number);
+            shortest = Some(shortest.map_or(spacing, |s| s.min(spacing)));
+            let from = map
                 .get(id)
                 .and_then(|n| n.next_slot)
-                .and_then(|slot| slot.checked_sub(horizon))
-                .filter(|reach| *reach > now)?;
-            earliest = Some(earliest.map_or(reach, |e| e.min(reach)));
+                .map_or(now, |slot| slot.max(now));
+            if from > now + horizon {
+                let reach = from - horizon;
+                earliest = Some(earliest.map_or(reach, |e| e.min(reach)));
+                continue;
+            }
+            let slots = (now + horizon - from).as_secs_f64() / spacing.as_secs_f64();
+            room = room.saturating_add(slots as usize + 1);
         }
-        earliest
+        match (room.checked_sub(reserved), earliest, shortest) {
+            (_, _, None) => Room::Any,
+            (Some(n), _, _) if n > 0 => Room::Jobs(n),
+            // Every slot in reach is promised to a job on its way: look again a slot later.
+            _ if room > 0 => Room::At(now + shortest.unwrap_or(MAX_SLEEP)),
+            (_, Some(at), _) => Room::At(at),
+            _ => Room::At(now + shortest.unwrap_or(MAX_SLEEP)),
+        }
+    }
+
+    /// `jobs` were claimed on [`Pacer::room`]'s word: each holds a slot's room until it asks for
+    /// its slot ([`Pacer::acquire`]), or for [`MAX_SLEEP`] (a job that never gets there: composing
+    /// with the orchestrator, or ended before its send).
+    pub fn reserve(&self, jobs: usize) {
+        let until = Instant::now() + MAX_SLEEP;
+        lock(&self.reserved).extend(std::iter::repeat_n(until, jobs));
     }
 
     /// An accepted send: the number's rate-limit strikes are forgiven.
@@ -825,25 +873,52 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_number_whose_slots_are_a_horizon_ahead_is_not_ready() {
+    async fn the_room_to_claim_is_the_slots_in_reach_less_the_jobs_on_their_way() {
+        let s = settings(|s| {
+            s.whatsapp.rate_per_second = 10;
+            s.whatsapp.pair_interval = Duration::ZERO;
+        });
         let pacer = Pacer::new();
-        assert_eq!(pacer.ready_at(["1000"]), None, "an unused number is ready");
-        // Slots up to 306 ms from now are taken (three jobs wait for theirs): the next is beyond
-        // the 250 ms horizon.
+        // Slots every 102 ms within the 250 ms horizon: now, 102 and 204 ms.
+        assert_eq!(pacer.room(&s.whatsapp), Room::Jobs(3));
+        pacer.reserve(2);
+        assert_eq!(pacer.room(&s.whatsapp), Room::Jobs(1));
+        pacer.reserve(1);
+        let now = Instant::now();
+        assert_eq!(
+            pacer.room(&s.whatsapp),
+            Room::At(now + Duration::from_millis(102)),
+            "all promised: a slot later"
+        );
+        // A job asks for its slot: its room is its own now.
+        pacer
+            .acquire(&s.whatsapp, "15550000001")
+            .await
+            .unwrap()
+            .done(true);
+        // Slots up to 306 ms ahead are taken: none in reach until 56 ms from now.
         let start = Instant::now();
         lock(&pacer.numbers)
             .entry("1000".into())
             .or_default()
             .next_slot = Some(start + Duration::from_millis(306));
-        let at = pacer.ready_at(["1000"]).expect("not ready");
-        assert_eq!(at - start, Duration::from_millis(306) - THROUGHPUT_HORIZON);
         assert_eq!(
-            pacer.ready_at(["1000", "2000"]),
-            None,
-            "another number is ready"
+            pacer.room(&s.whatsapp),
+            Room::At(start + Duration::from_millis(56))
         );
-        tokio::time::advance(Duration::from_millis(56)).await;
-        assert_eq!(pacer.ready_at(["1000"]), None);
+        // Another number has room of its own.
+        let two = settings(|s| {
+            s.whatsapp.rate_per_second = 10;
+            s.whatsapp.numbers = vec![crate::config::NumberSettings {
+                phone_number_id: "2000".into(),
+                ..Default::default()
+            }];
+        });
+        assert!(matches!(pacer.room(&two.whatsapp), Room::Jobs(_)));
+        // Reservations lapse after a second (a job that never asked for its slot).
+        tokio::time::advance(MAX_SLEEP).await;
+        assert_eq!(pacer.room(&s.whatsapp), Room::Jobs(3));
+        assert!(lock(&pacer.reserved).is_empty());
     }
 
     #[tokio::test(start_paused = true)]
@@ -857,7 +932,10 @@ mod tests {
             .entry("1000".into())
             .or_default()
             .next_slot = Some(start + Duration::from_millis(600));
-        assert_eq!(pacer.ready_at(["1000"]), None, "within the second");
+        assert!(
+            matches!(pacer.room(&one.whatsapp), Room::Jobs(_)),
+            "within the second"
+        );
         pacer
             .acquire(&one.whatsapp, "15550000001")
             .await

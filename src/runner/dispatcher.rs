@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::db::redact_sqlx;
+use crate::delivery::pacing::Room;
 use crate::queue::{CHANNEL, store};
 
 /// How often the LISTEN connection is probed. A connection cut without a reset (a dead NAT
@@ -231,18 +232,23 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
             settings.runner.batch
         };
 
-        // Claim only what can start: while every sending number's throughput slots are taken
-        // further ahead than a job may wait for one, a claimed job would only be deferred back
-        // to the queue and claimed again (docs/numbers.md, "Fairness"). At most a slot's span.
-        if let Some(at) = shared.handler.ready_at(&settings) {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep_until(at) => {}
-                _ = heartbeat.tick() => {}
+        // Claim only what can start: a job claimed while the sending numbers' throughput slots
+        // are taken further ahead than it may wait for one would only be deferred back to the
+        // queue and claimed again (docs/numbers.md, "Fairness"). At most a slot's span.
+        let room = match shared.handler.room(&settings) {
+            Room::Any => u32::MAX,
+            Room::Jobs(n) => u32::try_from(n).unwrap_or(u32::MAX),
+            Room::At(at) => {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = heartbeat.tick() => {}
+                }
+                pending = true;
+                continue;
             }
-            pending = true;
-            continue;
-        }
+        };
+        let batch = batch.min(room).max(1);
 
         // Free worker slots: wait for one, then take every other free one up to a batch.
         let first = tokio::select! {
@@ -283,6 +289,7 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
         let want = permits.len();
         match shared.claim(want).await {
             Ok(jobs) => {
+                shared.handler.claimed(jobs.len());
                 error_backoff = Duration::from_millis(250);
                 pending = jobs.len() == want;
                 busy = pending;
