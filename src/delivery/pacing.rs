@@ -3,8 +3,8 @@
 //! Per phone number (`whatsapp.phone_number_id` and each `[[whatsapp.numbers]]`, each with its own
 //! state, so one number's limits, pauses and circuit never touch another's; docs/numbers.md):
 //! - **throughput**: sends are spaced evenly at `rate_per_second` (default 80/s): one slot every
-//!   `1 / rate`, or, at rates above 100/s, one slot every [`GROUP_SPAN`] for the `rate × 10 ms`
-//!   sends of that span ([`group`]; 10 every 10 ms at 1,000/s), so the sends of one slot write
+//!   `1 / rate`, or, from 100/s, one slot every [`GROUP_SPAN`] for the `rate × 20 ms` sends of
+//!   that span ([`group`]; 20 every 20.4 ms at 1,000/s), so the sends of one slot write
 //!   their `sending` marks and their completions in one batched statement each instead of one
 //!   statement per message (docs/benchmarks.md, "Issue 14"). A sliding-window log of the sends
 //!   actually released guarantees that no one-second window ever holds more than the rate,
@@ -67,10 +67,11 @@ pub const HOLD_RECHECK: Duration = Duration::from_secs(30);
 /// connection opened, a busy core), and that variation must not bunch arrivals past the rate.
 /// Costs 2% of the configured throughput.
 pub const WINDOW_MARGIN: Duration = Duration::from_millis(20);
-/// At rates above 100/s a number's throughput slots come this far apart, each for the sends of
-/// the span (see [`group`]): Meta's limit is per second, and 10 ms groups let the sends of a
-/// slot share their database statements.
-pub const GROUP_SPAN: Duration = Duration::from_millis(10);
+/// From 100/s a number's throughput slots come this far apart, each for the sends of the span
+/// (see [`group`]): Meta's limit is per second, and 20 ms groups let the sends of a slot share
+/// their database statements (at 1,000/s, 20 ms groups cost PostgreSQL 0.72× what 10 ms groups
+/// did: docs/benchmarks.md, "Issue 14, second round"). A send waits at most one span more.
+pub const GROUP_SPAN: Duration = Duration::from_millis(20);
 /// Idle recipients are forgotten once this many are known.
 const RECIPIENTS_SWEEP_AT: usize = 10_000;
 
@@ -682,7 +683,7 @@ fn spacing(wa: &WhatsappSettings) -> Duration {
 }
 
 /// How many sends one throughput slot gives out: the rate's sends in [`GROUP_SPAN`], at least
-/// one (so at rates up to 100/s every send has a slot of its own, evenly spaced).
+/// one (so below 100/s every send has a slot of its own, evenly spaced).
 fn group(wa: &WhatsappSettings) -> u32 {
     let per_span = u128::from(wa.rate_per_second) * GROUP_SPAN.as_millis() / 1000;
     u32::try_from(per_span).unwrap_or(u32::MAX).max(1)
@@ -811,16 +812,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn above_a_hundred_a_second_slots_come_in_groups_of_ten_milliseconds() {
+    async fn from_a_hundred_a_second_slots_come_in_groups_of_twenty_milliseconds() {
         let s = settings(|s| {
             s.whatsapp.rate_per_second = 1000;
             s.whatsapp.pair_interval = Duration::ZERO;
         });
-        assert_eq!(group(&s.whatsapp), 10);
+        assert_eq!(group(&s.whatsapp), 20);
         let pacer = Pacer::new();
         let start = Instant::now();
         let mut at = Vec::new();
-        for i in 0..25 {
+        for i in 0..45 {
             let p = pacer
                 .acquire(&s.whatsapp, &format!("1555000{i:04}"))
                 .await
@@ -828,11 +829,11 @@ mod tests {
             at.push((Instant::now() - start).as_micros());
             p.done(true);
         }
-        // Ten sends per slot, a slot every 10 × (1 s + WINDOW_MARGIN) / 1000 = 10.2 ms (the
-        // timer wakes on the next whole millisecond; the slots stay on their 10.2 ms grid).
-        let mut want = vec![0u128; 10];
-        want.extend([11_000; 10]);
-        want.extend([21_000; 5]);
+        // Twenty sends per slot, a slot every 20 × (1 s + WINDOW_MARGIN) / 1000 = 20.4 ms (the
+        // timer wakes on the next whole millisecond; the slots stay on their 20.4 ms grid).
+        let mut want = vec![0u128; 20];
+        want.extend([21_000; 20]);
+        want.extend([41_000; 5]);
         assert_eq!(at, want);
         // After a pause the next group starts when asked, whole.
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -845,13 +846,13 @@ mod tests {
                 .done(true);
         }
         assert_eq!(Instant::now(), before, "one group, no wait");
-        // Time passes between the sends of a group (it does, outside a test): still ten per
-        // slot, and the slots stay on their grid (10.2, 20.4, 30.6 ms; each woken on the next
-        // whole millisecond), so late wake-ups do not slow the rate.
+        // Time passes between the sends of a group (it does, outside a test): still twenty per
+        // slot, and the slots stay on their grid (20.4, 40.8 ms; each woken on the next whole
+        // millisecond), so late wake-ups do not slow the rate.
         tokio::time::advance(Duration::from_secs(1)).await;
         let start = Instant::now();
         let mut at = Vec::new();
-        for i in 0..35 {
+        for i in 0..55 {
             pacer
                 .acquire(&s.whatsapp, &format!("1557000{i:04}"))
                 .await
@@ -860,8 +861,8 @@ mod tests {
             at.push((Instant::now() - start).as_micros());
             tokio::time::advance(Duration::from_micros(100)).await;
         }
-        let want: Vec<u128> = (0..35u128)
-            .map(|k| [0, 11_000, 21_000, 31_000][(k / 10) as usize] + (k % 10) * 100)
+        let want: Vec<u128> = (0..55u128)
+            .map(|k| [0, 21_000, 41_000][(k / 20) as usize] + (k % 20) * 100)
             .collect();
         assert_eq!(at, want);
         let at_80 = settings(|s| s.whatsapp.rate_per_second = 80);
