@@ -506,13 +506,17 @@ impl Pacer {
             let slots = (now + horizon - from).as_secs_f64() / spacing.as_secs_f64();
             room = room.saturating_add(slots as usize + 1);
         }
-        match (room.checked_sub(reserved), earliest, shortest) {
-            (_, _, None) => Room::Any,
-            (Some(n), _, _) if n > 0 => Room::Jobs(n),
+        let Some(shortest) = shortest else {
+            return Room::Any;
+        };
+        if room > reserved {
+            Room::Jobs(room - reserved)
+        } else if room > 0 {
             // Every slot in reach is promised to a job on its way: look again a slot later.
-            _ if room > 0 => Room::At(now + shortest.unwrap_or(MAX_SLEEP)),
-            (_, Some(at), _) => Room::At(at),
-            _ => Room::At(now + shortest.unwrap_or(MAX_SLEEP)),
+            Room::At(now + shortest)
+        } else {
+            // Every number's slots are beyond reach (`earliest` is set for each of them).
+            Room::At(earliest.unwrap_or(now + shortest))
         }
     }
 
@@ -967,17 +971,12 @@ mod tests {
 
     /// The most sends in any one-second window `[t, t + 1s)`.
     fn most_in_one_second(at: &[Instant]) -> usize {
-        most_in(Duration::from_secs(1), at)
-    }
-
-    /// The most sends in any window `[t, t + window)`.
-    fn most_in(window: Duration, at: &[Instant]) -> usize {
         let mut at = at.to_vec();
         at.sort();
         let mut most = 0;
         let mut start = 0;
         for end in 0..at.len() {
-            while at[end] - at[start] >= window {
+            while at[end] - at[start] >= Duration::from_secs(1) {
                 start += 1;
             }
             most = most.max(end - start + 1);
