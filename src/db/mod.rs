@@ -7,6 +7,8 @@
 pub mod batch;
 pub mod embedded;
 pub mod pooler;
+pub mod prisma;
+pub mod prisma_migration;
 pub mod retry;
 pub mod wait;
 
