@@ -10,6 +10,7 @@ pub mod pooler;
 pub mod prisma;
 pub mod prisma_migration;
 pub mod retry;
+pub mod schema_check;
 pub mod wait;
 
 pub use pooler::Pool;
