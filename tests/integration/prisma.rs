@@ -1,0 +1,511 @@
+//! Living beside Prisma (docs/prisma.md), with Prisma's own code: Prisma Client 7 inserting and
+//! reading jobs as the app does (`tests/prisma/app`), and Prisma 6.19's WebAssembly migration
+//! engine (`tests/prisma/migrate`) pulling, diffing and baselining our tables. And the switch
+//! from the app's own runner: its `running` rows are left alone for the grace.
+//!
+//! The Node projects need `npm ci` in each folder (`.ci/run` does it). Without Node or the
+//! packages these tests fail under `CI=true` and say SKIPPED otherwise.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbound_runner::config::{DeliveryMode, Settings};
+use outbound_runner::db::{prisma, prisma_migration, schema_check};
+use outbound_runner::delivery::live::LiveHandler;
+use outbound_runner::delivery::sandbox::SandboxHandler;
+use outbound_runner::queue::store;
+use serde_json::{Value, json};
+
+use crate::support::mock_meta::{self, MockMeta};
+use crate::support::mock_orchestrator::{Answer, MockOrchestrator};
+use crate::support::{TestDb, spawn_runner, test_settings};
+
+/// A Node command's bound.
+const NODE_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn project(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/prisma")
+        .join(name)
+}
+
+/// Whether Node and the project's packages are there. Under `CI=true` their absence fails the
+/// test; elsewhere it prints SKIPPED and the test returns.
+fn ready(name: &str) -> bool {
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let packages = project(name).join("node_modules/prisma").exists();
+    if node && packages {
+        return true;
+    }
+    let why = if node {
+        format!("run `npm ci` in tests/prisma/{name}")
+    } else {
+        "install Node.js 20.19+ and npm".to_string()
+    };
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("the Prisma tests need Node and their packages: {why}");
+    }
+    eprintln!("SKIPPED: the Prisma tests need Node and their packages: {why}");
+    false
+}
+
+/// Runs `node ARGS` in `tests/prisma/NAME` with `env`; (exit code, stdout, stderr).
+async fn node(name: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.args(args)
+        .current_dir(project(name))
+        // The CLI refuses to start without an engine it cannot download here: any file will
+        // do for what these tests run (docs/prisma.md, "How this is tested").
+        .env("PRISMA_SCHEMA_ENGINE_BINARY", "/bin/false")
+        .env("PRISMA_QUERY_ENGINE_LIBRARY", "/bin/false")
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("PRISMA_HIDE_UPDATE_MESSAGE", "1")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(NODE_TIMEOUT, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("node {args:?} did not finish within {NODE_TIMEOUT:?}"))
+        .expect("running node");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Prisma 6.19's CLI (the WebAssembly migration engine, `tests/prisma/migrate`) on `url`, with
+/// the schema at `schema` and the migrations in `migrations`. Panics on a failure.
+async fn prisma6(url: &str, schema: &Path, migrations: &Path, args: &[&str]) -> String {
+    let mut all = vec![
+        "--require",
+        "./exit-when-done.cjs",
+        "node_modules/prisma/build/index.js",
+    ];
+    all.extend_from_slice(args);
+    let (code, out, err) = node(
+        "migrate",
+        &all,
+        &[
+            ("DATABASE_URL", url),
+            ("PRISMA_SCHEMA", schema.to_str().unwrap()),
+            ("PRISMA_MIGRATIONS", migrations.to_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "prisma {args:?}: {out}\n{err}");
+    out
+}
+
+/// The datasource block the schema files of these tests start with.
+const DATASOURCE: &str =
+    "datasource db {\n  provider = \"postgresql\"\n  url      = env(\"DATABASE_URL\")\n}\n";
+
+/// A scratch folder of the test's own, removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = std::env::temp_dir().join(format!("or-prisma-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(dir.join("migrations")).unwrap();
+        Scratch(dir)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `prisma db pull --print` of the database.
+async fn pull(url: &str, scratch: &Scratch) -> String {
+    let empty = scratch.path("empty.prisma");
+    std::fs::write(&empty, DATASOURCE).unwrap();
+    let out = prisma6(
+        url,
+        &empty,
+        &scratch.path("migrations"),
+        &["db", "pull", "--print", "--schema", empty.to_str().unwrap()],
+    )
+    .await;
+    let start = out.find("datasource db").expect("a pulled schema");
+    out[start..].to_string()
+}
+
+/// What `prisma schema` prints, as a whole schema file.
+async fn printed(db: &TestDb) -> String {
+    let catalog = prisma::introspect(db.pool.pg()).await.unwrap();
+    format!("{DATASOURCE}\n{}", prisma::render(&catalog))
+}
+
+/// Proves with Prisma's engine that `printed` describes the database: a pull of the database
+/// against it is an empty migration; after a baseline of it marked applied, `migrate dev`
+/// proposes nothing.
+async fn assert_no_drift(db: &TestDb, printed: &str) {
+    let scratch = Scratch::new();
+    let migrations = scratch.path("migrations");
+    let schema = scratch.path("schema.prisma");
+    std::fs::write(&schema, printed).unwrap();
+    let pulled = scratch.path("pulled.prisma");
+    std::fs::write(&pulled, pull(&db.url, &scratch).await).unwrap();
+    let diff = prisma6(
+        &db.url,
+        &schema,
+        &migrations,
+        &[
+            "migrate",
+            "diff",
+            "--from-schema-datamodel",
+            pulled.to_str().unwrap(),
+            "--to-schema-datamodel",
+            schema.to_str().unwrap(),
+            "--script",
+        ],
+    )
+    .await;
+    assert!(
+        diff.contains("-- This is an empty migration."),
+        "the pulled schema and the printed one differ:\n{diff}\nprinted:\n{printed}"
+    );
+
+    // The baseline: the printed model as the first migration, marked applied.
+    let baseline = prisma6(
+        &db.url,
+        &schema,
+        &migrations,
+        &[
+            "migrate",
+            "diff",
+            "--from-empty",
+            "--to-schema-datamodel",
+            schema.to_str().unwrap(),
+            "--script",
+        ],
+    )
+    .await;
+    let sql_start = baseline.find("-- Create").unwrap_or(0);
+    std::fs::create_dir_all(migrations.join("0_baseline")).unwrap();
+    std::fs::write(
+        migrations.join("0_baseline/migration.sql"),
+        &baseline[sql_start..],
+    )
+    .unwrap();
+    std::fs::write(
+        migrations.join("migration_lock.toml"),
+        "provider = \"postgresql\"\n",
+    )
+    .unwrap();
+    prisma6(
+        &db.url,
+        &schema,
+        &migrations,
+        &["migrate", "resolve", "--applied", "0_baseline"],
+    )
+    .await;
+    let dev = prisma6(
+        &db.url,
+        &schema,
+        &migrations,
+        &["migrate", "dev", "--name", "drift_check", "--skip-generate"],
+    )
+    .await;
+    assert!(
+        dev.contains("Already in sync"),
+        "migrate dev after the baseline: {dev}"
+    );
+    let folders: Vec<_> = std::fs::read_dir(&migrations)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert_eq!(folders.len(), 1, "migrate dev wrote a migration: {dev}");
+}
+
+#[tokio::test]
+async fn prisma_sees_no_drift_once_the_printed_models_are_baselined() {
+    if !ready("migrate") {
+        return;
+    }
+    let db = TestDb::new().await;
+    let printed = printed(&db).await;
+    // Every table of ours is a model, our bookkeeping included; the relation's actions are the
+    // database's.
+    for model in [
+        "model OutboundJob {",
+        "model OutboundMessage {",
+        "model OutboundEarlyStatus {",
+        "model OutboundNumberHold {",
+        "model OutboundNumberCircuit {",
+        "model sqlx_migrations {",
+    ] {
+        assert!(printed.contains(model), "{model} in\n{printed}");
+    }
+    assert!(
+        printed.contains("onDelete: Cascade, onUpdate: NoAction"),
+        "{printed}"
+    );
+    assert_no_drift(&db, &printed).await;
+}
+
+#[tokio::test]
+async fn a_migration_written_for_prisma_is_applied_by_prisma_and_the_daemon_accepts_the_schema() {
+    if !ready("migrate") {
+        return;
+    }
+    let db = TestDb::empty().await;
+    let before = schema_check::missing(db.pool.pg()).await.unwrap();
+    assert!(
+        before.contains(&"table \"OutboundJob\"".to_string()),
+        "{before:?}"
+    );
+
+    let plan = prisma_migration::plan(db.pool.pg()).await.unwrap();
+    let scratch = Scratch::new();
+    let migrations = scratch.path("migrations");
+    for (folder, sql) in plan.folders("20261206000000") {
+        std::fs::create_dir_all(migrations.join(&folder)).unwrap();
+        std::fs::write(migrations.join(&folder).join("migration.sql"), sql).unwrap();
+    }
+    std::fs::write(
+        migrations.join("migration_lock.toml"),
+        "provider = \"postgresql\"\n",
+    )
+    .unwrap();
+    let schema = scratch.path("schema.prisma");
+    std::fs::write(&schema, DATASOURCE).unwrap();
+    let deployed = prisma6(&db.url, &schema, &migrations, &["migrate", "deploy"]).await;
+    assert!(
+        deployed.contains("20261206000000_outbound_runner"),
+        "{deployed}"
+    );
+
+    // Everything the runner needs is there, the bookkeeping agrees, `migrate` has nothing to
+    // do, and a second plan writes nothing.
+    assert_eq!(
+        schema_check::missing(db.pool.pg()).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert!(
+        outbound_runner::db::migrations_current(&db.pool)
+            .await
+            .unwrap()
+    );
+    outbound_runner::db::migrate(db.pool.pg()).await.unwrap();
+    assert!(
+        prisma_migration::plan(db.pool.pg())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The trigger came through whole: an insert wakes the runner, which delivers.
+    let runner = spawn_runner(&db, Arc::new(SandboxHandler), |s| {
+        s.database.migrate = false;
+    })
+    .await;
+    let ids = db.insert_jobs(3).await;
+    let done = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if db.count("done").await == ids.len() as i64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    runner.shutdown().await;
+    assert!(done.is_ok(), "the jobs were not delivered");
+}
+
+/// The guide's own runner (`/api/jobs/run-outbound` in the app), as it works: one row at a time
+/// taken `FOR UPDATE SKIP LOCKED` and marked `running` (no lease of ours), the orchestrator,
+/// the send, `done`. Stops taking rows when `stop` is set (the app's cron turned off).
+async fn app_runner(
+    pool: sqlx::PgPool,
+    orchestrator: String,
+    meta: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> u32 {
+    let http = reqwest::Client::new();
+    let mut ran = 0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let mut tx = pool.begin().await.unwrap();
+        let row: Option<(String, Value)> = sqlx::query_as(
+            r#"SELECT id::text, payload FROM "OutboundJob"
+               WHERE status = 'queued' ORDER BY "createdAt" LIMIT 1 FOR UPDATE SKIP LOCKED"#,
+        )
+        .fetch_optional(&mut *tx)
+        .await
+        .unwrap();
+        let Some((id, payload)) = row else {
+            tx.rollback().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        sqlx::query(
+            r#"UPDATE "OutboundJob" SET status = 'running', "updatedAt" = now()
+               WHERE id::text = $1"#,
+        )
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let composed: Value = http
+            .post(&orchestrator)
+            .json(&json!({"input": payload["input"]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for message in composed["messages"].as_array().unwrap() {
+            let mut body = message.clone();
+            body["messaging_product"] = json!("whatsapp");
+            body["to"] = payload["to"].clone();
+            // Named as ours are, so the mock counts the app's sends per job beside ours.
+            body["biz_opaque_callback_data"] = json!(format!("outbound-runner:{id}:0"));
+            let status = http
+                .post(format!(
+                    "{meta}/v21.0/{}/messages",
+                    mock_meta::PHONE_NUMBER_ID
+                ))
+                .bearer_auth(mock_meta::TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert!(status.is_success(), "the app's send: {status}");
+        }
+        sqlx::query(
+            r#"UPDATE "OutboundJob" SET status = 'done', "completedAt" = now(), "updatedAt" = now()
+               WHERE id::text = $1"#,
+        )
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .unwrap();
+        ran += 1;
+    }
+    ran
+}
+
+/// The switch: the app's runner still has jobs `running` (composing, then sending) when ours
+/// starts. With `grace` as `runner.foreign_running_grace`, returns how often each job's message
+/// was accepted by Meta, and how many jobs the app's runner finished.
+async fn switch(grace: Duration) -> (HashMap<String, usize>, u32, store::ForeignRunning) {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let reply = json!({"messages": [{"type": "text", "text": {"body": "Thanks!"}}]});
+    // The app's orchestrator is slow: its rows stay `running` for two seconds.
+    let app_orchestrator = MockOrchestrator::start(reply.clone()).await;
+    app_orchestrator.script(vec![Answer::Slow(Duration::from_secs(2), reply.clone()); 2]);
+    let our_orchestrator = MockOrchestrator::start(reply).await;
+    let n = 12;
+    for i in 0..n {
+        db.insert_payload(
+            &json!({"to": format!("1555000{i:04}"), "input": {"text": format!("hi {i}")}})
+                .to_string(),
+        )
+        .await;
+    }
+    // The app's cron is still on: two of its runs take a row each.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let apps: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(app_runner(
+                db.pool.pg().clone(),
+                app_orchestrator.url(),
+                meta.api_base(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while db.count("running").await < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the app's runner took two rows");
+    // The operator turns the cron off (docs/prisma.md: first), the app's runs in flight go on.
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let foreign = store::foreign_running(&db.pool, grace).await.unwrap();
+
+    let runner = spawn_runner(
+        &db,
+        Arc::new(LiveHandler::new(&test_settings()).unwrap()),
+        |s: &mut Settings| {
+            s.delivery.mode = DeliveryMode::Live;
+            s.whatsapp.api_base = meta.api_base();
+            s.whatsapp.phone_number_id = mock_meta::PHONE_NUMBER_ID.into();
+            s.whatsapp.access_token = Some(mock_meta::TOKEN.to_string().into());
+            s.whatsapp.pair_interval = Duration::ZERO;
+            s.orchestrator.url = our_orchestrator.url();
+            s.runner.rescue_interval = Duration::from_millis(100);
+            s.runner.foreign_running_grace = grace;
+        },
+    )
+    .await;
+    let mut app_done = 0;
+    for a in apps {
+        app_done += tokio::time::timeout(Duration::from_secs(20), a)
+            .await
+            .expect("the app's runs end")
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while db.count("done").await < n {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("every job done");
+    // Anything still under way (a rescued job sent a second time) has had its chance.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    runner.shutdown().await;
+    let mut per_job: HashMap<String, usize> = HashMap::new();
+    for a in meta.accepted() {
+        *per_job.entry(a.job).or_insert(0) += 1;
+    }
+    assert_eq!(per_job.len(), n as usize, "every job sent: {per_job:?}");
+    (per_job, app_done, foreign)
+}
+
+#[tokio::test]
+async fn during_the_switch_the_apps_running_jobs_are_left_to_it_and_each_message_goes_once() {
+    let (sends, app_done, foreign) = switch(Duration::from_secs(15 * 60)).await;
+    assert_eq!(
+        foreign,
+        store::ForeignRunning {
+            total: 2,
+            recent: 2
+        },
+        "seen as the app's, recently updated"
+    );
+    assert_eq!(app_done, 2, "the app's runner finished what it had taken");
+    let twice: Vec<_> = sends.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+
+    // Without the grace (the old 60 s rescue, shortened here), the rescuer takes the app's
+    // rows back while the app is still composing: those messages go out twice.
+    let (sends, _, _) = switch(Duration::from_millis(500)).await;
+    let twice = sends.values().filter(|n| **n > 1).count();
+    assert_eq!(
+        twice, 2,
+        "a short grace sends the app's two jobs twice: {sends:?}"
+    );
+}
