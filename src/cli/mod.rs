@@ -16,6 +16,7 @@ use crate::config::{self, LoadOptions, Settings};
 use crate::db::{self, embedded::EmbeddedPostgres};
 use crate::delivery::payload::Payload;
 use crate::exit;
+use crate::queue::JobId;
 use crate::queue::store::{self, NewJob};
 
 #[derive(Debug, Parser)]
@@ -184,7 +185,7 @@ pub async fn main(cli: Cli) -> u8 {
     }
 }
 
-fn report_skipped(jobs: &[NewJob], inserted: &[(i64, Option<String>)]) {
+fn report_skipped(jobs: &[NewJob], inserted: &[(JobId, Option<String>)]) {
     let skipped = jobs
         .iter()
         .filter_map(|j| j.idempotency_key.as_deref())
@@ -214,7 +215,7 @@ pub async fn enqueue_stream(
         .begin()
         .await
         .context("starting the transaction")?;
-    let mut inserted: Vec<(i64, Option<String>)> = Vec::new();
+    let mut inserted: Vec<(JobId, Option<String>)> = Vec::new();
     let mut skipped_total = Vec::new();
     let mut chunk: Vec<NewJob> = Vec::with_capacity(ENQUEUE_CHUNK);
     let mut lines: Vec<usize> = Vec::with_capacity(ENQUEUE_CHUNK);
