@@ -5,6 +5,7 @@ pub mod handlers;
 pub mod mock_meta;
 pub mod mock_orchestrator;
 pub mod pgbouncer;
+pub mod prisma;
 pub mod proxy;
 pub mod window;
 
