@@ -627,8 +627,11 @@ fn quote_literal(s: &str) -> String {
 
 /// The plan for the database `pool` points at (see the module docs). Reads only.
 pub async fn plan(pool: &PgPool) -> Result<Plan, AdoptError> {
-    let mut conn = pool.acquire().await?;
-    plan_on(&mut conn).await
+    // In a transaction (read only, rolled back): one server connection behind a pooler too.
+    let mut tx = pool.begin().await?;
+    let plan = plan_on(&mut tx).await;
+    tx.rollback().await.ok();
+    plan
 }
 
 /// [`plan`] on one connection.

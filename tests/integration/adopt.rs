@@ -19,12 +19,19 @@ use crate::support::{TestDb, spawn_passive};
 const BIN: &str = env!("CARGO_BIN_EXE_outbound-runner");
 
 fn cli(db: &TestDb, args: &[&str]) -> Output {
+    cli_with(db, args, &[])
+}
+
+fn cli_with(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(BIN)
         .args(args)
         .env_clear()
+        .envs(env.iter().copied())
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", std::env::temp_dir())
         .env("DATABASE_URL", &db.url)
+        // `run` never gets as far as serving here; no port of its own either way.
+        .env("OUTBOUND_RUNNER__HTTP__LISTEN", "")
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap()
@@ -76,6 +83,24 @@ async fn migrate_and_run_refuse_an_app_table_and_change_nothing() {
     let out = cli(&db, &["run"]);
     assert_eq!(out.status.code(), Some(78), "{}", text(&out));
     assert!(text(&out).contains("adopt --dry-run"), "{}", text(&out));
+    // With database.migrate = false: what is missing is listed, and `adopt` named.
+    let out = cli_with(
+        &db,
+        &["run"],
+        &[("OUTBOUND_RUNNER__DATABASE__MIGRATE", "false")],
+    );
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        text(&out).contains("lacks what the runner needs")
+            && text(&out).contains("adopt --dry-run"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("OutboundJob_runnable_idx"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(prisma::catalog(&db).await, before, "nothing changed");
     assert!(!has_sqlx_table(&db).await, "not even our bookkeeping table");
 }
