@@ -30,12 +30,6 @@ pub enum StartError {
     Embedded(#[from] db::embedded::EmbeddedError),
     #[error(transparent)]
     Bind(#[from] http::BindError),
-    #[error(
-        "database.migrate is off and the schema lacks what the runner needs: {0}. Apply our \
-         migrations (`outbound-runner migrate`, or with Prisma: `outbound-runner prisma migration \
-         DIR` and `prisma migrate deploy`, docs/prisma.md)"
-    )]
-    Schema(String),
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),
 }
@@ -46,8 +40,8 @@ impl StartError {
             StartError::Config(_) => exit::CONFIG,
             StartError::Embedded(_) => exit::UNAVAILABLE,
             StartError::Bind(e) => e.exit_code(),
-            StartError::Schema(_) => exit::UNAVAILABLE,
-            StartError::Other(_) => exit::SOFTWARE,
+            // A schema we cannot use (an un-adopted table, a missing column): 78.
+            StartError::Other(e) => db::exit_code_of(e, exit::SOFTWARE),
         }
     }
 }
@@ -125,24 +119,12 @@ async fn serve(
     if !wait_for_database(&pool, stop).await {
         return Ok(exit::OK);
     }
+    db::check_timezone(&pool).await?;
     if settings.database.migrate {
         systemd::extend_timeout(Duration::from_secs(120));
         db::migrate_with(&settings, &pool).await?;
     } else {
-        // The schema may have been applied by someone else (the app's Prisma Migrate, from
-        // `outbound-runner prisma migration`): look at what is there, not only the bookkeeping.
-        let missing = db::schema_check::missing(pool.pg())
-            .await
-            .context("checking the schema")?;
-        if !missing.is_empty() {
-            return Err(StartError::Schema(missing.join(", ")));
-        }
-        if !db::migrations_current(&pool).await? {
-            tracing::warn!(
-                "database.migrate is off and _sqlx_migrations does not record every migration of \
-                 this version, but every table, column, index and trigger the runner needs is there"
-            );
-        }
+        db::check_schema(&pool).await?;
     }
     db::warn_if_not_vacuumed(&pool).await;
     warn_of_foreign_running(&pool, &settings).await;
