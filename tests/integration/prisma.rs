@@ -508,3 +508,434 @@ async fn during_the_switch_the_apps_running_jobs_are_left_to_it_and_each_message
         "a short grace sends the app's two jobs twice: {sends:?}"
     );
 }
+
+// --- Prisma-made tables, adopted -----------------------------------------------------------------
+
+const BIN: &str = env!("CARGO_BIN_EXE_outbound-runner");
+
+/// Runs the binary on `url`; (exit code, stdout, stderr).
+async fn outbound_runner(url: &str, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        .env("DATABASE_URL", url)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("outbound-runner finishes")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The app's clients (`npm run generate` in tests/prisma/app), generated once if missing.
+fn clients_generated() {
+    static GENERATED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    GENERATED.get_or_init(|| {
+        if ["cuid", "uuid", "serial"].iter().all(|k| {
+            project("app")
+                .join("generated")
+                .join(k)
+                .join("index.js")
+                .exists()
+        }) {
+            return;
+        }
+        let out = std::process::Command::new("npm")
+            .args(["run", "-s", "generate"])
+            .current_dir(project("app"))
+            .env("PRISMA_SCHEMA_ENGINE_BINARY", "/bin/false")
+            .env("CHECKPOINT_DISABLE", "1")
+            .output()
+            .expect("running npm run generate");
+        assert!(
+            out.status.success(),
+            "npm run generate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// `node app.mjs ARGS` (Prisma Client 7, the app's model `kind`) on `url`: its JSON answer.
+async fn app(url: &str, args: &[&str]) -> Value {
+    clients_generated();
+    let mut all = vec!["app.mjs"];
+    all.extend_from_slice(args);
+    let (code, out, err) = node("app", &all, &[("DATABASE_URL", url)]).await;
+    assert_eq!(code, 0, "app.mjs {args:?}: {err}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("app.mjs {args:?}: {e}: {out}"))
+}
+
+/// A database made the way Prisma makes it for the app's model `kind` (tests/prisma/app/schemas):
+/// its first migration written by `prisma migrate diff` and applied by `prisma migrate deploy`
+/// (so `_prisma_migrations` records it), with the server's TimeZone set to `time_zone`. The
+/// scratch folder holds the app's schema file and migrations.
+async fn prisma_made(kind: &str, time_zone: &str) -> (TestDb, Scratch) {
+    let db = TestDb::empty().await;
+    sqlx::query(&format!(
+        r#"ALTER DATABASE "{}" SET "TimeZone" = '{time_zone}'"#,
+        db.name
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let scratch = Scratch::new();
+    let migrations = scratch.path("migrations");
+    let model = std::fs::read_to_string(project("app").join(format!("schemas/{kind}.prisma")))
+        .unwrap()
+        .replace(
+            "provider = \"postgresql\"\n}",
+            "provider = \"postgresql\"\n  url      = env(\"DATABASE_URL\")\n}",
+        );
+    let schema = scratch.path("schema.prisma");
+    std::fs::write(&schema, &model).unwrap();
+    let init = prisma6(
+        &db.url,
+        &schema,
+        &migrations,
+        &[
+            "migrate",
+            "diff",
+            "--from-empty",
+            "--to-schema-datamodel",
+            schema.to_str().unwrap(),
+            "--script",
+        ],
+    )
+    .await;
+    let sql = &init[init.find("-- Create").expect("the app's DDL")..];
+    std::fs::create_dir_all(migrations.join("0_init")).unwrap();
+    std::fs::write(migrations.join("0_init/migration.sql"), sql).unwrap();
+    std::fs::write(
+        migrations.join("migration_lock.toml"),
+        "provider = \"postgresql\"\n",
+    )
+    .unwrap();
+    prisma6(&db.url, &schema, &migrations, &["migrate", "deploy"]).await;
+    (db, scratch)
+}
+
+/// The status of every job, as text whatever the column's type.
+async fn statuses(db: &TestDb) -> HashMap<String, String> {
+    sqlx::query_as::<_, (String, String)>(r#"SELECT id::text, status::text FROM "OutboundJob""#)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// One full adoption of a Prisma-made table of the app's model `kind`, on a server whose
+/// TimeZone is not UTC: the app's rows before and after are delivered once, Prisma Client reads
+/// the states we write with `completedAt` right in UTC, the printed models leave Prisma no drift
+/// after a baseline on the app's own history, and `jobs show` takes the app's id.
+async fn adoption(kind: &str, time_zone: &str) {
+    let (db, scratch) = prisma_made(kind, time_zone).await;
+    let before = app(
+        &db.url,
+        &[
+            "insert",
+            "--schema",
+            kind,
+            "--count",
+            "3",
+            "--request-id",
+            "req-before",
+            "--key",
+            "before",
+        ],
+    )
+    .await;
+    let columns_before: Vec<(String, String)> = sqlx::query_as(
+        r#"SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+           WHERE attrelid = '"OutboundJob"'::regclass AND attnum > 0 AND NOT attisdropped
+           ORDER BY attnum"#,
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let rows_before: Vec<(String, String)> =
+        sqlx::query_as(r#"SELECT id::text, to_jsonb(j)::text FROM "OutboundJob" j ORDER BY 1"#)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+
+    // `migrate` refuses the app's table and changes nothing; `adopt --dry-run` changes nothing.
+    let (code, _, err) = outbound_runner(&db.url, &["migrate"]).await;
+    assert!(
+        code == 78 || code == 69,
+        "migrate on the app's table: {code} {err}"
+    );
+    assert!(err.contains("adopt --dry-run"), "{err}");
+    let (code, plan, err) = outbound_runner(&db.url, &["adopt", "--dry-run"]).await;
+    assert_eq!(code, 0, "adopt --dry-run: {err}");
+    assert!(plan.contains("ALTER TABLE"), "{plan}");
+    let bookkeeping: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(bookkeeping, None, "nothing of ours before adopt");
+
+    let (code, out, err) = outbound_runner(&db.url, &["adopt", "--yes"]).await;
+    assert_eq!(code, 0, "adopt --yes: {out}\n{err}");
+    // Every app column kept its type, every row its values.
+    let columns_after: Vec<(String, String)> = sqlx::query_as(
+        r#"SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+           WHERE attrelid = '"OutboundJob"'::regclass AND attnum > 0 AND NOT attisdropped
+           ORDER BY attnum"#,
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    for c in &columns_before {
+        assert!(columns_after.contains(c), "{c:?} kept: {columns_after:?}");
+    }
+    let app_columns: Vec<String> = columns_before
+        .iter()
+        .map(|(n, _)| format!("'{n}'"))
+        .collect();
+    let kept: Vec<(String, String)> = sqlx::query_as(&format!(
+        r#"SELECT id::text, (SELECT jsonb_object_agg(k, v) FROM jsonb_each(to_jsonb(j)) e(k, v)
+                             WHERE k IN ({}))::text
+           FROM "OutboundJob" j ORDER BY 1"#,
+        app_columns.join(", ")
+    ))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(kept.len(), rows_before.len());
+    for ((id, after), (id0, before)) in kept.iter().zip(&rows_before) {
+        assert_eq!(id, id0);
+        let after: Value = serde_json::from_str(after).unwrap();
+        let before: Value = serde_json::from_str(before).unwrap();
+        for (k, v) in after.as_object().unwrap() {
+            assert_eq!(&before[k], v, "job {id}: {k} unchanged by adopt");
+        }
+    }
+    let (code, again, _) = outbound_runner(&db.url, &["adopt", "--yes"]).await;
+    assert_eq!(code, 0, "a second adopt: {again}");
+
+    // The app keeps inserting its way after adoption; the runner delivers everything once.
+    let after = app(
+        &db.url,
+        &[
+            "insert",
+            "--schema",
+            kind,
+            "--count",
+            "2",
+            "--many",
+            "--request-id",
+            "req-after",
+            "--key",
+            "after",
+        ],
+    )
+    .await;
+    let one_more = app(&db.url, &["insert", "--schema", kind, "--count", "1"]).await;
+    let mut ids: Vec<String> = Vec::new();
+    for answer in [&before, &after, &one_more] {
+        ids.extend(
+            answer["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string()),
+        );
+    }
+    let runner = spawn_runner(&db, Arc::new(SandboxHandler), |_| {}).await;
+    let delivered = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let s = statuses(&db).await;
+            if ids
+                .iter()
+                .all(|id| s.get(id).map(String::as_str) == Some("done"))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    runner.shutdown().await;
+    assert!(delivered.is_ok(), "delivered: {:?}", statuses(&db).await);
+    let messages: Vec<(String, i64)> =
+        sqlx::query_as(r#"SELECT "jobId"::text, count(*) FROM "OutboundMessage" GROUP BY 1"#)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(messages.len(), ids.len(), "{messages:?}");
+    assert!(
+        messages.iter().all(|(_, n)| *n == 1),
+        "each once: {messages:?}"
+    );
+
+    // The app's own reads see the states we wrote, `completedAt` in UTC.
+    let done = app(&db.url, &["find", "--schema", kind, "--status", "done"]).await;
+    let done = done.as_array().unwrap();
+    assert_eq!(done.len(), ids.len(), "{done:?}");
+    let now = chrono::Utc::now();
+    for row in done {
+        let at: chrono::DateTime<chrono::Utc> =
+            row["completedAt"].as_str().unwrap().parse().unwrap();
+        let off = (now - at).num_seconds().abs();
+        assert!(
+            off < 120,
+            "completedAt {at} is {off} s from now ({time_zone}): {row}"
+        );
+    }
+
+    // The guide's monitoring SQL runs unchanged on the adopted table (on a session in UTC, the
+    // time zone Prisma writes its `TIMESTAMP(3)` values in).
+    let mut conn = db.pool.pg().acquire().await.unwrap();
+    sqlx::query("SET TIME ZONE 'UTC'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let done_last_hour: i64 = sqlx::query_scalar(
+        r#"SELECT COUNT(*) FROM "OutboundJob" 
+WHERE status = 'done' 
+AND "completedAt" > NOW() - INTERVAL '1 hour';"#,
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(done_last_hour, ids.len() as i64);
+    for sql in [
+        r#"SELECT COUNT(*) FROM "OutboundJob" WHERE status = 'queued';"#,
+        r#"SELECT COUNT(*) FROM "OutboundJob" WHERE status = 'running';"#,
+        r#"SELECT COUNT(*) FROM "OutboundJob" 
+WHERE status = 'failed' 
+AND "completedAt" > NOW() - INTERVAL '24 hours';"#,
+    ] {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *conn).await.unwrap();
+        assert_eq!(n, 0, "{sql}");
+    }
+    let by_status = sqlx::query(r#"SELECT status, COUNT(*) FROM "OutboundJob" GROUP BY status;"#)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(by_status.len(), 1);
+    let per_minute = sqlx::query(
+        r#"SELECT 
+  DATE_TRUNC('minute', "completedAt") as minute,
+  COUNT(*) as processed
+FROM "OutboundJob"
+WHERE status = 'done'
+AND "completedAt" > NOW() - INTERVAL '1 hour'
+GROUP BY minute
+ORDER BY minute DESC;"#,
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert!(!per_minute.is_empty());
+    drop(conn);
+
+    // `prisma schema`, baselined on the app's own history: no drift.
+    let (code, models, err) = outbound_runner(&db.url, &["prisma", "schema"]).await;
+    assert_eq!(code, 0, "{err}");
+    let printed = format!("{DATASOURCE}\n{models}");
+    assert_no_drift_after(&db, &printed, &scratch).await;
+
+    // Operators name the job by the app's id.
+    let (code, shown, err) = outbound_runner(&db.url, &["jobs", "show", &ids[0]]).await;
+    assert_eq!(code, 0, "jobs show {}: {err}", ids[0]);
+    assert!(shown.contains(&ids[0]), "{shown}");
+}
+
+/// [`assert_no_drift`] for a database with the app's own migration history in `scratch`: the
+/// baseline is the difference between that history and the printed models.
+async fn assert_no_drift_after(db: &TestDb, printed: &str, scratch: &Scratch) {
+    let migrations = scratch.path("migrations");
+    let schema = scratch.path("schema.prisma");
+    std::fs::write(&schema, printed).unwrap();
+    let pulled = scratch.path("pulled.prisma");
+    std::fs::write(&pulled, pull(&db.url, scratch).await).unwrap();
+    let diff = prisma6(
+        &db.url,
+        &schema,
+        &migrations,
+        &[
+            "migrate",
+            "diff",
+            "--from-schema-datamodel",
+            pulled.to_str().unwrap(),
+            "--to-schema-datamodel",
+            schema.to_str().unwrap(),
+            "--script",
+        ],
+    )
+    .await;
+    assert!(
+        diff.contains("-- This is an empty migration."),
+        "the pulled schema and the printed one differ:\n{diff}\nprinted:\n{printed}"
+    );
+    let baseline = prisma6(
+        &db.url,
+        &schema,
+        &migrations,
+        &[
+            "migrate",
+            "diff",
+            "--from-migrations",
+            migrations.to_str().unwrap(),
+            "--to-schema-datamodel",
+            schema.to_str().unwrap(),
+            "--script",
+        ],
+    )
+    .await;
+    let sql = &baseline[baseline.find("--").unwrap_or(0)..];
+    std::fs::create_dir_all(migrations.join("1_outbound_runner")).unwrap();
+    std::fs::write(migrations.join("1_outbound_runner/migration.sql"), sql).unwrap();
+    prisma6(
+        &db.url,
+        &schema,
+        &migrations,
+        &["migrate", "resolve", "--applied", "1_outbound_runner"],
+    )
+    .await;
+    let dev = prisma6(
+        &db.url,
+        &schema,
+        &migrations,
+        &["migrate", "dev", "--name", "drift_check", "--skip-generate"],
+    )
+    .await;
+    assert!(
+        dev.contains("Already in sync"),
+        "migrate dev after the baseline: {dev}"
+    );
+}
+
+#[tokio::test]
+async fn a_cuid_table_with_an_enum_status_is_adopted_and_its_jobs_flow() {
+    if !ready("migrate") || !ready("app") {
+        return;
+    }
+    adoption("cuid", "Asia/Kolkata").await;
+}
+
+#[tokio::test]
+async fn a_uuid_table_with_a_text_status_is_adopted_and_its_jobs_flow() {
+    if !ready("migrate") || !ready("app") {
+        return;
+    }
+    adoption("uuid", "America/Sao_Paulo").await;
+}
+
+#[tokio::test]
+async fn a_serial_table_is_adopted_and_its_jobs_flow() {
+    if !ready("migrate") || !ready("app") {
+        return;
+    }
+    adoption("serial", "Asia/Kolkata").await;
+}
