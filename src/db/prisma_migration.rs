@@ -21,58 +21,84 @@ use sqlx::PgPool;
 
 use super::MIGRATOR;
 
-/// The folders to write: the main one, then one per statement that must run alone.
+/// One migration folder's worth: statements Prisma may run together, or one that must run alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Together(Vec<String>),
+    /// What it does, and the statement (`CREATE INDEX CONCURRENTLY`, `ALTER TYPE … ADD VALUE`).
+    Alone(String, String),
+}
+
+/// The folders to write, in the order they must be applied.
 #[derive(Debug, Default, Clone)]
 pub struct MigrationPlan {
-    /// Statements that run in the main file, in order.
-    pub statements: Vec<String>,
-    /// Statements that must run outside a transaction (`CREATE INDEX CONCURRENTLY`): what and
-    /// the statement.
-    pub alone: Vec<(String, String)>,
+    pub parts: Vec<Part>,
     /// Said to the operator after the files are written.
     pub notes: Vec<String>,
 }
 
 impl MigrationPlan {
     pub fn is_empty(&self) -> bool {
-        self.statements.is_empty() && self.alone.is_empty()
+        self.parts.is_empty()
     }
 
-    /// `(folder name, migration.sql)` for each folder, named after `stamp` (YYYYMMDDHHMMSS) so
-    /// Prisma applies them in order.
+    fn together(&mut self, statements: impl IntoIterator<Item = String>) {
+        let statements: Vec<String> = statements.into_iter().collect();
+        if statements.is_empty() {
+            return;
+        }
+        match self.parts.last_mut() {
+            Some(Part::Together(last)) => last.extend(statements),
+            _ => self.parts.push(Part::Together(statements)),
+        }
+    }
+
+    /// `(folder name, migration.sql)` for each folder, named after `stamp` (YYYYMMDDHHMMSS) and
+    /// numbered so Prisma applies them in this order (it sorts the folders by name).
     pub fn folders(&self, stamp: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        if !self.statements.is_empty() {
-            let mut sql = String::from(HEADER);
-            for s in &self.statements {
-                let _ = writeln!(sql, "\n{}", for_prisma(s));
-            }
-            out.push((format!("{stamp}_outbound_runner"), sql));
-        }
-        for (i, (what, statement)) in self.alone.iter().enumerate() {
-            let mut sql = String::from(
-                "-- outbound-runner (`outbound-runner prisma migration`): one statement that must run\n\
-                 -- outside a transaction, alone in its file so Prisma runs it by itself. It does not\n\
-                 -- block the app's writes while it runs. If it fails, it may leave an INVALID index:\n\
-                 -- drop that index, `prisma migrate resolve --rolled-back` this folder, deploy again.\n",
-            );
-            let _ = writeln!(
-                sql,
-                "-- {}\n{}",
-                what.replace('\n', " "),
-                for_prisma(statement)
-            );
-            out.push((format!("{stamp}_outbound_runner_{}", i + 1), sql));
+        for (i, part) in self.parts.iter().enumerate() {
+            let name = if i == 0 {
+                format!("{stamp}_outbound_runner")
+            } else {
+                format!("{stamp}_outbound_runner_{i:02}")
+            };
+            let sql = match part {
+                Part::Together(statements) => {
+                    let mut sql = String::from(HEADER);
+                    for s in statements {
+                        let _ = writeln!(sql, "\n{}", for_prisma(s));
+                    }
+                    sql
+                }
+                Part::Alone(what, statement) => {
+                    let mut sql = String::from(ALONE);
+                    // No semicolon in a comment either: the driver-adapter engine cuts there too.
+                    let _ = writeln!(
+                        sql,
+                        "-- {}\n{}",
+                        what.replace('\n', " ").replace(';', ","),
+                        for_prisma(statement)
+                    );
+                    sql
+                }
+            };
+            out.push((name, sql));
         }
         out
     }
 }
 
 const HEADER: &str = "-- outbound-runner's schema, written by `outbound-runner prisma migration` for a Prisma that\n\
--- owns every DDL statement (docs/prisma.md). The last statements record our migrations in\n\
+-- owns every DDL statement (docs/prisma.md). Its last statements record our migrations in\n\
 -- _sqlx_migrations, so `outbound-runner migrate` and the daemon's start-up check agree.\n\
 -- Comments are left out and function bodies written as E'' strings: Prisma's driver-adapter\n\
 -- engine cuts a file at every semicolon.\n";
+
+const ALONE: &str = "-- outbound-runner (`outbound-runner prisma migration`): one statement that must run outside a\n\
+-- transaction, alone in its file so Prisma runs it by itself (docs/prisma.md). An index built\n\
+-- CONCURRENTLY does not block the app's writes. If its build fails it leaves an INVALID index:\n\
+-- drop that index, `prisma migrate resolve --rolled-back` this folder, deploy again.\n";
 
 /// What to write for this database now.
 pub async fn plan(pool: &PgPool) -> anyhow::Result<MigrationPlan> {
@@ -91,25 +117,28 @@ pub async fn plan(pool: &PgPool) -> anyhow::Result<MigrationPlan> {
     };
     let mut plan = MigrationPlan::default();
     if has_job && applied.is_empty() {
-        // The app's own table: adoption's steps, not our first migration.
-        adoption(pool, &mut plan).await?;
-    } else {
-        for m in MIGRATOR.iter().filter(|m| !applied.contains(&m.version)) {
-            plan.statements.extend(split(&m.sql));
+        // The app's own table: adoption's steps (its bookkeeping included), not our first
+        // migration.
+        let adopt = super::adopt::plan(pool).await?;
+        for step in adopt.steps {
+            if step.outside_transaction {
+                for s in split(&step.sql) {
+                    plan.parts.push(Part::Alone(step.what.clone(), s));
+                }
+            } else {
+                plan.together(split(&step.sql));
+            }
         }
-    }
-    if plan.statements.is_empty() && plan.alone.is_empty() {
+        plan.notes.extend(adopt.notes);
         return Ok(plan);
     }
-    plan.statements.extend(bookkeeping(&applied));
+    for m in MIGRATOR.iter().filter(|m| !applied.contains(&m.version)) {
+        plan.together(split(&m.sql));
+    }
+    if !plan.is_empty() {
+        plan.together(bookkeeping(&applied));
+    }
     Ok(plan)
-}
-
-/// `adopt`'s plan (src/db/adopt.rs) as migration statements.
-async fn adoption(_pool: &PgPool, _plan: &mut MigrationPlan) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "this database's \"OutboundJob\" was not made by our migrations: adopting it is not in this build"
-    )
 }
 
 /// Creates `_sqlx_migrations` as sqlx does and records every compiled-in migration not yet in it.
@@ -289,6 +318,21 @@ mod tests {
         assert_eq!(s.matches(';').count(), 1, "{s}");
         assert!(s.ends_with("END\n';"), "{s}");
         assert!(s.contains("pg_notify(\\'c\\', \\'\\')\\073"), "{s}");
+    }
+
+    #[test]
+    fn no_semicolon_but_the_statements_own() {
+        let plan = MigrationPlan {
+            parts: vec![
+                Part::Alone("a; b".into(), "CREATE INDEX CONCURRENTLY i ON t (a)".into()),
+                Part::Together(vec!["SELECT 1".into(), "SELECT 2".into()]),
+            ],
+            notes: vec![],
+        };
+        for (_, sql) in plan.folders("20261206000000") {
+            let statements = sql.lines().filter(|l| !l.starts_with("--")).count();
+            assert_eq!(sql.matches(';').count(), statements, "{sql}");
+        }
     }
 
     #[test]

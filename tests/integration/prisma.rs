@@ -939,3 +939,119 @@ async fn a_serial_table_is_adopted_and_its_jobs_flow() {
     }
     adoption("serial", "Asia/Kolkata").await;
 }
+
+#[tokio::test]
+async fn on_the_apps_table_prisma_applies_the_adoption_written_as_migrations() {
+    if !ready("migrate") || !ready("app") {
+        return;
+    }
+    let (db, scratch) = prisma_made("cuid", "America/Sao_Paulo").await;
+    let before = app(
+        &db.url,
+        &[
+            "insert",
+            "--schema",
+            "cuid",
+            "--count",
+            "2",
+            "--request-id",
+            "req-b",
+        ],
+    )
+    .await;
+    let migrations = scratch.path("migrations");
+    let (code, out, err) = outbound_runner(
+        &db.url,
+        &[
+            "prisma",
+            "migration",
+            migrations.to_str().unwrap(),
+            "--timestamp",
+            "20261206120000",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "prisma migration: {out}\n{err}");
+    // The enum value first, alone; the indexes built CONCURRENTLY, each alone; nothing applied.
+    let mut folders: Vec<String> = std::fs::read_dir(&migrations)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    folders.sort();
+    assert_eq!(folders[0], "0_init");
+    assert_eq!(folders[1], "20261206120000_outbound_runner");
+    let first =
+        std::fs::read_to_string(migrations.join(&folders[1]).join("migration.sql")).unwrap();
+    assert!(
+        first.contains("ADD VALUE IF NOT EXISTS 'cancelled'"),
+        "{first}"
+    );
+    let concurrent = folders
+        .iter()
+        .filter(|f| {
+            std::fs::read_to_string(migrations.join(f).join("migration.sql"))
+                .unwrap()
+                .contains("CONCURRENTLY")
+        })
+        .count();
+    assert!(concurrent >= 5, "{folders:?}");
+    let bookkeeping: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(bookkeeping, None, "writing the files changed nothing");
+
+    // Prisma applies them; the daemon's check with database.migrate = false passes, `migrate`
+    // has nothing to do, and the app's jobs flow.
+    let schema = scratch.path("schema.prisma");
+    let deployed = prisma6(&db.url, &schema, &migrations, &["migrate", "deploy"]).await;
+    assert!(
+        deployed.contains("20261206120000_outbound_runner"),
+        "{deployed}"
+    );
+    outbound_runner::db::check_schema(&db.pool).await.unwrap();
+    let (code, _, err) = outbound_runner(&db.url, &["migrate"]).await;
+    assert_eq!(code, 0, "migrate after Prisma applied ours: {err}");
+    let runner = spawn_runner(&db, Arc::new(SandboxHandler), |s| {
+        s.database.migrate = false;
+    })
+    .await;
+    let ids: Vec<String> = before["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let delivered = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let s = statuses(&db).await;
+            if ids
+                .iter()
+                .all(|id| s.get(id).map(String::as_str) == Some("done"))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    runner.shutdown().await;
+    assert!(delivered.is_ok(), "delivered: {:?}", statuses(&db).await);
+
+    // The history holds our DDL: with the printed models in schema.prisma, `migrate dev` is in
+    // sync without a baseline.
+    let (code, models, err) = outbound_runner(&db.url, &["prisma", "schema"]).await;
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(&schema, format!("{DATASOURCE}\n{models}")).unwrap();
+    let dev = prisma6(
+        &db.url,
+        &schema,
+        &migrations,
+        &["migrate", "dev", "--name", "drift_check", "--skip-generate"],
+    )
+    .await;
+    assert!(dev.contains("Already in sync"), "migrate dev: {dev}");
+}
