@@ -330,7 +330,10 @@ mod tests {
             notes: vec![],
         };
         for (_, sql) in plan.folders("20261206000000") {
-            let statements = sql.lines().filter(|l| !l.starts_with("--")).count();
+            let statements = sql
+                .lines()
+                .filter(|l| !l.starts_with("--") && !l.trim().is_empty())
+                .count();
             assert_eq!(sql.matches(';').count(), statements, "{sql}");
         }
     }
