@@ -545,6 +545,37 @@ pub async fn foreign_running(pool: &Pool, grace: Duration) -> sqlx::Result<Forei
     Ok(ForeignRunning { total, recent })
 }
 
+/// [`foreign_running`] on the app's table before `adopt` (no lease column yet: every running row
+/// is the app's runner's). Recent by `"updatedAt"` when the table has one (Prisma's
+/// `@updatedAt`), else every running row counts as recent.
+pub async fn foreign_running_before_adoption(
+    pool: &Pool,
+    grace: Duration,
+) -> sqlx::Result<ForeignRunning> {
+    let has_updated_at: bool = sqlx::query_scalar(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_attribute
+                          WHERE attrelid = to_regclass('"OutboundJob"') AND attname = 'updatedAt'
+                            AND NOT attisdropped)"#,
+    )
+    .persistent(false)
+    .fetch_one(pool)
+    .await?;
+    let recent = if has_updated_at {
+        r#""updatedAt" >= now() - make_interval(secs => $1)"#
+    } else {
+        "$1::float8 IS NOT NULL"
+    };
+    let (total, recent): (i64, i64) = sqlx::query_as(&format!(
+        r#"SELECT count(*), count(*) FILTER (WHERE {recent})
+           FROM "OutboundJob" WHERE status::text = 'running'"#
+    ))
+    .bind(grace.as_secs_f64())
+    .persistent(false)
+    .fetch_one(pool)
+    .await?;
+    Ok(ForeignRunning { total, recent })
+}
+
 async fn reclaim_where(
     pool: &Pool,
     target: &str,

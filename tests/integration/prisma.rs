@@ -1055,3 +1055,28 @@ async fn on_the_apps_table_prisma_applies_the_adoption_written_as_migrations() {
     .await;
     assert!(dev.contains("Already in sync"), "migrate dev: {dev}");
 }
+
+#[tokio::test]
+async fn adopt_names_the_rows_the_apps_runner_is_still_working() {
+    if !ready("migrate") || !ready("app") {
+        return;
+    }
+    let (db, _scratch) = prisma_made("cuid", "Asia/Kolkata").await;
+    let ids = app(&db.url, &["insert", "--schema", "cuid", "--count", "2"]).await;
+    // The app's runner took one (as the guide's runner does: `running`, "updatedAt" now, UTC).
+    sqlx::query(
+        r#"UPDATE "OutboundJob" SET status = 'running', "updatedAt" = now() AT TIME ZONE 'UTC'
+           WHERE id = $1"#,
+    )
+    .bind(ids["ids"][0].as_str().unwrap())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (code, out, err) = outbound_runner(&db.url, &["adopt", "--dry-run"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("1 job(s) are `running` by the app's own runner (1 updated within"),
+        "{out}"
+    );
+    assert!(out.contains("Turn the app's cron off first"), "{out}");
+}
