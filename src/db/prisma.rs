@@ -46,6 +46,22 @@ pub const OUR_JOB_COLUMNS: &[&str] = &[
     "cancelRequestedAt",
 ];
 
+/// The columns of ours an app's `OutboundJob` does not have: the first of them (by position)
+/// ends the app's own columns, marked "yours" in the printed model.
+const ADDED_JOB_COLUMNS: &[&str] = &[
+    "priority",
+    "runAt",
+    "maxAttempts",
+    "lockedBy",
+    "lockedAt",
+    "leaseUntil",
+    "composed",
+    "lastErrorCode",
+    "startedAt",
+    "history",
+    "cancelRequestedAt",
+];
+
 /// What `pg_catalog` says about our tables.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -317,7 +333,13 @@ fn render_model(out: &mut String, t: &Table, back: &[(String, String)]) {
     };
     // Lines as (field, type, attributes, comment), aligned like `prisma format`.
     let mut lines: Vec<(String, String, String, String)> = Vec::new();
-    for c in &t.columns {
+    // The app's columns come first: `adopt` (like our first migration) adds ours after them.
+    let first_of_ours = t
+        .columns
+        .iter()
+        .position(|c| ADDED_JOB_COLUMNS.contains(&c.name.as_str()))
+        .unwrap_or(t.columns.len());
+    for (position, c) in t.columns.iter().enumerate() {
         let field = identifier(&c.name);
         let (prisma_type, native) = prisma_type(c);
         let mut ty = prisma_type;
@@ -355,7 +377,7 @@ fn render_model(out: &mut String, t: &Table, back: &[(String, String)]) {
         }
         let comment = if is_job && !OUR_JOB_COLUMNS.contains(&c.name.as_str()) {
             "// yours (outbound-runner does not use it)".to_string()
-        } else if is_job && is_app_field(&c.name) {
+        } else if is_job && position < first_of_ours {
             "// yours".to_string()
         } else {
             String::new()
@@ -456,14 +478,6 @@ fn render_model(out: &mut String, t: &Table, back: &[(String, String)]) {
         }
     }
     out.push_str("}\n");
-}
-
-/// Columns a Prisma app's `OutboundJob` model usually has already: printed, marked "yours".
-fn is_app_field(column: &str) -> bool {
-    matches!(
-        column,
-        "id" | "status" | "payload" | "requestId" | "idempotencyKey" | "createdAt" | "updatedAt"
-    )
 }
 
 /// The Prisma scalar type and the `@db.*` attribute (none when it is Prisma's default for the
