@@ -1,5 +1,5 @@
-//! The command line: `run` (the daemon, default), `migrate`, `enqueue`, `status`, `jobs`,
-//! `numbers`, `verify`, `check-config`.
+//! The command line: `run` (the daemon, default), `migrate`, `adopt`, `enqueue`, `status`,
+//! `jobs`, `numbers`, `prisma`, `verify`, `check-config`.
 
 pub mod adopt;
 pub mod in_flight;
