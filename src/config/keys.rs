@@ -668,6 +668,13 @@ pub const KEYS: &[Key] = &[
         |s| Value::Number(s.http.max_concurrent_passes),
     ),
     key(
+        "http.request_timeout",
+        "5s",
+        Restart,
+        "a request's headers must arrive within it, then its body within it of the headers (then 408 and the connection is closed); also how long an idle keep-alive connection stays open",
+        |s| Value::Duration(s.http.request_timeout),
+    ),
+    key(
         "metrics.listen",
         "",
         Restart,

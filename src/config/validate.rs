@@ -169,6 +169,11 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
     if s.http.pass_timeout.is_zero() {
         bad("http.pass_timeout", "must be more than 0s");
     }
+    if s.http.request_timeout < Duration::from_millis(100)
+        || s.http.request_timeout > Duration::from_secs(300)
+    {
+        bad("http.request_timeout", "must be between 100ms and 5m");
+    }
     if !(1..=256).contains(&s.http.max_concurrent_passes) {
         bad("http.max_concurrent_passes", "must be between 1 and 256");
     }

@@ -129,6 +129,14 @@ async fn receive(State(state): State<HttpState>, request: Request) -> Response {
     }
     let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
         Ok(b) => b,
+        Err(e) if super::server::is_body_deadline(&e) => {
+            // The signature needs the body: the deadline is what bounds the wait.
+            outcome("timeout");
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive within http.request_timeout",
+            );
+        }
         Err(_) => {
             outcome("too_large");
             return error(StatusCode::PAYLOAD_TOO_LARGE, "the body is over 1 MB");

@@ -623,6 +623,131 @@ async fn a_connection_that_sends_half_its_headers_is_closed_after_the_header_tim
     app.stop().await;
 }
 
+/// Opens `n` connections to `addr` that each send a request head announcing a 10-byte body
+/// (`head` up to the blank line) and then nothing; with the instant each head was sent.
+async fn withheld_bodies(
+    addr: &str,
+    n: usize,
+    head: &str,
+) -> Vec<(tokio::net::TcpStream, std::time::Instant)> {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("{head}Content-Length: 10\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        held.push((s, std::time::Instant::now()));
+    }
+    held
+}
+
+/// What the server sent before it closed the connection (bounded by `within`).
+async fn answer_then_close(s: &mut tokio::net::TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    tokio::time::timeout(within, s.read_to_end(&mut buf))
+        .await
+        .expect("the server did not close the connection")
+        .ok();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+const WEBHOOK_HEAD: &str = "POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\n\
+                            Content-Type: application/json\r\nX-Hub-Signature-256: sha256=00\r\n";
+
+/// Issue 25, case 1: a client that sends `Content-Length: 10` and then nothing no longer holds
+/// a connection: `/healthz` answers while 100 of them are open, and each is answered 408 and
+/// closed once `http.request_timeout` has passed since its head. The admin API checks the token
+/// before it waits for a body.
+#[tokio::test]
+async fn withheld_bodies_are_cut_at_the_request_timeout_and_never_lock_out_health() {
+    let timeout = Duration::from_secs(1);
+    let app = spawn_app(Arc::new(SandboxHandler), |s| {
+        s.http.request_timeout = timeout;
+        s.whatsapp.app_secret = Some("app-secret".to_string().into());
+        s.http.admin_token = Some("admin-token".to_string().into());
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut held = withheld_bodies(&addr, 90, WEBHOOK_HEAD).await;
+    held.extend(
+        withheld_bodies(
+            &addr,
+            10,
+            "POST /api/admin/jobs/retry HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer admin-token\r\n",
+        )
+        .await,
+    );
+    let (median, slowest) = health_times(&app.base).await;
+    assert!(median < Duration::from_millis(100), "{median:?}");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    for (socket, sent) in &mut held {
+        let answer = answer_then_close(socket, timeout + Duration::from_secs(5)).await;
+        let took = sent.elapsed();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+        assert!(answer.contains("http.request_timeout"), "{answer:?}");
+        assert!(
+            took >= timeout - Duration::from_millis(100),
+            "closed before the deadline: {took:?}"
+        );
+    }
+    let timeouts = app
+        .runner
+        .metrics()
+        .webhook_requests
+        .with_label_values(&["timeout"])
+        .get();
+    assert_eq!(timeouts, 90);
+
+    // Without the admin token: refused at once, no body awaited.
+    let mut refused = withheld_bodies(
+        &addr,
+        1,
+        "POST /api/admin/jobs/cancel HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n",
+    )
+    .await;
+    let (socket, sent) = &mut refused[0];
+    let answer = answer_then_close(socket, timeout + Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer:?}");
+    assert!(sent.elapsed() < timeout, "{:?}", sent.elapsed());
+    app.stop().await;
+}
+
+/// At the connection cap, connections still waiting for their body are cut to make room like
+/// idle ones: 100 of them against a cap of 32 (the issue's `ulimit -n 64`) do not lock out
+/// `/healthz`.
+#[tokio::test]
+async fn at_the_connection_cap_withheld_bodies_make_room_for_new_connections() {
+    let db = TestDb::new().await;
+    let runner = spawn_passive(&db, Arc::new(SandboxHandler), |s| {
+        s.whatsapp.app_secret = Some("app-secret".to_string().into());
+    })
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let router = outbound_runner::http::routes::api(
+        outbound_runner::http::HttpState::with_metrics_on_api(runner.clone(), true),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(outbound_runner::http::server::serve_with(
+        listener,
+        router,
+        stop.clone().cancelled_owned(),
+        32,
+        Duration::from_secs(30),
+    ));
+    let held = withheld_bodies(&addr, 100, WEBHOOK_HEAD).await;
+    let (median, slowest) = health_times(&format!("http://{addr}")).await;
+    assert!(median < Duration::from_millis(100), "{median:?}");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    drop(held);
+    stop.cancel();
+    server.await.unwrap().unwrap();
+    runner.shutdown().await;
+}
+
 #[tokio::test]
 async fn several_authorization_headers_are_refused_and_head_never_runs_a_pass() {
     let app = spawn_app(Arc::new(SandboxHandler), |_| {}).await;
