@@ -684,8 +684,9 @@ pub struct CancelReport {
     pub matched: i64,
     /// Queued jobs now `cancelled` (dry: that would be).
     pub cancelled: i64,
-    /// Running jobs asked to stop before their next send (or asked already): a runner holds
-    /// them; each ends `cancelled`, or `done` if all its messages were sent.
+    /// Running jobs this cancel asked to stop before their next send (one asked already is not
+    /// counted again): a runner holds them; each ends `cancelled`, or `done` if all its
+    /// messages were sent.
     pub running: i64,
     /// The cancelled ids, at most [`MAX_REPORTED_IDS`].
     pub ids: Vec<i64>,
@@ -735,11 +736,15 @@ pub async fn cancel(
             FROM target t
             WHERE NOT $11 AND j.id = t.id AND t.status = 'running' AND j.status = 'running'
               AND j."cancelRequestedAt" IS NULL
+            RETURNING j.id
         )
+        -- The ids each update changed, never the rows it matched at the start: a row that
+        -- finished, or was asked to stop by another cancel, meanwhile is not reported.
         SELECT (SELECT count(*) FROM target),
                CASE WHEN $11 THEN (SELECT array_agg(id ORDER BY id) FROM target WHERE status = 'queued')
                     ELSE (SELECT array_agg(id ORDER BY id) FROM cancelled) END,
-               (SELECT array_agg(id ORDER BY id) FROM target WHERE status = 'running')
+               CASE WHEN $11 THEN (SELECT array_agg(id ORDER BY id) FROM target WHERE status = 'running')
+                    ELSE (SELECT array_agg(id ORDER BY id) FROM stop) END
         "#
     );
     let row = bind_filter(sqlx::query(&sql), filter, Some(&statuses), false)

@@ -1114,3 +1114,48 @@ async fn an_attempt_asked_to_stop_ends_cancelled_whether_it_would_be_retried_or_
     assert_eq!(runner.run_pass(10).await.unwrap().processed.len(), 2);
     runner.shutdown().await;
 }
+
+/// Issue 25, case 3: `running`/`runningIds` are the jobs this cancel's stop request changed,
+/// never the rows it matched at the start. Two cancels of the same 50 running jobs at once
+/// report each job exactly once, and every job reported was asked to stop (its
+/// `cancelRequestedAt` and one history entry); a third reports none.
+#[tokio::test]
+async fn a_cancel_reports_as_stopping_only_the_jobs_it_asked_to_stop() {
+    use outbound_runner::queue::store;
+    let db = TestDb::new().await;
+    let runner = spawn_passive(&db, Arc::new(Counting::default()), |_| {}).await;
+    let ids = db.insert_jobs(50).await;
+    let me: Arc<str> = runner.locked_by().into();
+    let claimed = store::claim(&db.pool, &me, Duration::from_secs(60), 50, 5)
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(claimed.len(), 50);
+    let f = Filter {
+        ids: ids.clone(),
+        ..Filter::default()
+    };
+    let actor = by(false);
+    let (a, b) = tokio::join!(
+        admin::cancel(&db.pool, &f, &actor),
+        admin::cancel(&db.pool, &f, &actor)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.running + b.running, 50, "{a:?} {b:?}");
+    let mut reported: Vec<i64> = a
+        .running_ids
+        .iter()
+        .chain(&b.running_ids)
+        .copied()
+        .collect();
+    reported.sort_unstable();
+    assert_eq!(reported, ids);
+    for id in &ids {
+        assert!(cancel_requested(&db, *id).await);
+        assert_eq!(history(&db, *id).await.as_array().unwrap().len(), 1);
+    }
+    let again = admin::cancel(&db.pool, &f, &by(false)).await.unwrap();
+    assert_eq!((again.matched, again.running), (50, 0));
+    assert!(again.running_ids.is_empty());
+    runner.shutdown().await;
+}
