@@ -120,8 +120,14 @@ fn filter_from_query(query: Option<&str>) -> Result<Filter, AdminError> {
         match &*k {
             "status" => f.status.extend(v.split(',').map(|s| s.trim().to_string())),
             "code" => f.code = Some(v),
-            "since" => f.since = Some(admin::parse_time(&v)?),
-            "until" => f.until = Some(admin::parse_time(&v)?),
+            "since" | "until" => {
+                let t = admin::parse_time(&v).map_err(|e| bad(format!("{k}: {e}")))?;
+                if k == "since" {
+                    f.since = Some(t);
+                } else {
+                    f.until = Some(t);
+                }
+            }
             "to" => f.to = Some(v),
             "requestId" => f.request_id = Some(v),
             "from" => f.from = Some(v),
@@ -250,7 +256,11 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, AdminEr
 }
 
 fn action_filter(body: &ActionBody) -> Result<Filter, AdminError> {
-    let time = |s: &Option<String>| s.as_deref().map(admin::parse_time).transpose();
+    let time = |name: &str, s: &Option<String>| {
+        s.as_deref()
+            .map(|v| admin::parse_time(v).map_err(|e| bad(format!("{name}: {e}"))))
+            .transpose()
+    };
     Filter {
         status: match &body.status {
             None => Vec::new(),
@@ -258,8 +268,8 @@ fn action_filter(body: &ActionBody) -> Result<Filter, AdminError> {
             Some(OneOrMany::Many(v)) => v.clone(),
         },
         code: body.code.clone(),
-        since: time(&body.since)?,
-        until: time(&body.until)?,
+        since: time("since", &body.since)?,
+        until: time("until", &body.until)?,
         to: body.to.clone(),
         request_id: body.request_id.clone(),
         from: body.from.clone(),

@@ -1159,3 +1159,75 @@ async fn a_cancel_reports_as_stopping_only_the_jobs_it_asked_to_stop() {
     assert!(again.running_ids.is_empty());
     runner.shutdown().await;
 }
+
+/// Issue 25, case 4: input the database would refuse (a NUL, a time out of its range) is
+/// answered 400 naming the parameter, never `503 database unavailable`; the CLI exits 64.
+#[tokio::test]
+async fn bad_input_is_400_naming_the_parameter_never_database_unavailable() {
+    let app = admin_app().await;
+    let job = app.db.insert_jobs(1).await[0];
+    for (query, named) in [
+        ("requestId=a%00b", "requestId"),
+        ("since=1000000000h", "since"),
+        ("until=1000000000h", "until"),
+        ("since=99999999999999days", "since"),
+    ] {
+        let (status, body) = json(
+            app.client
+                .get(app.url(&format!("/api/admin/jobs?{query}")))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(named),
+            "{query}: {body}"
+        );
+    }
+    for (path, body, named) in [
+        (
+            "/api/admin/jobs/retry".to_string(),
+            serde_json::json!({"requestId": "a\u{0}b"}),
+            "requestId",
+        ),
+        (
+            "/api/admin/jobs/cancel".to_string(),
+            serde_json::json!({"since": "1000000000h"}),
+            "since",
+        ),
+        (
+            format!("/api/admin/jobs/{job}/settle"),
+            serde_json::json!({"as": "sent", "wamid": "wamid.\u{0}"}),
+            "wamid",
+        ),
+    ] {
+        let (status, answer) = json(
+            app.client
+                .post(app.url(&path))
+                .bearer_auth(ADMIN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 400, "{path} {body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(named),
+            "{answer}"
+        );
+    }
+    // The net under the validation: a data exception is bad input, not an outage.
+    let refused: sqlx::Error = sqlx::query("SELECT $1::text")
+        .bind("a\u{0}b")
+        .execute(&app.db.pool)
+        .await
+        .unwrap_err();
+    assert!(matches!(AdminError::from(refused), AdminError::Invalid(_)));
+    let o = cli(&["jobs", "list", "--since", "1000000000h"], &app.db);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o).1);
+    app.stop().await;
+}
