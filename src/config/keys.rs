@@ -114,7 +114,8 @@ impl Key {
 }
 
 const EMPTY: &str = "\"\"";
-const MASK: &str = "***";
+/// What `check-config` shows for a secret that is set.
+pub const MASK: &str = "***";
 
 /// A key's effective value: what `check-config` prints and the reload check compares.
 #[derive(Debug, Clone, Copy)]

@@ -835,6 +835,108 @@ fn whitespace_only_secrets_are_refused_with_their_key_named() {
     );
 }
 
+/// Issue 25, case 5: a verify token of spaces would verify a subscription sent `%20`.
+#[test]
+fn a_whitespace_only_verify_token_is_refused_like_every_other_secret() {
+    let err = load_with(None, &[("WHATSAPP_VERIFY_TOKEN", " ")]).unwrap_err();
+    assert!(
+        err.contains("whatsapp.verify_token: is only whitespace"),
+        "{err}"
+    );
+    assert!(load_with(None, &[("WHATSAPP_VERIFY_TOKEN", "verify-me")]).is_ok());
+}
+
+/// Issue 25, case 6: a secret file is a regular file of at most 64 KiB, never a device (which
+/// never ends) or a FIFO (which never answers), and an error never echoes what it holds.
+#[test]
+fn secret_files_are_regular_small_files_and_never_echoed() {
+    let dir = std::env::temp_dir().join(format!("or-secret-files-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let started = std::time::Instant::now();
+    let err = load_with(None, &[("ADMIN_TOKEN_FILE", "/dev/zero")]).unwrap_err();
+    assert!(
+        err.contains("http.admin_token_file") && err.contains("not a regular file"),
+        "{err}"
+    );
+    let fifo = dir.join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let err = load_with(None, &[("CRON_SECRET_FILE", fifo.to_str().unwrap())]).unwrap_err();
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let big = dir.join("big");
+    std::fs::write(&big, vec![b'a'; 64 * 1024 + 1]).unwrap();
+    let err = load_with(None, &[("JOB_RUNNER_TOKEN_FILE", big.to_str().unwrap())]).unwrap_err();
+    assert!(err.contains("larger than 64 KiB"), "{err}");
+    let fits = dir.join("fits");
+    std::fs::write(&fits, vec![b'a'; 64 * 1024]).unwrap();
+    assert!(load_with(None, &[("JOB_RUNNER_TOKEN_FILE", fits.to_str().unwrap())]).is_ok());
+
+    // A file that is not a database URL (say /etc/shadow): its first characters are not shown.
+    let shadow = dir.join("shadow");
+    std::fs::write(&shadow, "root:$6$saltsalt$hashhash:19000:0:99999:7:::\n").unwrap();
+    let err = load_with(None, &[("DATABASE_URL_FILE", shadow.to_str().unwrap())]).unwrap_err();
+    assert!(err.contains("database.url"), "{err}");
+    for leaked in ["root", "saltsalt", "hashhash"] {
+        assert!(!err.contains(leaked), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 25, case 6: a configuration file that holds secrets and that every user may read is
+/// warned about (start-up and `check-config`), naming the keys, never the values.
+#[test]
+fn a_config_file_readable_by_every_user_and_holding_secrets_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let path =
+        std::env::temp_dir().join(format!("or-readable-{:016x}.toml", rand::random::<u64>()));
+    std::fs::write(&path, "[http]\nadmin_token = \"admin-secret-value\"\n").unwrap();
+    let opts = outbound_runner::config::LoadOptions {
+        config_path: Some(path.clone()),
+        skip_default_path: true,
+        env: Default::default(),
+    };
+    let settings = outbound_runner::config::load(&opts).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let warning =
+        outbound_runner::config::readable_secrets_warning(&opts, &settings).expect("a warning");
+    assert!(
+        warning.contains("http.admin_token") && warning.contains("644"),
+        "{warning}"
+    );
+    assert!(!warning.contains("admin-secret-value"), "{warning}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_outbound-runner"))
+        .args(["--config", path.to_str().unwrap(), "check-config"])
+        .env_clear()
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("readable by every user"), "{stderr}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(
+        outbound_runner::config::readable_secrets_warning(&opts, &settings),
+        None
+    );
+    // No secret in the file: nothing to warn about.
+    std::fs::write(&path, "[http]\nmax_per_request = 10\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let settings = outbound_runner::config::load(&opts).unwrap();
+    assert_eq!(
+        outbound_runner::config::readable_secrets_warning(&opts, &settings),
+        None
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
 #[test]
 fn a_toml_syntax_error_never_prints_the_offending_value() {
     let err = load_with(
