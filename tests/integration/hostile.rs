@@ -768,6 +768,18 @@ async fn several_authorization_headers_are_refused_and_head_never_runs_a_pass() 
         .get_json(&format!("{RUN}?token=wrong&token={TOKEN}"))
         .await;
     assert_eq!(status, 401);
+    // Issue 25: one credential per request across header and query too (two guesses otherwise).
+    for (bearer, query) in [("wrong", TOKEN), (TOKEN, "wrong")] {
+        let response = app
+            .client
+            .get(format!("{url}?token={query}"))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "bearer {bearer}, query {query}");
+    }
+    assert_eq!(row(&app.db, job).await.0, "queued");
 
     let passes = *app.runner.passes().borrow();
     let response = app
