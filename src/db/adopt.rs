@@ -690,6 +690,16 @@ pub async fn plan_on(conn: &mut PgConnection) -> Result<Plan, AdoptError> {
         }
         Some(c) if !c.labels.is_empty() => {
             status_enum = Some(c.ty.clone());
+            // `QUEUED` where we read `queued`: the app's jobs would never be claimed.
+            for l in &c.labels {
+                let lower = l.to_lowercase();
+                if *l != lower && STATUSES.contains(&lower.as_str()) {
+                    problems.push(format!(
+                        "column status: the enum {} has {l:?} where the runner reads and writes                          {lower:?} (the guide's statuses are lowercase)",
+                        c.ty
+                    ));
+                }
+            }
             for s in STATUSES {
                 if !c.labels.iter().any(|l| l == s) {
                     enum_steps.push(Step {

@@ -63,7 +63,8 @@ impl JobId {
 
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        // `pad`: a width (`{:>8}`, tables) applies.
+        f.pad(&self.0)
     }
 }
 

@@ -655,3 +655,25 @@ async fn every_state_change_works_on_an_apps_enum_status_and_text_ids() {
     assert_eq!(pruned, 1);
     runner.shutdown().await;
 }
+
+/// An enum whose statuses are ours in upper case (`QUEUED`): the runner would never see the
+/// app's jobs; refused, named.
+#[tokio::test]
+async fn an_upper_case_status_enum_is_refused() {
+    let db = TestDb::empty().await;
+    sqlx::raw_sql(
+        r#"CREATE TYPE "JobStatus" AS ENUM ('QUEUED', 'RUNNING', 'DONE', 'FAILED');
+           CREATE TABLE "OutboundJob" (
+               "id" TEXT NOT NULL PRIMARY KEY,
+               "status" "JobStatus" NOT NULL DEFAULT 'QUEUED',
+               "payload" JSONB NOT NULL,
+               "updatedAt" TIMESTAMP(3) NOT NULL
+           )"#,
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let err = adopt::plan(db.pool.pg()).await.unwrap_err();
+    assert!(err.to_string().contains("\"QUEUED\""), "{err}");
+    assert_eq!(err.exit_code(), 78);
+}
