@@ -771,7 +771,7 @@ pub async fn cancel(
         ), stop AS (
             -- Not a fenced column: the runner's claim, lease and attempts stay as they are.
             UPDATE "OutboundJob" j
-            SET "cancelRequestedAt" = now(),
+            SET "cancelRequestedAt" = now(), "updatedAt" = now(),
                 history = j.history || jsonb_build_array(jsonb_build_object(
                     'at', now(), 'action', 'cancel requested', 'by', $12::text, 'status', j.status,
                     'attempts', j.attempts, 'maxAttempts', j."maxAttempts",
