@@ -17,6 +17,7 @@ use crate::support::prisma::{self, IdKind};
 use crate::support::{TestDb, spawn_passive};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbound-runner");
+const ADMIN: &str = "admin-token-for-adoption-tests";
 
 fn cli(db: &TestDb, args: &[&str]) -> Output {
     cli_with(db, args, &[])
@@ -211,6 +212,7 @@ async fn jobs_inserted_the_apps_way_are_delivered_once_and_named_by_the_apps_ids
         let started = chrono::Utc::now();
         let runner = spawn_passive(&db, Arc::new(SandboxHandler), |s| {
             s.http.job_runner_token = Some(TOKEN.to_string().into());
+            s.http.admin_token = Some(ADMIN.to_string().into());
         })
         .await;
         let app = App::serve(db, runner).await;
@@ -261,6 +263,29 @@ async fn jobs_inserted_the_apps_way_are_delivered_once_and_named_by_the_apps_ids
             .unwrap();
         assert_eq!(detail.status, "done");
         assert_eq!(detail.messages.len(), 1);
+        // The admin API: the job by its own id, and ids as strings in the list.
+        let admin_get = |path: String| {
+            let req = app.client.get(app.url(&path)).bearer_auth(ADMIN);
+            async move {
+                let r = req.send().await.unwrap();
+                (
+                    r.status().as_u16(),
+                    r.json::<serde_json::Value>().await.unwrap(),
+                )
+            }
+        };
+        let (status, body) = admin_get(format!("/api/admin/jobs/{before}")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["job"]["id"], before.as_str(), "{body}");
+        assert_eq!(body["job"]["messages"][0]["status"], "sent", "{body}");
+        let (status, body) = admin_get("/api/admin/jobs?status=done&limit=1".into()).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body["jobs"][0]["id"].is_string(), "{body}");
+        let cursor = body["nextCursor"].as_str().unwrap().to_string();
+        let (status, body) =
+            admin_get(format!("/api/admin/jobs?status=done&cursor={cursor}")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["jobs"].as_array().unwrap().len(), 1, "{body}");
         app.stop().await;
     }
 }
