@@ -203,6 +203,13 @@ mod tests {
     }
 
     #[test]
+    fn display_pads_like_a_str() {
+        assert_eq!(format!("{:>5}|", JobId::from(42)), "   42|");
+        assert_eq!(JobId::from(42), 42);
+        assert_ne!(JobId::from("042"), 42);
+    }
+
+    #[test]
     fn json_is_a_string() {
         let id = JobId::from(42);
         assert_eq!(serde_json::to_string(&id).unwrap(), r#""42""#);
