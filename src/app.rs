@@ -40,7 +40,8 @@ impl StartError {
             StartError::Config(_) => exit::CONFIG,
             StartError::Embedded(_) => exit::UNAVAILABLE,
             StartError::Bind(e) => e.exit_code(),
-            StartError::Other(_) => exit::SOFTWARE,
+            // A schema we cannot use (an un-adopted table, a missing column): 78.
+            StartError::Other(e) => db::exit_code_of(e, exit::SOFTWARE),
         }
     }
 }
@@ -121,13 +122,12 @@ async fn serve(
     if !wait_for_database(&pool, stop).await {
         return Ok(exit::OK);
     }
+    db::check_timezone(&pool).await?;
     if settings.database.migrate {
         systemd::extend_timeout(Duration::from_secs(120));
         db::migrate_with(&settings, &pool).await?;
-    } else if !db::migrations_current(&pool).await? {
-        return Err(StartError::Other(anyhow::anyhow!(
-            "the database schema is not current and database.migrate is off: run `outbound-runner migrate`"
-        )));
+    } else {
+        db::check_schema(&pool).await?;
     }
     db::warn_if_not_vacuumed(&pool).await;
     let pool = db::wait::fit_budget(pool, &settings).await;

@@ -85,7 +85,7 @@ async fn statuses_of(db: &Db) -> Vec<StatusUpdate> {
                 StatusUpdate {
                     wamid: format!("wamid.BENCH{id}"),
                     kind,
-                    callback: Some((*id, 0)),
+                    callback: Some(((*id).into(), 0)),
                     at: now,
                     error_code: None,
                     error_title: None,
@@ -98,11 +98,11 @@ async fn statuses_of(db: &Db) -> Vec<StatusUpdate> {
 }
 
 fn body_of(u: &StatusUpdate) -> Vec<u8> {
-    let (job, seq) = u.callback.unwrap();
+    let (job, seq) = u.callback.clone().unwrap();
     serde_json::to_vec(&webhook_body(vec![status_json(
         &u.wamid,
         u.kind.as_str(),
-        &callback_id(job, seq),
+        &callback_id(&job, seq),
         u.at.timestamp(),
         None,
     )]))

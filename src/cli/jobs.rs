@@ -13,7 +13,8 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use crate::exit;
-use crate::queue::admin::{self, Actor, AdminError, Filter, Settled};
+use crate::queue::JobId;
+use crate::queue::admin::{self, Actor, AdminError, Cursor, Filter, Settled};
 
 /// Who the history and the log say did it.
 pub const BY: &str = "cli";
@@ -62,16 +63,16 @@ pub struct FilterArgs {
     /// Sending number (payload's "from").
     #[arg(long)]
     pub from: Option<String>,
-    /// Job ids (repeat or comma-separate).
-    #[arg(long = "id", value_delimiter = ',')]
-    pub ids: Vec<i64>,
+    /// Job ids, the app's own (repeat or comma-separate).
+    #[arg(long = "id", value_delimiter = ',', value_parser = job_id)]
+    pub ids: Vec<JobId>,
     /// list: the page size (default 50, at most 1000). retry/cancel: the most jobs to touch.
     #[arg(long)]
     pub limit: Option<i64>,
 }
 
 impl FilterArgs {
-    fn filter(&self, cursor: Option<i64>, all: bool) -> Result<Filter, AdminError> {
+    fn filter(&self, cursor: Option<Cursor>, all: bool) -> Result<Filter, AdminError> {
         let time = |s: &Option<String>| s.as_deref().map(admin::parse_time).transpose();
         Filter {
             status: self.status.clone(),
@@ -94,9 +95,9 @@ impl FilterArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// The page after this one (the `next page: --cursor N` line of the previous page).
-    #[arg(long)]
-    pub cursor: Option<i64>,
+    /// The page after this one (the `next page: --cursor C` line of the previous page).
+    #[arg(long, value_parser = cursor)]
+    pub cursor: Option<Cursor>,
     /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -104,8 +105,9 @@ pub struct ListArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ShowArgs {
-    /// The job's id.
-    pub id: i64,
+    /// The job's id (the app's own: a cuid, a UUID, a number).
+    #[arg(value_parser = job_id)]
+    pub id: JobId,
     /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -151,7 +153,8 @@ pub struct CancelArgs {
 #[derive(Debug, clap::Args)]
 pub struct SettleArgs {
     /// The job's id.
-    pub id: i64,
+    #[arg(value_parser = job_id)]
+    pub id: JobId,
     /// What the operator learned: `sent` (it reached the recipient) or `failed` (it did not).
     #[arg(long = "as", value_name = "sent|failed")]
     pub settled_as: Settled,
@@ -188,7 +191,7 @@ async fn execute(
 ) -> Result<u8, AdminError> {
     match &args.command {
         JobsCommand::List(a) => {
-            let page = admin::list(pool, &a.filter.filter(a.cursor, false)?).await?;
+            let page = admin::list(pool, &a.filter.filter(a.cursor.clone(), false)?).await?;
             if a.json {
                 print_json(&page);
             } else {
@@ -197,7 +200,7 @@ async fn execute(
             Ok(exit::OK)
         }
         JobsCommand::Show(a) => {
-            let job = admin::show(pool, a.id).await?;
+            let job = admin::show(pool, &a.id).await?;
             if a.json {
                 print_json(&job);
             } else {
@@ -258,7 +261,7 @@ async fn execute(
         }
         JobsCommand::Settle(a) => {
             let done =
-                admin::settle(pool, a.id, a.seq, a.settled_as, a.wamid.as_deref(), BY).await?;
+                admin::settle(pool, &a.id, a.seq, a.settled_as, a.wamid.as_deref(), BY).await?;
             if a.json {
                 print_json(&done);
             } else {
@@ -324,7 +327,16 @@ fn print_json<T: Serialize>(v: &T) {
     }
 }
 
-fn ids_line(ids: &[i64], total: i64) -> String {
+/// A job id given on the command line.
+fn job_id(raw: &str) -> Result<JobId, String> {
+    JobId::parse("id", raw).map_err(|e| e.to_string())
+}
+
+fn cursor(raw: &str) -> Result<Cursor, String> {
+    Cursor::parse(raw).map_err(|e| e.to_string())
+}
+
+fn ids_line(ids: &[JobId], total: i64) -> String {
     let shown: Vec<String> = ids.iter().take(20).map(|i| i.to_string()).collect();
     let more = total - shown.len() as i64;
     if more > 0 {
@@ -402,8 +414,16 @@ fn one_line(s: &str, max: usize) -> String {
 }
 
 fn render_list(page: &admin::Page) -> String {
+    // Ids are the app's: a number, or a 25-character cuid.
+    let w = page
+        .jobs
+        .iter()
+        .map(|j| j.id.as_str().chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(8);
     let mut out = format!(
-        "{:>8}  {:<9}  {:<15}  {:>8}  {:<16}  {:<20}  {}\n",
+        "{:>w$}  {:<9}  {:<15}  {:>8}  {:<16}  {:<20}  {}\n",
         "ID", "STATUS", "TO", "ATTEMPTS", "CODE", "CREATED", "ERROR"
     );
     for j in &page.jobs {
@@ -412,7 +432,7 @@ fn render_list(page: &admin::Page) -> String {
             None => j.attempts.to_string(),
         };
         out.push_str(&format!(
-            "{:>8}  {:<9}  {:<15}  {:>8}  {:<16}  {:<20}  {}\n",
+            "{:>w$}  {:<9}  {:<15}  {:>8}  {:<16}  {:<20}  {}\n",
             j.id,
             j.status,
             one_line(j.to.as_deref().unwrap_or("-"), 15),
@@ -422,7 +442,7 @@ fn render_list(page: &admin::Page) -> String {
             one_line(j.last_error.as_deref().unwrap_or(""), 60)
         ));
     }
-    match page.next_cursor {
+    match &page.next_cursor {
         Some(c) => out.push_str(&format!(
             "{} job(s); next page: --cursor {c}\n",
             page.jobs.len()

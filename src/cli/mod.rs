@@ -1,6 +1,7 @@
 //! The command line: `run` (the daemon, default), `migrate`, `enqueue`, `status`, `jobs`,
 //! `numbers`, `verify`, `check-config`.
 
+pub mod adopt;
 pub mod in_flight;
 pub mod jobs;
 pub mod numbers;
@@ -16,6 +17,7 @@ use crate::config::{self, LoadOptions, Settings};
 use crate::db::{self, embedded::EmbeddedPostgres};
 use crate::delivery::payload::Payload;
 use crate::exit;
+use crate::queue::JobId;
 use crate::queue::store::{self, NewJob};
 
 #[derive(Debug, Parser)]
@@ -36,8 +38,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon (the default).
     Run,
-    /// Apply pending database migrations and exit.
+    /// Apply pending database migrations and exit. Refuses an "OutboundJob" that our
+    /// migrations did not make (exit 78): `adopt` first.
     Migrate,
+    /// Make the app's own "OutboundJob" (made by Prisma Migrate) ours: add what we need, never
+    /// touch its columns' types or its rows (--dry-run prints every statement).
+    Adopt(adopt::AdoptArgs),
     /// Insert jobs: one from flags, or JSON lines from stdin.
     Enqueue(EnqueueArgs),
     /// The queue at a glance: the user's job-runner guide's monitoring queries (docs/operations.md "Monitor"), with checks (exit 1 if one fails).
@@ -137,6 +143,13 @@ pub async fn main(cli: Cli) -> u8 {
             })
             .await
         }
+        Command::Adopt(args) => {
+            let for_adopt = settings.clone();
+            with_database(&opts, &settings, |pool| async move {
+                adopt::run(&for_adopt, &pool, &args).await
+            })
+            .await
+        }
         Command::Migrate => {
             let for_migrate = settings.clone();
             with_database(&opts, &settings, |pool| async move {
@@ -184,7 +197,7 @@ pub async fn main(cli: Cli) -> u8 {
     }
 }
 
-fn report_skipped(jobs: &[NewJob], inserted: &[(i64, Option<String>)]) {
+fn report_skipped(jobs: &[NewJob], inserted: &[(JobId, Option<String>)]) {
     let skipped = jobs
         .iter()
         .filter_map(|j| j.idempotency_key.as_deref())
@@ -214,7 +227,7 @@ pub async fn enqueue_stream(
         .begin()
         .await
         .context("starting the transaction")?;
-    let mut inserted: Vec<(i64, Option<String>)> = Vec::new();
+    let mut inserted: Vec<(JobId, Option<String>)> = Vec::new();
     let mut skipped_total = Vec::new();
     let mut chunk: Vec<NewJob> = Vec::with_capacity(ENQUEUE_CHUNK);
     let mut lines: Vec<usize> = Vec::with_capacity(ENQUEUE_CHUNK);
@@ -374,6 +387,7 @@ where
             .execute(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach the database: {}", db::redact_sqlx(&e)))?;
+        db::check_timezone(&pool).await?;
         f(pool).await
     }
     .await;
@@ -381,7 +395,7 @@ where
         Ok(code) => code,
         Err(e) => {
             eprintln!("outbound-runner: {}", db::redact_sqlx(&format!("{e:#}")));
-            exit::UNAVAILABLE
+            db::exit_code_of(&e, exit::UNAVAILABLE)
         }
     }
 }

@@ -60,7 +60,7 @@ pub struct MessageFates {
 
 #[derive(Debug, Serialize)]
 pub struct UnclaimableJob {
-    pub id: i64,
+    pub id: crate::queue::JobId,
     pub error: String,
 }
 
@@ -79,7 +79,7 @@ pub struct Bucket {
 #[derive(Debug, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct LastError {
-    pub id: i64,
+    pub id: crate::queue::JobId,
     pub status: String,
     pub code: Option<String>,
     pub error: Option<String>,
@@ -122,7 +122,7 @@ pub async fn collect(pool: &Pool, args: &StatusArgs) -> sqlx::Result<Status> {
     .fetch_one(pool)
     .await?;
     let done_per_minute: Vec<Bucket> = sqlx::query_as(
-        r#"SELECT DATE_TRUNC('minute', "completedAt") AS at, COUNT(*) AS count
+        r#"SELECT DATE_TRUNC('minute', "completedAt"::timestamptz) AS at, COUNT(*) AS count
            FROM "OutboundJob"
            WHERE status = 'done' AND "completedAt" > NOW() - INTERVAL '1 hour'
              AND isfinite("completedAt")
@@ -131,7 +131,7 @@ pub async fn collect(pool: &Pool, args: &StatusArgs) -> sqlx::Result<Status> {
     .fetch_all(pool)
     .await?;
     let failed_per_hour: Vec<Bucket> = sqlx::query_as(
-        r#"SELECT DATE_TRUNC('hour', "completedAt") AS at, COUNT(*) AS count
+        r#"SELECT DATE_TRUNC('hour', "completedAt"::timestamptz) AS at, COUNT(*) AS count
            FROM "OutboundJob"
            WHERE status = 'failed' AND "completedAt" > NOW() - INTERVAL '24 hours'
              AND isfinite("completedAt")
@@ -141,7 +141,7 @@ pub async fn collect(pool: &Pool, args: &StatusArgs) -> sqlx::Result<Status> {
     .await?;
     let last_errors: Vec<LastError> = sqlx::query_as(
         // "updatedAt" clamped: the app may write an infinite one, beyond what a time can hold.
-        r#"SELECT id, status, "lastErrorCode" AS code, "lastError" AS error,
+        r#"SELECT id, status::text AS status, "lastErrorCode" AS code, "lastError" AS error,
                   GREATEST(LEAST("updatedAt", '9999-12-31'::timestamptz),
                            '0001-01-01'::timestamptz) AS at
            FROM "OutboundJob" WHERE "lastError" IS NOT NULL

@@ -4,6 +4,7 @@
 //! statement goes through a [`Pool`], which is pooler-safe when `database.url` goes through a
 //! transaction-mode pooler ([`pooler`], docs/operations.md "Poolers").
 
+pub mod adopt;
 pub mod batch;
 pub mod embedded;
 pub mod pooler;
@@ -102,13 +103,101 @@ pub fn configured_url(settings: &Settings) -> Option<String> {
         .map(|s| s.expose_secret().to_string())
 }
 
+/// Why the database cannot be used as it is (exit 78: running again will not help).
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// `"OutboundJob"` exists and our migrations did not make it: `adopt` first.
+    #[error("{}", adopt::NOT_ADOPTED)]
+    NotAdopted,
+    /// `database.migrate = false` and the schema lacks what the runner needs.
+    #[error(
+        "database.migrate is off and the database lacks what the runner needs (nothing was \
+         changed):\n  {}\nrun `outbound-runner migrate` (or, for the app's own \"OutboundJob\", \
+         `outbound-runner adopt --dry-run`), or apply the same DDL with your own migrations",
+        .0.join("\n  ")
+    )]
+    Missing(Vec<String>),
+    /// The session's time zone is not UTC: `timestamp` columns (Prisma's) would be misread.
+    #[error(
+        "the database session's TimeZone is {0:?}, not UTC (the connection asks for UTC; a \
+         pooler or the server overrides it): timestamps without time zone, as Prisma makes them, \
+         would be read and written wrongly"
+    )]
+    TimeZone(String),
+}
+
+/// The exit code of an error that may be a [`SchemaError`] or an adoption's: 78 for those,
+/// `otherwise` for the rest.
+pub fn exit_code_of(e: &anyhow::Error, otherwise: u8) -> u8 {
+    if e.downcast_ref::<SchemaError>().is_some() {
+        crate::exit::CONFIG
+    } else if let Some(a) = e.downcast_ref::<adopt::AdoptError>() {
+        a.exit_code()
+    } else {
+        otherwise
+    }
+}
+
+/// Refuses (changing nothing) when `"OutboundJob"` exists and our migrations did not make it.
+/// Runs before sqlx's migrator, which would create `_sqlx_migrations` first.
+async fn refuse_foreign(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    if adopt::ownership(conn).await? == adopt::Ownership::Foreign {
+        return Err(SchemaError::NotAdopted.into());
+    }
+    Ok(())
+}
+
+/// Checks that our sessions run in UTC: every comparison with `now()` and every value written
+/// into a `timestamp` column (Prisma's `DateTime`, UTC without a zone) depends on it. sqlx asks
+/// for `TimeZone=UTC` when it connects; a server or pooler that overrides it is refused.
+pub async fn check_timezone(pool: &Pool) -> anyhow::Result<()> {
+    let tz: String = sqlx::query_scalar("SELECT current_setting('TimeZone')")
+        .fetch_one(pool)
+        .await
+        .context("reading the session's TimeZone")?;
+    if tz != "UTC" && tz != "Etc/UTC" {
+        return Err(SchemaError::TimeZone(tz).into());
+    }
+    Ok(())
+}
+
 /// Applies pending migrations. Safe to run from several processes at once (sqlx takes an
-/// advisory lock).
+/// advisory lock). Refuses an `"OutboundJob"` our migrations did not make ([`SchemaError`]).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    {
+        let mut conn = pool
+            .acquire()
+            .await
+            .context("applying database migrations")?;
+        refuse_foreign(&mut conn).await?;
+    }
     MIGRATOR
         .run(pool)
         .await
         .context("applying database migrations")
+}
+
+/// With `database.migrate = false`: checks that the schema the runner needs is there (every
+/// migration recorded, or, when another tool applied the DDL, nothing missing by the adoption
+/// planner's measure).
+pub async fn check_schema(pool: &Pool) -> anyhow::Result<()> {
+    if migrations_current(pool).await? {
+        return Ok(());
+    }
+    match adopt::plan(pool.pg()).await {
+        Ok(plan) => {
+            let missing: Vec<String> = plan.schema_steps().map(|s| s.what.clone()).collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(SchemaError::Missing(missing).into())
+            }
+        }
+        Err(adopt::AdoptError::NoTable) => {
+            Err(SchemaError::Missing(vec!["table \"OutboundJob\"".into()]).into())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Applies pending migrations for the runner's pool. Direct: [`migrate`]. Behind a
@@ -136,6 +225,7 @@ pub async fn migrate_with(settings: &Settings, pool: &Pool) -> anyhow::Result<()
         .context("applying database migrations")?;
     let run = async {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        refuse_foreign(&mut tx).await?;
         MIGRATOR.run(&mut *tx).await?;
         // The migrator's statements were prepared by name on this server connection.
         sqlx::raw_sql("DEALLOCATE ALL").execute(&mut *tx).await?;

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::Pool;
 use crate::db::batch::{Gate, Intake, Patience};
-use crate::queue::{Fence, fence_arrays};
+use crate::queue::{Fence, JobId, fence_arrays};
 
 /// The statuses of `"OutboundMessage".status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +109,7 @@ pub struct Message {
 /// `synchronous_commit = off` for this statement's transaction.
 const OWNER_RELAXED: &str = r#"owner AS (
     SELECT id FROM "OutboundJob", (SELECT set_config('synchronous_commit', 'off', true)) relaxed
-    WHERE id = $1 AND status = 'running' AND "lockedBy" = $2 AND attempts = $3
+    WHERE id = outbound_job_id($1) AND status = 'running' AND "lockedBy" = $2 AND attempts = $3
     FOR KEY SHARE OF "OutboundJob"
 )"#;
 
@@ -137,7 +137,7 @@ pub async fn prepare(pool: &Pool, jobs: &[Prepare]) -> sqlx::Result<Vec<Option<V
     let (mut m_job, mut m_seq, mut m_body) = (Vec::new(), Vec::new(), Vec::new());
     for p in jobs {
         for (seq, body) in p.messages.iter().enumerate() {
-            m_job.push(p.fence.id);
+            m_job.push(p.fence.id.clone());
             m_seq.push(seq as i32);
             m_body.push(body);
         }
@@ -145,14 +145,15 @@ pub async fn prepare(pool: &Pool, jobs: &[Prepare]) -> sqlx::Result<Vec<Option<V
     let rows = sqlx::query(
         r#"
         WITH req AS (
-            SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::jsonb[], $5::text[],
-                                 $9::text[])
+            SELECT outbound_job_id(r.job) AS job, r.locked_by, r.attempts, r.composed,
+                   r.recipient, r.sender
+            FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[], $5::text[], $9::text[])
                 AS r(job, locked_by, attempts, composed, recipient, sender)
         ), owner AS (
             SELECT r.job, r.composed, r.recipient, r.sender
             FROM "OutboundJob" j JOIN req r ON j.id = r.job,
                  (SELECT set_config('synchronous_commit', 'off', true)) relaxed
-            WHERE j.id = ANY($1) AND j.status = 'running' AND j."lockedBy" = r.locked_by
+            WHERE j.id = ANY(outbound_job_ids($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
               AND j.attempts = r.attempts
             FOR KEY SHARE OF j
         ), save AS (
@@ -162,8 +163,8 @@ pub async fn prepare(pool: &Pool, jobs: &[Prepare]) -> sqlx::Result<Vec<Option<V
         ), ins AS (
             INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, "phoneNumberId")
             SELECT o.job, m.seq, 'pending', o.recipient, m.body, o.sender
-            FROM owner o JOIN unnest($6::bigint[], $7::int[], $8::jsonb[]) AS m(job, seq, body)
-                 ON m.job = o.job
+            FROM owner o JOIN unnest($6::text[], $7::int[], $8::jsonb[]) AS m(job, seq, body)
+                 ON outbound_job_id(m.job) = o.job
             ON CONFLICT ("jobId", seq) DO NOTHING
             RETURNING "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError"
         )
@@ -185,7 +186,7 @@ pub async fn prepare(pool: &Pool, jobs: &[Prepare]) -> sqlx::Result<Vec<Option<V
     .bind(&from)
     .fetch_all(pool)
     .await?;
-    let mut by_job: std::collections::HashMap<i64, Vec<Message>> = Default::default();
+    let mut by_job: std::collections::HashMap<JobId, Vec<Message>> = Default::default();
     for row in rows {
         let status: String = row.get(2);
         by_job.entry(row.get(0)).or_default().push(Message {
@@ -236,12 +237,13 @@ pub async fn mark_sending(pool: &Pool, marks: &[Mark]) -> sqlx::Result<Vec<bool>
     let landed: Vec<i64> = sqlx::query_scalar(
         r#"
         WITH req AS (
-            SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::bool[])
+            SELECT outbound_job_id(r.job) AS job, r.locked_by, r.attempts, r.seq, r.resend, r.n
+            FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::bool[])
                 WITH ORDINALITY AS r(job, locked_by, attempts, seq, resend, n)
         ), owner AS (
             SELECT r.n, r.job, r.seq, r.resend
             FROM "OutboundJob" j JOIN req r ON j.id = r.job
-            WHERE j.id = ANY($1) AND j.status = 'running' AND j."lockedBy" = r.locked_by
+            WHERE j.id = ANY(outbound_job_ids($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
               AND j.attempts = r.attempts
               -- An operator asked the job to stop (`jobs cancel`): nothing more is sent.
               AND j."cancelRequestedAt" IS NULL
@@ -352,7 +354,7 @@ pub async fn unmark_sending(pool: &Pool, fence: &Fence, seq: i32) -> sqlx::Resul
         "#
     );
     sqlx::query_scalar(&sql)
-        .bind(fence.id)
+        .bind(&fence.id)
         .bind(&*fence.locked_by)
         .bind(fence.attempts)
         .bind(seq)
@@ -378,13 +380,14 @@ pub async fn record_sent(pool: &Pool, sent: &[Sent]) -> sqlx::Result<Vec<bool>> 
     let landed: Vec<i64> = sqlx::query_scalar(
         r#"
         WITH req AS (
-            SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[])
+            SELECT outbound_job_id(r.job) AS job, r.locked_by, r.attempts, r.seq, r.wamid, r.n
+            FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[])
                 WITH ORDINALITY AS r(job, locked_by, attempts, seq, wamid, n)
         ), owner AS (
             SELECT r.n, r.job, r.seq, r.wamid
             FROM "OutboundJob" j JOIN req r ON j.id = r.job,
                  (SELECT set_config('synchronous_commit', 'off', true)) relaxed
-            WHERE j.id = ANY($1) AND j.status = 'running' AND j."lockedBy" = r.locked_by
+            WHERE j.id = ANY(outbound_job_ids($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
               AND j.attempts = r.attempts
             FOR KEY SHARE OF j
         )
@@ -438,7 +441,7 @@ pub async fn settle(
         "#
     );
     let done = sqlx::query(&sql)
-        .bind(fence.id)
+        .bind(&fence.id)
         .bind(&*fence.locked_by)
         .bind(fence.attempts)
         .bind(seq)
@@ -457,12 +460,12 @@ pub use crate::queue::store::wake_circuit_deferred;
 /// columns [`SANDBOX_SENT_CTE`] takes.
 #[derive(Debug, Default)]
 pub struct CompletionRecords {
-    pub job: Vec<i64>,
+    pub job: Vec<JobId>,
     pub seq: Vec<i32>,
     pub to: Vec<String>,
     pub body: Vec<serde_json::Value>,
     /// Live sends: a job's last message, `sending`, that Meta accepted (see [`ACCEPTED_CTE`]).
-    pub accepted_job: Vec<i64>,
+    pub accepted_job: Vec<JobId>,
     pub accepted_seq: Vec<i32>,
     pub accepted_wamid: Vec<String>,
 }
@@ -475,11 +478,11 @@ pub struct CompletionRecords {
 pub const SANDBOX_SENT_CTE: &str = r#"
         sandbox AS (
             INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, wamid, "sentAt")
-            SELECT r.job, r.seq, 'sent', r.recipient, r.body,
+            SELECT outbound_job_id(r.job), r.seq, 'sent', r.recipient, r.body,
                    'wamid.sandbox.' || r.job || '.' || r.seq, now()
-            FROM unnest($4::bigint[], $5::int[], $6::text[], $7::jsonb[])
+            FROM unnest($4::text[], $5::int[], $6::text[], $7::jsonb[])
                  AS r(job, seq, recipient, body)
-            WHERE r.job IN (SELECT id FROM done)
+            WHERE outbound_job_id(r.job) IN (SELECT id FROM done)
             ON CONFLICT ("jobId", seq) DO NOTHING
         )"#;
 
@@ -495,7 +498,7 @@ pub const ACCEPTED_CTE: &str = r#"
             UPDATE "OutboundMessage" m
             SET status = 'sent', wamid = a.wamid, "sentAt" = now(), "lastErrorCode" = NULL,
                 "updatedAt" = now()
-            FROM unnest($8::bigint[], $9::int[], $10::text[]) AS a(job, seq, wamid)
-            WHERE m."jobId" = a.job AND m.seq = a.seq AND m.status = 'sending'
-              AND a.job IN (SELECT id FROM done)
+            FROM unnest($8::text[], $9::int[], $10::text[]) AS a(job, seq, wamid)
+            WHERE m."jobId" = outbound_job_id(a.job) AND m.seq = a.seq AND m.status = 'sending'
+              AND outbound_job_id(a.job) IN (SELECT id FROM done)
         )"#;

@@ -138,7 +138,7 @@ impl LiveHandler {
         let pending = rows.iter().filter(|m| !m.status.accepted()).count();
         if pending > 0 {
             tracing::info!(
-                job_id = job.id,
+                job_id = %job.id,
                 messages = rows.len(),
                 pending,
                 "Sending outbound for job {}",
@@ -333,7 +333,7 @@ impl LiveHandler {
         // The number's sliding window, as close to the request as it gets.
         self.pacer.release(wa).await;
         let started = Instant::now();
-        let callback = super::statuses::callback_id(job.id, seq);
+        let callback = super::statuses::callback_id(&job.id, seq);
         let result = api.send(wa, &message.to, &callback, &message.body).await;
         ctx.metrics
             .send_duration
@@ -349,7 +349,7 @@ impl LiveHandler {
                 if last {
                     // Every other message of the job is accepted: the wamid goes with the
                     // job's completion, one statement for both (docs/delivery.md, "Durability").
-                    tracing::debug!(job_id = job.id, seq, wamid, "message accepted");
+                    tracing::debug!(job_id = %job.id, seq, wamid, "message accepted");
                     // So is its place in the tier count: this runner counts the recipient until
                     // a read of the counts that began after the completion wrote the send.
                     return Ok(Delivered {
@@ -404,11 +404,11 @@ impl LiveHandler {
         })
         .await;
         if written {
-            tracing::debug!(job_id = job.id, seq, wamid, "message accepted");
+            tracing::debug!(job_id = %job.id, seq, wamid, "message accepted");
             Ok(())
         } else {
             tracing::warn!(
-                job_id = job.id,
+                job_id = %job.id,
                 seq,
                 wamid,
                 "Meta accepted the message but the job was taken from this runner meanwhile; the \
@@ -447,7 +447,7 @@ impl LiveHandler {
                     "; the phone number is paused, this job runs again in {} (no attempt spent)",
                     humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
                 ));
-                tracing::warn!(job_id = job.id, code = %code, "rate limited by Meta: pausing the phone number");
+                tracing::warn!(job_id = %job.id, code = %code, "rate limited by Meta: pausing the phone number");
                 self.publish(ctx, &job.fence.locked_by, false).await;
                 (Status::Pending, Action::Defer { delay })
             }
@@ -508,7 +508,7 @@ impl LiveHandler {
                     OnUnknown::Retry => Status::Pending,
                 };
                 tracing::error!(
-                    job_id = job.id,
+                    job_id = %job.id,
                     seq,
                     code = %code,
                     "the outcome of a send is unknown: {message}"
@@ -751,7 +751,7 @@ where
             failures = n;
             if n == 1 || n % 10 == 0 {
                 tracing::warn!(
-                    job_id = job.id,
+                    job_id = %job.id,
                     seq,
                     failures = n,
                     error = %redact_sqlx(e),
@@ -767,7 +767,7 @@ where
     };
     if failures > 0 {
         tracing::info!(
-            job_id = job.id,
+            job_id = %job.id,
             seq,
             failures,
             "{what}: written after the database came back"

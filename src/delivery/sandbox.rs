@@ -36,7 +36,7 @@ impl JobHandler for SandboxHandler {
                 }
             };
             tracing::info!(
-                job_id = job.id,
+                job_id = %job.id,
                 messages = messages.len(),
                 "Sending outbound for job {} (sandbox: nothing leaves the machine)",
                 job.id

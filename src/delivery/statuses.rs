@@ -44,6 +44,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::queue::JobId;
 
 /// How long a status nobody could apply is kept: the default of `whatsapp.status_retention`.
 pub const EARLY_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -51,15 +52,16 @@ pub const EARLY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 const CALLBACK_PREFIX: &str = "outbound-runner:";
 
 /// The `biz_opaque_callback_data` of a message: its row's key (`"jobId"`, `seq`), the same on
-/// every attempt, e.g. `outbound-runner:42:0`.
-pub fn callback_id(job: i64, seq: i32) -> String {
+/// every attempt, e.g. `outbound-runner:42:0` or `outbound-runner:clx0abc:0` (the app's id).
+pub fn callback_id(job: &JobId, seq: i32) -> String {
     format!("{CALLBACK_PREFIX}{job}:{seq}")
 }
 
-/// The row a callback id names, if it is one of ours.
-pub fn parse_callback(text: &str) -> Option<(i64, i32)> {
-    let (job, seq) = text.strip_prefix(CALLBACK_PREFIX)?.split_once(':')?;
-    Some((job.parse().ok()?, seq.parse().ok()?))
+/// The row a callback id names, if it is one of ours. The seq follows the last ':' (a text id
+/// may contain ':').
+pub fn parse_callback(text: &str) -> Option<(JobId, i32)> {
+    let (job, seq) = text.strip_prefix(CALLBACK_PREFIX)?.rsplit_once(':')?;
+    Some((JobId::parse("callback", job).ok()?, seq.parse().ok()?))
 }
 
 /// The statuses Meta reports.
@@ -100,7 +102,7 @@ pub struct StatusUpdate {
     pub wamid: String,
     pub kind: Kind,
     /// The row named by `biz_opaque_callback_data`, when it names one of ours.
-    pub callback: Option<(i64, i32)>,
+    pub callback: Option<(JobId, i32)>,
     /// Meta's timestamp.
     pub at: DateTime<Utc>,
     /// On `failed`: Meta's first error, code and title.
@@ -175,7 +177,7 @@ impl Outcome {
 #[derive(Debug, Clone)]
 struct Msg {
     id: i64,
-    job: i64,
+    job: JobId,
     status: String,
     wamid: Option<String>,
     sent_at: Option<DateTime<Utc>>,
@@ -223,8 +225,8 @@ async fn apply_in(
     named: bool,
 ) -> sqlx::Result<Applied> {
     let wamids: Vec<&str> = updates.iter().map(|u| u.wamid.as_str()).collect();
-    let (cb_jobs, cb_seqs): (Vec<i64>, Vec<i32>) =
-        updates.iter().filter_map(|u| u.callback).unzip();
+    let (cb_jobs, cb_seqs): (Vec<JobId>, Vec<i32>) =
+        updates.iter().filter_map(|u| u.callback.clone()).unzip();
     // Every row a status may name, locked in id order (two writers never deadlock on them).
     let found = sqlx::query(
         r#"
@@ -235,7 +237,8 @@ async fn apply_in(
             SELECT id FROM "OutboundMessage" WHERE wamid = ANY($1)
             UNION ALL
             SELECT x.id FROM "OutboundMessage" x
-            JOIN unnest($2::bigint[], $3::int[]) AS r(job, seq) ON x."jobId" = r.job AND x.seq = r.seq
+            JOIN unnest($2::text[], $3::int[]) AS r(job, seq)
+                 ON x."jobId" = outbound_job_id(r.job) AND x.seq = r.seq
         )
         ORDER BY m.id
         FOR UPDATE OF m
@@ -249,7 +252,7 @@ async fn apply_in(
     .await?;
 
     let mut rows: Vec<Msg> = Vec::with_capacity(found.len());
-    let mut by_key: HashMap<(i64, i32), usize> = HashMap::new();
+    let mut by_key: HashMap<(JobId, i32), usize> = HashMap::new();
     let mut by_wamid: HashMap<String, usize> = HashMap::new();
     for r in found {
         let i = rows.len();
@@ -266,7 +269,7 @@ async fn apply_in(
             job_running: r.get(10),
             changed: false,
         };
-        by_key.insert((row.job, r.get::<i32, _>(2)), i);
+        by_key.insert((row.job.clone(), r.get::<i32, _>(2)), i);
         if let Some(w) = &row.wamid {
             by_wamid.insert(w.clone(), i);
         }
@@ -279,12 +282,12 @@ async fn apply_in(
     };
     let mut park: Vec<&StatusUpdate> = Vec::new();
     // Jobs to fail (job, code, readable reason) and jobs that may be settled.
-    let mut fail_jobs: HashMap<i64, (String, String)> = HashMap::new();
-    let mut settle_jobs: Vec<i64> = Vec::new();
+    let mut fail_jobs: HashMap<JobId, (String, String)> = HashMap::new();
+    let mut settle_jobs: Vec<JobId> = Vec::new();
     for u in updates {
-        let by_cb = u.callback.and_then(|k| by_key.get(&k).copied());
+        let by_cb = u.callback.as_ref().and_then(|k| by_key.get(k).copied());
         let by_w = by_wamid.get(&u.wamid).copied();
-        let target = match (by_cb, by_w, u.callback) {
+        let target = match (by_cb, by_w, u.callback.as_ref()) {
             (Some(a), Some(b), _) if a != b => Err(Outcome::Conflict),
             (Some(a), _, _) => Ok(a),
             // Our callback names a row, but the wamid belongs to another one.
@@ -333,7 +336,7 @@ async fn apply_in(
                         ""
                     }
                 );
-                fail_jobs.insert(row.job, (code, reason));
+                fail_jobs.insert(row.job.clone(), (code, reason));
                 Outcome::Applied
             }
             (_, Kind::Failed) => Outcome::Duplicate,
@@ -366,7 +369,7 @@ async fn apply_in(
                 if was_unknown {
                     row.error_code = None;
                     row.sent_at = row.sent_at.or(Some(u.at));
-                    settle_jobs.push(row.job);
+                    settle_jobs.push(row.job.clone());
                     row.changed = true;
                     Outcome::Settled
                 } else if changed {
@@ -424,7 +427,7 @@ async fn apply_in(
     }
 
     if !fail_jobs.is_empty() {
-        let (ids, (codes, reasons)): (Vec<i64>, (Vec<String>, Vec<String>)) =
+        let (ids, (codes, reasons)): (Vec<JobId>, (Vec<String>, Vec<String>)) =
             fail_jobs.into_iter().unzip();
         // Never a running job (such a status waits, see above).
         let done = sqlx::query(
@@ -433,8 +436,8 @@ async fn apply_in(
             SET status = 'failed', "lastErrorCode" = f.code, "lastError" = f.reason,
                 "completedAt" = COALESCE(j."completedAt", now()), "leaseUntil" = NULL,
                 "updatedAt" = now()
-            FROM unnest($1::bigint[], $2::text[], $3::text[]) AS f(id, code, reason)
-            WHERE j.id = f.id AND j.id = ANY($1) AND j.status IN ('done', 'failed', 'queued')
+            FROM unnest($1::text[], $2::text[], $3::text[]) AS f(id, code, reason)
+            WHERE j.id = outbound_job_id(f.id) AND j.id = ANY(outbound_job_ids($1)) AND j.status IN ('done', 'failed', 'queued')
             "#,
         )
         .bind(&ids)
@@ -452,7 +455,8 @@ async fn apply_in(
             UPDATE "OutboundJob" j
             SET status = 'done', "lastErrorCode" = NULL, "lastError" = NULL,
                 "completedAt" = COALESCE(j."completedAt", now()), "updatedAt" = now()
-            WHERE j.id = ANY($1) AND j.status = 'failed' AND j."lastErrorCode" = 'delivery_unknown'
+            WHERE j.id = ANY(outbound_job_ids($1)) AND j.status = 'failed'
+              AND j."lastErrorCode" = 'delivery_unknown'
               AND NOT EXISTS (SELECT 1 FROM "OutboundMessage" x
                               WHERE x."jobId" = j.id
                                 AND x.status NOT IN ('sent', 'delivered', 'read'))
@@ -496,8 +500,14 @@ async fn insert_early(
     park: &[&StatusUpdate],
     named: bool,
 ) -> sqlx::Result<()> {
-    let jobs: Vec<Option<i64>> = park.iter().map(|u| u.callback.map(|c| c.0)).collect();
-    let seqs: Vec<Option<i32>> = park.iter().map(|u| u.callback.map(|c| c.1)).collect();
+    let jobs: Vec<Option<&JobId>> = park
+        .iter()
+        .map(|u| u.callback.as_ref().map(|c| &c.0))
+        .collect();
+    let seqs: Vec<Option<i32>> = park
+        .iter()
+        .map(|u| u.callback.as_ref().map(|c| c.1))
+        .collect();
     let wamids: Vec<&str> = park.iter().map(|u| u.wamid.as_str()).collect();
     let kinds: Vec<&str> = park.iter().map(|u| u.kind.as_str()).collect();
     let ats: Vec<DateTime<Utc>> = park.iter().map(|u| u.at).collect();
@@ -506,8 +516,9 @@ async fn insert_early(
     sqlx::query(
         r#"
         INSERT INTO "OutboundEarlyStatus" ("jobId", seq, wamid, status, "at", "errorCode", "errorTitle")
-        SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::timestamptz[],
-                             $6::text[], $7::text[])
+        SELECT outbound_job_id(e.job), e.seq, e.wamid, e.status, e."at", e.code, e.title
+        FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::timestamptz[],
+                    $6::text[], $7::text[]) AS e(job, seq, wamid, status, "at", code, title)
         ON CONFLICT (wamid, status) DO NOTHING
         "#,
     )
@@ -581,7 +592,7 @@ pub async fn sweep(pool: &Pool, retention: Duration) -> sqlx::Result<Swept> {
         let mut ids = Vec::with_capacity(rows.len());
         let mut updates = Vec::with_capacity(rows.len());
         for r in rows {
-            let job: Option<i64> = r.get(1);
+            let job: Option<JobId> = r.get(1);
             let seq: Option<i32> = r.get(2);
             let status: String = r.get(4);
             let Some(kind) = Kind::parse(&status) else {
@@ -810,11 +821,24 @@ mod tests {
 
     #[test]
     fn callback_ids_round_trip() {
-        assert_eq!(callback_id(42, 0), "outbound-runner:42:0");
-        assert_eq!(parse_callback("outbound-runner:42:3"), Some((42, 3)));
+        assert_eq!(callback_id(&JobId::from(42), 0), "outbound-runner:42:0");
+        assert_eq!(
+            parse_callback("outbound-runner:42:3"),
+            Some((JobId::from(42), 3))
+        );
         assert_eq!(parse_callback("42"), None);
         assert_eq!(parse_callback("outbound-runner:42"), None);
-        assert_eq!(parse_callback("outbound-runner:x:1"), None);
+        assert_eq!(parse_callback("outbound-runner::1"), None);
+        assert_eq!(parse_callback("outbound-runner:42:x"), None);
         assert_eq!(parse_callback("someone-else:42:0"), None);
+        // A text id (a cuid) is an id; one with ':' splits at the last one.
+        assert_eq!(
+            parse_callback("outbound-runner:clx0abc:1"),
+            Some((JobId::from("clx0abc"), 1))
+        );
+        assert_eq!(
+            parse_callback(&callback_id(&JobId::from("a:b"), 2)),
+            Some((JobId::from("a:b"), 2))
+        );
     }
 }

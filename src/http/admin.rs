@@ -30,7 +30,8 @@ use serde_json::json;
 use super::HttpState;
 use super::auth::{self, Endpoint};
 use super::routes::error;
-use crate::queue::admin::{self, Actor, AdminError, Filter, Settled};
+use crate::queue::JobId;
+use crate::queue::admin::{self, Actor, AdminError, Cursor, Filter, Settled};
 
 /// Who the history and the log say did it.
 pub const BY: &str = "admin-api";
@@ -133,15 +134,11 @@ fn filter_from_query(query: Option<&str>) -> Result<Filter, AdminError> {
             "from" => f.from = Some(v),
             "id" | "ids" => {
                 for id in v.split(',') {
-                    f.ids.push(
-                        id.trim()
-                            .parse()
-                            .map_err(|_| bad("id: not a number".to_string()))?,
-                    );
+                    f.ids.push(job_id(id.trim())?);
                 }
             }
             "limit" => f.limit = Some(int("limit")?),
-            "cursor" => f.cursor = Some(int("cursor")?),
+            "cursor" => f.cursor = Some(Cursor::parse(&v)?),
             other => {
                 let other: String = other.chars().take(40).collect();
                 return Err(bad(format!(
@@ -172,11 +169,9 @@ async fn list(
     }
 }
 
-fn job_id(raw: &str) -> Result<i64, AdminError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| bad("the job id must be a positive number"))
+/// A job id from a path or a parameter: the app's own id, as a string (any type's).
+fn job_id(raw: &str) -> Result<JobId, AdminError> {
+    JobId::parse("id", raw).map_err(|e| bad(e.to_string()))
 }
 
 async fn show(
@@ -192,7 +187,7 @@ async fn show(
         Ok(id) => id,
         Err(e) => return failure(e),
     };
-    match admin::show(state.runner().pool(), id).await {
+    match admin::show(state.runner().pool(), &id).await {
         Ok(job) => ok_with(json!({ "job": job })),
         Err(e) => failure(e),
     }
@@ -217,8 +212,9 @@ struct ActionBody {
     to: Option<String>,
     request_id: Option<String>,
     from: Option<String>,
+    /// Strings (the app's ids); numbers are taken as their decimal text.
     #[serde(default)]
-    ids: Vec<i64>,
+    ids: Vec<IdIn>,
     limit: Option<i64>,
     #[serde(default)]
     all: bool,
@@ -244,6 +240,14 @@ async fn read_body(body: Body) -> Result<Bytes, Response> {
                 error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
             }
         })
+}
+
+/// An id in a JSON body.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdIn {
+    Text(String),
+    Number(i64),
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, AdminError> {
@@ -273,7 +277,14 @@ fn action_filter(body: &ActionBody) -> Result<Filter, AdminError> {
         to: body.to.clone(),
         request_id: body.request_id.clone(),
         from: body.from.clone(),
-        ids: body.ids.clone(),
+        ids: body
+            .ids
+            .iter()
+            .map(|id| match id {
+                IdIn::Text(s) => job_id(s),
+                IdIn::Number(n) => Ok(JobId::from(*n)),
+            })
+            .collect::<Result<_, _>>()?,
         limit: body.limit,
         cursor: None,
         all: body.all,
@@ -379,7 +390,7 @@ async fn settle(
         let settled_as: Settled = body.settled_as.parse()?;
         admin::settle(
             state.runner().pool(),
-            id,
+            &id,
             body.seq,
             settled_as,
             body.wamid.as_deref(),
@@ -403,7 +414,11 @@ mod tests {
         let f = filter_from_query(Some("status=failed,cancelled&code=131000&id=3&id=4,5")).unwrap();
         assert_eq!(f.status, vec!["cancelled", "failed"]);
         assert_eq!(f.code.as_deref(), Some("131000"));
-        assert_eq!(f.ids, vec![3, 4, 5]);
+        assert_eq!(f.ids, vec![JobId::from(3), JobId::from(4), JobId::from(5)]);
+        let f = filter_from_query(Some("id=clx0a,clx0b")).unwrap();
+        assert_eq!(f.ids, vec![JobId::from("clx0a"), JobId::from("clx0b")]);
+        assert!(filter_from_query(Some("id=")).is_err());
+        assert!(filter_from_query(Some("cursor=7")).is_err());
         assert!(
             filter_from_query(Some("colour=red"))
                 .unwrap_err()

@@ -154,8 +154,8 @@ struct JobRunnerAnswer {
 
 #[derive(Serialize)]
 struct JobIds {
-    processed: Vec<i64>,
-    failed: Vec<i64>,
+    processed: Vec<crate::queue::JobId>,
+    failed: Vec<crate::queue::JobId>,
 }
 
 #[derive(Serialize)]

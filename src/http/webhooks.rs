@@ -412,7 +412,7 @@ mod tests {
         let (ours, others) = statuses_of(&payload, &["111"]);
         assert_eq!(ours.len(), 2);
         assert_eq!(ours[0].kind, Kind::Delivered);
-        assert_eq!(ours[0].callback, Some((7, 0)));
+        assert_eq!(ours[0].callback, Some((crate::queue::JobId::from(7), 0)));
         assert_eq!(ours[0].at.timestamp(), 1_700_000_000);
         assert_eq!(ours[1].error_code.as_deref(), Some("131026"));
         assert_eq!(

@@ -44,7 +44,7 @@ use sqlx::Row;
 
 use crate::db::Pool;
 
-use super::{CHANNEL, STATUSES};
+use super::{CHANNEL, JobId, STATUSES};
 
 /// The most jobs one page of [`list`] holds.
 pub const MAX_PAGE: i64 = 1000;
@@ -109,13 +109,13 @@ pub struct Filter {
     pub request_id: Option<String>,
     /// The sending number, `payload->>'from'` (payloads that name one).
     pub from: Option<String>,
-    /// Any of these ids.
-    pub ids: Vec<i64>,
+    /// Any of these ids (the app's own ids, whatever their type).
+    pub ids: Vec<JobId>,
     /// `list`: the page size (default [`DEFAULT_PAGE`], at most [`MAX_PAGE`]). Actions: the most
-    /// jobs to touch, lowest ids first (default: every match).
+    /// jobs to touch, in id order (default: every match).
     pub limit: Option<i64>,
-    /// `list`: the page after this cursor (jobs with a lower id; `nextCursor` of the last page).
-    pub cursor: Option<i64>,
+    /// `list`: the page after this cursor (older jobs; `nextCursor` of the last page). Opaque.
+    pub cursor: Option<Cursor>,
     /// A bulk action with no criterion applies to every job only with this.
     pub all: bool,
 }
@@ -186,20 +186,12 @@ impl Filter {
         if self.ids.len() > MAX_IDS {
             return Err(invalid(format!("at most {MAX_IDS} ids")));
         }
-        if let Some(bad) = self.ids.iter().find(|id| **id < 1) {
-            return Err(invalid(format!("id {bad} is not a job id")));
-        }
         self.ids.sort_unstable();
         self.ids.dedup();
         if let Some(l) = self.limit
             && l < 1
         {
             return Err(invalid("limit must be at least 1"));
-        }
-        if let Some(c) = self.cursor
-            && c < 1
-        {
-            return Err(invalid("cursor must be a job id"));
         }
         Ok(self)
     }
@@ -269,17 +261,62 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, AdminError> {
     )))
 }
 
-/// The filter as SQL over `"OutboundJob" j`, binding `$1`…`$9` (see [`bind_filter`]).
+/// Where a page of [`list`] ends: the last job's `"createdAt"` and id (jobs are listed by
+/// `("createdAt", id)`, newest first: ids are not in time order). Written `<micros>.<id>`;
+/// opaque to callers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    created_at: DateTime<Utc>,
+    id: JobId,
+}
+
+impl Cursor {
+    /// A cursor as a caller gives it back (`nextCursor`); the error names the parameter.
+    pub fn parse(raw: &str) -> Result<Cursor, AdminError> {
+        let bad = || invalid("cursor is not a cursor of this list (give nextCursor back as it is)");
+        let (micros, id) = raw.split_once('.').ok_or_else(bad)?;
+        let micros: i64 = micros.parse().map_err(|_| bad())?;
+        let created_at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+        let id = JobId::parse("cursor", id).map_err(|_| bad())?;
+        Ok(Cursor { created_at, id })
+    }
+
+    /// The SQL side: `[time, id]` as text (see [`FILTER_SQL`]'s `$9`).
+    fn bind(&self) -> Vec<String> {
+        vec![
+            self.created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            self.id.to_string(),
+        ]
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.created_at.timestamp_micros(), self.id)
+    }
+}
+
+impl Serialize for Cursor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The filter as SQL over `"OutboundJob" j`, binding `$1`…`$9` (see [`bind_filter`]). Ids and
+/// statuses are bound as text and converted by the database (`outbound_job_ids`, `::text`), so
+/// the statement is the same whatever the app's id and status types.
 const FILTER_SQL: &str = r#"
-        ($1::text[] IS NULL OR j.status = ANY($1))
+        ($1::text[] IS NULL OR j.status::text = ANY($1))
     AND ($2::text IS NULL OR j."lastErrorCode" = $2)
     AND ($3::timestamptz IS NULL OR j."createdAt" >= $3)
     AND ($4::timestamptz IS NULL OR j."createdAt" < $4)
     AND ($5::text IS NULL OR j.payload->>'to' = $5)
     AND ($6::text IS NULL OR j."requestId" = $6)
     AND ($7::text IS NULL OR j.payload->>'from' = $7)
-    AND ($8::bigint[] IS NULL OR j.id = ANY($8))
-    AND ($9::bigint IS NULL OR j.id < $9)
+    AND ($8::text[] IS NULL OR j.id = ANY(outbound_job_ids($8)))
+    AND ($9::text[] IS NULL
+         OR (j."createdAt", j.id) < (($9)[1]::timestamptz, outbound_job_id(($9)[2])))
 "#;
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
@@ -300,14 +337,14 @@ fn bind_filter<'q>(
         .bind(f.request_id.as_deref())
         .bind(f.from.as_deref())
         .bind((!f.ids.is_empty()).then_some(f.ids.as_slice()))
-        .bind(if cursor { f.cursor } else { None })
+        .bind(f.cursor.as_ref().filter(|_| cursor).map(Cursor::bind))
 }
 
 /// A job in a list.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct JobSummary {
-    pub id: i64,
+    pub id: JobId,
     pub status: String,
     pub to: Option<String>,
     pub request_id: Option<String>,
@@ -326,11 +363,13 @@ pub struct JobSummary {
 pub struct Page {
     pub jobs: Vec<JobSummary>,
     /// The `cursor` of the next page; `None` on the last.
-    pub next_cursor: Option<i64>,
+    pub next_cursor: Option<Cursor>,
 }
 
-/// The jobs matching `filter`, newest (highest id) first, one page at a time (keyset paging by
-/// id: a page costs the same at any depth).
+/// The jobs matching `filter`, newest first (by `"createdAt"`, then id), one page at a time
+/// (keyset paging on the `("createdAt", id)` index: a page costs the same at any depth).
+/// Timestamps are read as `timestamptz` whatever the column's type (an app's Prisma table has
+/// `timestamp(3)` holding UTC; our sessions run in UTC, see `db::connect`).
 pub async fn list(pool: &Pool, filter: &Filter) -> Result<Page, AdminError> {
     let limit = filter.limit.unwrap_or(DEFAULT_PAGE);
     if limit > MAX_PAGE {
@@ -339,11 +378,12 @@ pub async fn list(pool: &Pool, filter: &Filter) -> Result<Page, AdminError> {
         )));
     }
     let sql = format!(
-        r#"SELECT j.id, j.status, j.payload->>'to', j."requestId", j.attempts, j."maxAttempts",
-                  j."lastErrorCode", j."lastError", j."createdAt", j."updatedAt", j."completedAt"
+        r#"SELECT j.id, j.status::text, j.payload->>'to', j."requestId", j.attempts,
+                  j."maxAttempts", j."lastErrorCode", j."lastError", j."createdAt"::timestamptz,
+                  j."updatedAt"::timestamptz, j."completedAt"::timestamptz
            FROM "OutboundJob" j
            WHERE {FILTER_SQL}
-           ORDER BY j.id DESC
+           ORDER BY j."createdAt" DESC, j.id DESC
            LIMIT $10"#
     );
     let rows = bind_filter(sqlx::query(&sql), filter, None, true)
@@ -369,7 +409,10 @@ pub async fn list(pool: &Pool, filter: &Filter) -> Result<Page, AdminError> {
         .collect();
     let next_cursor = if jobs.len() as i64 > limit {
         jobs.truncate(limit as usize);
-        jobs.last().map(|j| j.id)
+        jobs.last().map(|j| Cursor {
+            created_at: j.created_at,
+            id: j.id.clone(),
+        })
     } else {
         None
     };
@@ -402,7 +445,7 @@ pub struct Event {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct JobDetail {
-    pub id: i64,
+    pub id: JobId,
     pub status: String,
     pub payload: serde_json::Value,
     pub request_id: Option<String>,
@@ -429,12 +472,14 @@ pub struct JobDetail {
 }
 
 /// The job `id`, its messages and its timeline.
-pub async fn show(pool: &Pool, id: i64) -> Result<JobDetail, AdminError> {
+pub async fn show(pool: &Pool, id: &JobId) -> Result<JobDetail, AdminError> {
     let row = sqlx::query(
-        r#"SELECT id, status, payload, "requestId", "idempotencyKey", priority, "runAt", attempts,
-                  "maxAttempts", "lockedBy", "leaseUntil", composed, "lastError", "lastErrorCode",
-                  "createdAt", "updatedAt", "startedAt", "completedAt", history
-           FROM "OutboundJob" WHERE id = $1"#,
+        r#"SELECT id, status::text, payload, "requestId", "idempotencyKey", priority,
+                  "runAt"::timestamptz, attempts, "maxAttempts", "lockedBy",
+                  "leaseUntil"::timestamptz, composed, "lastError", "lastErrorCode",
+                  "createdAt"::timestamptz, "updatedAt"::timestamptz, "startedAt"::timestamptz,
+                  "completedAt"::timestamptz, history
+           FROM "OutboundJob" WHERE id = outbound_job_id($1)"#,
     )
     .bind(id)
     .fetch_optional(pool)
@@ -442,7 +487,7 @@ pub async fn show(pool: &Pool, id: i64) -> Result<JobDetail, AdminError> {
     .ok_or_else(|| AdminError::NotFound(format!("no job {id}")))?;
     let messages: Vec<MessageRow> = sqlx::query(
         r#"SELECT seq, status, "to", wamid, "lastErrorCode", body, "createdAt", "updatedAt", "sentAt"
-           FROM "OutboundMessage" WHERE "jobId" = $1 ORDER BY seq"#,
+           FROM "OutboundMessage" WHERE "jobId" = outbound_job_id($1) ORDER BY seq"#,
     )
     .bind(id)
     .fetch_all(pool)
@@ -589,7 +634,7 @@ pub struct RetryReport {
     /// Messages that will be sent again (`resend_sent`).
     pub resent_messages: i64,
     /// The retried ids, at most [`MAX_REPORTED_IDS`].
-    pub ids: Vec<i64>,
+    pub ids: Vec<JobId>,
 }
 
 /// A message Meta accepted: sent, or moved on by a status webhook (delivered, read — or failed
@@ -651,7 +696,7 @@ pub async fn retry(
                     'at', now(), 'action', 'retry', 'by', $13::text, 'status', j.status,
                     'attempts', j.attempts, 'maxAttempts', j."maxAttempts",
                     'lastError', j."lastError", 'lastErrorCode', j."lastErrorCode",
-                    'completedAt', j."completedAt", 'resentWamids', s.wamids))
+                    'completedAt', j."completedAt"::timestamptz, 'resentWamids', s.wamids))
             FROM eligible e LEFT JOIN sent s ON s.id = e.id
             WHERE NOT $12 AND j.id = e.id AND j.status IN ('failed', 'cancelled')
             RETURNING j.id
@@ -677,7 +722,7 @@ pub async fn retry(
         .persistent(false)
         .fetch_one(pool)
         .await?;
-    let mut ids: Vec<i64> = row.get::<Option<Vec<i64>>, _>(4).unwrap_or_default();
+    let mut ids: Vec<JobId> = row.get::<Option<Vec<JobId>>, _>(4).unwrap_or_default();
     let retried = ids.len() as i64;
     ids.truncate(MAX_REPORTED_IDS);
     let report = RetryReport {
@@ -725,9 +770,9 @@ pub struct CancelReport {
     /// messages were sent.
     pub running: i64,
     /// The cancelled ids, at most [`MAX_REPORTED_IDS`].
-    pub ids: Vec<i64>,
+    pub ids: Vec<JobId>,
     /// The running ids, at most [`MAX_REPORTED_IDS`].
-    pub running_ids: Vec<i64>,
+    pub running_ids: Vec<JobId>,
 }
 
 /// Queued jobs to `cancelled` (`"completedAt"` set, so the pruner removes them after
@@ -756,19 +801,19 @@ pub async fn cancel(
                     'at', now(), 'action', 'cancel', 'by', $12::text, 'status', j.status,
                     'attempts', j.attempts, 'maxAttempts', j."maxAttempts",
                     'lastError', j."lastError", 'lastErrorCode', j."lastErrorCode",
-                    'completedAt', j."completedAt"))
+                    'completedAt', j."completedAt"::timestamptz))
             FROM target t
             WHERE NOT $11 AND j.id = t.id AND t.status = 'queued' AND j.status = 'queued'
             RETURNING j.id
         ), stop AS (
             -- Not a fenced column: the runner's claim, lease and attempts stay as they are.
             UPDATE "OutboundJob" j
-            SET "cancelRequestedAt" = now(),
+            SET "cancelRequestedAt" = now(), "updatedAt" = now(),
                 history = j.history || jsonb_build_array(jsonb_build_object(
                     'at', now(), 'action', 'cancel requested', 'by', $12::text, 'status', j.status,
                     'attempts', j.attempts, 'maxAttempts', j."maxAttempts",
                     'lastError', j."lastError", 'lastErrorCode', j."lastErrorCode",
-                    'completedAt', j."completedAt"))
+                    'completedAt', j."completedAt"::timestamptz))
             FROM target t
             WHERE NOT $11 AND j.id = t.id AND t.status = 'running' AND j.status = 'running'
               AND j."cancelRequestedAt" IS NULL
@@ -790,8 +835,8 @@ pub async fn cancel(
         .persistent(false)
         .fetch_one(pool)
         .await?;
-    let mut ids: Vec<i64> = row.get::<Option<Vec<i64>>, _>(1).unwrap_or_default();
-    let mut running_ids: Vec<i64> = row.get::<Option<Vec<i64>>, _>(2).unwrap_or_default();
+    let mut ids: Vec<JobId> = row.get::<Option<Vec<JobId>>, _>(1).unwrap_or_default();
+    let mut running_ids: Vec<JobId> = row.get::<Option<Vec<JobId>>, _>(2).unwrap_or_default();
     let (cancelled, running) = (ids.len() as i64, running_ids.len() as i64);
     ids.truncate(MAX_REPORTED_IDS);
     running_ids.truncate(MAX_REPORTED_IDS);
@@ -854,7 +899,7 @@ impl Settled {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SettleReport {
-    pub job_id: i64,
+    pub job_id: JobId,
     /// The settled messages' `seq`.
     pub messages: Vec<i32>,
     #[serde(rename = "as")]
@@ -869,7 +914,7 @@ pub struct SettleReport {
 /// `settled_failed` when settled as failed, so `retry --code settled_failed` sends them).
 pub async fn settle(
     pool: &Pool,
-    id: i64,
+    id: &JobId,
     seq: Option<i32>,
     settled_as: Settled,
     wamid: Option<&str>,
@@ -889,7 +934,8 @@ pub async fn settle(
     let row = sqlx::query(
         r#"
         WITH job AS (
-            SELECT j.id, j.status FROM "OutboundJob" j WHERE j.id = $1 FOR NO KEY UPDATE
+            SELECT j.id, j.status FROM "OutboundJob" j WHERE j.id = outbound_job_id($1)
+            FOR NO KEY UPDATE
         ), msgs AS (
             UPDATE "OutboundMessage" m
             SET status = $3,
@@ -923,13 +969,13 @@ pub async fn settle(
                     'at', now(), 'action', 'settle', 'by', $5::text, 'status', j.status,
                     'attempts', j.attempts, 'maxAttempts', j."maxAttempts",
                     'lastError', j."lastError", 'lastErrorCode', j."lastErrorCode",
-                    'completedAt', j."completedAt", 'as', $3::text,
+                    'completedAt', j."completedAt"::timestamptz, 'as', $3::text,
                     'messages', (SELECT jsonb_agg(seq ORDER BY seq) FROM msgs)))
             FROM job, rest r
             WHERE j.id = job.id AND EXISTS (SELECT 1 FROM msgs)
-            RETURNING j.status
+            RETURNING j.status::text
         )
-        SELECT (SELECT status FROM job), (SELECT array_agg(seq ORDER BY seq) FROM msgs),
+        SELECT (SELECT status::text FROM job), (SELECT array_agg(seq ORDER BY seq) FROM msgs),
                (SELECT status FROM moved)
         "#,
     )
@@ -968,7 +1014,7 @@ pub async fn settle(
     let job_status: String = row.get(2);
     tracing::info!(
         by,
-        job_id = id,
+        job_id = %id,
         messages = ?messages,
         settled_as = settled_as.as_str(),
         job_status = %job_status,
@@ -977,7 +1023,7 @@ pub async fn settle(
         settled_as.as_str()
     );
     Ok(SettleReport {
-        job_id: id,
+        job_id: id.clone(),
         messages,
         settled_as,
         job_status,
@@ -1012,13 +1058,20 @@ mod tests {
             })
             .contains("not a phone number")
         );
-        assert!(
-            bad(Filter {
-                ids: vec![0],
-                ..Filter::default()
-            })
-            .contains("not a job id")
+        let cursor = Cursor::parse("1700000000123456.clx:1").unwrap();
+        assert_eq!(cursor.to_string(), "1700000000123456.clx:1");
+        assert_eq!(
+            cursor.bind(),
+            vec!["2023-11-14T22:13:20.123456Z".to_string(), "clx:1".into()]
         );
+        assert!(
+            Cursor::parse("42")
+                .unwrap_err()
+                .to_string()
+                .contains("cursor")
+        );
+        assert!(Cursor::parse("x.42").is_err());
+        assert!(Cursor::parse("1.").is_err());
         let t = parse_time("2026-11-29").unwrap();
         assert!(
             bad(Filter {

@@ -19,10 +19,10 @@ pub const BAD_PAYLOAD: &str = "bad_payload";
 /// Reads one row of the claim statement (`store::claim`'s `RETURNING` list). `Err(None)`: not
 /// even the id and attempt could be read, so nothing can be written about the row.
 pub fn claimed_row(row: &PgRow, locked_by: &Arc<str>) -> Result<Job, Option<Rejected>> {
-    let id: i64 = row.try_get(0).map_err(|_| None)?;
+    let id: super::JobId = row.try_get(0).map_err(|_| None)?;
     let attempts: i32 = row.try_get(3).map_err(|_| None)?;
     let fence = Fence {
-        id,
+        id: id.clone(),
         locked_by: locked_by.clone(),
         attempts,
     };

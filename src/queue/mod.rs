@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod decode;
+pub mod id;
 pub mod retry;
 pub mod store;
 
@@ -21,6 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+
+pub use id::JobId;
 
 /// The statuses of `"OutboundJob".status`.
 pub const STATUSES: [&str; 5] = ["queued", "running", "done", "failed", "cancelled"];
@@ -31,7 +34,7 @@ pub const CHANNEL: &str = "outbound_jobs";
 /// A job this runner has claimed.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub id: i64,
+    pub id: JobId,
     pub payload: serde_json::Value,
     pub request_id: Option<String>,
     /// This attempt's number (1 for the first run).
@@ -48,10 +51,10 @@ pub struct Job {
 /// The fences of a batch as three arrays (ids, `lockedBy`, attempts), to bind to one statement.
 pub(crate) fn fence_arrays<'a>(
     fences: impl Iterator<Item = &'a Fence>,
-) -> (Vec<i64>, Vec<&'a str>, Vec<i32>) {
+) -> (Vec<JobId>, Vec<&'a str>, Vec<i32>) {
     let mut out = (Vec::new(), Vec::new(), Vec::new());
     for f in fences {
-        out.0.push(f.id);
+        out.0.push(f.id.clone());
         out.1.push(&*f.locked_by);
         out.2.push(f.attempts);
     }
@@ -63,7 +66,7 @@ pub(crate) fn fence_arrays<'a>(
 /// lease expired and it was rescued): the result is dropped.
 #[derive(Debug, Clone)]
 pub struct Fence {
-    pub id: i64,
+    pub id: JobId,
     pub locked_by: Arc<str>,
     pub attempts: i32,
 }
@@ -151,7 +154,7 @@ impl Outcome {
 /// neither list: they will run again.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PassReport {
-    pub processed: Vec<i64>,
-    pub failed: Vec<i64>,
-    pub retried: Vec<i64>,
+    pub processed: Vec<JobId>,
+    pub failed: Vec<JobId>,
+    pub retried: Vec<JobId>,
 }

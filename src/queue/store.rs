@@ -21,7 +21,7 @@ use sqlx::Row;
 
 use crate::db::Pool;
 
-use super::{CHANNEL, Fence, Job};
+use super::{CHANNEL, Fence, Job, JobId};
 
 /// Claims up to `limit` due jobs in one statement. `SKIP LOCKED` lets any number of runners
 /// claim concurrently without waiting on each other or taking the same row. The claim commits
@@ -50,7 +50,7 @@ pub async fn claim_except(
     lease: Duration,
     limit: i64,
     default_max_attempts: i32,
-    exclude: &[i64],
+    exclude: &[JobId],
 ) -> sqlx::Result<Claimed> {
     let sql = claim_sql(limit);
     let rows = sqlx::query(&sql)
@@ -133,13 +133,14 @@ pub fn is_data_error(e: &sqlx::Error) -> bool {
 pub async fn find_unclaimable(
     pool: &Pool,
     limit: i64,
-    exclude: &[i64],
-) -> sqlx::Result<Option<(i64, String)>> {
+    exclude: &[JobId],
+) -> sqlx::Result<Option<(JobId, String)>> {
     // Unnamed statements in the transaction: pooler-safe (docs/operations.md, "Poolers").
     let mut tx = pool.pg().begin().await?;
-    let ids: Vec<i64> = sqlx::query_scalar(
+    let ids: Vec<JobId> = sqlx::query_scalar(
         r#"SELECT id FROM "OutboundJob"
-           WHERE status = 'queued' AND "runAt" <= now() AND id <> ALL($2::bigint[])
+           WHERE status = 'queued' AND "runAt" <= now()
+             AND id <> ALL(outbound_job_ids($2::text[]))
            ORDER BY priority, "runAt", id LIMIT $1
            FOR UPDATE SKIP LOCKED"#,
     )
@@ -149,7 +150,7 @@ pub async fn find_unclaimable(
     .fetch_all(&mut *tx)
     .await?;
     let probe = format!(
-        r#"UPDATE "OutboundJob" j SET {CLAIM_SET} WHERE j.id = $3
+        r#"UPDATE "OutboundJob" j SET {CLAIM_SET} WHERE j.id = outbound_job_id($3)
            RETURNING j.id, j.payload::text, j."requestId", j.attempts"#
     );
     // The culprit is a row whose claim fails while another row's succeeds: when every row
@@ -167,7 +168,7 @@ pub async fn find_unclaimable(
         let result = sqlx::query(&probe)
             .bind("unclaimable-probe")
             .bind(60.0f64)
-            .bind(id)
+            .bind(&id)
             .persistent(false)
             .fetch_optional(&mut *tx)
             .await;
@@ -191,12 +192,12 @@ pub async fn find_unclaimable(
 
 /// Fails a queued row that cannot be claimed (see [`find_unclaimable`]). False if the row is
 /// no longer queued or the database refuses this write too.
-pub async fn fail_unclaimable(pool: &Pool, id: i64, message: &str) -> sqlx::Result<bool> {
+pub async fn fail_unclaimable(pool: &Pool, id: &JobId, message: &str) -> sqlx::Result<bool> {
     let done = sqlx::query(
         r#"UPDATE "OutboundJob"
            SET status = 'failed', "completedAt" = now(), "lastErrorCode" = 'unclaimable',
                "lastError" = $2, "updatedAt" = now()
-           WHERE id = $1 AND status = 'queued'"#,
+           WHERE id = outbound_job_id($1) AND status = 'queued'"#,
     )
     .bind(id)
     .bind(message)
@@ -221,7 +222,8 @@ fn claim_sql(limit: i64) -> std::sync::Arc<str> {
         SET {CLAIM_SET}
         FROM (
             SELECT id FROM "OutboundJob"
-            WHERE status = 'queued' AND "runAt" <= now() AND id <> ALL($4::bigint[])
+            WHERE status = 'queued' AND "runAt" <= now()
+              AND id <> ALL(outbound_job_ids($4::text[]))
             ORDER BY priority, "runAt", id
             LIMIT {limit}
             FOR UPDATE SKIP LOCKED
@@ -251,7 +253,7 @@ fn claim_sql(limit: i64) -> std::sync::Arc<str> {
 pub async fn next_due(pool: &Pool) -> sqlx::Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar(
         r#"SELECT CASE WHEN isfinite(m) THEN m WHEN m < now() THEN now() END
-           FROM (SELECT min("runAt") AS m FROM "OutboundJob" WHERE status = 'queued') q"#,
+           FROM (SELECT min("runAt")::timestamptz AS m FROM "OutboundJob" WHERE status = 'queued') q"#,
     )
     .fetch_one(pool)
     .await
@@ -283,10 +285,10 @@ pub const COMPLETE_DONE_CTE: &str = r#"
         done AS (
             UPDATE "OutboundJob" j
             SET status = 'done', "completedAt" = now(), "updatedAt" = now(), "leaseUntil" = NULL
-            FROM unnest($2::bigint[], $3::int[]) AS d(id, attempts)
-            -- `j.id = ANY($2)` as well as the join: an index condition on the primary key
+            FROM unnest($2::text[], $3::int[]) AS d(id, attempts)
+            -- `j.id = ANY(...)` as well as the join: an index condition on the primary key
             -- whatever plan the join gets.
-            WHERE j.id = d.id AND j.id = ANY($2) AND j.status = 'running' AND j."lockedBy" = $1
+            WHERE j.id = outbound_job_id(d.id) AND j.id = ANY(outbound_job_ids($2)) AND j.status = 'running' AND j."lockedBy" = $1
               AND j.attempts = d.attempts
               AND NOT EXISTS (SELECT 1 FROM "OutboundMessage" m
                               WHERE m."jobId" = j.id
@@ -295,7 +297,8 @@ pub const COMPLETE_DONE_CTE: &str = r#"
                                 -- (`$8` jobs, `$9` seqs: the ledger's `accepted` CTE).
                                 AND NOT (m.status = 'sending'
                                          AND (m."jobId", m.seq) IN
-                                             (SELECT * FROM unnest($8::bigint[], $9::int[]))))
+                                             (SELECT outbound_job_id(a), b
+                                              FROM unnest($8::text[], $9::int[]) AS u(a, b))))
             RETURNING j.id
         )"#;
 
@@ -332,7 +335,8 @@ pub async fn requeue(
     let done = sqlx::query(
         r#"
         UPDATE "OutboundJob"
-        SET status = CASE WHEN "cancelRequestedAt" IS NULL THEN 'queued' ELSE 'cancelled' END,
+        SET status = outbound_job_status(
+                CASE WHEN "cancelRequestedAt" IS NULL THEN 'queued' ELSE 'cancelled' END),
             "completedAt" = CASE WHEN "cancelRequestedAt" IS NULL THEN NULL ELSE now() END,
             "runAt" = now() + make_interval(secs => $4),
             attempts = attempts - $5,
@@ -341,10 +345,11 @@ pub async fn requeue(
                      || $7 || ': ' || $6 END,
             "lastErrorCode" = CASE WHEN "cancelRequestedAt" IS NULL THEN $7 ELSE 'cancelled' END,
             "lockedBy" = NULL, "lockedAt" = NULL, "leaseUntil" = NULL, "updatedAt" = now()
-        WHERE id = $1 AND status = 'running' AND "lockedBy" = $2 AND attempts = $3
+        WHERE id = outbound_job_id($1) AND status = 'running' AND "lockedBy" = $2
+          AND attempts = $3
         "#,
     )
-    .bind(fence.id)
+    .bind(&fence.id)
     .bind(&*fence.locked_by)
     .bind(fence.attempts)
     .bind(delay.as_secs_f64())
@@ -362,17 +367,19 @@ pub async fn fail(pool: &Pool, fence: &Fence, code: &str, message: &str) -> sqlx
     let done = sqlx::query(
         r#"
         UPDATE "OutboundJob"
-        SET status = CASE WHEN "cancelRequestedAt" IS NULL THEN 'failed' ELSE 'cancelled' END,
+        SET status = outbound_job_status(
+                CASE WHEN "cancelRequestedAt" IS NULL THEN 'failed' ELSE 'cancelled' END),
             "completedAt" = now(),
             "lastError" = CASE WHEN "cancelRequestedAt" IS NULL THEN $4
                 ELSE 'stopped at an operator''s request (jobs cancel); the attempt ended with '
                      || $5 || ': ' || $4 END,
             "lastErrorCode" = CASE WHEN "cancelRequestedAt" IS NULL THEN $5 ELSE 'cancelled' END,
             "leaseUntil" = NULL, "updatedAt" = now()
-        WHERE id = $1 AND status = 'running' AND "lockedBy" = $2 AND attempts = $3
+        WHERE id = outbound_job_id($1) AND status = 'running' AND "lockedBy" = $2
+          AND attempts = $3
         "#,
     )
-    .bind(fence.id)
+    .bind(&fence.id)
     .bind(&*fence.locked_by)
     .bind(fence.attempts)
     .bind(message)
@@ -386,9 +393,10 @@ pub async fn fail(pool: &Pool, fence: &Fence, code: &str, message: &str) -> sqlx
 pub async fn holds(pool: &Pool, fence: &Fence) -> sqlx::Result<bool> {
     sqlx::query_scalar(
         r#"SELECT EXISTS (SELECT 1 FROM "OutboundJob"
-           WHERE id = $1 AND status = 'running' AND "lockedBy" = $2 AND attempts = $3)"#,
+           WHERE id = outbound_job_id($1) AND status = 'running' AND "lockedBy" = $2
+             AND attempts = $3)"#,
     )
-    .bind(fence.id)
+    .bind(&fence.id)
     .bind(&*fence.locked_by)
     .bind(fence.attempts)
     .fetch_one(pool)
@@ -400,13 +408,14 @@ pub async fn holds(pool: &Pool, fence: &Fence) -> sqlx::Result<bool> {
 pub async fn extend_leases(
     pool: &Pool,
     locked_by: &str,
-    ids: &[i64],
+    ids: &[JobId],
     lease: Duration,
 ) -> sqlx::Result<u64> {
     let done = sqlx::query(
         r#"
-        UPDATE "OutboundJob" SET "leaseUntil" = now() + make_interval(secs => $3)
-        WHERE id = ANY($2) AND status = 'running' AND "lockedBy" = $1
+        UPDATE "OutboundJob" SET "leaseUntil" = now() + make_interval(secs => $3),
+            "updatedAt" = now()
+        WHERE id = ANY(outbound_job_ids($2)) AND status = 'running' AND "lockedBy" = $1
         "#,
     )
     .bind(locked_by)
@@ -538,7 +547,8 @@ async fn reclaim_where(
             FROM "OutboundJob" j JOIN target t ON t.id = j.id
         )
         UPDATE "OutboundJob" j
-        SET status = CASE WHEN d.fail_code IS NULL THEN 'queued' ELSE 'failed' END,
+        SET status = outbound_job_status(
+                CASE WHEN d.fail_code IS NULL THEN 'queued' ELSE 'failed' END),
             attempts = j.attempts - $3,
             "runAt" = now(),
             "completedAt" = CASE WHEN d.fail_code IS NULL THEN NULL ELSE now() END,
@@ -556,7 +566,7 @@ async fn reclaim_where(
             "updatedAt" = now()
         FROM decided d
         WHERE j.id = d.id
-        RETURNING j.status, d.in_doubt
+        RETURNING j.status::text, d.in_doubt
         "#
     );
     let rows = sqlx::query(&sql)
@@ -627,11 +637,12 @@ pub struct NewJob {
 }
 
 /// Inserts jobs in one statement (one NOTIFY for all of them). A job whose idempotency key
-/// exists already is skipped. Returns the new ids with their keys.
+/// exists already is skipped. Returns the new ids with their keys. The id and `"updatedAt"` are
+/// set here: an app's table may have no default for either (Prisma makes them in the client).
 pub async fn enqueue<'e>(
     pool: impl sqlx::PgExecutor<'e>,
     jobs: &[NewJob],
-) -> sqlx::Result<Vec<(i64, Option<String>)>> {
+) -> sqlx::Result<Vec<(JobId, Option<String>)>> {
     let payloads: Vec<serde_json::Value> = jobs.iter().map(|j| j.payload.clone()).collect();
     let request_ids: Vec<Option<String>> = jobs.iter().map(|j| j.request_id.clone()).collect();
     let keys: Vec<Option<String>> = jobs.iter().map(|j| j.idempotency_key.clone()).collect();
@@ -640,8 +651,10 @@ pub async fn enqueue<'e>(
     let max_attempts: Vec<Option<i32>> = jobs.iter().map(|j| j.max_attempts).collect();
     let rows = sqlx::query(
         r#"
-        INSERT INTO "OutboundJob" (payload, "requestId", "idempotencyKey", priority, "runAt", "maxAttempts")
-        SELECT p, r, k, pr, COALESCE(ra, now()), ma
+        INSERT INTO "OutboundJob" (id, status, payload, "requestId", "idempotencyKey", priority,
+                                   "runAt", "maxAttempts", "createdAt", "updatedAt")
+        SELECT outbound_job_new_id(), outbound_job_status('queued'), p, r, k, pr,
+               COALESCE(ra, now()), ma, now(), now()
         FROM unnest($1::jsonb[], $2::text[], $3::text[], $4::smallint[], $5::timestamptz[], $6::int[])
              AS t(p, r, k, pr, ra, ma)
         ON CONFLICT ("idempotencyKey") DO NOTHING
@@ -674,7 +687,7 @@ pub struct QueueStats {
 /// every row a week of retention keeps, and are counted only when asked for.
 pub async fn queue_stats(pool: &Pool, all: bool) -> sqlx::Result<QueueStats> {
     let sql = if all {
-        r#"SELECT status, count(*) FROM "OutboundJob" GROUP BY status"#
+        r#"SELECT status::text, count(*) FROM "OutboundJob" GROUP BY status"#
     } else {
         // A running row always has a lease (the claim sets it, every move out of 'running'
         // clears it): counted from the lease index.

@@ -78,12 +78,12 @@ pub async fn lease_keeper(shared: Arc<Shared>, stop: CancellationToken) {
         if !pause(&stop, lease / 3).await {
             return;
         }
-        let ids: Vec<i64> = shared
+        let ids: Vec<crate::queue::JobId> = shared
             .inflight
             .lock()
             .expect("inflight lock")
             .keys()
-            .copied()
+            .cloned()
             .collect();
         if ids.is_empty() {
             continue;

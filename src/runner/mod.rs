@@ -43,7 +43,7 @@ use crate::delivery::{JobHandler, ledger};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::queue::store::{self, Reclaim, Rescued};
-use crate::queue::{Job, Outcome, PassReport};
+use crate::queue::{Job, JobId, Outcome, PassReport};
 
 /// State shared by the runner's tasks.
 pub(crate) struct Shared {
@@ -81,7 +81,7 @@ pub(crate) struct Shared {
     limit: AtomicU32,
     /// Every job task, the dispatcher's and the passes', for the drain.
     tracker: TaskTracker,
-    inflight: Mutex<HashMap<i64, AbortHandle>>,
+    inflight: Mutex<HashMap<JobId, AbortHandle>>,
     /// Set once shutdown begins: no new claims from anyone.
     closing: AtomicBool,
     /// Counts successful claim statements: something to await instead of sleeping.
@@ -90,7 +90,7 @@ pub(crate) struct Shared {
     finished: watch::Sender<u64>,
     /// Rows that make the claim statement fail and that could not be failed either: claims skip
     /// them until the process restarts (see [`Shared::claim_batch`]).
-    unclaimable: Mutex<Vec<i64>>,
+    unclaimable: Mutex<Vec<JobId>>,
 }
 
 impl Shared {
@@ -168,10 +168,11 @@ impl Shared {
         slot: Option<OwnedSemaphorePermit>,
     ) -> JoinHandle<Outcome> {
         let shared = self.clone();
-        let id = job.id;
+        let id = job.id.clone();
+        let key = id.clone();
         let handle = self.tracker.spawn(async move {
             let outcome = worker::execute(&shared, job, slot).await;
-            shared.inflight.lock().expect("inflight lock").remove(&id);
+            shared.inflight.lock().expect("inflight lock").remove(&key);
             shared.finished.send_modify(|n| *n += 1);
             outcome
         });
@@ -191,7 +192,7 @@ impl Shared {
     /// One claim statement, measured: the jobs to run, and the ids of the claimed rows that
     /// could not be run (a payload this runner cannot read), each already failed on its own
     /// fence with a readable reason (docs/reliability.md, "Rows the runner cannot use").
-    pub(crate) async fn claim_batch(&self, limit: usize) -> sqlx::Result<(Vec<Job>, Vec<i64>)> {
+    pub(crate) async fn claim_batch(&self, limit: usize) -> sqlx::Result<(Vec<Job>, Vec<JobId>)> {
         let settings = self.settings();
         let (lease, max_attempts) = (settings.runner.lease, settings.retry.max_attempts as i32);
         let claim = || {
@@ -232,7 +233,7 @@ impl Shared {
         let mut failed = Vec::with_capacity(claimed.rejected.len());
         for bad in &claimed.rejected {
             if self.fail_rejected(bad).await {
-                failed.push(bad.fence.id);
+                failed.push(bad.fence.id.clone());
             }
         }
         Ok((claimed.jobs, failed))
@@ -247,10 +248,10 @@ impl Shared {
         match store::find_unclaimable(&self.pool, limit.max(1) as i64, &exclude).await {
             Ok(Some((id, why))) => {
                 let message = format!("claiming this job fails: {why}");
-                match store::fail_unclaimable(&self.pool, id, &message).await {
+                match store::fail_unclaimable(&self.pool, &id, &message).await {
                     Ok(true) => {
                         tracing::error!(
-                            job_id = id,
+                            job_id = %id,
                             error = %why,
                             "claims failed because of job {id}: {why}; the job is failed \
                              (lastErrorCode unclaimable)"
@@ -259,10 +260,10 @@ impl Shared {
                     _ => {
                         let mut skip = self.unclaimable.lock().expect("unclaimable lock");
                         if skip.len() < 1000 && !skip.contains(&id) {
-                            skip.push(id);
+                            skip.push(id.clone());
                         }
                         tracing::error!(
-                            job_id = id,
+                            job_id = %id,
                             error = %why,
                             "claims failed because of job {id}: {why}; the database refuses to \
                              mark it failed too, so this runner skips it until it restarts: fix \
@@ -301,7 +302,7 @@ impl Shared {
                     .inc();
                 self.finished.send_modify(|n| *n += 1);
                 tracing::error!(
-                    job_id = bad.fence.id,
+                    job_id = %bad.fence.id,
                     request_id = bad.request_id.as_deref().unwrap_or(""),
                     code = bad.code,
                     "job {} failed: {message}",
@@ -313,7 +314,7 @@ impl Shared {
             Err(e) => {
                 // Its lease expires and the rescuer puts it back; the next claim fails it again.
                 tracing::warn!(
-                    job_id = bad.fence.id,
+                    job_id = %bad.fence.id,
                     error = %crate::db::redact_sqlx(&e),
                     "failing an unreadable job failed"
                 );
@@ -557,13 +558,13 @@ impl Runner {
 
     /// Aborts the task of an in-flight job, as if its worker died (a test's tool: its claim is
     /// left for the rescuer). False if the job is not in flight.
-    pub fn abort_job(&self, id: i64) -> bool {
+    pub fn abort_job(&self, id: &JobId) -> bool {
         let handle = self
             .shared
             .inflight
             .lock()
             .expect("inflight lock")
-            .get(&id)
+            .get(id)
             .cloned();
         handle.map(|h| h.abort()).is_some()
     }
@@ -660,9 +661,9 @@ impl Runner {
             let (jobs, rejected) = self.shared.claim_batch(want as usize).await?;
             let got = (jobs.len() + rejected.len()) as u32;
             report.failed.extend(rejected);
-            let handles: Vec<(i64, JoinHandle<Outcome>)> = jobs
+            let handles: Vec<(JobId, JoinHandle<Outcome>)> = jobs
                 .into_iter()
-                .map(|job| (job.id, self.shared.spawn_job(job, None)))
+                .map(|job| (job.id.clone(), self.shared.spawn_job(job, None)))
                 .collect();
             for (id, handle) in handles {
                 match handle.await {

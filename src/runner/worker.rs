@@ -17,7 +17,7 @@ use crate::db::retry::{Backoff, with_backoff};
 use crate::db::wait::patiently;
 use crate::delivery::{Accepted, Delivered, JobContext, SentRecords, ledger};
 use crate::queue::retry::{self, Next};
-use crate::queue::{Fence, Job, JobError, Outcome, store};
+use crate::queue::{Fence, Job, JobError, JobId, Outcome, store};
 
 /// A finished job waiting for its `done` write; `ack` says whether the fence held.
 pub struct CompleteRequest {
@@ -44,7 +44,7 @@ impl Drop for Busy<'_> {
 pub async fn execute(shared: &Shared, job: Job, slot: Option<OwnedSemaphorePermit>) -> Outcome {
     let span = tracing::info_span!(
         "job",
-        job_id = job.id,
+        job_id = %job.id,
         request_id = job.request_id.as_deref().unwrap_or(""),
         attempt = job.attempts
     );
@@ -285,20 +285,20 @@ pub async fn completer(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut intake = Intake::new(MAX_BATCH, crate::db::batch::LINGER);
     while intake.next(&mut rx, &stop, &mut batch).await {
-        let ids: Vec<i64> = batch.iter().map(|r| r.fence.id).collect();
+        let ids: Vec<JobId> = batch.iter().map(|r| r.fence.id.clone()).collect();
         let attempts: Vec<i32> = batch.iter().map(|r| r.fence.attempts).collect();
         let mut records = ledger::CompletionRecords::default();
         for request in &batch {
             if let Some(sent) = &request.records {
                 for (seq, body) in sent.messages.iter().enumerate() {
-                    records.job.push(request.fence.id);
+                    records.job.push(request.fence.id.clone());
                     records.seq.push(seq as i32);
                     records.to.push(sent.to.clone());
                     records.body.push(body.clone());
                 }
             }
             if let Some(accepted) = &request.wamid {
-                records.accepted_job.push(request.fence.id);
+                records.accepted_job.push(request.fence.id.clone());
                 records.accepted_seq.push(accepted.seq);
                 records.accepted_wamid.push(accepted.wamid.clone());
             }
@@ -344,10 +344,10 @@ pub fn complete_sql() -> &'static str {
 async fn complete(
     pool: &crate::db::Pool,
     locked_by: &str,
-    ids: &[i64],
+    ids: &[JobId],
     attempts: &[i32],
     records: &ledger::CompletionRecords,
-) -> sqlx::Result<Vec<i64>> {
+) -> sqlx::Result<Vec<JobId>> {
     sqlx::query_scalar(complete_sql())
         .bind(locked_by)
         .bind(ids)

@@ -5,8 +5,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbound_runner::queue::JobError;
 use outbound_runner::queue::admin::{self, Actor, AdminError, Filter, Settled};
+use outbound_runner::queue::{JobError, JobId};
 use secrecy::SecretString;
 
 use crate::support::app::{App, json, spawn_app};
@@ -146,7 +146,7 @@ async fn retry_requeues_a_failed_batch_wakes_the_runners_and_the_jobs_complete()
         .unwrap();
     assert_eq!((again.matched, again.retried), (0, 0));
     // A job failing again after its retry keeps its history and fails on its new allowance.
-    let show = admin::show(&db.pool, ids[0]).await.unwrap();
+    let show = admin::show(&db.pool, &ids[0].into()).await.unwrap();
     assert!(
         show.timeline
             .iter()
@@ -229,7 +229,7 @@ async fn retry_never_resends_a_sent_message_unless_asked_and_never_one_in_doubt(
     // The retried job's stale owner ("gone:1:1", attempt 1) can never write again: the next
     // claim is attempt 2, and a write fenced on attempt 1 matches nothing.
     let stale = outbound_runner::queue::Fence {
-        id: failed,
+        id: failed.into(),
         locked_by: "gone:1:1".into(),
         attempts: 1,
     };
@@ -244,7 +244,7 @@ async fn retry_never_resends_a_sent_message_unless_asked_and_never_one_in_doubt(
     // with the completion); the unknown one waits for an operator.
     let runner = spawn_passive(&db, Arc::new(Counting::default()), |_| {}).await;
     let processed = runner.run_pass(10).await.unwrap().processed;
-    assert!(processed.contains(&sent), "{processed:?}");
+    assert!(processed.contains(&sent.into()), "{processed:?}");
     assert_eq!(sent_messages(&db, sent).await, 1);
     assert_eq!(db.job(unknown).await.status, "failed");
     runner.shutdown().await;
@@ -300,7 +300,7 @@ async fn cancel_takes_queued_jobs_and_asks_running_ones_to_stop_without_touching
     assert_eq!(before.status, "running");
 
     let all_three = Filter {
-        ids: ids.clone(),
+        ids: ids.iter().map(|&i| i.into()).collect(),
         ..Filter::default()
     };
     let dry = admin::cancel(&db.pool, &all_three, &by(true))
@@ -405,7 +405,7 @@ async fn a_running_job_asked_to_stop_finishes_its_send_and_sends_nothing_more() 
     let report = admin::cancel(
         &db.pool,
         &Filter {
-            ids: vec![id],
+            ids: vec![id.into()],
             ..Filter::default()
         },
         &by(false),
@@ -512,7 +512,11 @@ async fn a_retry_racing_runners_runs_each_job_exactly_once() {
     assert_eq!(db.count("done").await, 200);
     let runs = counting.runs.lock().unwrap().clone();
     for id in &ids {
-        assert_eq!(runs.get(id), Some(&1), "job {id} ran once after its retry");
+        assert_eq!(
+            runs.get(&(*id).into()),
+            Some(&1),
+            "job {id} ran once after its retry"
+        );
         assert_eq!(sent_messages(&db, *id).await, 1);
     }
     runner.shutdown().await;
@@ -537,7 +541,7 @@ async fn a_cancel_racing_claims_leaves_each_job_cancelled_or_run_never_both() {
     let mut cancelled = 0;
     for chunk in ids.chunks(50) {
         let f = Filter {
-            ids: chunk.to_vec(),
+            ids: chunk.iter().map(|&i| i.into()).collect(),
             ..Filter::default()
         };
         cancelled += admin::cancel(&db.pool, &f, &by(false))
@@ -558,7 +562,7 @@ async fn a_cancel_racing_claims_leaves_each_job_cancelled_or_run_never_both() {
             .await
             .unwrap();
     for id in cancelled_ids {
-        assert_eq!(runs.get(&id), None, "cancelled job {id} never ran");
+        assert_eq!(runs.get(&id.into()), None, "cancelled job {id} never ran");
         assert_eq!(sent_messages(&db, id).await, 0);
     }
     runner.shutdown().await;
@@ -570,9 +574,16 @@ async fn settle_decides_unknown_messages_and_moves_the_job_accordingly() {
     let a = failed_with_message(&db, "unknown", "delivery_unknown").await;
     let b = failed_with_message(&db, "unknown", "delivery_unknown").await;
 
-    let r = admin::settle(&db.pool, a, None, Settled::Sent, Some("wamid.op.1"), "test")
-        .await
-        .unwrap();
+    let r = admin::settle(
+        &db.pool,
+        &a.into(),
+        None,
+        Settled::Sent,
+        Some("wamid.op.1"),
+        "test",
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (r.messages.clone(), r.job_status.as_str()),
         (vec![0], "done")
@@ -586,16 +597,24 @@ async fn settle_decides_unknown_messages_and_moves_the_job_accordingly() {
     );
     // Nothing left to settle.
     assert!(matches!(
-        admin::settle(&db.pool, a, None, Settled::Sent, None, "test").await,
+        admin::settle(&db.pool, &a.into(), None, Settled::Sent, None, "test").await,
         Err(AdminError::Conflict(_))
     ));
 
     // A wamid recorded elsewhere is refused.
     assert!(matches!(
-        admin::settle(&db.pool, b, None, Settled::Sent, Some("wamid.op.1"), "test").await,
+        admin::settle(
+            &db.pool,
+            &b.into(),
+            None,
+            Settled::Sent,
+            Some("wamid.op.1"),
+            "test"
+        )
+        .await,
         Err(AdminError::Conflict(_))
     ));
-    let r = admin::settle(&db.pool, b, Some(0), Settled::Failed, None, "test")
+    let r = admin::settle(&db.pool, &b.into(), Some(0), Settled::Failed, None, "test")
         .await
         .unwrap();
     assert_eq!(r.job_status, "failed");
@@ -611,11 +630,11 @@ async fn settle_decides_unknown_messages_and_moves_the_job_accordingly() {
 
     // Not a job to settle: missing, or not finished.
     assert!(matches!(
-        admin::settle(&db.pool, 999_999, None, Settled::Sent, None, "test").await,
+        admin::settle(&db.pool, &999_999.into(), None, Settled::Sent, None, "test").await,
         Err(AdminError::NotFound(_))
     ));
     assert!(matches!(
-        admin::settle(&db.pool, b, None, Settled::Sent, None, "test").await,
+        admin::settle(&db.pool, &b.into(), None, Settled::Sent, None, "test").await,
         Err(AdminError::Conflict(m)) if m.contains("queued")
     ));
 }
@@ -672,7 +691,7 @@ async fn bad_input_is_refused_with_a_reason() {
     );
     // Ids that do not exist match nothing; show says so.
     let missing = Filter {
-        ids: vec![ids[1] + 1000],
+        ids: vec![(ids[1] + 1000).into()],
         ..Filter::default()
     };
     let r = admin::retry(&db.pool, &missing, &by(false), false, 5)
@@ -680,7 +699,7 @@ async fn bad_input_is_refused_with_a_reason() {
         .unwrap();
     assert_eq!((r.matched, r.retried), (0, 0));
     assert!(matches!(
-        admin::show(&db.pool, ids[1] + 1000).await,
+        admin::show(&db.pool, &(ids[1] + 1000).into()).await,
         Err(AdminError::NotFound(_))
     ));
     let m = invalid(
@@ -717,13 +736,14 @@ async fn large_result_sets_are_paged() {
         .unwrap();
         pages += 1;
         assert!(page.jobs.len() <= 1000);
-        seen.extend(page.jobs.iter().map(|j| j.id));
+        seen.extend(page.jobs.iter().map(|j| j.id.clone()));
         match page.next_cursor {
             Some(c) => cursor = Some(c),
             None => break,
         }
     }
     assert_eq!(pages, 3);
+    let seen: Vec<i64> = seen.iter().map(|id| id.as_str().parse().unwrap()).collect();
     let mut sorted = seen.clone();
     sorted.sort_unstable_by(|a, b| b.cmp(a));
     sorted.dedup();
@@ -869,16 +889,14 @@ async fn the_admin_api_lists_shows_retries_and_cancels() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|j| j["id"].as_i64().unwrap())
+        .map(|j| j["id"].as_str().unwrap().parse().unwrap())
         .collect();
     assert_eq!(listed, vec![failed[2], failed[1]]);
-    assert_eq!(body["nextCursor"], failed[1]);
-    let (_, body) = get(format!(
-        "/api/admin/jobs?status=failed&cursor={}",
-        failed[1]
-    ))
-    .await;
-    assert_eq!(body["jobs"][0]["id"], failed[0]);
+    // The cursor is opaque: (createdAt, id) of the page's last job.
+    let cursor = body["nextCursor"].as_str().unwrap().to_string();
+    assert!(cursor.ends_with(&format!(".{}", failed[1])), "{cursor}");
+    let (_, body) = get(format!("/api/admin/jobs?status=failed&cursor={cursor}")).await;
+    assert_eq!(body["jobs"][0]["id"], failed[0].to_string());
     assert_eq!(body["nextCursor"], serde_json::Value::Null);
 
     let (status, body) = get(format!("/api/admin/jobs/{}", failed[0])).await;
@@ -888,7 +906,12 @@ async fn the_admin_api_lists_shows_retries_and_cancels() {
     assert!(body["job"]["timeline"].as_array().unwrap().len() >= 2);
     let (status, body) = get("/api/admin/jobs/99999999".into()).await;
     assert_eq!((status, body["ok"].clone()), (404, false.into()));
+    // Ids are the app's, any text: one that cannot be an id of this table matches nothing.
     let (status, _) = get("/api/admin/jobs/abc".into()).await;
+    assert_eq!(status, 404);
+    let (status, body) = get("/api/admin/jobs/a%01b".into()).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = get("/api/admin/jobs?cursor=17".into()).await;
     assert_eq!(status, 400);
 
     // Bad input.
@@ -1069,7 +1092,7 @@ async fn an_attempt_asked_to_stop_ends_cancelled_whether_it_would_be_retried_or_
         .jobs;
     assert_eq!(jobs.len(), 2);
     let f = Filter {
-        ids: ids.clone(),
+        ids: ids.iter().map(|&i| i.into()).collect(),
         ..Filter::default()
     };
     assert_eq!(
@@ -1100,7 +1123,7 @@ async fn an_attempt_asked_to_stop_ends_cancelled_whether_it_would_be_retried_or_
             .unwrap()
     );
     for job in &jobs {
-        let row = db.job(job.id).await;
+        let row = db.job(&job.id).await;
         assert_eq!(row.status, "cancelled", "job {}", job.id);
         assert_eq!(row.last_error_code.as_deref(), Some("cancelled"));
         assert!(row.completed);
@@ -1132,7 +1155,7 @@ async fn a_cancel_reports_as_stopping_only_the_jobs_it_asked_to_stop() {
         .jobs;
     assert_eq!(claimed.len(), 50);
     let f = Filter {
-        ids: ids.clone(),
+        ids: ids.iter().map(|&id| JobId::from(id)).collect(),
         ..Filter::default()
     };
     let actor = by(false);
@@ -1146,7 +1169,7 @@ async fn a_cancel_reports_as_stopping_only_the_jobs_it_asked_to_stop() {
         .running_ids
         .iter()
         .chain(&b.running_ids)
-        .copied()
+        .map(|id| id.as_str().parse().unwrap())
         .collect();
     reported.sort_unstable();
     assert_eq!(reported, ids);

@@ -42,7 +42,8 @@ fn ids(v: &Value) -> Vec<i64> {
     v.as_array()
         .unwrap_or_else(|| panic!("not an array: {v}"))
         .iter()
-        .map(|i| i.as_i64().unwrap())
+        // Ids are strings in JSON (the app's own ids; here our bigint's decimal text).
+        .map(|i| i.as_str().unwrap().parse().unwrap())
         .collect()
 }
 
@@ -123,7 +124,7 @@ async fn the_job_runner_takes_its_token_as_query_or_bearer_and_reports_job_ids()
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
-        json!({"ok": true, "processed": 0, "failed": 1, "jobIds": {"processed": [], "failed": [bad]}})
+        json!({"ok": true, "processed": 0, "failed": 1, "jobIds": {"processed": [], "failed": [bad.to_string()]}})
     );
     assert_eq!(app.db.count("done").await, 5);
     assert_eq!(app.db.job(bad).await.status, "failed");
@@ -375,7 +376,7 @@ async fn concurrent_triggers_run_every_job_exactly_once() {
     let runs = counting.runs.lock().unwrap().clone();
     assert_eq!(runs.len(), JOBS);
     for id in &jobs {
-        assert_eq!(runs.get(id), Some(&1), "job {id}");
+        assert_eq!(runs.get(&(*id).into()), Some(&1), "job {id}");
     }
     assert_eq!(app.db.count("done").await, JOBS as i64);
     let sends: i64 = sqlx::query_scalar(r#"SELECT count(*) FROM "OutboundMessage""#)

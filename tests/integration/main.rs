@@ -2,6 +2,7 @@
 //! on the PostgreSQL named by `TEST_DATABASE_URL` (default: postgres on 127.0.0.1:5432).
 
 mod admin;
+mod adopt;
 mod budget;
 mod cli;
 mod delivery;

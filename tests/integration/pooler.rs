@@ -347,6 +347,8 @@ async fn the_http_trigger_runs_a_pass_through_pgbouncer() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["processed"], 5, "{body}");
+    // Ids are strings in JSON.
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
     assert_eq!(body["jobIds"]["processed"], serde_json::json!(ids));
     assert_eq!(app.db.count("done").await, 5);
     app.stop().await;

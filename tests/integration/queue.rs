@@ -141,7 +141,7 @@ async fn two_runners_do_every_job_exactly_once() {
     let twice: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
     assert!(twice.is_empty(), "jobs run more than once: {twice:?}");
     for id in &ids {
-        assert!(runs.contains_key(id));
+        assert!(runs.contains_key(&(*id).into()));
     }
     let (messages, distinct): (i64, i64) = sqlx::query_as(
         r#"SELECT count(*), count(DISTINCT "jobId") FROM "OutboundMessage" WHERE status = 'sent'"#,
@@ -576,7 +576,7 @@ async fn only_leases_of_jobs_in_flight_are_extended() {
     let n = store::extend_leases(
         &db.pool,
         "me:1:a",
-        &[ids[0], ids[2]],
+        &[ids[0].into(), ids[2].into()],
         Duration::from_secs(60),
     )
     .await
@@ -661,8 +661,8 @@ async fn the_completion_finds_jobs_by_primary_key_whatever_the_statistics_say() 
         .await
         .unwrap();
     sqlx::query(&format!(
-        "PREPARE complete_check(text, bigint[], int[], bigint[], int[], text[], jsonb[], \
-         bigint[], int[], text[]) AS {}",
+        "PREPARE complete_check(text, text[], int[], text[], int[], text[], jsonb[], \
+         text[], int[], text[]) AS {}",
         outbound_runner::runner::complete_sql()
     ))
     .execute(&mut *conn)

@@ -119,7 +119,7 @@ fn update(wamid: &str, kind: Kind, job: Option<i64>, at: i64) -> StatusUpdate {
     StatusUpdate {
         wamid: wamid.into(),
         kind,
-        callback: job.map(|j| (j, 0)),
+        callback: job.map(|j| (j.into(), 0)),
         at: DateTime::from_timestamp(at, 0).unwrap(),
         error_code: None,
         error_title: None,
@@ -581,7 +581,7 @@ async fn bad_webhooks_are_refused_or_ignored_and_write_nothing() {
     let db = &app.db;
     let job = job_with_message(db, "done", None, "sent", Some("wamid.B1")).await;
     let other = job_with_message(db, "failed", Some("delivery_unknown"), "unknown", None).await;
-    let cb = callback_id(job, 0);
+    let cb = callback_id(&job.into(), 0);
     let t = Utc::now().timestamp();
     let delivered = serde_json::to_vec(&webhook_body(vec![status_json(
         "wamid.B1",
@@ -670,7 +670,7 @@ async fn bad_webhooks_are_refused_or_ignored_and_write_nothing() {
     let crossed = serde_json::to_vec(&webhook_body(vec![status_json(
         "wamid.B1",
         "read",
-        &callback_id(other, 0),
+        &callback_id(&other.into(), 0),
         t,
         None,
     )]))
@@ -823,7 +823,7 @@ async fn forwarding_passes_every_webhook_on_unchanged_and_answers_meta_as_the_ap
     let forward = hook.url.clone();
     let app = live_app(&meta, |s| s.whatsapp.webhook_forward_url = forward).await;
     let job = job_with_message(&app.db, "done", None, "sent", Some("wamid.W1")).await;
-    let cb = callback_id(job, 0);
+    let cb = callback_id(&job.into(), 0);
     let body = serde_json::to_vec(&webhook_body(vec![status_json(
         "wamid.W1",
         "delivered",
@@ -873,7 +873,7 @@ async fn a_webhook_mixing_foreign_and_malformed_entries_still_applies_its_valid_
     let db = &app.db;
     let job = job_with_message(db, "done", None, "sent", Some("wamid.X1")).await;
     let doomed = job_with_message(db, "done", None, "sent", Some("wamid.X2")).await;
-    let (cb, cb2) = (callback_id(job, 0), callback_id(doomed, 0));
+    let (cb, cb2) = (callback_id(&job.into(), 0), callback_id(&doomed.into(), 0));
     let t = Utc::now().timestamp();
     // Meta's titles are short; a huge one is cut, not refused.
     let huge_title = "t".repeat(100 * 1024);
@@ -954,7 +954,7 @@ async fn the_forward_timeout_is_the_configured_one() {
     let body = serde_json::to_vec(&webhook_body(vec![status_json(
         "wamid.T1",
         "delivered",
-        &callback_id(job, 0),
+        &callback_id(&job.into(), 0),
         Utc::now().timestamp(),
         None,
     )]))
@@ -1043,7 +1043,7 @@ async fn a_status_the_database_cannot_store_costs_only_itself() {
         good.push((job, wamid));
     }
     let victim = job_with_message(db, "done", None, "sent", Some("wamid.V")).await;
-    let cb = callback_id(victim, 0);
+    let cb = callback_id(&victim.into(), 0);
     let bad = [
         status_json("wamid.V", "failed", &cb, t, Some((131026, "x\u{0}y"))),
         status_json("wamid.\u{0}V", "delivered", &cb, t, None),
@@ -1056,7 +1056,7 @@ async fn a_status_the_database_cannot_store_costs_only_itself() {
         let body = webhook_body(vec![status_json(
             wamid,
             "delivered",
-            &callback_id(*job, 0),
+            &callback_id(&(*job).into(), 0),
             t,
             None,
         )]);
@@ -1091,7 +1091,13 @@ async fn a_status_the_database_cannot_store_costs_only_itself() {
     // One webhook with a good and a bad status: the good one is applied.
     let job = job_with_message(db, "done", None, "sent", Some("wamid.M")).await;
     let body = webhook_body(vec![
-        status_json("wamid.M", "delivered", &callback_id(job, 0), t, None),
+        status_json(
+            "wamid.M",
+            "delivered",
+            &callback_id(&job.into(), 0),
+            t,
+            None,
+        ),
         bad[0].clone(),
     ]);
     assert_eq!(

@@ -5,13 +5,13 @@ use std::sync::{Arc, Mutex};
 
 use outbound_runner::delivery::sandbox::SandboxHandler;
 use outbound_runner::delivery::{BoxFuture, Delivered, JobContext, JobHandler};
-use outbound_runner::queue::{Job, JobError};
+use outbound_runner::queue::{Job, JobError, JobId};
 use tokio::sync::{Notify, Semaphore};
 
 /// The sandbox handler, counting how often each job ran.
 #[derive(Default)]
 pub struct Counting {
-    pub runs: Mutex<HashMap<i64, u32>>,
+    pub runs: Mutex<HashMap<JobId, u32>>,
     pub called: Notify,
 }
 
@@ -22,7 +22,7 @@ impl JobHandler for Counting {
         ctx: &'a JobContext,
     ) -> BoxFuture<'a, Result<Delivered, JobError>> {
         Box::pin(async move {
-            *self.runs.lock().unwrap().entry(job.id).or_default() += 1;
+            *self.runs.lock().unwrap().entry(job.id.clone()).or_default() += 1;
             self.called.notify_one();
             SandboxHandler.handle(job, ctx).await
         })

@@ -5,6 +5,7 @@ pub mod handlers;
 pub mod mock_meta;
 pub mod mock_orchestrator;
 pub mod pgbouncer;
+pub mod prisma;
 pub mod proxy;
 pub mod window;
 
@@ -98,21 +99,22 @@ impl TestDb {
             .unwrap()
     }
 
-    pub async fn job(&self, id: i64) -> JobRow {
+    /// A job by its id, whatever the id's type (bound as text, converted by the database).
+    pub async fn job(&self, id: impl std::fmt::Display) -> JobRow {
         sqlx::query_as(
-            r#"SELECT status, attempts, "lastError", "lastErrorCode", "lockedBy",
+            r#"SELECT status::text AS status, attempts, "lastError", "lastErrorCode", "lockedBy",
                       EXTRACT(EPOCH FROM "runAt" - now())::float8 AS due_in,
                       "completedAt" IS NOT NULL AS completed
-               FROM "OutboundJob" WHERE id = $1"#,
+               FROM "OutboundJob" WHERE id = outbound_job_id($1)"#,
         )
-        .bind(id)
+        .bind(id.to_string())
         .fetch_one(&self.pool)
         .await
         .unwrap()
     }
 
     pub async fn count(&self, status: &str) -> i64 {
-        sqlx::query_scalar(r#"SELECT count(*) FROM "OutboundJob" WHERE status = $1"#)
+        sqlx::query_scalar(r#"SELECT count(*) FROM "OutboundJob" WHERE status::text = $1"#)
             .bind(status)
             .fetch_one(&self.pool)
             .await
