@@ -67,6 +67,9 @@ pub fn handler_for(settings: &Settings) -> Result<Arc<dyn JobHandler>, StartErro
 
 /// Runs the daemon until SIGTERM/SIGINT and a drain. Returns the exit code.
 pub async fn run(opts: LoadOptions, settings: Settings, log: LogHandle) -> Result<u8, StartError> {
+    if let Some(warning) = config::readable_secrets_warning(&opts, &settings) {
+        tracing::warn!("{warning}");
+    }
     let stop = CancellationToken::new();
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     spawn_stop_signals(stop.clone())?;

@@ -115,7 +115,7 @@ pub const ERROR_CLASSES: [&str; 6] = [
 ];
 
 pub const STATUS_KINDS: [&str; 4] = ["sent", "delivered", "read", "failed"];
-pub const STATUS_RESULTS: [&str; 7] = [
+pub const STATUS_RESULTS: [&str; 8] = [
     "applied",
     "settled",
     "duplicate",
@@ -123,8 +123,9 @@ pub const STATUS_RESULTS: [&str; 7] = [
     "conflict",
     "unmatched",
     "other_number",
+    "rejected",
 ];
-pub const WEBHOOK_OUTCOMES: [&str; 7] = [
+pub const WEBHOOK_OUTCOMES: [&str; 9] = [
     "ok",
     "bad_signature",
     "malformed",
@@ -132,6 +133,8 @@ pub const WEBHOOK_OUTCOMES: [&str; 7] = [
     "forwarded",
     "forward_failed",
     "unavailable",
+    "timeout",
+    "rejected",
 ];
 
 const LATENCY_BUCKETS: &[f64] = &[

@@ -1,7 +1,7 @@
 //! systemd integration: readiness, health-gated watchdog, STATUS lines, stop and reload
 //! notifications. Every call is a no-op when `NOTIFY_SOCKET` is unset.
 //!
-//! What the service manager sees, in order (DESIGN §7):
+//! What the service manager sees, in order (docs/operations.md, "What the STATUS line means"):
 //!
 //! ```text
 //!  start     STATUS=waiting for the database · EXTEND_TIMEOUT_USEC (while waiting, migrating)

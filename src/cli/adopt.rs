@@ -83,7 +83,7 @@ pub async fn run(settings: &Settings, pool: &Pool, args: &AdoptArgs) -> anyhow::
         }
     }
     let mut say = |line: &str| println!("{line}");
-    let applied = adopt::apply(&mut conn, &mut say).await?;
+    let applied = adopt::apply_watched(&mut conn, Some(pool.pg()), &mut say).await?;
     let _ = sqlx::Connection::close(conn).await;
     println!(
         "adopted: {} statement(s) applied; `outbound-runner migrate` and `run` now work as on a \

@@ -414,8 +414,16 @@ fn one_line(s: &str, max: usize) -> String {
 }
 
 fn render_list(page: &admin::Page) -> String {
+    // Ids are the app's: a number, or a 25-character cuid.
+    let w = page
+        .jobs
+        .iter()
+        .map(|j| j.id.as_str().chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(8);
     let mut out = format!(
-        "{:>8}  {:<9}  {:<15}  {:>8}  {:<16}  {:<20}  {}\n",
+        "{:>w$}  {:<9}  {:<15}  {:>8}  {:<16}  {:<20}  {}\n",
         "ID", "STATUS", "TO", "ATTEMPTS", "CODE", "CREATED", "ERROR"
     );
     for j in &page.jobs {
@@ -424,7 +432,7 @@ fn render_list(page: &admin::Page) -> String {
             None => j.attempts.to_string(),
         };
         out.push_str(&format!(
-            "{:>8}  {:<9}  {:<15}  {:>8}  {:<16}  {:<20}  {}\n",
+            "{:>w$}  {:<9}  {:<15}  {:>8}  {:<16}  {:<20}  {}\n",
             j.id,
             j.status,
             one_line(j.to.as_deref().unwrap_or("-"), 15),

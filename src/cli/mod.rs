@@ -466,6 +466,9 @@ fn check_config(opts: &LoadOptions, settings: &Settings) -> u8 {
         };
         println!("{key} = {value}    # {origin}");
     }
+    if let Some(warning) = config::readable_secrets_warning(opts, settings) {
+        eprintln!("outbound-runner: warning: {warning}");
+    }
     println!("configuration OK");
     exit::OK
 }

@@ -114,7 +114,8 @@ impl Key {
 }
 
 const EMPTY: &str = "\"\"";
-const MASK: &str = "***";
+/// What `check-config` shows for a secret that is set.
+pub const MASK: &str = "***";
 
 /// A key's effective value: what `check-config` prints and the reload check compares.
 #[derive(Debug, Clone, Copy)]
@@ -673,6 +674,13 @@ pub const KEYS: &[Key] = &[
         Reload,
         "trigger passes running at once; one more is answered 429",
         |s| Value::Number(s.http.max_concurrent_passes),
+    ),
+    key(
+        "http.request_timeout",
+        "5s",
+        Restart,
+        "a request's headers must arrive within it, then its body within it of the headers (then 408 and the connection is closed); also how long an idle keep-alive connection stays open",
+        |s| Value::Duration(s.http.request_timeout),
     ),
     key(
         "metrics.listen",

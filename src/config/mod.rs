@@ -26,6 +26,7 @@ use std::fmt;
 
 pub use load::{LoadOptions, origins};
 pub use redact::{redact_url, redact_url_or_empty};
+pub use secrets::{MAX_SECRET_FILE, readable_secrets_warning};
 pub use settings::*;
 pub use validate::validate;
 

@@ -135,9 +135,39 @@ fn resolve_number_secrets(
     }
 }
 
+/// The largest secret file read: a secret is a line; anything bigger is the wrong file.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Reads a secret from `path`: a regular file (never a device or a FIFO, which could never
+/// end or never answer) of at most [`MAX_SECRET_FILE`] bytes, in UTF-8. A reason never quotes
+/// what the file holds.
 fn read_secret_file(path: &Path) -> Result<Option<SecretString>, String> {
-    let text = std::fs::read_to_string(path)
+    use std::io::Read;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if meta.len() > MAX_SECRET_FILE {
+        return Err(format!(
+            "{} is larger than {} KiB: not a secret file",
+            path.display(),
+            MAX_SECRET_FILE / 1024
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SECRET_FILE + 1).read_to_end(&mut bytes))
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(format!(
+            "{} is larger than {} KiB: not a secret file",
+            path.display(),
+            MAX_SECRET_FILE / 1024
+        ));
+    }
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
     let trimmed = text.trim_end_matches(['\n', '\r']);
     if trimmed.is_empty() {
         return Err(format!("{} is empty", path.display()));
@@ -146,6 +176,42 @@ fn read_secret_file(path: &Path) -> Result<Option<SecretString>, String> {
         return Err(format!("{} holds only whitespace", path.display()));
     }
     Ok(Some(SecretString::from(trimmed.to_string())))
+}
+
+/// A warning when the configuration file holds secrets and every user of the machine may read
+/// it (mode `o+r`); `None` when it does not. Names the keys, never their values. Said at
+/// start-up and by `check-config`.
+pub fn readable_secrets_warning(opts: &super::LoadOptions, s: &Settings) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = opts.config_file()?;
+    let mode = std::fs::metadata(&file).ok()?.permissions().mode();
+    if mode & 0o004 == 0 {
+        return None;
+    }
+    let origins = super::origins(opts).ok()?;
+    let from_file = |key: &str| {
+        origins.get(key).or_else(|| {
+            key.starts_with("whatsapp.numbers[")
+                .then(|| origins.get("whatsapp.numbers"))
+                .flatten()
+        }) == Some(&"file")
+    };
+    let keys: Vec<String> = super::keys::effective(s)
+        .into_iter()
+        .filter(|(key, value)| value == super::keys::MASK && from_file(key))
+        .map(|(key, _)| key)
+        .collect();
+    if keys.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the configuration file {} is readable by every user (mode {:o}) and holds secrets ({}): \
+         make it unreadable to others (chmod o-r), or move them to *_file keys or systemd \
+         credentials",
+        file.display(),
+        mode & 0o7777,
+        keys.join(", ")
+    ))
 }
 
 #[cfg(test)]

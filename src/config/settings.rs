@@ -310,6 +310,9 @@ pub struct HttpSettings {
     pub pass_timeout: Duration,
     /// Trigger passes running at once; a request beyond it answers 429.
     pub max_concurrent_passes: u32,
+    /// A request's headers, then its body, must each arrive within it (src/http/server.rs).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -170,6 +170,23 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
     if s.http.pass_timeout.is_zero() {
         bad("http.pass_timeout", "must be more than 0s");
     }
+    // Unlike the other secrets (src/config/secrets.rs), not a slot of the key table: checked
+    // here the same way. A verify token of spaces would verify a subscription sent `%20`.
+    if s.whatsapp
+        .verify_token
+        .as_ref()
+        .is_some_and(|v| v.expose_secret().trim().is_empty())
+    {
+        bad(
+            "whatsapp.verify_token",
+            "is only whitespace; set a real value or leave it unset",
+        );
+    }
+    if s.http.request_timeout < Duration::from_millis(100)
+        || s.http.request_timeout > Duration::from_secs(300)
+    {
+        bad("http.request_timeout", "must be between 100ms and 5m");
+    }
     if !(1..=256).contains(&s.http.max_concurrent_passes) {
         bad("http.max_concurrent_passes", "must be between 1 and 256");
     }
@@ -190,9 +207,8 @@ fn check_postgres_url(text: &str) -> Result<(), String> {
     let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
     match url.scheme() {
         "postgres" | "postgresql" => database_url::clean_url(text).map(|_| ()),
-        other => Err(format!(
-            "scheme must be postgres:// or postgresql://, not {other}://"
-        )),
+        // Never the scheme it has: from a file, it is whatever the file begins with.
+        _ => Err("scheme must be postgres:// or postgresql://".into()),
     }
 }
 

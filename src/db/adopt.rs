@@ -690,6 +690,16 @@ pub async fn plan_on(conn: &mut PgConnection) -> Result<Plan, AdoptError> {
         }
         Some(c) if !c.labels.is_empty() => {
             status_enum = Some(c.ty.clone());
+            // `QUEUED` where we read `queued`: the app's jobs would never be claimed.
+            for l in &c.labels {
+                let lower = l.to_lowercase();
+                if *l != lower && STATUSES.contains(&lower.as_str()) {
+                    problems.push(format!(
+                        "column status: the enum {} has {l:?} where the runner reads and writes                          {lower:?} (the guide's statuses are lowercase)",
+                        c.ty
+                    ));
+                }
+            }
             for s in STATUSES {
                 if !c.labels.iter().any(|l| l == s) {
                     enum_steps.push(Step {
@@ -994,10 +1004,20 @@ pub async fn apply(
     conn: &mut PgConnection,
     progress: &mut dyn Progress,
 ) -> Result<Plan, AdoptError> {
+    apply_watched(conn, None, progress).await
+}
+
+/// [`apply`], with `watch` (another connection's pool) to say how far each index build got
+/// (`pg_stat_progress_create_index`).
+pub async fn apply_watched(
+    conn: &mut PgConnection,
+    watch: Option<&PgPool>,
+    progress: &mut dyn Progress,
+) -> Result<Plan, AdoptError> {
     conn.lock()
         .await
         .map_err(|e| AdoptError::Step(format!("taking the migrations' lock: {e}")))?;
-    let result = apply_locked(conn, progress).await;
+    let result = apply_locked(conn, watch, progress).await;
     let unlocked = conn.unlock().await;
     let plan = result?;
     unlocked.map_err(|e| AdoptError::Step(format!("releasing the migrations' lock: {e}")))?;
@@ -1006,13 +1026,14 @@ pub async fn apply(
 
 async fn apply_locked(
     conn: &mut PgConnection,
+    watch: Option<&PgPool>,
     progress: &mut dyn Progress,
 ) -> Result<Plan, AdoptError> {
     let plan = plan_on(conn).await?;
     let mut i = 0;
     while i < plan.steps.len() {
         if plan.steps[i].outside_transaction {
-            run_outside(conn, &plan.steps[i], i + 1, progress).await?;
+            run_outside(conn, &plan.steps[i], i + 1, watch, progress).await?;
             i += 1;
             continue;
         }
@@ -1100,6 +1121,7 @@ async fn run_outside(
     conn: &mut PgConnection,
     step: &Step,
     n: usize,
+    watch: Option<&PgPool>,
     progress: &mut dyn Progress,
 ) -> Result<(), AdoptError> {
     let started = Instant::now();
@@ -1122,7 +1144,7 @@ async fn run_outside(
         attempt += 1;
         let run = sqlx::raw_sql(&step.sql).execute(&mut *conn);
         let r = if building {
-            with_progress(run, progress).await
+            with_progress(run, watch, progress).await
         } else {
             run.await.map(|_| ())
         };
@@ -1154,8 +1176,13 @@ async fn run_outside(
     Ok(())
 }
 
-/// Runs an index build, saying every few seconds how far it got.
-async fn with_progress<F>(build: F, progress: &mut dyn Progress) -> sqlx::Result<()>
+/// Runs an index build, saying every few seconds how far it got: its phase and share of the
+/// table from `pg_stat_progress_create_index` when `watch` is given, and the time so far.
+async fn with_progress<F>(
+    build: F,
+    watch: Option<&PgPool>,
+    progress: &mut dyn Progress,
+) -> sqlx::Result<()>
 where
     F: std::future::Future<Output = sqlx::Result<sqlx::postgres::PgQueryResult>>,
 {
@@ -1165,10 +1192,23 @@ where
         tokio::select! {
             r = &mut build => return r.map(|_| ()),
             _ = tokio::time::sleep(Duration::from_secs(5)) => {
-                progress.line(&format!(
-                    "  … still building ({} s)",
-                    started.elapsed().as_secs()
-                ));
+                let mut line = format!("  … still building ({} s)", started.elapsed().as_secs());
+                if let Some(pool) = watch {
+                    let row: Option<(String, i64, i64)> = sqlx::query_as(
+                        r#"SELECT phase, blocks_done, blocks_total
+                           FROM pg_stat_progress_create_index
+                           WHERE relid = to_regclass('"OutboundJob"')"#,
+                    )
+                    .fetch_optional(pool)
+                    .await
+                    .ok()
+                    .flatten();
+                    if let Some((phase, done, total)) = row {
+                        let pct = if total > 0 { done * 100 / total } else { 0 };
+                        let _ = write!(line, ": {phase}, {pct} % of the table's blocks");
+                    }
+                }
+                progress.line(&line);
             }
         }
     }

@@ -110,6 +110,25 @@ pub struct StatusUpdate {
     pub error_title: Option<String>,
 }
 
+/// Why `u` can never be stored, if so: a NUL (PostgreSQL's text refuses it) in a string it
+/// would receive, or a timestamp before 2015 or more than a day ahead. Checked before a status
+/// joins a batch, so it costs only itself (issue 25).
+pub fn unstorable(u: &StatusUpdate) -> Option<&'static str> {
+    let texts = [
+        Some(&u.wamid),
+        u.error_code.as_ref(),
+        u.error_title.as_ref(),
+    ];
+    if texts.into_iter().flatten().any(|t| t.contains('\0')) {
+        return Some("a NUL character");
+    }
+    let earliest = DateTime::from_timestamp(1_420_070_400, 0).expect("2015-01-01");
+    if u.at < earliest || u.at > Utc::now() + chrono::Duration::days(1) {
+        return Some("a timestamp before 2015 or more than a day ahead");
+    }
+    None
+}
+
 /// What became of one status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -125,16 +144,20 @@ pub enum Outcome {
     Conflict,
     /// Not a message of ours.
     Unmatched,
+    /// The database refused it (a data error, see [`unstorable`]): never stored, and never
+    /// retried; the rest of its batch was written without it.
+    Rejected,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Applied,
         Outcome::Settled,
         Outcome::Duplicate,
         Outcome::Early,
         Outcome::Conflict,
         Outcome::Unmatched,
+        Outcome::Rejected,
     ];
 
     pub fn label(self) -> &'static str {
@@ -145,6 +168,7 @@ impl Outcome {
             Outcome::Early => "early",
             Outcome::Conflict => "conflict",
             Outcome::Unmatched => "unmatched",
+            Outcome::Rejected => "rejected",
         }
     }
 }
@@ -739,6 +763,46 @@ async fn run(
                 let mut outcomes = applied.outcomes.into_iter();
                 for (ack, n) in acks.into_iter().zip(lens) {
                     let _ = ack.send(Ok(outcomes.by_ref().take(n).collect()));
+                }
+            }
+            Err(e) if updates.len() > 1 && crate::queue::store::is_data_error(&e) => {
+                // One status the database refuses must not fail the others: each alone.
+                tracing::warn!(
+                    error = %crate::db::redact_sqlx(&e),
+                    statuses = updates.len(),
+                    "the database refused a batch of statuses; applying them one by one"
+                );
+                let mut outcomes = Vec::with_capacity(updates.len());
+                for u in &updates {
+                    match apply(&pool, std::slice::from_ref(u)).await {
+                        Ok(applied) => {
+                            record(&metrics, &applied);
+                            early_waiting |= applied.outcomes.contains(&Outcome::Early);
+                            outcomes.push(Ok(applied.outcomes[0]));
+                        }
+                        Err(e) if crate::queue::store::is_data_error(&e) => {
+                            tracing::warn!(
+                                error = %crate::db::redact_sqlx(&e),
+                                wamid = %u.wamid.escape_debug(),
+                                "the database refused a status; it is dropped (counted rejected)"
+                            );
+                            record(
+                                &metrics,
+                                &Applied {
+                                    kinds: vec![u.kind],
+                                    outcomes: vec![Outcome::Rejected],
+                                    ..Applied::default()
+                                },
+                            );
+                            outcomes.push(Ok(Outcome::Rejected));
+                        }
+                        Err(e) => outcomes.push(Err(crate::db::redact_sqlx(&e))),
+                    }
+                }
+                let mut outcomes = outcomes.into_iter();
+                for (ack, n) in acks.into_iter().zip(lens) {
+                    let mine: Result<Vec<Outcome>, String> = outcomes.by_ref().take(n).collect();
+                    let _ = ack.send(mine);
                 }
             }
             Err(e) => {

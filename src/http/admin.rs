@@ -11,14 +11,15 @@
 //! ```
 //!
 //! Auth: `ADMIN_TOKEN` (`http.admin_token`) as `Authorization: Bearer`, compared like the
-//! trigger tokens ([`super::auth`]). Unset: every admin route answers 404. A token-like query
+//! trigger tokens ([`super::auth`]), before the body is read (a client without the token never
+//! makes us wait for a body). Unset: every admin route answers 404. A token-like query
 //! parameter (`token`, `access_token`, …) is refused with 400 whatever the header says: a URL
 //! ends up in logs and histories. Errors are `{"ok":false,"error":…}` (400 bad input, 401,
 //! 404 disabled or no such job, 409 not in a state the action applies to, 503 database).
 //! Every action is logged with who (`admin-api`) and how many rows.
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -120,8 +121,14 @@ fn filter_from_query(query: Option<&str>) -> Result<Filter, AdminError> {
         match &*k {
             "status" => f.status.extend(v.split(',').map(|s| s.trim().to_string())),
             "code" => f.code = Some(v),
-            "since" => f.since = Some(admin::parse_time(&v)?),
-            "until" => f.until = Some(admin::parse_time(&v)?),
+            "since" | "until" => {
+                let t = admin::parse_time(&v).map_err(|e| bad(format!("{k}: {e}")))?;
+                if k == "since" {
+                    f.since = Some(t);
+                } else {
+                    f.until = Some(t);
+                }
+            }
             "to" => f.to = Some(v),
             "requestId" => f.request_id = Some(v),
             "from" => f.from = Some(v),
@@ -218,6 +225,23 @@ struct ActionBody {
     resend_sent: bool,
 }
 
+/// The body, read only once the token was accepted (a client without it never makes us wait
+/// for one), within the body limit and `http.request_timeout` (src/http/server.rs).
+async fn read_body(body: Body) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, super::BODY_LIMIT)
+        .await
+        .map_err(|e| {
+            if super::server::is_body_deadline(&e) {
+                error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive within http.request_timeout",
+                )
+            } else {
+                error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+            }
+        })
+}
+
 /// An id in a JSON body.
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -236,7 +260,11 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, AdminEr
 }
 
 fn action_filter(body: &ActionBody) -> Result<Filter, AdminError> {
-    let time = |s: &Option<String>| s.as_deref().map(admin::parse_time).transpose();
+    let time = |name: &str, s: &Option<String>| {
+        s.as_deref()
+            .map(|v| admin::parse_time(v).map_err(|e| bad(format!("{name}: {e}"))))
+            .transpose()
+    };
     Filter {
         status: match &body.status {
             None => Vec::new(),
@@ -244,8 +272,8 @@ fn action_filter(body: &ActionBody) -> Result<Filter, AdminError> {
             Some(OneOrMany::Many(v)) => v.clone(),
         },
         code: body.code.clone(),
-        since: time(&body.since)?,
-        until: time(&body.until)?,
+        since: time("since", &body.since)?,
+        until: time("until", &body.until)?,
         to: body.to.clone(),
         request_id: body.request_id.clone(),
         from: body.from.clone(),
@@ -268,11 +296,15 @@ async fn retry(
     State(state): State<HttpState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     if let Some(r) = refuse(&state, &headers, query.as_deref()) {
         return r;
     }
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let result = async {
         let body: ActionBody = parse_body(&body)?;
         let filter = action_filter(&body)?;
@@ -301,11 +333,15 @@ async fn cancel(
     State(state): State<HttpState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     if let Some(r) = refuse(&state, &headers, query.as_deref()) {
         return r;
     }
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let result = async {
         let body: ActionBody = parse_body(&body)?;
         if body.resend_sent {
@@ -339,11 +375,15 @@ async fn settle(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     if let Some(r) = refuse(&state, &headers, query.as_deref()) {
         return r;
     }
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let result = async {
         let id = job_id(&id)?;
         let body: SettleBody = parse_body(&body)?;

@@ -109,10 +109,13 @@ pub fn authorize(
             .filter(|(k, _)| k == "token")
             .count()
     });
-    if authorizations > 1 || tokens > 1 {
+    // And one in all where the query can carry one too: a header beside `?token=` would be
+    // two guesses in one request.
+    let both = endpoint == Endpoint::JobRunner && authorizations > 0 && tokens > 0;
+    if authorizations > 1 || tokens > 1 || both {
         refused(
             endpoint,
-            "several Authorization headers or token parameters".into(),
+            "several credentials: Authorization headers or token parameters".into(),
         );
         return Err(Denied::Unauthorized);
     }
@@ -306,6 +309,17 @@ mod tests {
             (headers(&[("authorization", "Bearer cron")]), None),
             (headers(&[("x-vercel-cron", "1")]), None),
             (headers(&[("user-agent", "vercel-cron/1.0")]), None),
+            // One credential per request, across header and query: two guesses are refused
+            // even when one of them is right.
+            (
+                headers(&[("authorization", "Bearer tok")]),
+                Some("token=wrong"),
+            ),
+            (
+                headers(&[("authorization", "Bearer wrong")]),
+                Some("token=tok"),
+            ),
+            (headers(&[("authorization", "Basic x")]), Some("token=tok")),
         ] {
             assert_eq!(
                 authorize(ep, &h, &hd, q),

@@ -186,7 +186,8 @@ pub async fn serve(
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    serve_router(listener, routes::api(state), shutdown).await
+    let timeout = state.runner().settings().http.request_timeout;
+    serve_router(listener, routes::api(state), shutdown, timeout).await
 }
 
 /// Serves `/metrics` alone (for `metrics.listen`).
@@ -195,16 +196,18 @@ pub async fn serve_metrics(
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    serve_router(listener, routes::metrics_only(state), shutdown).await
+    let timeout = state.runner().settings().http.request_timeout;
+    serve_router(listener, routes::metrics_only(state), shutdown, timeout).await
 }
 
 async fn serve_router(
     listener: TcpListener,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    request_timeout: Duration,
 ) -> io::Result<()> {
     // Timeouts and a connection cap (see `server`; docs/http.md, "Limits").
-    server::serve(listener, router, shutdown).await
+    server::serve(listener, router, shutdown, request_timeout).await
 }
 
 /// The running servers.
@@ -279,6 +282,7 @@ fn spawn_supervised(
     state: &HttpState,
     stop: &CancellationToken,
 ) -> JoinHandle<()> {
+    let timeout = state.runner().settings().http.request_timeout;
     let mut once = Some((listener, router, stop.clone()));
     crate::supervise::spawn(
         name,
@@ -288,7 +292,9 @@ fn spawn_supervised(
         move || {
             let (listener, router, stop) = once.take().expect("the server starts once");
             async move {
-                if let Err(e) = serve_router(listener, router, stop.cancelled_owned()).await {
+                if let Err(e) =
+                    serve_router(listener, router, stop.cancelled_owned(), timeout).await
+                {
                     tracing::error!(error = %e, "the {name} stopped");
                 }
             }

@@ -5,7 +5,10 @@
 //!  POST (X-Hub-Signature-256: sha256=<hex HMAC-SHA256(raw body, whatsapp.app_secret)>)
 //!       no app secret configured 404 · body over 1 MB 413 · no or wrong signature 401 (nothing
 //!       is read) · not JSON 400 · anything else 200 once its statuses are committed (other
-//!       shapes and fields: ignored) · the status writer failing 503 · the app behind
+//!       shapes and fields: ignored; a status the database could never store, with a NUL or a
+//!       timestamp outside 2015…now+1 day, is dropped and counted `rejected`, the rest applied)
+//!       · the body not arriving within http.request_timeout 408 · the status writer failing
+//!       503 · the app behind
 //!       whatsapp.webhook_forward_url not answering 2xx 502 (Meta retries; statuses are
 //!       idempotent)
 //! ```
@@ -32,7 +35,7 @@ use subtle::ConstantTimeEq;
 
 use super::HttpState;
 use super::routes::{access_log, error};
-use crate::delivery::statuses::{Kind, StatusUpdate, parse_callback};
+use crate::delivery::statuses::{Kind, Outcome, StatusUpdate, parse_callback, unstorable};
 
 /// The path Meta calls.
 pub const PATH: &str = "/webhooks/whatsapp";
@@ -129,6 +132,14 @@ async fn receive(State(state): State<HttpState>, request: Request) -> Response {
     }
     let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
         Ok(b) => b,
+        Err(e) if super::server::is_body_deadline(&e) => {
+            // The signature needs the body: the deadline is what bounds the wait.
+            outcome("timeout");
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive within http.request_timeout",
+            );
+        }
         Err(_) => {
             outcome("too_large");
             return error(StatusCode::PAYLOAD_TOO_LARGE, "the body is over 1 MB");
@@ -170,18 +181,36 @@ async fn receive(State(state): State<HttpState>, request: Request) -> Response {
             return Err((StatusCode::BAD_REQUEST, "the body is not JSON"));
         };
         let ours = settings.whatsapp.number_ids();
-        let (updates, other_number) = statuses_of(&json, &ours);
+        let (mut updates, other_number) = statuses_of(&json, &ours);
         for kind in other_number {
             metrics
                 .whatsapp_statuses
                 .with_label_values(&[kind.as_str(), "other_number"])
                 .inc();
         }
+        // A status the database could never store costs only itself: counted, logged, and
+        // answered 200 with the rest (Meta would retry it for days, failing the same way).
+        let before = updates.len();
+        updates.retain(|u| match unstorable(u) {
+            None => true,
+            Some(why) => {
+                metrics
+                    .whatsapp_statuses
+                    .with_label_values(&[u.kind.as_str(), "rejected"])
+                    .inc();
+                tracing::warn!(
+                    wamid = %u.wamid.escape_debug(),
+                    "a webhook status was refused: it holds {why}; the rest of the webhook is applied"
+                );
+                false
+            }
+        });
+        let rejected = updates.len() < before;
         if updates.is_empty() {
-            return Ok(());
+            return Ok(rejected);
         }
         match runner.statuses().apply(updates).await {
-            Ok(_) => Ok(()),
+            Ok(outcomes) => Ok(rejected || outcomes.contains(&Outcome::Rejected)),
             Err(why) => {
                 tracing::warn!(error = %why, "applying a webhook's statuses failed; Meta will retry");
                 Err((
@@ -192,15 +221,22 @@ async fn receive(State(state): State<HttpState>, request: Request) -> Response {
         }
     };
     let (forwarded, applied) = tokio::join!(forward, apply);
-    if let Err((status, why)) = applied {
-        outcome(if status == StatusCode::BAD_REQUEST {
-            "malformed"
-        } else {
-            "unavailable"
-        });
-        return error(status, why);
-    }
+    let rejected = match applied {
+        Ok(rejected) => rejected,
+        Err((status, why)) => {
+            outcome(if status == StatusCode::BAD_REQUEST {
+                "malformed"
+            } else {
+                "unavailable"
+            });
+            return error(status, why);
+        }
+    };
     match forwarded {
+        None | Some(Ok(())) if rejected => {
+            outcome("rejected");
+            ok()
+        }
         None => {
             outcome("ok");
             ok()

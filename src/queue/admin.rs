@@ -68,7 +68,24 @@ pub enum AdminError {
     #[error("{0}")]
     Conflict(String),
     #[error("database error: {}", crate::db::redact_sqlx(.0))]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for AdminError {
+    /// A data exception (SQLSTATE class 22: a NUL, a value out of range) is the input's fault,
+    /// not the database's: bad input (400, exit 64), never "database unavailable". The
+    /// validation below should catch each first; this is the net under it.
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("22")) => {
+                invalid(format!(
+                    "the database refused a value of the request: {}",
+                    crate::db::redact_sqlx(&e)
+                ))
+            }
+            _ => AdminError::Database(e),
+        }
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> AdminError {
@@ -158,6 +175,9 @@ impl Filter {
         {
             return Err(invalid("requestId must be 1 to 200 characters"));
         }
+        if self.request_id.as_ref().is_some_and(|r| r.contains('\0')) {
+            return Err(invalid("requestId must not hold a NUL character"));
+        }
         if let (Some(a), Some(b)) = (self.since, self.until)
             && a >= b
         {
@@ -207,17 +227,33 @@ fn truncate(s: &str) -> String {
 /// (`2026-11-29`, midnight UTC), or a duration ago (`24h`, `7days`).
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>, AdminError> {
     let s = s.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
-    }
-    if let Ok(ago) = humantime::parse_duration(s)
+    let t = if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        Some(t.with_timezone(&Utc))
+    } else if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        Some(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+    } else if let Ok(ago) = humantime::parse_duration(s)
         && let Ok(ago) = chrono::Duration::from_std(ago)
-        && let Some(t) = Utc::now().checked_sub_signed(ago)
     {
-        return Ok(t);
+        // Out of chrono's range is out of ours too (below).
+        Some(
+            Utc::now()
+                .checked_sub_signed(ago)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        )
+    } else {
+        None
+    };
+    if let Some(t) = t {
+        // PostgreSQL's timestamptz ends in 4713 BC; a filter before year 1 is a typo.
+        use chrono::Datelike;
+        return if (1..=9999).contains(&t.year()) {
+            Ok(t)
+        } else {
+            Err(invalid(format!(
+                "{:?} is out of range (years 1 to 9999)",
+                truncate(s)
+            )))
+        };
     }
     Err(invalid(format!(
         "{:?} is not a time (RFC 3339, YYYY-MM-DD, or a duration ago like 24h)",
@@ -729,8 +765,9 @@ pub struct CancelReport {
     pub matched: i64,
     /// Queued jobs now `cancelled` (dry: that would be).
     pub cancelled: i64,
-    /// Running jobs asked to stop before their next send (or asked already): a runner holds
-    /// them; each ends `cancelled`, or `done` if all its messages were sent.
+    /// Running jobs this cancel asked to stop before their next send (one asked already is not
+    /// counted again): a runner holds them; each ends `cancelled`, or `done` if all its
+    /// messages were sent.
     pub running: i64,
     /// The cancelled ids, at most [`MAX_REPORTED_IDS`].
     pub ids: Vec<JobId>,
@@ -771,7 +808,7 @@ pub async fn cancel(
         ), stop AS (
             -- Not a fenced column: the runner's claim, lease and attempts stay as they are.
             UPDATE "OutboundJob" j
-            SET "cancelRequestedAt" = now(),
+            SET "cancelRequestedAt" = now(), "updatedAt" = now(),
                 history = j.history || jsonb_build_array(jsonb_build_object(
                     'at', now(), 'action', 'cancel requested', 'by', $12::text, 'status', j.status,
                     'attempts', j.attempts, 'maxAttempts', j."maxAttempts",
@@ -780,11 +817,15 @@ pub async fn cancel(
             FROM target t
             WHERE NOT $11 AND j.id = t.id AND t.status = 'running' AND j.status = 'running'
               AND j."cancelRequestedAt" IS NULL
+            RETURNING j.id
         )
+        -- The ids each update changed, never the rows it matched at the start: a row that
+        -- finished, or was asked to stop by another cancel, meanwhile is not reported.
         SELECT (SELECT count(*) FROM target),
                CASE WHEN $11 THEN (SELECT array_agg(id ORDER BY id) FROM target WHERE status = 'queued')
                     ELSE (SELECT array_agg(id ORDER BY id) FROM cancelled) END,
-               (SELECT array_agg(id ORDER BY id) FROM target WHERE status = 'running')
+               CASE WHEN $11 THEN (SELECT array_agg(id ORDER BY id) FROM target WHERE status = 'running')
+                    ELSE (SELECT array_agg(id ORDER BY id) FROM stop) END
         "#
     );
     let row = bind_filter(sqlx::query(&sql), filter, Some(&statuses), false)
@@ -886,6 +927,9 @@ pub async fn settle(
         && !(1..=200).contains(&w.len())
     {
         return Err(invalid("wamid must be 1 to 200 characters"));
+    }
+    if wamid.is_some_and(|w| w.contains('\0')) {
+        return Err(invalid("wamid must not hold a NUL character"));
     }
     let row = sqlx::query(
         r#"
@@ -1095,5 +1139,12 @@ mod tests {
         let diff = Utc::now() - ago;
         assert!(diff.num_minutes() >= 24 * 60 - 1 && diff.num_minutes() <= 24 * 60 + 1);
         assert!(parse_time("yesterday-ish").is_err());
+        // Beyond PostgreSQL's range: bad input, named as such, never a database error.
+        for far in ["1000000000h", "99999999999999days", "10000-01-01"] {
+            assert!(
+                matches!(parse_time(far), Err(AdminError::Invalid(_))),
+                "{far}"
+            );
+        }
     }
 }

@@ -63,7 +63,8 @@ impl JobId {
 
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        // `pad`: a width (`{:>8}`, tables) applies.
+        f.pad(&self.0)
     }
 }
 
@@ -199,6 +200,13 @@ mod tests {
         assert!(JobId::parse("id", "a\nb").is_err());
         // Ids with ':' (callback ids) and non-ASCII text are ids.
         assert!(JobId::parse("id", "a:b:ü").is_ok());
+    }
+
+    #[test]
+    fn display_pads_like_a_str() {
+        assert_eq!(format!("{:>5}|", JobId::from(42)), "   42|");
+        assert_eq!(JobId::from(42), 42);
+        assert_ne!(JobId::from("042"), 42);
     }
 
     #[test]

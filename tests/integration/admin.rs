@@ -5,8 +5,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbound_runner::queue::JobError;
 use outbound_runner::queue::admin::{self, Actor, AdminError, Filter, Settled};
+use outbound_runner::queue::{JobError, JobId};
 use secrecy::SecretString;
 
 use crate::support::app::{App, json, spawn_app};
@@ -1136,4 +1136,121 @@ async fn an_attempt_asked_to_stop_ends_cancelled_whether_it_would_be_retried_or_
     assert!(!cancel_requested(&db, ids[0]).await);
     assert_eq!(runner.run_pass(10).await.unwrap().processed.len(), 2);
     runner.shutdown().await;
+}
+
+/// Issue 25, case 3: `running`/`runningIds` are the jobs this cancel's stop request changed,
+/// never the rows it matched at the start. Two cancels of the same 50 running jobs at once
+/// report each job exactly once, and every job reported was asked to stop (its
+/// `cancelRequestedAt` and one history entry); a third reports none.
+#[tokio::test]
+async fn a_cancel_reports_as_stopping_only_the_jobs_it_asked_to_stop() {
+    use outbound_runner::queue::store;
+    let db = TestDb::new().await;
+    let runner = spawn_passive(&db, Arc::new(Counting::default()), |_| {}).await;
+    let ids = db.insert_jobs(50).await;
+    let me: Arc<str> = runner.locked_by().into();
+    let claimed = store::claim(&db.pool, &me, Duration::from_secs(60), 50, 5)
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(claimed.len(), 50);
+    let f = Filter {
+        ids: ids.iter().map(|&id| JobId::from(id)).collect(),
+        ..Filter::default()
+    };
+    let actor = by(false);
+    let (a, b) = tokio::join!(
+        admin::cancel(&db.pool, &f, &actor),
+        admin::cancel(&db.pool, &f, &actor)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.running + b.running, 50, "{a:?} {b:?}");
+    let mut reported: Vec<i64> = a
+        .running_ids
+        .iter()
+        .chain(&b.running_ids)
+        .map(|id| id.as_str().parse().unwrap())
+        .collect();
+    reported.sort_unstable();
+    assert_eq!(reported, ids);
+    for id in &ids {
+        assert!(cancel_requested(&db, *id).await);
+        assert_eq!(history(&db, *id).await.as_array().unwrap().len(), 1);
+    }
+    let again = admin::cancel(&db.pool, &f, &by(false)).await.unwrap();
+    assert_eq!((again.matched, again.running), (50, 0));
+    assert!(again.running_ids.is_empty());
+    runner.shutdown().await;
+}
+
+/// Issue 25, case 4: input the database would refuse (a NUL, a time out of its range) is
+/// answered 400 naming the parameter, never `503 database unavailable`; the CLI exits 64.
+#[tokio::test]
+async fn bad_input_is_400_naming_the_parameter_never_database_unavailable() {
+    let app = admin_app().await;
+    let job = app.db.insert_jobs(1).await[0];
+    for (query, named) in [
+        ("requestId=a%00b", "requestId"),
+        ("since=1000000000h", "since"),
+        ("until=1000000000h", "until"),
+        ("since=99999999999999days", "since"),
+    ] {
+        let (status, body) = json(
+            app.client
+                .get(app.url(&format!("/api/admin/jobs?{query}")))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(named),
+            "{query}: {body}"
+        );
+    }
+    for (path, body, named) in [
+        (
+            "/api/admin/jobs/retry".to_string(),
+            serde_json::json!({"requestId": "a\u{0}b"}),
+            "requestId",
+        ),
+        (
+            "/api/admin/jobs/cancel".to_string(),
+            serde_json::json!({"since": "1000000000h"}),
+            "since",
+        ),
+        (
+            format!("/api/admin/jobs/{job}/settle"),
+            serde_json::json!({"as": "sent", "wamid": "wamid.\u{0}"}),
+            "wamid",
+        ),
+    ] {
+        let (status, answer) = json(
+            app.client
+                .post(app.url(&path))
+                .bearer_auth(ADMIN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 400, "{path} {body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(named),
+            "{answer}"
+        );
+    }
+    // The net under the validation: a data exception is bad input, not an outage.
+    let refused: sqlx::Error = sqlx::query("SELECT $1::text")
+        .bind("a\u{0}b")
+        .execute(&app.db.pool)
+        .await
+        .unwrap_err();
+    assert!(matches!(AdminError::from(refused), AdminError::Invalid(_)));
+    let o = cli(&["jobs", "list", "--since", "1000000000h"], &app.db);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o).1);
+    app.stop().await;
 }

@@ -17,6 +17,7 @@ use crate::support::prisma::{self, IdKind};
 use crate::support::{TestDb, spawn_passive};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbound-runner");
+const ADMIN: &str = "admin-token-for-adoption-tests";
 
 fn cli(db: &TestDb, args: &[&str]) -> Output {
     cli_with(db, args, &[])
@@ -211,6 +212,7 @@ async fn jobs_inserted_the_apps_way_are_delivered_once_and_named_by_the_apps_ids
         let started = chrono::Utc::now();
         let runner = spawn_passive(&db, Arc::new(SandboxHandler), |s| {
             s.http.job_runner_token = Some(TOKEN.to_string().into());
+            s.http.admin_token = Some(ADMIN.to_string().into());
         })
         .await;
         let app = App::serve(db, runner).await;
@@ -261,6 +263,29 @@ async fn jobs_inserted_the_apps_way_are_delivered_once_and_named_by_the_apps_ids
             .unwrap();
         assert_eq!(detail.status, "done");
         assert_eq!(detail.messages.len(), 1);
+        // The admin API: the job by its own id, and ids as strings in the list.
+        let admin_get = |path: String| {
+            let req = app.client.get(app.url(&path)).bearer_auth(ADMIN);
+            async move {
+                let r = req.send().await.unwrap();
+                (
+                    r.status().as_u16(),
+                    r.json::<serde_json::Value>().await.unwrap(),
+                )
+            }
+        };
+        let (status, body) = admin_get(format!("/api/admin/jobs/{before}")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["job"]["id"], before.as_str(), "{body}");
+        assert_eq!(body["job"]["messages"][0]["status"], "sent", "{body}");
+        let (status, body) = admin_get("/api/admin/jobs?status=done&limit=1".into()).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body["jobs"][0]["id"].is_string(), "{body}");
+        let cursor = body["nextCursor"].as_str().unwrap().to_string();
+        let (status, body) =
+            admin_get(format!("/api/admin/jobs?status=done&cursor={cursor}")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["jobs"].as_array().unwrap().len(), 1, "{body}");
         app.stop().await;
     }
 }
@@ -524,4 +549,156 @@ async fn the_apps_inserts_never_wait_long_while_adopting() {
     .await
     .unwrap();
     assert_eq!(row.get::<i64, _>(0), 0, "every index valid");
+}
+
+/// Every move of a job works on the app's enum status and text ids: retry, fail, cancel, an
+/// operator's retry, the rescue of an expired lease, paging, pruning.
+#[tokio::test]
+async fn every_state_change_works_on_an_apps_enum_status_and_text_ids() {
+    use crate::support::handlers::Scripted;
+    use outbound_runner::queue::JobError;
+    use outbound_runner::queue::admin::{Actor, Filter};
+
+    let (db, first) = app_db(IdKind::Cuid).await;
+    adopt_now(&db).await;
+    let second = prisma::app_insert(&db, IdKind::Cuid, "15550009005", None).await;
+    let third = prisma::app_insert(&db, IdKind::Cuid, "15550009006", None).await;
+    let handler = Scripted::new(vec![
+        Err(JobError::retry("transient", "try again")),
+        Err(JobError::fail("permanent", "never")),
+    ]);
+    let runner = spawn_passive(&db, handler, |_| {}).await;
+    let report = runner.run_pass(3).await.unwrap();
+    assert_eq!(
+        (
+            report.processed.len(),
+            report.failed.len(),
+            report.retried.len()
+        ),
+        (1, 1, 1),
+        "{report:?}"
+    );
+    let retried = report.retried[0].clone();
+    let failed = report.failed[0].clone();
+    for id in [&first, &second, &third] {
+        assert!(
+            report
+                .processed
+                .iter()
+                .chain(&report.failed)
+                .chain(&report.retried)
+                .any(|j| j.as_str() == id.as_str()),
+            "{id} in {report:?}"
+        );
+    }
+    let row = db.job(&retried).await;
+    assert_eq!(
+        (row.status.as_str(), row.last_error_code.as_deref()),
+        ("queued", Some("transient"))
+    );
+    let actor = Actor {
+        by: "test",
+        dry_run: false,
+    };
+    // Cancel the queued one (a value the app's enum lacked before the adoption).
+    let cancel = admin::cancel(
+        &db.pool,
+        &Filter {
+            ids: vec![retried.clone()],
+            ..Filter::default()
+        },
+        &actor,
+    )
+    .await
+    .unwrap();
+    assert_eq!(cancel.ids, vec![retried.clone()]);
+    assert_eq!(db.job(&retried).await.status, "cancelled");
+    // An operator's retry of the failed one, named by its cuid.
+    let retry = admin::retry(
+        &db.pool,
+        &Filter {
+            ids: vec![failed.clone()],
+            ..Filter::default()
+        },
+        &actor,
+        false,
+        5,
+    )
+    .await
+    .unwrap();
+    assert_eq!(retry.ids, vec![failed.clone()]);
+    // Another runner claimed it and died: its lease expired; the rescuer takes it back.
+    sqlx::query(
+        r#"UPDATE "OutboundJob" SET status = 'running', "lockedBy" = 'ghost', attempts = attempts + 1,
+                  "leaseUntil" = now() - interval '1 minute'
+           WHERE id = outbound_job_id($1)"#,
+    )
+    .bind(failed.as_str())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let rescued = store::reclaim(&db.pool, store::Reclaim::Expired, true, 5)
+        .await
+        .unwrap();
+    assert_eq!(rescued.requeued, 1);
+    assert_eq!(db.job(&failed).await.status, "queued");
+    // Pages of one job each, newest first, every job once.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = admin::list(
+            &db.pool,
+            &Filter {
+                limit: Some(1),
+                cursor,
+                ..Filter::default()
+            },
+        )
+        .await
+        .unwrap();
+        seen.extend(page.jobs.iter().map(|j| j.id.to_string()));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    seen.sort();
+    let mut all = vec![first.clone(), second.clone(), third.clone()];
+    all.sort();
+    assert_eq!(seen, all);
+    // Retention: finished jobs older than it go, whatever the columns' types.
+    sqlx::query(
+        r#"UPDATE "OutboundJob" SET "completedAt" = "completedAt" - interval '8 days'
+           WHERE status = 'done'"#,
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let pruned = store::prune(&db.pool, Duration::from_secs(7 * 86400), 100)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+    runner.shutdown().await;
+}
+
+/// An enum whose statuses are ours in upper case (`QUEUED`): the runner would never see the
+/// app's jobs; refused, named.
+#[tokio::test]
+async fn an_upper_case_status_enum_is_refused() {
+    let db = TestDb::empty().await;
+    sqlx::raw_sql(
+        r#"CREATE TYPE "JobStatus" AS ENUM ('QUEUED', 'RUNNING', 'DONE', 'FAILED');
+           CREATE TABLE "OutboundJob" (
+               "id" TEXT NOT NULL PRIMARY KEY,
+               "status" "JobStatus" NOT NULL DEFAULT 'QUEUED',
+               "payload" JSONB NOT NULL,
+               "updatedAt" TIMESTAMP(3) NOT NULL
+           )"#,
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let err = adopt::plan(db.pool.pg()).await.unwrap_err();
+    assert!(err.to_string().contains("\"QUEUED\""), "{err}");
+    assert_eq!(err.exit_code(), 78);
 }

@@ -622,6 +622,131 @@ async fn a_connection_that_sends_half_its_headers_is_closed_after_the_header_tim
     app.stop().await;
 }
 
+/// Opens `n` connections to `addr` that each send a request head announcing a 10-byte body
+/// (`head` up to the blank line) and then nothing; with the instant each head was sent.
+async fn withheld_bodies(
+    addr: &str,
+    n: usize,
+    head: &str,
+) -> Vec<(tokio::net::TcpStream, std::time::Instant)> {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("{head}Content-Length: 10\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        held.push((s, std::time::Instant::now()));
+    }
+    held
+}
+
+/// What the server sent before it closed the connection (bounded by `within`).
+async fn answer_then_close(s: &mut tokio::net::TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    tokio::time::timeout(within, s.read_to_end(&mut buf))
+        .await
+        .expect("the server did not close the connection")
+        .ok();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+const WEBHOOK_HEAD: &str = "POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\n\
+                            Content-Type: application/json\r\nX-Hub-Signature-256: sha256=00\r\n";
+
+/// Issue 25, case 1: a client that sends `Content-Length: 10` and then nothing no longer holds
+/// a connection: `/healthz` answers while 100 of them are open, and each is answered 408 and
+/// closed once `http.request_timeout` has passed since its head. The admin API checks the token
+/// before it waits for a body.
+#[tokio::test]
+async fn withheld_bodies_are_cut_at_the_request_timeout_and_never_lock_out_health() {
+    let timeout = Duration::from_secs(1);
+    let app = spawn_app(Arc::new(SandboxHandler), |s| {
+        s.http.request_timeout = timeout;
+        s.whatsapp.app_secret = Some("app-secret".to_string().into());
+        s.http.admin_token = Some("admin-token".to_string().into());
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut held = withheld_bodies(&addr, 90, WEBHOOK_HEAD).await;
+    held.extend(
+        withheld_bodies(
+            &addr,
+            10,
+            "POST /api/admin/jobs/retry HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer admin-token\r\n",
+        )
+        .await,
+    );
+    let (median, slowest) = health_times(&app.base).await;
+    assert!(median < Duration::from_millis(100), "{median:?}");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    for (socket, sent) in &mut held {
+        let answer = answer_then_close(socket, timeout + Duration::from_secs(5)).await;
+        let took = sent.elapsed();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+        assert!(answer.contains("http.request_timeout"), "{answer:?}");
+        assert!(
+            took >= timeout - Duration::from_millis(100),
+            "closed before the deadline: {took:?}"
+        );
+    }
+    let timeouts = app
+        .runner
+        .metrics()
+        .webhook_requests
+        .with_label_values(&["timeout"])
+        .get();
+    assert_eq!(timeouts, 90);
+
+    // Without the admin token: refused at once, no body awaited.
+    let mut refused = withheld_bodies(
+        &addr,
+        1,
+        "POST /api/admin/jobs/cancel HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n",
+    )
+    .await;
+    let (socket, sent) = &mut refused[0];
+    let answer = answer_then_close(socket, timeout + Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer:?}");
+    assert!(sent.elapsed() < timeout, "{:?}", sent.elapsed());
+    app.stop().await;
+}
+
+/// At the connection cap, connections still waiting for their body are cut to make room like
+/// idle ones: 100 of them against a cap of 32 (the issue's `ulimit -n 64`) do not lock out
+/// `/healthz`.
+#[tokio::test]
+async fn at_the_connection_cap_withheld_bodies_make_room_for_new_connections() {
+    let db = TestDb::new().await;
+    let runner = spawn_passive(&db, Arc::new(SandboxHandler), |s| {
+        s.whatsapp.app_secret = Some("app-secret".to_string().into());
+    })
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let router = outbound_runner::http::routes::api(
+        outbound_runner::http::HttpState::with_metrics_on_api(runner.clone(), true),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(outbound_runner::http::server::serve_with(
+        listener,
+        router,
+        stop.clone().cancelled_owned(),
+        32,
+        Duration::from_secs(30),
+    ));
+    let held = withheld_bodies(&addr, 100, WEBHOOK_HEAD).await;
+    let (median, slowest) = health_times(&format!("http://{addr}")).await;
+    assert!(median < Duration::from_millis(100), "{median:?}");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    drop(held);
+    stop.cancel();
+    server.await.unwrap().unwrap();
+    runner.shutdown().await;
+}
+
 #[tokio::test]
 async fn several_authorization_headers_are_refused_and_head_never_runs_a_pass() {
     let app = spawn_app(Arc::new(SandboxHandler), |_| {}).await;
@@ -642,6 +767,18 @@ async fn several_authorization_headers_are_refused_and_head_never_runs_a_pass() 
         .get_json(&format!("{RUN}?token=wrong&token={TOKEN}"))
         .await;
     assert_eq!(status, 401);
+    // Issue 25: one credential per request across header and query too (two guesses otherwise).
+    for (bearer, query) in [("wrong", TOKEN), (TOKEN, "wrong")] {
+        let response = app
+            .client
+            .get(format!("{url}?token={query}"))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "bearer {bearer}, query {query}");
+    }
+    assert_eq!(row(&app.db, job).await.0, "queued");
 
     let passes = *app.runner.passes().borrow();
     let response = app
@@ -707,6 +844,108 @@ fn whitespace_only_secrets_are_refused_with_their_key_named() {
         err.contains("http.cron_secret_file") && err.contains("only whitespace"),
         "{err}"
     );
+}
+
+/// Issue 25, case 5: a verify token of spaces would verify a subscription sent `%20`.
+#[test]
+fn a_whitespace_only_verify_token_is_refused_like_every_other_secret() {
+    let err = load_with(None, &[("WHATSAPP_VERIFY_TOKEN", " ")]).unwrap_err();
+    assert!(
+        err.contains("whatsapp.verify_token: is only whitespace"),
+        "{err}"
+    );
+    assert!(load_with(None, &[("WHATSAPP_VERIFY_TOKEN", "verify-me")]).is_ok());
+}
+
+/// Issue 25, case 6: a secret file is a regular file of at most 64 KiB, never a device (which
+/// never ends) or a FIFO (which never answers), and an error never echoes what it holds.
+#[test]
+fn secret_files_are_regular_small_files_and_never_echoed() {
+    let dir = std::env::temp_dir().join(format!("or-secret-files-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let started = std::time::Instant::now();
+    let err = load_with(None, &[("ADMIN_TOKEN_FILE", "/dev/zero")]).unwrap_err();
+    assert!(
+        err.contains("http.admin_token_file") && err.contains("not a regular file"),
+        "{err}"
+    );
+    let fifo = dir.join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let err = load_with(None, &[("CRON_SECRET_FILE", fifo.to_str().unwrap())]).unwrap_err();
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let big = dir.join("big");
+    std::fs::write(&big, vec![b'a'; 64 * 1024 + 1]).unwrap();
+    let err = load_with(None, &[("JOB_RUNNER_TOKEN_FILE", big.to_str().unwrap())]).unwrap_err();
+    assert!(err.contains("larger than 64 KiB"), "{err}");
+    let fits = dir.join("fits");
+    std::fs::write(&fits, vec![b'a'; 64 * 1024]).unwrap();
+    assert!(load_with(None, &[("JOB_RUNNER_TOKEN_FILE", fits.to_str().unwrap())]).is_ok());
+
+    // A file that is not a database URL (say /etc/shadow): its first characters are not shown.
+    let shadow = dir.join("shadow");
+    std::fs::write(&shadow, "root:$6$saltsalt$hashhash:19000:0:99999:7:::\n").unwrap();
+    let err = load_with(None, &[("DATABASE_URL_FILE", shadow.to_str().unwrap())]).unwrap_err();
+    assert!(err.contains("database.url"), "{err}");
+    for leaked in ["root", "saltsalt", "hashhash"] {
+        assert!(!err.contains(leaked), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 25, case 6: a configuration file that holds secrets and that every user may read is
+/// warned about (start-up and `check-config`), naming the keys, never the values.
+#[test]
+fn a_config_file_readable_by_every_user_and_holding_secrets_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let path =
+        std::env::temp_dir().join(format!("or-readable-{:016x}.toml", rand::random::<u64>()));
+    std::fs::write(&path, "[http]\nadmin_token = \"admin-secret-value\"\n").unwrap();
+    let opts = outbound_runner::config::LoadOptions {
+        config_path: Some(path.clone()),
+        skip_default_path: true,
+        env: Default::default(),
+    };
+    let settings = outbound_runner::config::load(&opts).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let warning =
+        outbound_runner::config::readable_secrets_warning(&opts, &settings).expect("a warning");
+    assert!(
+        warning.contains("http.admin_token") && warning.contains("644"),
+        "{warning}"
+    );
+    assert!(!warning.contains("admin-secret-value"), "{warning}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_outbound-runner"))
+        .args(["--config", path.to_str().unwrap(), "check-config"])
+        .env_clear()
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("readable by every user"), "{stderr}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(
+        outbound_runner::config::readable_secrets_warning(&opts, &settings),
+        None
+    );
+    // No secret in the file: nothing to warn about.
+    std::fs::write(&path, "[http]\nmax_per_request = 10\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let settings = outbound_runner::config::load(&opts).unwrap();
+    assert_eq!(
+        outbound_runner::config::readable_secrets_warning(&opts, &settings),
+        None
+    );
+    std::fs::remove_file(&path).unwrap();
 }
 
 #[test]

@@ -492,7 +492,7 @@ async fn unknown_paths_and_methods_are_refused() {
 }
 
 /// Every metric of docs/metrics.md, without the `outbound_runner_` prefix.
-const DESIGN_METRICS: &[&str] = &[
+const DOCUMENTED_METRICS: &[&str] = &[
     "jobs_claimed_total",
     "jobs_finished_total",
     "messages_sent_total",
@@ -574,7 +574,7 @@ async fn metrics_expose_every_design_metric_after_jobs_ran() {
     let scrape = scrape(&text);
 
     let names: HashSet<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
-    for name in DESIGN_METRICS {
+    for name in DOCUMENTED_METRICS {
         let full = format!("outbound_runner_{name}");
         assert!(
             names.contains(full.as_str()),

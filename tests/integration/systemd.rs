@@ -666,7 +666,7 @@ fn the_unit_fits_the_daemon() {
     assert!(s.whatsapp.app_secret.is_some());
 
     // The drop-in for systemd < 253 gives the same reload through a signal.
-    let compat = repo_file("packaging/systemd-before-253.conf");
+    let compat = repo_file("systemd/systemd-before-253.conf");
     assert_eq!(directive(&compat, "Type"), ["notify"]);
     assert_eq!(
         directive(&compat, "ExecReload"),

@@ -1015,3 +1015,119 @@ async fn early_statuses_are_kept_for_the_configured_retention() {
     assert_eq!(runner.metrics().whatsapp_statuses_expired.get(), 1);
     runner.shutdown().await;
 }
+
+// --- Statuses the database cannot store (issue 25) ----------------------------------------------
+
+fn statuses_counted(app: &App, kind: &str, result: &str) -> u64 {
+    app.runner
+        .metrics()
+        .whatsapp_statuses
+        .with_label_values(&[kind, result])
+        .get()
+}
+
+/// Issue 25, cases 2 and 7: a signed status with a NUL (in its title or its wamid) or an absurd
+/// timestamp, sent beside 60 good webhooks, costs only itself: every webhook answers 200 (Meta
+/// stops retrying), every good status is applied, the bad ones are counted `rejected` and
+/// nothing of them is stored (no `deliveredAt` in 1200 BC).
+#[tokio::test]
+async fn a_status_the_database_cannot_store_costs_only_itself() {
+    let meta = MockMeta::start().await;
+    let app = live_app(&meta, |_| {}).await;
+    let db = &app.db;
+    let t = Utc::now().timestamp();
+    let mut good = Vec::new();
+    for i in 0..60 {
+        let wamid = format!("wamid.G{i}");
+        let job = job_with_message(db, "done", None, "sent", Some(&wamid)).await;
+        good.push((job, wamid));
+    }
+    let victim = job_with_message(db, "done", None, "sent", Some("wamid.V")).await;
+    let cb = callback_id(&victim.into(), 0);
+    let bad = [
+        status_json("wamid.V", "failed", &cb, t, Some((131026, "x\u{0}y"))),
+        status_json("wamid.\u{0}V", "delivered", &cb, t, None),
+        status_json("wamid.V", "delivered", &cb, -99_999_999_999, None),
+        status_json("wamid.V", "read", &cb, t + 7 * 24 * 3600, None),
+    ];
+    let url = app.url("/webhooks/whatsapp");
+    let mut posts = tokio::task::JoinSet::new();
+    for (job, wamid) in &good {
+        let body = webhook_body(vec![status_json(
+            wamid,
+            "delivered",
+            &callback_id(&(*job).into(), 0),
+            t,
+            None,
+        )]);
+        let url = url.clone();
+        posts.spawn(
+            async move { post_signed(&url, SECRET, &serde_json::to_vec(&body).unwrap()).await },
+        );
+    }
+    for status in &bad {
+        let body = serde_json::to_vec(&webhook_body(vec![status.clone()])).unwrap();
+        let url = url.clone();
+        posts.spawn(async move { post_signed(&url, SECRET, &body).await });
+    }
+    while let Some(answer) = posts.join_next().await {
+        assert_eq!(answer.unwrap(), 200);
+    }
+    for (job, _) in &good {
+        assert_eq!(message(db, *job).await.status, "delivered", "job {job}");
+    }
+    let m = message(db, victim).await;
+    assert_eq!(
+        (m.status.as_str(), m.delivered_at, m.read_at),
+        ("sent", None, None)
+    );
+    assert_eq!(job_state(db, victim).await.0, "done");
+    assert_eq!(webhook_requests(&app, "rejected"), 4);
+    assert_eq!(webhook_requests(&app, "ok"), 60);
+    assert_eq!(statuses_counted(&app, "delivered", "rejected"), 2);
+    assert_eq!(statuses_counted(&app, "failed", "rejected"), 1);
+    assert_eq!(statuses_counted(&app, "read", "rejected"), 1);
+
+    // One webhook with a good and a bad status: the good one is applied.
+    let job = job_with_message(db, "done", None, "sent", Some("wamid.M")).await;
+    let body = webhook_body(vec![
+        status_json(
+            "wamid.M",
+            "delivered",
+            &callback_id(&job.into(), 0),
+            t,
+            None,
+        ),
+        bad[0].clone(),
+    ]);
+    assert_eq!(
+        post_signed(&url, SECRET, &serde_json::to_vec(&body).unwrap()).await,
+        200
+    );
+    assert_eq!(message(db, job).await.status, "delivered");
+    app.stop().await;
+}
+
+/// The writer itself: a batch the database refuses for its data (a NUL it was handed) is
+/// applied again one status at a time, so the others in it are written.
+#[tokio::test]
+async fn a_batch_the_database_refuses_is_applied_one_status_at_a_time() {
+    let meta = MockMeta::start().await;
+    let app = live_app(&meta, |_| {}).await;
+    let db = &app.db;
+    let t = Utc::now().timestamp();
+    let job = job_with_message(db, "done", None, "sent", Some("wamid.W1")).await;
+    let outcomes = app
+        .runner
+        .statuses()
+        .apply(vec![
+            update("wamid.\u{0}", Kind::Delivered, None, t),
+            update("wamid.W1", Kind::Delivered, Some(job), t),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [Outcome::Rejected, Outcome::Applied]);
+    assert_eq!(message(db, job).await.status, "delivered");
+    assert_eq!(statuses_counted(&app, "delivered", "rejected"), 1);
+    app.stop().await;
+}
