@@ -218,16 +218,22 @@ fn claim_sql(limit: i64) -> std::sync::Arc<str> {
         .or_insert_with(|| {
             format!(
                 r#"
-        UPDATE "OutboundJob" j
-        SET {CLAIM_SET}
-        FROM (
+        -- MATERIALIZED: the rows to claim are picked once. As a subquery in FROM, a nested-loop
+        -- plan (chosen on a table whose statistics say one row, e.g. an app's table just
+        -- adopted) re-runs it for every row of the outer scan, and each run skips the rows the
+        -- statement already claimed and locks the next ones: one claim of LIMIT 4 took every
+        -- queued row, more jobs than the runner had slots for.
+        WITH c AS MATERIALIZED (
             SELECT id FROM "OutboundJob"
             WHERE status = 'queued' AND "runAt" <= now()
               AND id <> ALL(outbound_job_ids($4::text[]))
             ORDER BY priority, "runAt", id
             LIMIT {limit}
             FOR UPDATE SKIP LOCKED
-        ) c,
+        )
+        UPDATE "OutboundJob" j
+        SET {CLAIM_SET}
+        FROM c,
         -- No fsync of its own: a claim lost in a server crash leaves the job queued, and every
         -- send is preceded by a synchronous commit that flushes the claim with it.
         (SELECT set_config('synchronous_commit', 'off', true)) relaxed

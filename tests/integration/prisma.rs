@@ -327,6 +327,21 @@ async fn a_migration_written_for_prisma_is_applied_by_prisma_and_the_daemon_acce
     assert!(done.is_ok(), "the jobs were not delivered");
 }
 
+/// Jobs `running` and `done`, whatever the status column's type.
+async fn running(db: &TestDb) -> i64 {
+    sqlx::query_scalar(r#"SELECT count(*) FROM "OutboundJob" WHERE status::text = 'running'"#)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+async fn done(db: &TestDb) -> i64 {
+    sqlx::query_scalar(r#"SELECT count(*) FROM "OutboundJob" WHERE status::text = 'done'"#)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
 /// The guide's own runner (`/api/jobs/run-outbound` in the app), as it works: one row at a time
 /// taken `FOR UPDATE SKIP LOCKED` and marked `running` (no lease of ours), the orchestrator,
 /// the send, `done`. Stops taking rows when `stop` is set (the app's cron turned off).
@@ -405,8 +420,29 @@ async fn app_runner(
 /// The switch: the app's runner still has jobs `running` (composing, then sending) when ours
 /// starts. With `grace` as `runner.foreign_running_grace`, returns how often each job's message
 /// was accepted by Meta, and how many jobs the app's runner finished.
-async fn switch(grace: Duration) -> (HashMap<String, usize>, u32, store::ForeignRunning) {
-    let db = TestDb::new().await;
+async fn switch(
+    grace: Duration,
+    adopted: bool,
+) -> (HashMap<String, usize>, u32, store::ForeignRunning) {
+    // The app's own table (cuid ids, an enum status, `TIMESTAMP(3)`), adopted; or ours.
+    let db = if adopted {
+        let db = TestDb::empty().await;
+        crate::support::prisma::make_app_schema(&db, crate::support::prisma::IdKind::Cuid).await;
+        let mut conn = db.pool.pg().acquire().await.unwrap();
+        let mut say = |_: &str| {};
+        outbound_runner::db::adopt::apply(&mut conn, &mut say)
+            .await
+            .unwrap();
+        drop(conn);
+        // The one job the fixture made is not part of this play.
+        sqlx::query(r#"DELETE FROM "OutboundJob""#)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        db
+    } else {
+        TestDb::new().await
+    };
     let meta = MockMeta::start().await;
     let reply = json!({"messages": [{"type": "text", "text": {"body": "Thanks!"}}]});
     // The app's orchestrator is slow: its rows stay `running` for two seconds.
@@ -415,11 +451,22 @@ async fn switch(grace: Duration) -> (HashMap<String, usize>, u32, store::Foreign
     let our_orchestrator = MockOrchestrator::start(reply).await;
     let n = 12;
     for i in 0..n {
-        db.insert_payload(
-            &json!({"to": format!("1555000{i:04}"), "input": {"text": format!("hi {i}")}})
-                .to_string(),
-        )
-        .await;
+        // As the app inserts: its own id (a cuid's shape), "updatedAt" in UTC.
+        sqlx::query(&format!(
+            r#"INSERT INTO "OutboundJob" ({id} payload, "updatedAt")
+               VALUES ({value} $1::jsonb, now() AT TIME ZONE 'UTC')"#,
+            id = if adopted { "id," } else { "" },
+            value = if adopted {
+                "'cswitch' || $2::text || 'x0000000000000000',"
+            } else {
+                ""
+            },
+        ))
+        .bind(json!({"to": format!("1555000{i:04}"), "input": {"text": format!("hi {i}")}}))
+        .bind(format!("{i:04}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
     }
     // The app's cron is still on: two of its runs take a row each.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -434,7 +481,7 @@ async fn switch(grace: Duration) -> (HashMap<String, usize>, u32, store::Foreign
         })
         .collect();
     tokio::time::timeout(Duration::from_secs(10), async {
-        while db.count("running").await < 2 {
+        while running(&db).await < 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -466,13 +513,35 @@ async fn switch(grace: Duration) -> (HashMap<String, usize>, u32, store::Foreign
             .expect("the app's runs end")
             .unwrap();
     }
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while db.count("done").await < n {
+    let finished = tokio::time::timeout(Duration::from_secs(30), async {
+        while done(&db).await < n {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
-    .await
-    .expect("every job done");
+    .await;
+    if finished.is_err() {
+        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            r#"SELECT id::text, status::text, "lastError" FROM "OutboundJob" ORDER BY 1"#,
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let msgs: Vec<(String, String)> =
+            sqlx::query_as(r#"SELECT "jobId"::text, status FROM "OutboundMessage" ORDER BY 1"#)
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+        let leases: Vec<(String, Option<String>, Option<String>, i32)> = sqlx::query_as(
+            r#"SELECT id::text, "lockedBy", "leaseUntil"::text, attempts FROM "OutboundJob" ORDER BY 1"#,
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        panic!(
+            "every job done: {rows:?}\n{msgs:?}\n{leases:?}\naccepted {}",
+            meta.accepted().len()
+        );
+    }
     // Anything still under way (a rescued job sent a second time) has had its chance.
     tokio::time::sleep(Duration::from_millis(300)).await;
     runner.shutdown().await;
@@ -486,7 +555,8 @@ async fn switch(grace: Duration) -> (HashMap<String, usize>, u32, store::Foreign
 
 #[tokio::test]
 async fn during_the_switch_the_apps_running_jobs_are_left_to_it_and_each_message_goes_once() {
-    let (sends, app_done, foreign) = switch(Duration::from_secs(15 * 60)).await;
+    // On the app's own table, adopted (its running rows have none of our lease columns set).
+    let (sends, app_done, foreign) = switch(Duration::from_secs(15 * 60), true).await;
     assert_eq!(
         foreign,
         store::ForeignRunning {
@@ -501,7 +571,7 @@ async fn during_the_switch_the_apps_running_jobs_are_left_to_it_and_each_message
 
     // Without the grace (the old 60 s rescue, shortened here), the rescuer takes the app's
     // rows back while the app is still composing: those messages go out twice.
-    let (sends, _, _) = switch(Duration::from_millis(500)).await;
+    let (sends, _, _) = switch(Duration::from_millis(500), false).await;
     let twice = sends.values().filter(|n| **n > 1).count();
     assert_eq!(
         twice, 2,
@@ -1079,4 +1149,33 @@ async fn adopt_names_the_rows_the_apps_runner_is_still_working() {
         "{out}"
     );
     assert!(out.contains("Turn the app's cron off first"), "{out}");
+}
+
+#[tokio::test]
+async fn a_claim_takes_no_more_than_its_limit_on_a_table_just_adopted() {
+    // The app's table as Prisma made it, one row in its statistics, adopted: the planner's
+    // nested loop once re-ran the claim's LIMIT for every row and claimed the whole queue.
+    let db = TestDb::empty().await;
+    crate::support::prisma::make_app_schema(&db, crate::support::prisma::IdKind::Cuid).await;
+    let mut conn = db.pool.pg().acquire().await.unwrap();
+    let mut say = |_: &str| {};
+    outbound_runner::db::adopt::apply(&mut conn, &mut say)
+        .await
+        .unwrap();
+    drop(conn);
+    sqlx::query(
+        r#"INSERT INTO "OutboundJob" (id, payload, "updatedAt")
+           SELECT 'cclaim' || g, '{"to":"15550000001","message":{"type":"text","text":{"body":"x"}}}',
+                  now() AT TIME ZONE 'UTC'
+           FROM generate_series(1, 10) g"#,
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let me: Arc<str> = Arc::from("claim-test");
+    let claimed = store::claim(&db.pool, &me, Duration::from_secs(60), 4, 5)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 4);
+    assert_eq!(running(&db).await, 4);
 }
