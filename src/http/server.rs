@@ -121,7 +121,7 @@ pub async fn serve_with_cap(
             accepted = listener.accept() => accepted,
         };
         let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+            Ok(accepted) => accepted,
             Err(e) => {
                 if let Some(held) = accept_errors.allow() {
                     tracing::warn!(error = %e, held_back = held, "accepting an HTTP connection failed");
@@ -160,6 +160,7 @@ pub async fn serve_with_cap(
                 }
             }
         }
+        let (tcp, peer) = tcp;
         let _ = tcp.set_nodelay(true);
         let id = next_id;
         next_id += 1;
@@ -175,16 +176,21 @@ pub async fn serve_with_cap(
         let router = router.clone();
         let shutting_down = stop.clone();
         tasks.spawn(async move {
-            let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-                let router = router.clone();
-                let busy = busy.clone();
-                busy.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    let response = router.oneshot(request).await;
-                    busy.fetch_sub(1, Ordering::SeqCst);
-                    response
-                }
-            });
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    // The client's address, for the console's sign-in limit.
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    let router = router.clone();
+                    let busy = busy.clone();
+                    busy.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let response = router.oneshot(request).await;
+                        busy.fetch_sub(1, Ordering::SeqCst);
+                        response
+                    }
+                });
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

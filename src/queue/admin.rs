@@ -353,6 +353,11 @@ pub struct MessageRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
+    /// Meta's delivered and read statuses, and its error title when it reported the message
+    /// failed (the console's message timeline).
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub read_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
 }
 
 /// One line of a job's timeline.
@@ -405,7 +410,8 @@ pub async fn show(pool: &Pool, id: i64) -> Result<JobDetail, AdminError> {
     .await?
     .ok_or_else(|| AdminError::NotFound(format!("no job {id}")))?;
     let messages: Vec<MessageRow> = sqlx::query(
-        r#"SELECT seq, status, "to", wamid, "lastErrorCode", body, "createdAt", "updatedAt", "sentAt"
+        r#"SELECT seq, status, "to", wamid, "lastErrorCode", body, "createdAt", "updatedAt", "sentAt",
+                  "deliveredAt", "readAt", "lastError"
            FROM "OutboundMessage" WHERE "jobId" = $1 ORDER BY seq"#,
     )
     .bind(id)
@@ -422,6 +428,9 @@ pub async fn show(pool: &Pool, id: i64) -> Result<JobDetail, AdminError> {
         created_at: r.get(6),
         updated_at: r.get(7),
         sent_at: r.get(8),
+        delivered_at: r.get(9),
+        read_at: r.get(10),
+        last_error: r.get(11),
     })
     .collect();
     let mut job = JobDetail {
