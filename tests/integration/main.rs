@@ -4,6 +4,7 @@
 mod admin;
 mod budget;
 mod cli;
+mod console;
 mod delivery;
 mod embedded;
 mod guide_sql;
