@@ -46,7 +46,10 @@ async fn sign_in(app: &App) -> String {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let set = r.headers()[header::SET_COOKIE].to_str().unwrap().to_string();
+    let set = r.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_string();
     set.split(';').next().unwrap().to_string()
 }
 
@@ -87,7 +90,9 @@ async fn console_sign_in_cookie_csrf_headers_and_assets() {
     assert_eq!(r.headers()[header::LOCATION], "/console/");
     let r = c.get(app.url("/console/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let csp = r.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    let csp = r.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
     assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
     assert_eq!(r.headers()[header::X_FRAME_OPTIONS], "DENY");
     assert_eq!(r.headers()[header::REFERRER_POLICY], "no-referrer");
@@ -147,7 +152,10 @@ async fn console_sign_in_cookie_csrf_headers_and_assets() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let set = r.headers()[header::SET_COOKIE].to_str().unwrap().to_string();
+    let set = r.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_string();
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/console", "Max-Age="] {
         assert!(set.contains(attr), "{set}");
     }
@@ -320,8 +328,15 @@ async fn ten_open_tabs_cost_one_statement_per_refresh_period() {
     for t in &mut tabs {
         first.push(t.next(Duration::from_secs(10)).await);
     }
-    let start_statements = first.iter().map(|v| v["statements"].as_u64().unwrap()).max().unwrap();
-    assert!(start_statements <= 2, "{start_statements} statements for the first snapshot");
+    let start_statements = first
+        .iter()
+        .map(|v| v["statements"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        start_statements <= 2,
+        "{start_statements} statements for the first snapshot"
+    );
     // Work flows: jobs inserted and run; each tab sees the counts move.
     let started = Instant::now();
     let mut last = first[0].clone();
@@ -335,7 +350,8 @@ async fn ten_open_tabs_cost_one_statement_per_refresh_period() {
     }
     let elapsed = started.elapsed();
     let statements = last["statements"].as_u64().unwrap() - start_statements;
-    let periods = elapsed.as_secs_f64() / outbound_runner::http::console::live::PERIOD.as_secs_f64();
+    let periods =
+        elapsed.as_secs_f64() / outbound_runner::http::console::live::PERIOD.as_secs_f64();
     assert!(
         statements as f64 <= periods.ceil() + 1.0,
         "{statements} statements in {elapsed:?} ({periods:.1} periods) with 10 tabs"
@@ -382,7 +398,9 @@ async fn start_driver() -> Option<Driver> {
                  chromium and chromium-driver (.ci/run installs them)"
             );
         }
-        eprintln!("SKIPPED: chromedriver is not installed (apt-get install chromium chromium-driver)");
+        eprintln!(
+            "SKIPPED: chromedriver is not installed (apt-get install chromium chromium-driver)"
+        );
         return None;
     };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -409,7 +427,10 @@ async fn start_driver() -> Option<Driver> {
         {
             return Some(driver);
         }
-        assert!(Instant::now() < deadline, "chromedriver did not start within 20 s");
+        assert!(
+            Instant::now() < deadline,
+            "chromedriver did not start within 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -524,7 +545,12 @@ async fn no_xss(b: &Client) {
         .await
         .unwrap();
     assert_eq!(v, serde_json::json!(true), "markup from the table ran");
-    assert!(b.find_all(Locator::Css("main img")).await.unwrap().is_empty());
+    assert!(
+        b.find_all(Locator::Css("main img"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -562,16 +588,24 @@ async fn console_screens_in_headless_chromium() {
     .unwrap();
     wait_text(&b, "[data-stat=queued]", |t| t == "1").await;
     wait_text(&b, "[data-stat=delivered]", |t| t == "1").await;
-    assert_eq!(wait_text(&b, "[data-stat=msgFailed]", |t| t != "…").await, "1");
+    assert_eq!(
+        wait_text(&b, "[data-stat=msgFailed]", |t| t != "…").await,
+        "1"
+    );
     shot(&b, "2-overview").await;
 
     // The job list, filtered by the URL and by the form; the hostile job's text stays text.
-    b.goto(&app.url("/console/jobs?status=failed")).await.unwrap();
+    b.goto(&app.url("/console/jobs?status=failed"))
+        .await
+        .unwrap();
     let row = find(&b, &format!("#jobs-table tr[data-id='{hostile}']")).await;
     assert!(row.text().await.unwrap().contains(XSS_REQUEST_ID));
     assert!(row.text().await.unwrap().contains(XSS_ERROR));
     assert_eq!(
-        b.find_all(Locator::Css("#jobs-table tbody tr")).await.unwrap().len(),
+        b.find_all(Locator::Css("#jobs-table tbody tr"))
+            .await
+            .unwrap()
+            .len(),
         1
     );
     no_xss(&b).await;
@@ -587,7 +621,10 @@ async fn console_screens_in_headless_chromium() {
     let url = b.current_url().await.unwrap();
     assert!(url.as_str().contains("status=done") && url.as_str().contains("requestId=req-fates"));
     assert_eq!(
-        b.find_all(Locator::Css("#jobs-table tbody tr")).await.unwrap().len(),
+        b.find_all(Locator::Css("#jobs-table tbody tr"))
+            .await
+            .unwrap()
+            .len(),
         1
     );
     shot(&b, "3-jobs").await;
@@ -598,31 +635,50 @@ async fn console_screens_in_headless_chromium() {
         .click()
         .await
         .unwrap();
-    let delivered = find(&b, "#job-messages tr[data-seq='0']").await.text().await.unwrap();
+    let delivered = find(&b, "#job-messages tr[data-seq='0']")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(delivered.contains("delivered"), "{delivered}");
-    let failed = find(&b, "#job-messages tr[data-seq='1']").await.text().await.unwrap();
-    assert!(failed.contains("failed 131026 Message undeliverable"), "{failed}");
+    let failed = find(&b, "#job-messages tr[data-seq='1']")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        failed.contains("failed 131026 Message undeliverable"),
+        "{failed}"
+    );
     shot(&b, "4-job-fates").await;
 
     // The hostile job: payload shown as text; retry with the confirm step.
-    b.goto(&app.url(&format!("/console/jobs/{hostile}"))).await.unwrap();
+    b.goto(&app.url(&format!("/console/jobs/{hostile}")))
+        .await
+        .unwrap();
     let payload = find(&b, "#job-payload").await.text().await.unwrap();
-    assert!(payload.contains("<script>window.__xss=3</script>"), "{payload}");
+    assert!(
+        payload.contains("<script>window.__xss=3</script>"),
+        "{payload}"
+    );
     no_xss(&b).await;
     find(&b, "#job-retry").await.click().await.unwrap();
     let text = wait_text(&b, "#confirm-text", |t| !t.is_empty()).await;
     assert!(text.contains("1 match, 1 would be retried"), "{text}");
     shot(&b, "5-retry-confirm").await;
-    assert_eq!(app.db.job(hostile).await.status, "failed", "the dry run changed nothing");
+    assert_eq!(
+        app.db.job(hostile).await.status,
+        "failed",
+        "the dry run changed nothing"
+    );
     find(&b, "#confirm-yes").await.click().await.unwrap();
     wait_text(&b, "#flash", |t| t.contains("Retried 1 job")).await;
-    let by: Option<String> = sqlx::query_scalar(
-        r#"SELECT history->-1->>'by' FROM "OutboundJob" WHERE id = $1"#,
-    )
-    .bind(hostile)
-    .fetch_one(&app.db.pool)
-    .await
-    .unwrap();
+    let by: Option<String> =
+        sqlx::query_scalar(r#"SELECT history->-1->>'by' FROM "OutboundJob" WHERE id = $1"#)
+            .bind(hostile)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
     assert_eq!(by.as_deref(), Some("console"));
     assert_ne!(app.db.job(hostile).await.status, "failed");
 
@@ -630,7 +686,9 @@ async fn console_screens_in_headless_chromium() {
     // carries neither the cookie nor our Origin; nothing changes.
     let cancel_target = app.db.insert_jobs(1).await[0];
     let port = app.base.rsplit(':').next().unwrap().to_string();
-    b.goto(&format!("http://localhost:{port}/console/")).await.unwrap();
+    b.goto(&format!("http://localhost:{port}/console/"))
+        .await
+        .unwrap();
     let answer = b
         .execute_async(
             "const done = arguments[arguments.length - 1];
@@ -654,15 +712,26 @@ async fn console_screens_in_headless_chromium() {
     b.goto(&app.url("/console/numbers")).await.unwrap();
     let row = format!("#numbers-table tr[data-number='{NUMBER}']");
     wait_text(&b, &format!("{row} .state"), |t| t.contains("sending")).await;
-    find(&b, &format!("{row} .pause-for")).await.send_keys("10m").await.unwrap();
+    find(&b, &format!("{row} .pause-for"))
+        .await
+        .send_keys("10m")
+        .await
+        .unwrap();
     find(&b, &format!("{row} .pause-reason"))
         .await
         .send_keys("<b>carrier maintenance</b>")
         .await
         .unwrap();
-    find(&b, &format!("{row} button.pause")).await.click().await.unwrap();
+    find(&b, &format!("{row} button.pause"))
+        .await
+        .click()
+        .await
+        .unwrap();
     let state = wait_text(&b, &format!("{row} .state"), |t| t.contains("paused")).await;
-    assert!(state.contains("by console: <b>carrier maintenance</b>"), "{state}");
+    assert!(
+        state.contains("by console: <b>carrier maintenance</b>"),
+        "{state}"
+    );
     let hold: (String, bool) = sqlx::query_as(
         r#"SELECT "pausedBy", "pausedUntil" > now() + interval '9 minutes'
            FROM "OutboundNumberHold" WHERE "phoneNumberId" = $1"#,
@@ -673,7 +742,11 @@ async fn console_screens_in_headless_chromium() {
     .unwrap();
     assert_eq!(hold, ("console".to_string(), true));
     shot(&b, "6-numbers-paused").await;
-    find(&b, &format!("{row} button.resume")).await.click().await.unwrap();
+    find(&b, &format!("{row} button.resume"))
+        .await
+        .click()
+        .await
+        .unwrap();
     wait_text(&b, &format!("{row} .state"), |t| t.contains("sending")).await;
     let holds: i64 = sqlx::query_scalar(r#"SELECT count(*) FROM "OutboundNumberHold""#)
         .fetch_one(&app.db.pool)

@@ -131,6 +131,15 @@ fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not found")
 }
 
+/// A refusal: its status and message.
+struct Refused(StatusCode, &'static str);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
 /// Checks, in order: enabled (404), for a POST a same-origin request (403), a valid session
 /// (401). The refusal, if any.
 fn guard(
@@ -138,18 +147,18 @@ fn guard(
     console: &Console,
     headers: &HeaderMap,
     post: bool,
-) -> Result<session::Session, Response> {
+) -> Result<session::Session, Refused> {
     let Some(token) = enabled(state) else {
-        return Err(not_found());
+        return Err(Refused(StatusCode::NOT_FOUND, "not found"));
     };
     if post && !session::same_origin(headers) {
         tracing::warn!("console: a cross-site request was refused");
-        return Err(error(StatusCode::FORBIDDEN, "cross-site request refused"));
+        return Err(Refused(StatusCode::FORBIDDEN, "cross-site request refused"));
     }
     session::cookie_value(headers)
         .and_then(|v| session::verify(&token, v))
         .filter(|s| !console.revoked.is_revoked(s))
-        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "unauthorized"))
+        .ok_or(Refused(StatusCode::UNAUTHORIZED, "unauthorized"))
 }
 
 async fn root(State(state): State<HttpState>) -> Response {
@@ -195,8 +204,8 @@ async fn session_state(
 ) -> Response {
     match guard(&state, &console, &headers, false) {
         Ok(_) => ok_with(json!({ "signedIn": true, "by": BY })),
-        Err(r) if r.status() == StatusCode::UNAUTHORIZED => ok_with(json!({ "signedIn": false })),
-        Err(r) => r,
+        Err(Refused(StatusCode::UNAUTHORIZED, _)) => ok_with(json!({ "signedIn": false })),
+        Err(r) => r.into_response(),
     }
 }
 
@@ -257,8 +266,8 @@ async fn sign_out(
 ) -> Response {
     match guard(&state, &console, &headers, true) {
         Ok(s) => console.revoked.revoke(&s),
-        Err(r) if r.status() == StatusCode::UNAUTHORIZED => {}
-        Err(r) => return r,
+        Err(Refused(StatusCode::UNAUTHORIZED, _)) => {}
+        Err(r) => return r.into_response(),
     }
     let mut r = ok_with(json!({ "signedIn": false }));
     r.headers_mut().insert(
@@ -274,7 +283,7 @@ async fn overview(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = guard(&state, &console, &headers, false) {
-        return r;
+        return r.into_response();
     }
     match console.hub.snapshot(state.runner()).await {
         Ok(data) => (
@@ -295,7 +304,7 @@ async fn events(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = guard(&state, &console, &headers, false) {
-        return r;
+        return r.into_response();
     }
     let rx = console.hub.subscribe(state.runner());
     let end = tokio::time::Instant::now() + STREAM_LIFETIME;
@@ -312,7 +321,7 @@ async fn events(
                 return None;
             }
             if let Some(data) = frame.data {
-                let event = Event::default().event("overview").data(data.to_string());
+                let event = Event::default().event("overview").data(&*data);
                 return Some((Ok::<_, std::convert::Infallible>(event), (rx, false)));
             }
         }
@@ -394,7 +403,7 @@ async fn list(
     RawQuery(query): RawQuery,
 ) -> Response {
     if let Err(r) = guard(&state, &console, &headers, false) {
-        return r;
+        return r.into_response();
     }
     let result = async {
         let filter = filter_from_query(query.as_deref())?;
@@ -414,7 +423,7 @@ async fn show(
     Path(id): Path<String>,
 ) -> Response {
     if let Err(r) = guard(&state, &console, &headers, false) {
-        return r;
+        return r.into_response();
     }
     let result = async {
         let id = job_id("id", &id)?;
@@ -468,7 +477,7 @@ async fn retry(
     body: Bytes,
 ) -> Response {
     if let Err(r) = guard(&state, &console, &headers, true) {
-        return r;
+        return r.into_response();
     }
     let result = async {
         let body: ActionBody = parse_body(&body)?;
@@ -506,7 +515,7 @@ async fn cancel(
     body: Bytes,
 ) -> Response {
     if let Err(r) = guard(&state, &console, &headers, true) {
-        return r;
+        return r.into_response();
     }
     let result = async {
         let body: ActionBody = parse_body(&body)?;
@@ -550,7 +559,7 @@ async fn settle(
     body: Bytes,
 ) -> Response {
     if let Err(r) = guard(&state, &console, &headers, true) {
-        return r;
+        return r.into_response();
     }
     let result = async {
         let id = job_id("id", &id)?;
@@ -573,7 +582,7 @@ async fn numbers(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = guard(&state, &console, &headers, false) {
-        return r;
+        return r.into_response();
     }
     let mut cache = console.numbers.lock().await;
     if let Some((at, value)) = cache.as_ref()
@@ -659,12 +668,12 @@ struct PauseBody {
     reason: Option<String>,
 }
 
-fn known_number(state: &HttpState, id: &str) -> Result<(), Response> {
+fn known_number(state: &HttpState, id: &str) -> Result<(), Refused> {
     let settings = state.runner().settings();
     if settings.whatsapp.number_ids().contains(&id) {
         Ok(())
     } else {
-        Err(error(
+        Err(Refused(
             StatusCode::NOT_FOUND,
             "id: that number is not configured",
         ))
@@ -679,10 +688,10 @@ async fn pause(
     body: Bytes,
 ) -> Response {
     if let Err(r) = guard(&state, &console, &headers, true) {
-        return r;
+        return r.into_response();
     }
     if let Err(r) = known_number(&state, &id) {
-        return r;
+        return r.into_response();
     }
     let body: PauseBody = match parse_body(&body) {
         Ok(b) => b,
@@ -734,10 +743,10 @@ async fn resume(
     Path(id): Path<String>,
 ) -> Response {
     if let Err(r) = guard(&state, &console, &headers, true) {
-        return r;
+        return r.into_response();
     }
     if let Err(r) = known_number(&state, &id) {
-        return r;
+        return r.into_response();
     }
     let default_id = state
         .runner()
