@@ -187,7 +187,7 @@ async fn overview(runner: &Runner) -> anyhow::Result<serde_json::Value> {
 /// oldest due job, finishes per minute (1 h) and per hour (24 h), the fates of the messages of
 /// the jobs finished in the last hour, unsettled sends, the runners holding jobs, and the
 /// runners' connections.
-const OVERVIEW_SQL: &str = r#"
+pub const OVERVIEW_SQL: &str = r#"
 SELECT json_build_object(
   'byStatus', (SELECT coalesce(json_object_agg(status, n), '{}'::json)
                FROM (SELECT status, count(*) AS n FROM "OutboundJob"
