@@ -162,7 +162,10 @@ async fn window(db: &Db, window: Duration, statements: &(dyn Fn() -> u64 + Sync)
     let cpu = ServerCpu::backends(&db.name);
     tokio::time::sleep(window).await;
     let (server, _) = cpu.stop();
-    (server * 1000.0 / window.as_secs_f64(), statements() - before)
+    (
+        server * 1000.0 / window.as_secs_f64(),
+        statements() - before,
+    )
 }
 
 /// p95 in ms of `n` sequential GETs of `path` (each must answer 200).
@@ -281,7 +284,10 @@ pub async fn run(a: &Args) -> Vec<Row> {
     out.push(Row {
         section: "console",
         measure: "PostgreSQL CPU, 1,000 jobs/s flowing".into(),
-        setup: format!("{rows} rows + sandbox runner; 0 vs {TABS} tabs, {} s each", w.as_secs()),
+        setup: format!(
+            "{rows} rows + sandbox runner; 0 vs {TABS} tabs, {} s each",
+            w.as_secs()
+        ),
         result: format!("{flow0:.1} vs {flow10:.1} ms/s"),
         ratio: format!("+{:.1} ms/s", flow10 - flow0),
         detail: format!(
@@ -302,7 +308,10 @@ pub async fn run(a: &Args) -> Vec<Row> {
         .await
         .unwrap();
     let pages = [
-        ("jobs, first page".to_string(), "/console/api/jobs".to_string()),
+        (
+            "jobs, first page".to_string(),
+            "/console/api/jobs".to_string(),
+        ),
         (
             "jobs, status=failed".into(),
             "/console/api/jobs?status=failed".into(),
@@ -315,10 +324,7 @@ pub async fn run(a: &Args) -> Vec<Row> {
             "jobs, code=131026".into(),
             "/console/api/jobs?code=131026".into(),
         ),
-        (
-            "jobs, since=1h".into(),
-            "/console/api/jobs?since=1h".into(),
-        ),
+        ("jobs, since=1h".into(), "/console/api/jobs?since=1h".into()),
         (
             "jobs, requestId (newest day)".into(),
             format!("/console/api/jobs?requestId=req-{}", rows - 1000),

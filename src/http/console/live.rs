@@ -182,16 +182,22 @@ async fn overview(runner: &Runner) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
-/// Counts by status except `done` (a partial index holds the rest; `done` is counted over the
-/// last 24 h from the `"completedAt"` index, all rows only as the planner's estimate), the
+/// Counts by status except `done`, each from a partial index (queued; running with and without a
+/// lease; failed and cancelled: `migrations/20261206120000_console.sql`); `done` is counted over
+/// the last 24 h from the `"completedAt"` index, all rows only as the planner's estimate; the
 /// oldest due job, finishes per minute (1 h) and per hour (24 h), the fates of the messages of
 /// the jobs finished in the last hour, unsettled sends, the runners holding jobs, and the
 /// runners' connections.
 pub const OVERVIEW_SQL: &str = r#"
 SELECT json_build_object(
-  'byStatus', (SELECT coalesce(json_object_agg(status, n), '{}'::json)
-               FROM (SELECT status, count(*) AS n FROM "OutboundJob"
-                     WHERE status <> 'done' GROUP BY status) s),
+  'byStatus', json_build_object(
+      'queued', (SELECT count(*) FROM "OutboundJob" WHERE status = 'queued'),
+      'running', (SELECT count(*) FROM "OutboundJob"
+                  WHERE "leaseUntil" IS NOT NULL AND status = 'running')
+               + (SELECT count(*) FROM "OutboundJob"
+                  WHERE status = 'running' AND "leaseUntil" IS NULL),
+      'failed', (SELECT count(*) FROM "OutboundJob" WHERE status = 'failed'),
+      'cancelled', (SELECT count(*) FROM "OutboundJob" WHERE status = 'cancelled')),
   'done24h', (SELECT count(*) FROM "OutboundJob"
               WHERE "completedAt" > now() - interval '24 hours' AND status = 'done'),
   'failed24h', (SELECT count(*) FROM "OutboundJob"
