@@ -236,6 +236,8 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, AdminError> {
 /// The filter as SQL over `"OutboundJob" j`, binding `$1`…`$9` (see [`bind_filter`]).
 const FILTER_SQL: &str = r#"
         ($1::text[] IS NULL OR j.status = ANY($1))
+    -- One status as an equality too: an index led by status then serves "newest first".
+    AND ($1::text[] IS NULL OR cardinality($1) <> 1 OR j.status = ($1)[1])
     AND ($2::text IS NULL OR j."lastErrorCode" = $2)
     AND ($3::timestamptz IS NULL OR j."createdAt" >= $3)
     AND ($4::timestamptz IS NULL OR j."createdAt" < $4)
