@@ -23,6 +23,9 @@ use crate::runner::Runner;
 
 /// The shortest time between two aggregate statements.
 pub const PERIOD: Duration = Duration::from_secs(2);
+/// How late a completion may commit after the time it records and still be counted by the
+/// next refresh (see [`Buckets`]).
+const LATE: Duration = Duration::from_secs(10);
 /// How often the per-minute counts are read again whole (see [`Buckets`]).
 const FULL_REBUILD: Duration = Duration::from_secs(3600);
 /// A refresh with nothing moving in this process.
@@ -161,8 +164,9 @@ struct Cache {
 
 /// Done and failed jobs per minute over the last 24 h, kept between refreshes so that a refresh
 /// reads only the latest minutes: a finished job's `"completedAt"` is when it finished, so the
-/// older minutes do not change. Each refresh reads again from the minute before the last one
-/// read (a completion that committed late still lands), and everything once per
+/// older minutes do not change. Each refresh reads again from the start of the minute that was
+/// current [`LATE`] before the last one (a completion that committed late still lands: its
+/// `"completedAt"` is its transaction's start), and everything once per
 /// [`FULL_REBUILD`] (a retry or the pruner takes rows out of the past). What the statement
 /// reads is bounded by the time since the last refresh, not by the day's volume.
 #[derive(Default)]
@@ -203,7 +207,10 @@ impl Buckets {
             }
         }
         self.minutes.retain(|m, _| *m > now_min - 24 * 60);
-        self.from = DateTime::from_timestamp((now_min - 1) * 60, 0);
+        self.from = DateTime::from_timestamp(
+            (now.timestamp() - LATE.as_secs() as i64).div_euclid(60) * 60,
+            0,
+        );
 
         let at = |m: i64| DateTime::from_timestamp(m * 60, 0).unwrap_or_default();
         let (done, failed) = self
@@ -354,9 +361,9 @@ mod tests {
         assert_eq!(db["perMinute"].as_array().unwrap().len(), 2);
         assert_eq!(db["perHour"].as_array().unwrap().len(), 2);
         assert!(db.get("minutes").is_none());
-        // The next read starts a minute before the last one read, and replaces those minutes.
+        // The next read starts at the minute current 10 s before, and replaces those minutes.
         let from = b.from.unwrap();
-        assert_eq!(from.to_rfc3339(), "2026-12-06T12:29:00+00:00");
+        assert_eq!(from.to_rfc3339(), "2026-12-06T12:30:00+00:00");
         let mut db = json!({
             "now": "2026-12-06T12:31:05Z",
             "minutes": [
@@ -365,9 +372,16 @@ mod tests {
             ],
         });
         b.merge(&mut db, Some(from));
-        // 12:29 had no row this time (a retry took its jobs out): gone; 12:30 replaced.
-        assert_eq!(db["done24h"], 7 + 5 + 1);
-        assert_eq!(db["failed24h"], 0);
+        // 12:29 is kept; 12:30 is replaced.
+        assert_eq!(db["done24h"], 7 + 2 + 5 + 1);
+        assert_eq!(db["failed24h"], 1);
+        assert_eq!(b.from.unwrap().to_rfc3339(), "2026-12-06T12:30:00+00:00");
+        // A minute read again with no row any more (a retry took its jobs out) is gone.
+        let mut db = json!({ "now": "2026-12-06T12:31:20Z", "minutes": [
+            {"at": "2026-12-06T12:31:00Z", "done": 1, "failed": 0},
+        ]});
+        b.merge(&mut db, b.from);
+        assert_eq!(db["done24h"], 7 + 2 + 1);
         // A day later the old minutes leave.
         let mut db = json!({ "now": "2026-12-07T12:31:00Z", "minutes": [] });
         b.merge(&mut db, b.from);
