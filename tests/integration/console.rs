@@ -578,12 +578,13 @@ async fn console_screens_in_headless_chromium() {
     assert!(!b.current_url().await.unwrap().as_str().contains(ADMIN));
 
     // The overview moves when a job is inserted: no reload.
-    sqlx::query(
+    let later: i64 = sqlx::query_scalar(
         r#"INSERT INTO "OutboundJob" (payload, "runAt")
            VALUES ('{"to":"15550003333","message":{"type":"text","text":{"body":"later"}}}',
-                   now() + interval '1 hour')"#,
+                   now() + interval '1 hour')
+           RETURNING id"#,
     )
-    .execute(&app.db.pool)
+    .fetch_one(&app.db.pool)
     .await
     .unwrap();
     wait_text(&b, "[data-stat=queued]", |t| t == "1").await;
@@ -707,6 +708,28 @@ async fn console_screens_in_headless_chromium() {
         "a cross-site read must not succeed: {answer}"
     );
     assert_ne!(app.db.job(cancel_target).await.status, "cancelled");
+
+    // A bulk action on everything matching the filter, with its dry-run count first.
+    b.goto(&app.url("/console/jobs?status=queued&to=15550003333"))
+        .await
+        .unwrap();
+    find(&b, &format!("#jobs-table tr[data-id='{later}']")).await;
+    find(&b, "#cancel-matching").await.click().await.unwrap();
+    let text = wait_text(&b, "#confirm-text", |t| !t.is_empty()).await;
+    assert!(
+        text.contains("every job matching the filter: 1 match, 1 would be cancelled"),
+        "{text}"
+    );
+    find(&b, "#confirm-yes").await.click().await.unwrap();
+    wait_text(&b, "#flash", |t| t.contains("Cancelled 1 job")).await;
+    assert_eq!(app.db.job(later).await.status, "cancelled");
+    let by: Option<String> =
+        sqlx::query_scalar(r#"SELECT history->-1->>'by' FROM "OutboundJob" WHERE id = $1"#)
+            .bind(later)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(by.as_deref(), Some("console"));
 
     // Numbers: pause for a duration with a reason, then resume.
     b.goto(&app.url("/console/numbers")).await.unwrap();
