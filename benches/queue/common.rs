@@ -25,10 +25,11 @@ pub enum Section {
     Idle,
     Budget,
     Statuses,
+    Console,
 }
 
 impl Section {
-    pub const ALL: [Section; 9] = [
+    pub const ALL: [Section; 10] = [
         Section::Limit,
         Section::Throughput,
         Section::Pipeline,
@@ -38,6 +39,7 @@ impl Section {
         Section::Pooler,
         Section::Idle,
         Section::Statuses,
+        Section::Console,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +53,7 @@ impl Section {
             Section::Idle => "idle",
             Section::Budget => "budget",
             Section::Statuses => "statuses",
+            Section::Console => "console",
         }
     }
 }
@@ -68,7 +71,8 @@ impl FromStr for Section {
 pub const USAGE: &str = "\
 cargo bench --bench queue -- [options]
 
-  --only SECTION[,SECTION…]  limit, throughput, pipeline, budget, latency, large, pooler, idle, statuses
+  --only SECTION[,SECTION…]  limit, throughput, pipeline, budget, latency, large, pooler, idle, statuses,
+                             console
                              (default: all)
   --quick                    small sizes and 1 run: a smoke test in about a minute
   --runs R                   runs per figure; each figure is the median (default 3, quick 1)

@@ -23,7 +23,10 @@
 //!   `pgbouncer` installed);
 //! - `idle`: the daemon binary idle: CPU, wake-ups and RSS;
 //! - `statuses`: Meta's status webhooks applied (statuses/s, PostgreSQL CPU per status), into
-//!   the status writer and through signed POSTs to `/webhooks/whatsapp`.
+//!   the status writer and through signed POSTs to `/webhooks/whatsapp`;
+//! - `console`: the web console's database cost: PostgreSQL CPU with 0 and 10 open tabs, idle
+//!   and while 1,000 jobs/s flow, aggregate statements per refresh period, and each page's p95
+//!   on `--large-rows` rows with the sequential scans of "OutboundJob" they caused.
 //!
 //! See `docs/benchmarks.md` for what each row means and the latest table.
 
@@ -39,6 +42,7 @@ mod window;
 
 mod budget;
 mod common;
+mod console;
 mod idle;
 mod large;
 mod latency;
@@ -84,6 +88,10 @@ async fn run_all(a: Args) -> Vec<Row> {
     if a.wants(Section::Statuses) {
         eprintln!("status webhooks…");
         rows.extend(statuses::run(&a).await);
+    }
+    if a.wants(Section::Console) {
+        eprintln!("web console…");
+        rows.extend(console::run(&a).await);
     }
     rows
 }

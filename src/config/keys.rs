@@ -643,7 +643,7 @@ pub const KEYS: &[Key] = &[
         "http.admin_token",
         "",
         Reload,
-        "secret for the admin API `/api/admin/jobs…` (env `ADMIN_TOKEN`), bearer only; empty disables it",
+        "secret for the admin API `/api/admin/jobs…` (bearer only) and the web console `/console/` (env `ADMIN_TOKEN`); empty disables both",
         |s| Value::Secret(s.http.admin_token.as_ref()),
     )
     .secret("admin_token", |s| &mut s.http.admin_token),

@@ -413,6 +413,23 @@ const INDEXES: &[(&str, &str)] = &[
         r#"(id) WHERE status = 'running' AND "leaseUntil" IS NULL"#,
     ),
     ("OutboundJob_createdAt_id_idx", r#"("createdAt", id)"#),
+    // The console's filters (migrations/20261206120000_console.sql).
+    (
+        "OutboundJob_console_ended_idx",
+        r#"(status, "createdAt", id) WHERE status IN ('failed', 'cancelled')"#,
+    ),
+    (
+        "OutboundJob_console_code_idx",
+        r#"("lastErrorCode", "createdAt", id) WHERE "lastErrorCode" IS NOT NULL"#,
+    ),
+    (
+        "OutboundJob_console_requestId_idx",
+        r#"("requestId", "createdAt", id) WHERE "requestId" IS NOT NULL"#,
+    ),
+    (
+        "OutboundJob_console_to_idx",
+        r#"((payload->>'to'), "createdAt", id)"#,
+    ),
 ];
 
 /// CHECK constraints of ours, added `NOT VALID` (no scan; new and updated rows are checked).
@@ -563,6 +580,9 @@ fn tables(job_id_ty: &str) -> Vec<(&'static str, Vec<String>)> {
                 r#"CREATE INDEX "OutboundMessage_template_to_idx" ON "OutboundMessage" ("to", "sentAt")
     INCLUDE ("phoneNumberId")
     WHERE "sentAt" IS NOT NULL AND body->>'type' = 'template'"#
+                    .into(),
+                r#"CREATE INDEX "OutboundMessage_unknown_idx" ON "OutboundMessage" ("jobId")
+    WHERE status = 'unknown'"#
                     .into(),
             ],
         ),

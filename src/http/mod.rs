@@ -6,6 +6,7 @@
 //!  routes                  the handlers and their JSON answers
 //!  auth                    who may trigger: tokens, constant-time comparison, nothing else
 //!  webhooks                Meta's status webhooks: signature, verification, forwarding
+//!  console                 the web console under /console/ (docs/console.md)
 //! ```
 //!
 //! A trigger runs its own synchronous pass ([`Runner::run_pass_until`]) beside the dispatcher;
@@ -17,6 +18,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod console;
 pub mod routes;
 pub mod server;
 pub mod webhooks;
@@ -226,7 +228,7 @@ pub fn spawn(listeners: Listeners, state: HttpState, stop: CancellationToken) ->
         tracing::info!(
             addr = %addr.map(|a| a.to_string()).unwrap_or_default(),
             "HTTP listening: /api/jobs/run-outbound, /api/cron/run-outbound-jobs, /api/admin/jobs, \
-             /webhooks/whatsapp, /healthz, /readyz{}",
+             /webhooks/whatsapp, /console/, /healthz, /readyz{}",
             if listeners.metrics.is_none() { ", /metrics" } else { "" }
         );
         if settings.http.job_runner_token.is_none() {

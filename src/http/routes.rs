@@ -38,7 +38,8 @@ pub fn api(state: HttpState) -> Router {
         .route(Endpoint::Cron.path(), get(cron).post(cron))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .merge(super::admin::routes());
+        .merge(super::admin::routes())
+        .merge(super::console::routes());
     if state.inner.metrics_on_api {
         router = router.route("/metrics", get(metrics));
     }

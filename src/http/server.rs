@@ -240,7 +240,7 @@ pub async fn serve_with(
             accepted = listener.accept() => accepted,
         };
         let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+            Ok(accepted) => accepted,
             Err(e) => {
                 if let Some(held) = accept_errors.allow() {
                     tracing::warn!(error = %e, held_back = held, "accepting an HTTP connection failed");
@@ -279,6 +279,7 @@ pub async fn serve_with(
                 }
             }
         }
+        let (tcp, peer) = tcp;
         let _ = tcp.set_nodelay(true);
         let id = next_id;
         next_id += 1;
@@ -294,35 +295,40 @@ pub async fn serve_with(
         let router = router.clone();
         let shutting_down = stop.clone();
         tasks.spawn(async move {
-            let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-                let router = router.clone();
-                let state = state.clone();
-                let (parts, body) = request.into_parts();
-                let expired = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let body = if body.is_end_stream() {
-                    state.store(SERVING, Ordering::SeqCst);
-                    axum::body::Body::new(body)
-                } else {
-                    state.store(RECEIVING, Ordering::SeqCst);
-                    axum::body::Body::new(Deadline {
-                        inner: body,
-                        sleep: Box::pin(tokio::time::sleep(request_timeout)),
-                        state: state.clone(),
-                        expired: expired.clone(),
-                    })
-                };
-                let request = hyper::Request::from_parts(parts, body);
-                async move {
-                    let response = router.oneshot(request).await;
-                    state.store(IDLE, Ordering::SeqCst);
-                    if expired.load(Ordering::SeqCst) {
-                        // Whatever the handler made of the error: 408, and the connection
-                        // closes (the rest of the body is never read).
-                        return Ok(request_timeout_answer());
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    // The client's address, for the console's sign-in limit.
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    let router = router.clone();
+                    let state = state.clone();
+                    let (parts, body) = request.into_parts();
+                    let expired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let body = if body.is_end_stream() {
+                        state.store(SERVING, Ordering::SeqCst);
+                        axum::body::Body::new(body)
+                    } else {
+                        state.store(RECEIVING, Ordering::SeqCst);
+                        axum::body::Body::new(Deadline {
+                            inner: body,
+                            sleep: Box::pin(tokio::time::sleep(request_timeout)),
+                            state: state.clone(),
+                            expired: expired.clone(),
+                        })
+                    };
+                    let request = hyper::Request::from_parts(parts, body);
+                    async move {
+                        let response = router.oneshot(request).await;
+                        state.store(IDLE, Ordering::SeqCst);
+                        if expired.load(Ordering::SeqCst) {
+                            // Whatever the handler made of the error: 408, and the connection
+                            // closes (the rest of the body is never read).
+                            return Ok(request_timeout_answer());
+                        }
+                        response
                     }
-                    response
-                }
-            });
+                });
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

@@ -1302,7 +1302,12 @@ async fn read_only_database(ctx: Ctx) -> anyhow::Result<Row> {
         .await?;
     let log_from: Vec<usize> = s.fleet.daemons.iter().map(|d| d.log.len()).collect();
     s.db.terminate_runners(&s.admin).await?;
-    let first_new = s.producer.count();
+    // From here on every runner session is read-only. A job the producer committed before this
+    // point may have been claimed already (its count can lag its commit): the boundary is the
+    // highest id committed now, read from the database, not the producer's count.
+    let boundary: i64 = sqlx::query_scalar(r#"SELECT COALESCE(max(id), 0) FROM "OutboundJob""#)
+        .fetch_one(&s.db.pool)
+        .await?;
     let snapshot: Vec<(i64, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         r#"SELECT id, attempts, "updatedAt" FROM "OutboundJob" WHERE status = 'queued' ORDER BY id"#,
     )
@@ -1322,7 +1327,12 @@ async fn read_only_database(ctx: Ctx) -> anyhow::Result<Row> {
             "job {id} was touched while the database was read-only: {st}, attempts {attempts}→{a2}"
         );
     }
-    let new_ids: Vec<i64> = s.producer.ids()[first_new..].to_vec();
+    let new_ids: Vec<i64> = s
+        .producer
+        .ids()
+        .into_iter()
+        .filter(|id| *id > boundary)
+        .collect();
     let touched: i64 = sqlx::query_scalar(
         r#"SELECT count(*) FROM "OutboundJob" WHERE id = ANY($1)
            AND (status <> 'queued' OR attempts <> 0 OR "lockedBy" IS NOT NULL)"#,

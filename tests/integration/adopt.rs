@@ -702,3 +702,85 @@ async fn an_upper_case_status_enum_is_refused() {
     assert!(err.to_string().contains("\"QUEUED\""), "{err}");
     assert_eq!(err.exit_code(), 78);
 }
+
+/// The schema objects of ours that a database holds: every index, constraint and trigger on our
+/// tables, every column of them, and our functions — by name only (types differ on purpose:
+/// an adopted table keeps the app's).
+async fn our_objects(db: &TestDb) -> std::collections::BTreeSet<String> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        r#"SELECT 'index ' || tablename || '.' || indexname FROM pg_indexes
+            WHERE schemaname = 'public' AND tablename LIKE 'Outbound%'
+           UNION ALL
+           SELECT 'column ' || c.relname || '.' || a.attname
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+            WHERE c.relname LIKE 'Outbound%' AND c.relkind = 'r' AND a.attnum > 0
+              AND NOT a.attisdropped
+           UNION ALL
+           SELECT 'constraint ' || c.relname || '.' || k.conname
+             FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+            WHERE c.relname LIKE 'Outbound%'
+           UNION ALL
+           SELECT 'trigger ' || tgname FROM pg_trigger WHERE NOT tgisinternal
+           UNION ALL
+           SELECT 'function ' || proname FROM pg_proc
+            WHERE proname LIKE 'outbound_job%'
+           UNION ALL
+           SELECT 'migration ' || version FROM _sqlx_migrations WHERE success"#,
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    rows.into_iter().collect()
+}
+
+/// Adoption makes what the migrations make: the same indexes, columns, constraints, trigger,
+/// functions and recorded migrations as a fresh `migrate` (the app's own extra columns and
+/// indexes aside). A migration added without its counterpart in the adoption plan (or the
+/// reverse) fails here.
+#[tokio::test]
+async fn adoption_makes_what_the_migrations_make() {
+    let fresh = our_objects(&TestDb::new().await).await;
+    for kind in IdKind::ALL {
+        let (db, _) = app_db(kind).await;
+        let before = our_objects_of_app(&db).await;
+        adopt_now(&db).await;
+        let adopted: std::collections::BTreeSet<String> = our_objects(&db)
+            .await
+            .difference(&before)
+            .cloned()
+            .collect();
+        let missing: Vec<_> = fresh.difference(&adopted).collect();
+        // What the app had already (its columns, its own primary key and indexes) may be
+        // there under the same name before adoption: not missing.
+        // Two differences are by design: the idempotency key is a unique index there (as
+        // Prisma's `@unique` makes it), not a constraint; an enum status needs no CHECK.
+        let by_design = [
+            "constraint OutboundJob.OutboundJob_idempotencyKey_key",
+            "constraint OutboundJob.OutboundJob_status_check",
+        ];
+        let missing: Vec<_> = missing
+            .into_iter()
+            .filter(|o| !before.contains(*o) && !by_design.contains(&o.as_str()))
+            .collect();
+        assert!(missing.is_empty(), "{kind:?}: adoption lacks {missing:?}");
+        let extra: Vec<_> = adopted.difference(&fresh).collect();
+        assert!(
+            extra.is_empty(),
+            "{kind:?}: adoption adds {extra:?} that migrations do not"
+        );
+    }
+}
+
+/// [`our_objects`] of a database before adoption (no `_sqlx_migrations` yet).
+async fn our_objects_of_app(db: &TestDb) -> std::collections::BTreeSet<String> {
+    sqlx::query("CREATE TABLE _sqlx_migrations (version bigint, success bool)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let objects = our_objects(db).await;
+    sqlx::query("DROP TABLE _sqlx_migrations")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    objects
+}

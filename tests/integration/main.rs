@@ -5,6 +5,7 @@ mod admin;
 mod adopt;
 mod budget;
 mod cli;
+mod console;
 mod delivery;
 mod embedded;
 mod guide_sql;
