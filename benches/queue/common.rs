@@ -241,10 +241,7 @@ pub async fn cleanup() {
 // ---------------------------------------------------------------------------------------------
 // Databases
 
-pub fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
+pub use crate::sql::admin_url;
 
 /// A fresh database, dropped by [`Db::drop`] (or by [`cleanup`] if the program ends early).
 pub struct Db {

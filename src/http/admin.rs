@@ -29,7 +29,7 @@ use serde_json::json;
 
 use super::HttpState;
 use super::auth::{self, Endpoint};
-use super::routes::error;
+use super::reply::error;
 use crate::queue::JobId;
 use crate::queue::admin::{self, Actor, AdminError, Cursor, Filter, Settled};
 

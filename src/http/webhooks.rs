@@ -34,7 +34,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::HttpState;
-use super::routes::{access_log, error};
+use super::reply::{access_log, error};
 use crate::delivery::statuses::{Kind, Outcome, StatusUpdate, parse_callback, unstorable};
 
 /// The path Meta calls.

@@ -21,6 +21,7 @@ use sqlx::Row;
 
 use crate::db::Pool;
 
+use super::decode::Rejected;
 use super::{CHANNEL, Fence, Job, JobId};
 
 /// Claims up to `limit` due jobs in one statement. `SKIP LOCKED` lets any number of runners
@@ -91,16 +92,6 @@ impl Claimed {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// A claimed row that cannot be run: what to write into its `"lastErrorCode"` and `"lastError"`
-/// (docs/reliability.md, "Rows the runner cannot use").
-#[derive(Debug, Clone)]
-pub struct Rejected {
-    pub fence: Fence,
-    pub request_id: Option<String>,
-    pub code: &'static str,
-    pub reason: String,
 }
 
 /// What a claim writes into a row (shared by the claim and [`find_unclaimable`]'s probe).

@@ -292,7 +292,7 @@ impl Shared {
     }
 
     /// Fails a claimed row that cannot be run. True if the write landed.
-    async fn fail_rejected(&self, bad: &store::Rejected) -> bool {
+    async fn fail_rejected(&self, bad: &crate::queue::decode::Rejected) -> bool {
         let message = format!("the job cannot be run: {}", bad.reason);
         match store::fail(&self.pool, &bad.fence, bad.code, &message).await {
             Ok(true) => {
