@@ -34,3 +34,4 @@ pub mod runner;
 pub mod supervise;
 pub mod systemd;
 pub mod telemetry;
+pub mod whatsapp;

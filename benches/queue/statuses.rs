@@ -12,11 +12,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use outbound_runner::config::{self, LoadOptions};
-use outbound_runner::delivery::statuses::{self, Kind, StatusUpdate, callback_id};
+use outbound_runner::delivery::statuses;
 use outbound_runner::health::Health;
 use outbound_runner::http::{self, HttpState, Listeners};
 use outbound_runner::metrics::Metrics;
 use outbound_runner::runner::{Mode, Runner};
+use outbound_runner::whatsapp::statuses::{Kind, StatusUpdate, callback_id};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -12,13 +12,10 @@
 
 pub mod ledger;
 pub mod live;
-pub mod numbers;
 pub mod orchestrator;
-pub mod pacing;
 pub mod payload;
 pub mod sandbox;
 pub mod statuses;
-pub mod whatsapp;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,6 +25,7 @@ use crate::config::Settings;
 use crate::db::Pool;
 use crate::metrics::Metrics;
 use crate::queue::{Job, JobError};
+use crate::whatsapp::pacing;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

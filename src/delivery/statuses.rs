@@ -45,90 +45,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::queue::JobId;
+use crate::whatsapp::statuses::{Kind, StatusUpdate};
 
 /// How long a status nobody could apply is kept: the default of `whatsapp.status_retention`.
 pub const EARLY_RETENTION: Duration = Duration::from_secs(24 * 3600);
-/// The prefix of our `biz_opaque_callback_data`.
-const CALLBACK_PREFIX: &str = "outbound-runner:";
-
-/// The `biz_opaque_callback_data` of a message: its row's key (`"jobId"`, `seq`), the same on
-/// every attempt, e.g. `outbound-runner:42:0` or `outbound-runner:clx0abc:0` (the app's id).
-pub fn callback_id(job: &JobId, seq: i32) -> String {
-    format!("{CALLBACK_PREFIX}{job}:{seq}")
-}
-
-/// The row a callback id names, if it is one of ours. The seq follows the last ':' (a text id
-/// may contain ':').
-pub fn parse_callback(text: &str) -> Option<(JobId, i32)> {
-    let (job, seq) = text.strip_prefix(CALLBACK_PREFIX)?.rsplit_once(':')?;
-    Some((JobId::parse("callback", job).ok()?, seq.parse().ok()?))
-}
-
-/// The statuses Meta reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Sent,
-    Delivered,
-    Read,
-    Failed,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Sent, Kind::Delivered, Kind::Read, Kind::Failed];
-
-    pub fn parse(s: &str) -> Option<Kind> {
-        Some(match s {
-            "sent" => Kind::Sent,
-            "delivered" => Kind::Delivered,
-            "read" => Kind::Read,
-            "failed" => Kind::Failed,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Sent => "sent",
-            Kind::Delivered => "delivered",
-            Kind::Read => "read",
-            Kind::Failed => "failed",
-        }
-    }
-}
-
-/// One status of a webhook.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StatusUpdate {
-    pub wamid: String,
-    pub kind: Kind,
-    /// The row named by `biz_opaque_callback_data`, when it names one of ours.
-    pub callback: Option<(JobId, i32)>,
-    /// Meta's timestamp.
-    pub at: DateTime<Utc>,
-    /// On `failed`: Meta's first error, code and title.
-    pub error_code: Option<String>,
-    pub error_title: Option<String>,
-}
-
-/// Why `u` can never be stored, if so: a NUL (PostgreSQL's text refuses it) in a string it
-/// would receive, or a timestamp before 2015 or more than a day ahead. Checked before a status
-/// joins a batch, so it costs only itself (issue 25).
-pub fn unstorable(u: &StatusUpdate) -> Option<&'static str> {
-    let texts = [
-        Some(&u.wamid),
-        u.error_code.as_ref(),
-        u.error_title.as_ref(),
-    ];
-    if texts.into_iter().flatten().any(|t| t.contains('\0')) {
-        return Some("a NUL character");
-    }
-    let earliest = DateTime::from_timestamp(1_420_070_400, 0).expect("2015-01-01");
-    if u.at < earliest || u.at > Utc::now() + chrono::Duration::days(1) {
-        return Some("a timestamp before 2015 or more than a day ahead");
-    }
-    None
-}
-
 /// What became of one status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -812,33 +732,5 @@ async fn run(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn callback_ids_round_trip() {
-        assert_eq!(callback_id(&JobId::from(42), 0), "outbound-runner:42:0");
-        assert_eq!(
-            parse_callback("outbound-runner:42:3"),
-            Some((JobId::from(42), 3))
-        );
-        assert_eq!(parse_callback("42"), None);
-        assert_eq!(parse_callback("outbound-runner:42"), None);
-        assert_eq!(parse_callback("outbound-runner::1"), None);
-        assert_eq!(parse_callback("outbound-runner:42:x"), None);
-        assert_eq!(parse_callback("someone-else:42:0"), None);
-        // A text id (a cuid) is an id; one with ':' splits at the last one.
-        assert_eq!(
-            parse_callback("outbound-runner:clx0abc:1"),
-            Some((JobId::from("clx0abc"), 1))
-        );
-        assert_eq!(
-            parse_callback(&callback_id(&JobId::from("a:b"), 2)),
-            Some((JobId::from("a:b"), 2))
-        );
     }
 }
