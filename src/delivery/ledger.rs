@@ -34,6 +34,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::Row;
 use tokio::task::JoinHandle;
@@ -125,6 +126,38 @@ pub struct Prepare {
     pub messages: Vec<Value>,
 }
 
+/// [`prepare`]'s statement: the jobs' fence and their `composed` are the queue's
+/// ([`crate::queue::moves::OWNED_SAVE_COMPOSED_CTE`]), the message rows the ledger's.
+fn prepare_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            r#"
+        WITH req AS (
+            SELECT outbound_job_id(r.job) AS job, r.locked_by, r.attempts, r.composed,
+                   r.recipient, r.sender
+            FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[], $5::text[], $9::text[])
+                AS r(job, locked_by, attempts, composed, recipient, sender),
+                 (SELECT set_config('synchronous_commit', 'off', true)) relaxed
+        ), {}, ins AS (
+            INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, "phoneNumberId")
+            SELECT o.job, m.seq, 'pending', o.recipient, m.body, o.sender
+            FROM owner o JOIN unnest($6::text[], $7::int[], $8::jsonb[]) AS m(job, seq, body)
+                 ON outbound_job_id(m.job) = o.job
+            ON CONFLICT ("jobId", seq) DO NOTHING
+            RETURNING "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError"
+        )
+        SELECT "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError" FROM ins
+        UNION ALL
+        SELECT m."jobId", m.seq, m.status, m."to", m.body, m.wamid, m."lastErrorCode",
+               m."lastError"
+        FROM "OutboundMessage" m JOIN owner o ON m."jobId" = o.job
+        "#,
+            crate::queue::moves::OWNED_SAVE_COMPOSED_CTE
+        )
+    });
+    &SQL
+}
+
 /// Before any send, for any number of jobs in one statement: saves each orchestrator answer in
 /// `composed` (when given and not saved yet) and creates each job's message rows as `pending`
 /// (rows that exist are kept as they are). Returns, per job, every message row of the job in
@@ -142,50 +175,18 @@ pub async fn prepare(pool: &Pool, jobs: &[Prepare]) -> sqlx::Result<Vec<Option<V
             m_body.push(body);
         }
     }
-    let rows = sqlx::query(
-        r#"
-        WITH req AS (
-            SELECT outbound_job_id(r.job) AS job, r.locked_by, r.attempts, r.composed,
-                   r.recipient, r.sender
-            FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[], $5::text[], $9::text[])
-                AS r(job, locked_by, attempts, composed, recipient, sender)
-        ), owner AS (
-            SELECT r.job, r.composed, r.recipient, r.sender
-            FROM "OutboundJob" j JOIN req r ON j.id = r.job,
-                 (SELECT set_config('synchronous_commit', 'off', true)) relaxed
-            WHERE j.id = ANY(outbound_job_ids($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
-              AND j.attempts = r.attempts
-            FOR KEY SHARE OF j
-        ), save AS (
-            UPDATE "OutboundJob" j SET composed = o.composed, "updatedAt" = now()
-            FROM owner o
-            WHERE j.id = o.job AND o.composed IS NOT NULL AND j.composed IS NULL
-        ), ins AS (
-            INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, "phoneNumberId")
-            SELECT o.job, m.seq, 'pending', o.recipient, m.body, o.sender
-            FROM owner o JOIN unnest($6::text[], $7::int[], $8::jsonb[]) AS m(job, seq, body)
-                 ON outbound_job_id(m.job) = o.job
-            ON CONFLICT ("jobId", seq) DO NOTHING
-            RETURNING "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError"
-        )
-        SELECT "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError" FROM ins
-        UNION ALL
-        SELECT m."jobId", m.seq, m.status, m."to", m.body, m.wamid, m."lastErrorCode",
-               m."lastError"
-        FROM "OutboundMessage" m JOIN owner o ON m."jobId" = o.job
-        "#,
-    )
-    .bind(&ids)
-    .bind(&owners)
-    .bind(&attempts)
-    .bind(&composed)
-    .bind(&to)
-    .bind(&m_job)
-    .bind(&m_seq)
-    .bind(&m_body)
-    .bind(&from)
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(prepare_sql())
+        .bind(&ids)
+        .bind(&owners)
+        .bind(&attempts)
+        .bind(&composed)
+        .bind(&to)
+        .bind(&m_job)
+        .bind(&m_seq)
+        .bind(&m_body)
+        .bind(&from)
+        .fetch_all(pool)
+        .await?;
     let mut by_job: std::collections::HashMap<JobId, Vec<Message>> = Default::default();
     for row in rows {
         let status: String = row.get(2);
@@ -502,3 +503,58 @@ pub const ACCEPTED_CTE: &str = r#"
             WHERE m."jobId" = outbound_job_id(a.job) AND m.seq = a.seq AND m.status = 'sending'
               AND outbound_job_id(a.job) IN (SELECT id FROM done)
         )"#;
+
+/// A message as Meta's statuses leave it (`super::statuses`), for [`write_tracked`].
+#[derive(Debug, Clone)]
+pub struct Tracked<'a> {
+    pub id: i64,
+    pub status: &'a str,
+    pub wamid: Option<&'a str>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub read_at: Option<DateTime<Utc>>,
+    pub error_code: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
+/// Writes what Meta's statuses did to `rows` (every column they may change), in the caller's
+/// transaction (the status writer's, which holds the rows locked). `named`: see
+/// `super::statuses`' `apply_in`.
+pub async fn write_tracked(
+    conn: &mut sqlx::PgConnection,
+    rows: &[Tracked<'_>],
+    named: bool,
+) -> sqlx::Result<()> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
+    let wamids: Vec<Option<&str>> = rows.iter().map(|r| r.wamid).collect();
+    let sent: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.sent_at).collect();
+    let delivered: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.delivered_at).collect();
+    let read: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.read_at).collect();
+    let codes: Vec<Option<&str>> = rows.iter().map(|r| r.error_code).collect();
+    let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error).collect();
+    sqlx::query(
+        r#"
+        UPDATE "OutboundMessage" m
+        SET status = u.status, wamid = u.wamid, "sentAt" = u.sent, "deliveredAt" = u.delivered,
+            "readAt" = u.read, "lastErrorCode" = u.code, "lastError" = u.error,
+            "updatedAt" = now()
+        FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[],
+                    $5::timestamptz[], $6::timestamptz[], $7::text[], $8::text[])
+             AS u(id, status, wamid, sent, delivered, read, code, error)
+        WHERE m.id = u.id
+        "#,
+    )
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&wamids)
+    .bind(&sent)
+    .bind(&delivered)
+    .bind(&read)
+    .bind(&codes)
+    .bind(&errors)
+    .persistent(named)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -411,9 +411,10 @@ mod tests {
 
     #[test]
     fn query_filters_parse_and_unknown_parameters_are_refused() {
-        let f = filter_from_query(Some("status=failed,cancelled&code=131000&id=3&id=4,5")).unwrap();
+        let f =
+            filter_from_query(Some("status=failed,cancelled&code=http_502&id=3&id=4,5")).unwrap();
         assert_eq!(f.status, vec!["cancelled", "failed"]);
-        assert_eq!(f.code.as_deref(), Some("131000"));
+        assert_eq!(f.code.as_deref(), Some("http_502"));
         assert_eq!(f.ids, vec![JobId::from(3), JobId::from(4), JobId::from(5)]);
         let f = filter_from_query(Some("id=clx0a,clx0b")).unwrap();
         assert_eq!(f.ids, vec![JobId::from("clx0a"), JobId::from("clx0b")]);

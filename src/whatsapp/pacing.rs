@@ -1276,7 +1276,7 @@ mod tests {
         let pacer = Pacer::new();
         // Short pause: slept.
         assert_eq!(
-            pacer.pause_number(&s.whatsapp, Some(Duration::from_millis(400)), "130429"),
+            pacer.pause_number(&s.whatsapp, Some(Duration::from_millis(400)), "http_429"),
             Duration::from_millis(400)
         );
         let start = Instant::now();
@@ -1288,14 +1288,14 @@ mod tests {
         assert!(Instant::now() - start >= Duration::from_millis(400));
         // Escalating pauses without Retry-After: 2 s (the second strike), then 4 s: deferred.
         assert_eq!(
-            pacer.pause_number(&s.whatsapp, None, "130429"),
+            pacer.pause_number(&s.whatsapp, None, "http_429"),
             Duration::from_secs(2)
         );
         let d = pacer.acquire(&s.whatsapp, "15550000002").await.unwrap_err();
         assert_eq!(d.code, "number_paused");
-        assert!(d.message.contains("130429"), "{}", d.message);
+        assert!(d.message.contains("http_429"), "{}", d.message);
         assert_eq!(
-            pacer.pause_number(&s.whatsapp, None, "4"),
+            pacer.pause_number(&s.whatsapp, None, "http_429"),
             Duration::from_secs(4)
         );
         // An accepted send forgives the strikes.
@@ -1307,7 +1307,7 @@ mod tests {
             .done(true);
         pacer.accepted(&s.whatsapp);
         assert_eq!(
-            pacer.pause_number(&s.whatsapp, None, "4"),
+            pacer.pause_number(&s.whatsapp, None, "http_429"),
             Duration::from_secs(1)
         );
     }
