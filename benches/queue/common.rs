@@ -628,14 +628,13 @@ pub async fn sandbox_runner_with(
     s: Settings,
     mode: outbound_runner::runner::Mode,
 ) -> outbound_runner::runner::Runner {
-    outbound_runner::runner::Runner::start_with(
+    outbound_runner::runner::Runner::builder(
         pool,
-        listen,
         Arc::new(s),
         Arc::new(outbound_runner::delivery::sandbox::SandboxHandler),
-        Arc::new(outbound_runner::metrics::Metrics::new()),
-        Arc::new(outbound_runner::health::Health::default()),
-        mode,
     )
+    .listen(listen)
+    .mode(mode)
+    .start()
     .await
 }

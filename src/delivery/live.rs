@@ -182,13 +182,7 @@ impl LiveHandler {
                 .set(i64::from(self.pacer.hold(id).is_some()));
         }
         let number = wa.phone_number_id.as_str();
-        let admission = admitted.map_err(|d| {
-            ctx.metrics
-                .number_deferred
-                .with_label_values(&[number, d.code])
-                .inc();
-            d.into_job_error()
-        })?;
+        let admission = admitted.map_err(|d| deferred(ctx, number, d))?;
         if admission.closed_after_cooldown {
             tracing::info!("whatsapp.halt_cooldown has passed: sending resumes for the number");
         }
@@ -360,13 +354,11 @@ impl LiveHandler {
             None
         };
         let paced = Instant::now();
-        let permit = self.pacer.acquire(wa, &message.to).await.map_err(|d| {
-            ctx.metrics
-                .number_deferred
-                .with_label_values(&[number, d.code])
-                .inc();
-            d.into_job_error()
-        })?;
+        let permit = self
+            .pacer
+            .acquire(wa, &message.to)
+            .await
+            .map_err(|d| deferred(ctx, number, d))?;
         ctx.metrics
             .number_paced_wait
             .with_label_values(&[number])
@@ -818,6 +810,15 @@ where
         );
     }
     held
+}
+
+/// A job the pacer deferred (its number paused, held, halted or paced), counted for `number`.
+fn deferred(ctx: &JobContext, number: &str, d: pacing::Deferral) -> JobError {
+    ctx.metrics
+        .number_deferred
+        .with_label_values(&[number, d.code])
+        .inc();
+    d.into_job_error()
 }
 
 fn lost() -> JobError {

@@ -225,6 +225,27 @@ struct ActionBody {
     resend_sent: bool,
 }
 
+/// The body of an action, once the token was accepted (see [`read_body`]); else the refusal.
+async fn authorized_body(
+    state: &HttpState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: Body,
+) -> Result<Bytes, Response> {
+    if let Some(r) = refuse(state, headers, query) {
+        return Err(r);
+    }
+    read_body(body).await
+}
+
+/// An action's report, or why it failed.
+fn answer(result: Result<impl serde::Serialize, AdminError>) -> Response {
+    match result {
+        Ok(report) => ok_with(report),
+        Err(e) => failure(e),
+    }
+}
+
 /// The body, read only once the token was accepted (a client without it never makes us wait
 /// for one), within the body limit and `http.request_timeout` (src/http/server.rs).
 async fn read_body(body: Body) -> Result<Bytes, Response> {
@@ -298,10 +319,7 @@ async fn retry(
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Response {
-    if let Some(r) = refuse(&state, &headers, query.as_deref()) {
-        return r;
-    }
-    let body = match read_body(body).await {
+    let body = match authorized_body(&state, &headers, query.as_deref(), body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -323,10 +341,7 @@ async fn retry(
         .await
     }
     .await;
-    match result {
-        Ok(report) => ok_with(report),
-        Err(e) => failure(e),
-    }
+    answer(result)
 }
 
 async fn cancel(
@@ -335,10 +350,7 @@ async fn cancel(
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Response {
-    if let Some(r) = refuse(&state, &headers, query.as_deref()) {
-        return r;
-    }
-    let body = match read_body(body).await {
+    let body = match authorized_body(&state, &headers, query.as_deref(), body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -355,10 +367,7 @@ async fn cancel(
         admin::cancel(state.runner().pool(), &filter, &actor).await
     }
     .await;
-    match result {
-        Ok(report) => ok_with(report),
-        Err(e) => failure(e),
-    }
+    answer(result)
 }
 
 #[derive(Deserialize)]
@@ -377,10 +386,7 @@ async fn settle(
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    if let Some(r) = refuse(&state, &headers, query.as_deref()) {
-        return r;
-    }
-    let body = match read_body(body).await {
+    let body = match authorized_body(&state, &headers, query.as_deref(), body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -399,10 +405,7 @@ async fn settle(
         .await
     }
     .await;
-    match result {
-        Ok(report) => ok_with(report),
-        Err(e) => failure(e),
-    }
+    answer(result)
 }
 
 #[cfg(test)]

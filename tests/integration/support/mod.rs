@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use outbound_runner::config::{self, LoadOptions, Settings};
 use outbound_runner::delivery::JobHandler;
-use outbound_runner::health::Health;
-use outbound_runner::metrics::Metrics;
 use outbound_runner::runner::{Mode, Runner};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Executor};
@@ -255,16 +253,11 @@ async fn start_on(
     handler: Arc<dyn JobHandler>,
     mode: Mode,
 ) -> Runner {
-    Runner::start_with(
-        pool,
-        listen,
-        Arc::new(settings),
-        handler,
-        Arc::new(Metrics::new()),
-        Arc::new(Health::default()),
-        mode,
-    )
-    .await
+    Runner::builder(pool, Arc::new(settings), handler)
+        .listen(listen)
+        .mode(mode)
+        .start()
+        .await
 }
 
 /// Awaits a watch counter reaching `n`, bounded.
