@@ -232,39 +232,77 @@ pub struct Mark {
 /// requeue or failure makes it `cancelled`. A message with a wamid (Meta accepted it; a status
 /// may have failed it later) is never marked. Returns, for each mark, whether it landed.
 pub async fn mark_sending(pool: &Pool, marks: &[Mark]) -> sqlx::Result<Vec<bool>> {
-    let (ids, owners, attempts) = fence_arrays(marks.iter().map(|m| &m.fence));
-    let seqs: Vec<i32> = marks.iter().map(|m| m.seq).collect();
-    let resend: Vec<bool> = marks.iter().map(|m| m.resend_in_doubt).collect();
-    let landed: Vec<i64> = sqlx::query_scalar(
-        r#"
-        WITH req AS (
-            SELECT outbound_job_id(r.job) AS job, r.locked_by, r.attempts, r.seq, r.resend, r.n
-            FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::bool[])
-                WITH ORDINALITY AS r(job, locked_by, attempts, seq, resend, n)
-        ), owner AS (
-            SELECT r.n, r.job, r.seq, r.resend
-            FROM "OutboundJob" j JOIN req r ON j.id = r.job
-            WHERE j.id = ANY(outbound_job_ids($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
-              AND j.attempts = r.attempts
-              -- An operator asked the job to stop (`jobs cancel`): nothing more is sent.
-              AND j."cancelRequestedAt" IS NULL
-            FOR KEY SHARE OF j
-        )
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            r#"
+        WITH {}
         UPDATE "OutboundMessage" m SET status = 'sending', "updatedAt" = now()
         FROM owner o
         WHERE m."jobId" = o.job AND m.seq = o.seq AND m.wamid IS NULL
-          AND (m.status IN ('pending', 'failed') OR (o.resend AND m.status = 'sending'))
+          AND (m.status IN ('pending', 'failed') OR (o.arg AND m.status = 'sending'))
         RETURNING o.n
         "#,
+            batch_owner(
+                "bool",
+                // An operator asked the job to stop (`jobs cancel`): nothing more is sent.
+                r#"AND j."cancelRequestedAt" IS NULL"#,
+                false
+            )
+        )
+    });
+    let resend: Vec<bool> = marks.iter().map(|m| m.resend_in_doubt).collect();
+    per_message(pool, &SQL, marks.iter().map(|m| (&m.fence, m.seq)), resend).await
+}
+
+/// The head of a batched statement on messages, each row fenced by its own job: `req`, one row
+/// per request (`job`, `locked_by`, `attempts`, `seq`, `arg` of SQL type `arg_type`, and its
+/// ordinal `n`: `$1` to `$5`, see [`per_message`]), and `owner`, the requests whose job's fence
+/// holds (and `also`), locked `FOR KEY SHARE`. `relaxed`: no fsync of its own (see the module
+/// docs).
+fn batch_owner(arg_type: &str, also: &str, relaxed: bool) -> String {
+    let relaxed = if relaxed {
+        ",\n                 (SELECT set_config('synchronous_commit', 'off', true)) relaxed"
+    } else {
+        ""
+    };
+    format!(
+        r#"req AS (
+            SELECT outbound_job_id(r.job) AS job, r.locked_by, r.attempts, r.seq, r.arg, r.n
+            FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::{arg_type}[])
+                WITH ORDINALITY AS r(job, locked_by, attempts, seq, arg, n)
+        ), owner AS (
+            SELECT r.n, r.job, r.seq, r.arg
+            FROM "OutboundJob" j JOIN req r ON j.id = r.job{relaxed}
+            WHERE j.id = ANY(outbound_job_ids($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
+              AND j.attempts = r.attempts
+              {also}
+            FOR KEY SHARE OF j
+        )"#
     )
-    .bind(&ids)
-    .bind(&owners)
-    .bind(&attempts)
-    .bind(&seqs)
-    .bind(&resend)
-    .fetch_all(pool)
-    .await?;
-    Ok(landed_of(marks.len(), landed))
+}
+
+/// Runs `sql` (headed by [`batch_owner`], returning the ordinals `n` that landed) for each
+/// (fence, seq) of `requests` with its `arg`. Returns, for each request, whether it landed.
+async fn per_message<'a, T>(
+    pool: &Pool,
+    sql: &str,
+    requests: impl Iterator<Item = (&'a Fence, i32)>,
+    args: Vec<T>,
+) -> sqlx::Result<Vec<bool>>
+where
+    Vec<T>: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+{
+    let (fences, seqs): (Vec<&Fence>, Vec<i32>) = requests.unzip();
+    let (ids, owners, attempts) = fence_arrays(fences.iter().copied());
+    let landed: Vec<i64> = sqlx::query_scalar(sql)
+        .bind(&ids)
+        .bind(&owners)
+        .bind(&attempts)
+        .bind(&seqs)
+        .bind(args)
+        .fetch_all(pool)
+        .await?;
+    Ok(landed_of(seqs.len(), landed))
 }
 
 /// The ledger writes every send makes, each batched across the runner's jobs (a group commit,
@@ -375,39 +413,22 @@ pub struct Sent {
 /// jobs, each row fenced by its own job; no fsync of its own, see the module docs). Returns,
 /// for each, whether it landed.
 pub async fn record_sent(pool: &Pool, sent: &[Sent]) -> sqlx::Result<Vec<bool>> {
-    let (ids, owners, attempts) = fence_arrays(sent.iter().map(|m| &m.fence));
-    let seqs: Vec<i32> = sent.iter().map(|m| m.seq).collect();
-    let wamids: Vec<&str> = sent.iter().map(|m| m.wamid.as_str()).collect();
-    let landed: Vec<i64> = sqlx::query_scalar(
-        r#"
-        WITH req AS (
-            SELECT outbound_job_id(r.job) AS job, r.locked_by, r.attempts, r.seq, r.wamid, r.n
-            FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[])
-                WITH ORDINALITY AS r(job, locked_by, attempts, seq, wamid, n)
-        ), owner AS (
-            SELECT r.n, r.job, r.seq, r.wamid
-            FROM "OutboundJob" j JOIN req r ON j.id = r.job,
-                 (SELECT set_config('synchronous_commit', 'off', true)) relaxed
-            WHERE j.id = ANY(outbound_job_ids($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
-              AND j.attempts = r.attempts
-            FOR KEY SHARE OF j
-        )
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            r#"
+        WITH {}
         UPDATE "OutboundMessage" m
-        SET status = 'sent', wamid = o.wamid, "sentAt" = now(), "lastErrorCode" = NULL,
+        SET status = 'sent', wamid = o.arg, "sentAt" = now(), "lastErrorCode" = NULL,
             "updatedAt" = now()
         FROM owner o
         WHERE m."jobId" = o.job AND m.seq = o.seq AND m.status = 'sending'
         RETURNING o.n
         "#,
-    )
-    .bind(&ids)
-    .bind(&owners)
-    .bind(&attempts)
-    .bind(&seqs)
-    .bind(&wamids)
-    .fetch_all(pool)
-    .await?;
-    Ok(landed_of(sent.len(), landed))
+            batch_owner("text", "", true)
+        )
+    });
+    let wamids: Vec<&str> = sent.iter().map(|m| m.wamid.as_str()).collect();
+    per_message(pool, &SQL, sent.iter().map(|m| (&m.fence, m.seq)), wamids).await
 }
 
 /// Which of `n` requests landed, from the 1-based ordinals a statement returned.
@@ -452,10 +473,6 @@ pub async fn settle(
         .await?;
     Ok(done.rows_affected() == 1)
 }
-
-/// The store's write, re-exported so the call site (src/delivery/live.rs) stays as it is: it
-/// writes `"OutboundJob"` only, so it lives in [`crate::queue::store`].
-pub use crate::queue::store::wake_circuit_deferred;
 
 /// Messages recorded as sent together with their job's completion (sandbox sends), as the
 /// columns [`SANDBOX_SENT_CTE`] takes.

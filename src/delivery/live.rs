@@ -188,7 +188,7 @@ impl LiveHandler {
         }
         if admission.closed_by_reload {
             tracing::info!("the configuration was reloaded: sending resumes for the number");
-            match ledger::wake_circuit_deferred(&ctx.pool).await {
+            match crate::queue::store::wake_circuit_deferred(&ctx.pool).await {
                 Ok(n) if n > 0 => {
                     tracing::info!(jobs = n, "jobs deferred by the circuit are due again")
                 }

@@ -20,7 +20,7 @@
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -225,17 +225,20 @@ struct ActionBody {
     resend_sent: bool,
 }
 
-/// The body of an action, once the token was accepted (see [`read_body`]); else the refusal.
-async fn authorized_body(
-    state: &HttpState,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    body: Body,
-) -> Result<Bytes, Response> {
-    if let Some(r) = refuse(state, headers, query) {
-        return Err(r);
+/// The body of an action, once the token was accepted (see [`read_body`]): an extractor whose
+/// rejection is the refusal.
+struct Authorized(Bytes);
+
+impl axum::extract::FromRequest<HttpState> for Authorized {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &HttpState) -> Result<Self, Response> {
+        let (parts, body) = request.into_parts();
+        if let Some(r) = refuse(state, &parts.headers, parts.uri.query()) {
+            return Err(r);
+        }
+        read_body(body).await.map(Authorized)
     }
-    read_body(body).await
 }
 
 /// An action's report, or why it failed.
@@ -313,16 +316,7 @@ fn action_filter(body: &ActionBody) -> Result<Filter, AdminError> {
     .validate()
 }
 
-async fn retry(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Body,
-) -> Response {
-    let body = match authorized_body(&state, &headers, query.as_deref(), body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+async fn retry(State(state): State<HttpState>, Authorized(body): Authorized) -> Response {
     let result = async {
         let body: ActionBody = parse_body(&body)?;
         let filter = action_filter(&body)?;
@@ -344,16 +338,7 @@ async fn retry(
     answer(result)
 }
 
-async fn cancel(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Body,
-) -> Response {
-    let body = match authorized_body(&state, &headers, query.as_deref(), body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+async fn cancel(State(state): State<HttpState>, Authorized(body): Authorized) -> Response {
     let result = async {
         let body: ActionBody = parse_body(&body)?;
         if body.resend_sent {
@@ -381,15 +366,9 @@ struct SettleBody {
 
 async fn settle(
     State(state): State<HttpState>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
     Path(id): Path<String>,
-    body: Body,
+    Authorized(body): Authorized,
 ) -> Response {
-    let body = match authorized_body(&state, &headers, query.as_deref(), body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
     let result = async {
         let id = job_id(&id)?;
         let body: SettleBody = parse_body(&body)?;
