@@ -46,7 +46,7 @@ use crate::queue::store::{self, Reclaim, Rescued};
 use crate::queue::{Job, JobId, Outcome, PassReport};
 
 /// State shared by the runner's tasks.
-pub(crate) struct Shared {
+struct Shared {
     pool: Pool,
     /// Where LISTEN connects: `database.direct_url`, or the pool's own options. `None` behind a
     /// transaction-mode pooler with no direct URL: no LISTEN, the dispatcher polls every
