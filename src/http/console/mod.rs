@@ -771,7 +771,7 @@ mod tests {
     #[test]
     fn filters_from_the_page() {
         let f = filter_from_query(Some(
-            "status=failed&code=131026&to=%2B15550001&id=7,clx1&cursor=1700000000000000.9",
+            "status=failed&code=bad_payload&to=%2B15550001&id=7,clx1&cursor=1700000000000000.9",
         ))
         .unwrap();
         assert_eq!(f.status, vec!["failed"]);
