@@ -25,7 +25,7 @@ use governor::{Quota, RateLimiter};
 #[path = "../tests/integration/support/window.rs"]
 mod window;
 use outbound_runner::config::{LoadOptions, NumberSettings, WhatsappSettings, load};
-use outbound_runner::delivery::pacing::Pacer;
+use outbound_runner::whatsapp::pacing::Pacer;
 use window::most_in_one_second;
 
 const NUMBERS: [&str; 2] = ["106540352242922", "208811223344556"];

@@ -28,5 +28,7 @@ CREATE FUNCTION outbound_job_new_id() RETURNS bigint
     AS $$ SELECT nextval(pg_get_serial_sequence('"OutboundJob"', 'id')) $$;
 
 -- `jobs list` and the admin API page by ("createdAt", id), newest first: ids are not in time
--- order (a cuid, a uuid).
-CREATE INDEX "OutboundJob_createdAt_id_idx" ON "OutboundJob" ("createdAt", id);
+-- order (a cuid, a uuid). Its index, "OutboundJob_createdAt_id_idx", and every later index on
+-- "OutboundJob" are not made here: `migrate` builds them after the migrations with CREATE INDEX
+-- CONCURRENTLY (src/db/adopt.rs, INDEXES), so the app's inserts go on while a big table is
+-- indexed; a plain CREATE INDEX here would hold them for the whole build.

@@ -13,14 +13,9 @@
 --   index entries per job; docs/benchmarks.md, "The web console");
 -- * the sends in doubt that no status has settled yet (`unknown`), counted on every refresh.
 --
--- No column type is named: the indexes follow whatever type "OutboundJob".id has. `adopt` builds
--- the same indexes concurrently on an app's table (src/db/adopt.rs, INDEXES).
-CREATE INDEX IF NOT EXISTS "OutboundJob_console_ended_idx" ON "OutboundJob" (status, "createdAt", id)
-    WHERE status IN ('failed', 'cancelled');
-CREATE INDEX IF NOT EXISTS "OutboundJob_console_code_idx" ON "OutboundJob" ("lastErrorCode", "createdAt", id)
-    WHERE "lastErrorCode" IS NOT NULL;
-CREATE INDEX IF NOT EXISTS "OutboundJob_console_requestId_idx" ON "OutboundJob" ("requestId", "createdAt", id)
-    WHERE "requestId" IS NOT NULL;
-CREATE INDEX IF NOT EXISTS "OutboundJob_console_to_idx" ON "OutboundJob" ((payload->>'to'), "createdAt", id);
+-- The four on "OutboundJob" (OutboundJob_console_ended_idx, _code_idx, _requestId_idx, _to_idx)
+-- are built by `migrate` after the migrations, with CREATE INDEX CONCURRENTLY, as on an adopted
+-- table (src/db/adopt.rs, INDEXES): the app's inserts go on while they are built. Only the one on
+-- our own "OutboundMessage" is made here.
 CREATE INDEX IF NOT EXISTS "OutboundMessage_unknown_idx" ON "OutboundMessage" ("jobId")
     WHERE status = 'unknown';

@@ -138,15 +138,12 @@ async fn serve(
     let health = Arc::new(Health::default());
     health.set_db_ok(true);
     let settings = Arc::new(settings);
-    let runner = Runner::start(
-        pool.clone(),
-        listen_options,
-        settings.clone(),
-        handler,
-        metrics.clone(),
-        health.clone(),
-    )
-    .await;
+    let runner = Runner::builder(pool.clone(), settings.clone(), handler)
+        .listen(listen_options)
+        .metrics(metrics.clone())
+        .health(health.clone())
+        .start()
+        .await;
 
     let http_stop = CancellationToken::new();
     let http = http::spawn(listeners, http::HttpState::new(runner.clone()), http_stop);

@@ -4,12 +4,18 @@
 //!
 //! - [`config`]: layered configuration (defaults → file → environment), secrets, validation.
 //! - [`db`]: the connection pool, migrations, and the embedded PostgreSQL of a first run.
-//! - [`queue`]: the job queue itself, a leaf: the job types, every SQL statement that moves a job
-//!   ([`queue::store`]) and the retry policy ([`queue::retry`]).
+//! - [`queue`]: the job queue itself, a leaf: the job types, every SQL statement that writes
+//!   `"OutboundJob"` ([`queue::store`] for the runner's moves, [`queue::moves`] for those other
+//!   modules ask for, [`queue::admin`] for the operator's) and the retry policy ([`queue::retry`]).
+//! - [`whatsapp`]: the Cloud API contract: the client, the one table of Meta's error codes and
+//!   what each leads to ([`whatsapp::codes`]), pacing, each number's state, what a status
+//!   webhook says. It decides; it moves no job.
 //! - [`runner`]: the runtime, one process's share of the queue: the dispatcher, workers,
 //!   completer and maintenance loops, their shared state (private to it); start, synchronous
 //!   passes, drain.
-//! - [`delivery`]: what running a job means: the payload contract and the handlers.
+//! - [`delivery`]: what running a job means: the payload contract, the handlers (live delivery
+//!   acts on [`whatsapp::codes::Class`], never on a code), the ledger (every statement on
+//!   `"OutboundMessage"`) and Meta's statuses applied through the tables' owners.
 //! - [`app`]: the daemon: start-up order, signals, shutdown.
 //! - [`http`]: the trigger endpoints, Meta's status webhooks, `/metrics`, `/healthz`, `/readyz`.
 //! - [`cli`]: the subcommands.
@@ -34,3 +40,4 @@ pub mod runner;
 pub mod supervise;
 pub mod systemd;
 pub mod telemetry;
+pub mod whatsapp;

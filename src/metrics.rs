@@ -267,7 +267,7 @@ impl Metrics {
             number_on_hold: reg!(IntGaugeVec::new(
                 Opts::new(
                     "number_on_hold",
-                    "1 while the number is paused (numbers pause, or a 131048 answer)."
+                    "1 while the number is paused (numbers pause, or a spam rate limit answer)."
                 ),
                 &["number"]
             )),

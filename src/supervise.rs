@@ -25,7 +25,7 @@ const RESTART_DELAY: Duration = Duration::from_millis(500);
 /// Whether a task may be started again after it died.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Restart {
-    /// Its state lives in the database or in [`crate::runner::Shared`]: a fresh copy carries on.
+    /// Its state lives in the database or in the runner's shared state (`runner::Shared`): a fresh copy carries on.
     Yes,
     /// It owned something a fresh copy cannot get back (a channel's receiver, a listen socket):
     /// its death turns health red.

@@ -23,7 +23,6 @@ use outbound_runner::config::{DeliveryMode, Settings};
 use outbound_runner::delivery::JobHandler;
 use outbound_runner::delivery::live::LiveHandler;
 use outbound_runner::delivery::sandbox::SandboxHandler;
-use outbound_runner::health::Health;
 use outbound_runner::metrics::Metrics;
 use outbound_runner::runner::Runner;
 use serde_json::json;
@@ -151,15 +150,10 @@ async fn drive(
     let metrics = Arc::new(Metrics::new());
     let server = ServerCpu::start(&db.name);
     let started = Instant::now();
-    let runner = Runner::start(
-        pool.clone(),
-        None,
-        Arc::new(s),
-        handler,
-        metrics.clone(),
-        Arc::new(Health::default()),
-    )
-    .await;
+    let runner = Runner::builder(pool.clone(), Arc::new(s), handler)
+        .metrics(metrics.clone())
+        .start()
+        .await;
     let done_jobs = metrics.jobs_finished.with_label_values(&["done"]);
     let mut max_running = 0;
     let capped = loop {

@@ -245,10 +245,7 @@ pub async fn cleanup() {
 // ---------------------------------------------------------------------------------------------
 // Databases
 
-pub fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
+pub use crate::sql::admin_url;
 
 /// A fresh database, dropped by [`Db::drop`] (or by [`cleanup`] if the program ends early).
 pub struct Db {
@@ -635,14 +632,13 @@ pub async fn sandbox_runner_with(
     s: Settings,
     mode: outbound_runner::runner::Mode,
 ) -> outbound_runner::runner::Runner {
-    outbound_runner::runner::Runner::start_with(
+    outbound_runner::runner::Runner::builder(
         pool,
-        listen,
         Arc::new(s),
         Arc::new(outbound_runner::delivery::sandbox::SandboxHandler),
-        Arc::new(outbound_runner::metrics::Metrics::new()),
-        Arc::new(outbound_runner::health::Health::default()),
-        mode,
     )
+    .listen(listen)
+    .mode(mode)
+    .start()
     .await
 }

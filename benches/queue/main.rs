@@ -37,6 +37,9 @@ mod mock_meta;
 mod mock_orchestrator;
 #[path = "../../tests/integration/support/pgbouncer.rs"]
 mod pgbouncer;
+#[path = "../../tests/integration/support/sql.rs"]
+#[allow(dead_code)]
+mod sql;
 #[path = "../../tests/integration/support/window.rs"]
 mod window;
 

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use outbound_runner::config::{self, DeliveryMode, LoadOptions};
 use outbound_runner::delivery::live::LiveHandler;
-use outbound_runner::health::Health;
-use outbound_runner::metrics::Metrics;
 use outbound_runner::runner::Runner;
 
 use crate::common::{Args, Db, Row, ServerCpu, cpu_of, int, median, rate};
@@ -64,15 +62,9 @@ async fn measure(jobs: usize, workers: u32, latency: Duration) -> Sent {
     let server = ServerCpu::start(&db.name);
     let own0 = cpu_of("self");
     let started = Instant::now();
-    let runner = Runner::start(
-        pool,
-        None,
-        Arc::new(settings),
-        handler,
-        Arc::new(Metrics::new()),
-        Arc::new(Health::default()),
-    )
-    .await;
+    let runner = Runner::builder(pool, Arc::new(settings), handler)
+        .start()
+        .await;
     let mut finished = runner.finished();
     tokio::time::timeout(
         Duration::from_secs(600),

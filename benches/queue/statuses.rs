@@ -12,11 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use outbound_runner::config::{self, LoadOptions};
-use outbound_runner::delivery::statuses::{self, Kind, StatusUpdate, callback_id};
-use outbound_runner::health::Health;
+use outbound_runner::delivery::statuses;
 use outbound_runner::http::{self, HttpState, Listeners};
-use outbound_runner::metrics::Metrics;
 use outbound_runner::runner::{Mode, Runner};
+use outbound_runner::whatsapp::statuses::{Kind, StatusUpdate, callback_id};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -127,15 +126,13 @@ async fn measure(messages: usize, way: Way) -> Applied {
     // The webhooks' connections, and the writer's.
     settings.database.max_connections = 8;
     let pool = db.runner_pool(&settings).await;
-    let runner = Runner::start_with(
+    let runner = Runner::builder(
         pool,
-        None,
         Arc::new(settings),
         Arc::new(outbound_runner::delivery::sandbox::SandboxHandler),
-        Arc::new(Metrics::new()),
-        Arc::new(Health::default()),
-        Mode::Passive,
     )
+    .mode(Mode::Passive)
+    .start()
     .await;
 
     // The webhooks, signed before the clock starts (Meta signs them, not us).

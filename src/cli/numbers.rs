@@ -14,8 +14,8 @@ use clap::Subcommand;
 
 use crate::config::Settings;
 use crate::db::Pool;
-use crate::delivery::numbers::{self, RunnerCircuit, StoredHold, Tiers};
 use crate::exit;
+use crate::whatsapp::numbers::{self, RunnerCircuit, StoredHold, Tiers};
 
 #[derive(Debug, clap::Args)]
 pub struct NumbersArgs {

@@ -1006,6 +1006,103 @@ pub async fn plan_on(conn: &mut PgConnection) -> Result<Plan, AdoptError> {
     Ok(Plan { steps, notes })
 }
 
+/// The index steps of a plan: builds (and the drops of invalid indexes a killed build left).
+fn is_index_step(step: &Step) -> bool {
+    step.outside_transaction && step.sql.contains(" INDEX ")
+}
+
+/// After `migrate` on a table that is ours: builds the indexes of ours on `"OutboundJob"` that
+/// are missing or invalid, with `CREATE INDEX CONCURRENTLY` under the migrations' lock, so the
+/// app's inserts go on while a big table is indexed. Our migrations leave every index added to
+/// `"OutboundJob"` after the adoption baseline to this step ([`INDEXES`]): a plain `CREATE INDEX`
+/// in a migration would hold the app's inserts for as long as the build takes. Returns how many
+/// steps ran (0 when every index is there).
+pub async fn build_indexes(
+    conn: &mut PgConnection,
+    progress: &mut dyn Progress,
+) -> Result<usize, AdoptError> {
+    conn.lock()
+        .await
+        .map_err(|e| AdoptError::Step(format!("taking the migrations' lock: {e}")))?;
+    let result = build_indexes_locked(conn, progress).await;
+    let unlocked = conn.unlock().await;
+    let n = result?;
+    unlocked.map_err(|e| AdoptError::Step(format!("releasing the migrations' lock: {e}")))?;
+    Ok(n)
+}
+
+async fn build_indexes_locked(
+    conn: &mut PgConnection,
+    progress: &mut dyn Progress,
+) -> Result<usize, AdoptError> {
+    let mut n = 0;
+    for (name, def) in INDEXES {
+        // None: no such index; Some(false): a build was cut short and left it invalid.
+        let valid: Option<bool> = sqlx::query_scalar(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE c.relname = $1 AND c.relnamespace = to_regnamespace(current_schema())",
+        )
+        .bind(*name)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if valid == Some(true) {
+            continue;
+        }
+        let started = Instant::now();
+        progress.line(&format!(
+            "index \"{name}\", built without blocking writes …"
+        ));
+        if valid == Some(false) {
+            let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS \"{name}\"");
+            sqlx::Executor::execute(&mut *conn, drop.as_str()).await?;
+        }
+        let create = format!(r#"CREATE INDEX CONCURRENTLY "{name}" ON "OutboundJob" {def}"#);
+        sqlx::Executor::execute(&mut *conn, create.as_str())
+            .await
+            .map_err(|e| {
+                AdoptError::Step(format!(
+                    "index \"{name}\" failed: {}; the index left behind is invalid and the next \
+                 `migrate` rebuilds it",
+                    super::redact_sqlx(&e)
+                ))
+            })?;
+        progress.line(&format!(
+            "index \"{name}\" — done ({} ms)",
+            started.elapsed().as_millis()
+        ));
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// [`build_indexes`] inside a transaction that already holds the migrations' lock (through a
+/// transaction-mode pooler, with no direct URL): the same indexes, built without
+/// `CONCURRENTLY`, which a transaction cannot run. They hold the table's writes while they
+/// build; set `database.direct_url` to avoid that on a big table.
+pub async fn build_indexes_in_transaction(conn: &mut PgConnection) -> Result<usize, AdoptError> {
+    let plan = plan_on(conn).await?;
+    let mut n = 0;
+    for step in plan.steps.iter().filter(|s| is_index_step(s)) {
+        sqlx::raw_sql(&step.sql.replace(" CONCURRENTLY", ""))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| {
+                AdoptError::Step(format!("{} failed: {}", step.what, super::redact_sqlx(&e)))
+            })?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Progress lines into the log (`migrate`'s index builds).
+pub struct LogProgress;
+
+impl Progress for LogProgress {
+    fn line(&mut self, line: &str) {
+        tracing::info!("migrate: {line}");
+    }
+}
+
 /// How an adoption reports what it does (the CLI prints; tests collect).
 pub trait Progress: Send {
     fn line(&mut self, line: &str);

@@ -177,7 +177,14 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR
         .run(pool)
         .await
-        .context("applying database migrations")
+        .context("applying database migrations")?;
+    let mut conn = pool.acquire().await.context("building indexes")?;
+    // On a task of its own: the build owns its connection and borrows nothing of the caller's.
+    tokio::spawn(async move { adopt::build_indexes(&mut conn, &mut adopt::LogProgress).await })
+        .await
+        .context("building the indexes of \"OutboundJob\" (concurrently)")?
+        .context("building the indexes of \"OutboundJob\" (concurrently)")?;
+    Ok(())
 }
 
 /// With `database.migrate = false`: checks that the schema the runner needs is there (every
@@ -230,6 +237,7 @@ pub async fn migrate_with(settings: &Settings, pool: &Pool) -> anyhow::Result<()
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         refuse_foreign(&mut tx).await?;
         MIGRATOR.run(&mut *tx).await?;
+        adopt::build_indexes_in_transaction(&mut tx).await?;
         // The migrator's statements were prepared by name on this server connection.
         sqlx::raw_sql("DEALLOCATE ALL").execute(&mut *tx).await?;
         tx.commit().await?;

@@ -34,6 +34,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::Row;
 use tokio::task::JoinHandle;
@@ -125,6 +126,38 @@ pub struct Prepare {
     pub messages: Vec<Value>,
 }
 
+/// [`prepare`]'s statement: the jobs' fence and their `composed` are the queue's
+/// ([`crate::queue::moves::OWNED_SAVE_COMPOSED_CTE`]), the message rows the ledger's.
+fn prepare_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            r#"
+        WITH req AS (
+            SELECT outbound_job_id(r.job) AS job, r.locked_by, r.attempts, r.composed,
+                   r.recipient, r.sender
+            FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[], $5::text[], $9::text[])
+                AS r(job, locked_by, attempts, composed, recipient, sender),
+                 (SELECT set_config('synchronous_commit', 'off', true)) relaxed
+        ), {}, ins AS (
+            INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, "phoneNumberId")
+            SELECT o.job, m.seq, 'pending', o.recipient, m.body, o.sender
+            FROM owner o JOIN unnest($6::text[], $7::int[], $8::jsonb[]) AS m(job, seq, body)
+                 ON outbound_job_id(m.job) = o.job
+            ON CONFLICT ("jobId", seq) DO NOTHING
+            RETURNING "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError"
+        )
+        SELECT "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError" FROM ins
+        UNION ALL
+        SELECT m."jobId", m.seq, m.status, m."to", m.body, m.wamid, m."lastErrorCode",
+               m."lastError"
+        FROM "OutboundMessage" m JOIN owner o ON m."jobId" = o.job
+        "#,
+            crate::queue::moves::OWNED_SAVE_COMPOSED_CTE
+        )
+    });
+    &SQL
+}
+
 /// Before any send, for any number of jobs in one statement: saves each orchestrator answer in
 /// `composed` (when given and not saved yet) and creates each job's message rows as `pending`
 /// (rows that exist are kept as they are). Returns, per job, every message row of the job in
@@ -142,50 +175,18 @@ pub async fn prepare(pool: &Pool, jobs: &[Prepare]) -> sqlx::Result<Vec<Option<V
             m_body.push(body);
         }
     }
-    let rows = sqlx::query(
-        r#"
-        WITH req AS (
-            SELECT outbound_job_id(r.job) AS job, r.locked_by, r.attempts, r.composed,
-                   r.recipient, r.sender
-            FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[], $5::text[], $9::text[])
-                AS r(job, locked_by, attempts, composed, recipient, sender)
-        ), owner AS (
-            SELECT r.job, r.composed, r.recipient, r.sender
-            FROM "OutboundJob" j JOIN req r ON j.id = r.job,
-                 (SELECT set_config('synchronous_commit', 'off', true)) relaxed
-            WHERE j.id = ANY(outbound_job_ids($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
-              AND j.attempts = r.attempts
-            FOR KEY SHARE OF j
-        ), save AS (
-            UPDATE "OutboundJob" j SET composed = o.composed, "updatedAt" = now()
-            FROM owner o
-            WHERE j.id = o.job AND o.composed IS NOT NULL AND j.composed IS NULL
-        ), ins AS (
-            INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, "phoneNumberId")
-            SELECT o.job, m.seq, 'pending', o.recipient, m.body, o.sender
-            FROM owner o JOIN unnest($6::text[], $7::int[], $8::jsonb[]) AS m(job, seq, body)
-                 ON outbound_job_id(m.job) = o.job
-            ON CONFLICT ("jobId", seq) DO NOTHING
-            RETURNING "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError"
-        )
-        SELECT "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError" FROM ins
-        UNION ALL
-        SELECT m."jobId", m.seq, m.status, m."to", m.body, m.wamid, m."lastErrorCode",
-               m."lastError"
-        FROM "OutboundMessage" m JOIN owner o ON m."jobId" = o.job
-        "#,
-    )
-    .bind(&ids)
-    .bind(&owners)
-    .bind(&attempts)
-    .bind(&composed)
-    .bind(&to)
-    .bind(&m_job)
-    .bind(&m_seq)
-    .bind(&m_body)
-    .bind(&from)
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(prepare_sql())
+        .bind(&ids)
+        .bind(&owners)
+        .bind(&attempts)
+        .bind(&composed)
+        .bind(&to)
+        .bind(&m_job)
+        .bind(&m_seq)
+        .bind(&m_body)
+        .bind(&from)
+        .fetch_all(pool)
+        .await?;
     let mut by_job: std::collections::HashMap<JobId, Vec<Message>> = Default::default();
     for row in rows {
         let status: String = row.get(2);
@@ -231,39 +232,77 @@ pub struct Mark {
 /// requeue or failure makes it `cancelled`. A message with a wamid (Meta accepted it; a status
 /// may have failed it later) is never marked. Returns, for each mark, whether it landed.
 pub async fn mark_sending(pool: &Pool, marks: &[Mark]) -> sqlx::Result<Vec<bool>> {
-    let (ids, owners, attempts) = fence_arrays(marks.iter().map(|m| &m.fence));
-    let seqs: Vec<i32> = marks.iter().map(|m| m.seq).collect();
-    let resend: Vec<bool> = marks.iter().map(|m| m.resend_in_doubt).collect();
-    let landed: Vec<i64> = sqlx::query_scalar(
-        r#"
-        WITH req AS (
-            SELECT outbound_job_id(r.job) AS job, r.locked_by, r.attempts, r.seq, r.resend, r.n
-            FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::bool[])
-                WITH ORDINALITY AS r(job, locked_by, attempts, seq, resend, n)
-        ), owner AS (
-            SELECT r.n, r.job, r.seq, r.resend
-            FROM "OutboundJob" j JOIN req r ON j.id = r.job
-            WHERE j.id = ANY(outbound_job_ids($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
-              AND j.attempts = r.attempts
-              -- An operator asked the job to stop (`jobs cancel`): nothing more is sent.
-              AND j."cancelRequestedAt" IS NULL
-            FOR KEY SHARE OF j
-        )
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            r#"
+        WITH {}
         UPDATE "OutboundMessage" m SET status = 'sending', "updatedAt" = now()
         FROM owner o
         WHERE m."jobId" = o.job AND m.seq = o.seq AND m.wamid IS NULL
-          AND (m.status IN ('pending', 'failed') OR (o.resend AND m.status = 'sending'))
+          AND (m.status IN ('pending', 'failed') OR (o.arg AND m.status = 'sending'))
         RETURNING o.n
         "#,
+            batch_owner(
+                "bool",
+                // An operator asked the job to stop (`jobs cancel`): nothing more is sent.
+                r#"AND j."cancelRequestedAt" IS NULL"#,
+                false
+            )
+        )
+    });
+    let resend: Vec<bool> = marks.iter().map(|m| m.resend_in_doubt).collect();
+    per_message(pool, &SQL, marks.iter().map(|m| (&m.fence, m.seq)), resend).await
+}
+
+/// The head of a batched statement on messages, each row fenced by its own job: `req`, one row
+/// per request (`job`, `locked_by`, `attempts`, `seq`, `arg` of SQL type `arg_type`, and its
+/// ordinal `n`: `$1` to `$5`, see [`per_message`]), and `owner`, the requests whose job's fence
+/// holds (and `also`), locked `FOR KEY SHARE`. `relaxed`: no fsync of its own (see the module
+/// docs).
+fn batch_owner(arg_type: &str, also: &str, relaxed: bool) -> String {
+    let relaxed = if relaxed {
+        ",\n                 (SELECT set_config('synchronous_commit', 'off', true)) relaxed"
+    } else {
+        ""
+    };
+    format!(
+        r#"req AS (
+            SELECT outbound_job_id(r.job) AS job, r.locked_by, r.attempts, r.seq, r.arg, r.n
+            FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::{arg_type}[])
+                WITH ORDINALITY AS r(job, locked_by, attempts, seq, arg, n)
+        ), owner AS (
+            SELECT r.n, r.job, r.seq, r.arg
+            FROM "OutboundJob" j JOIN req r ON j.id = r.job{relaxed}
+            WHERE j.id = ANY(outbound_job_ids($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
+              AND j.attempts = r.attempts
+              {also}
+            FOR KEY SHARE OF j
+        )"#
     )
-    .bind(&ids)
-    .bind(&owners)
-    .bind(&attempts)
-    .bind(&seqs)
-    .bind(&resend)
-    .fetch_all(pool)
-    .await?;
-    Ok(landed_of(marks.len(), landed))
+}
+
+/// Runs `sql` (headed by [`batch_owner`], returning the ordinals `n` that landed) for each
+/// (fence, seq) of `requests` with its `arg`. Returns, for each request, whether it landed.
+async fn per_message<'a, T>(
+    pool: &Pool,
+    sql: &str,
+    requests: impl Iterator<Item = (&'a Fence, i32)>,
+    args: Vec<T>,
+) -> sqlx::Result<Vec<bool>>
+where
+    Vec<T>: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+{
+    let (fences, seqs): (Vec<&Fence>, Vec<i32>) = requests.unzip();
+    let (ids, owners, attempts) = fence_arrays(fences.iter().copied());
+    let landed: Vec<i64> = sqlx::query_scalar(sql)
+        .bind(&ids)
+        .bind(&owners)
+        .bind(&attempts)
+        .bind(&seqs)
+        .bind(args)
+        .fetch_all(pool)
+        .await?;
+    Ok(landed_of(seqs.len(), landed))
 }
 
 /// The ledger writes every send makes, each batched across the runner's jobs (a group commit,
@@ -374,39 +413,22 @@ pub struct Sent {
 /// jobs, each row fenced by its own job; no fsync of its own, see the module docs). Returns,
 /// for each, whether it landed.
 pub async fn record_sent(pool: &Pool, sent: &[Sent]) -> sqlx::Result<Vec<bool>> {
-    let (ids, owners, attempts) = fence_arrays(sent.iter().map(|m| &m.fence));
-    let seqs: Vec<i32> = sent.iter().map(|m| m.seq).collect();
-    let wamids: Vec<&str> = sent.iter().map(|m| m.wamid.as_str()).collect();
-    let landed: Vec<i64> = sqlx::query_scalar(
-        r#"
-        WITH req AS (
-            SELECT outbound_job_id(r.job) AS job, r.locked_by, r.attempts, r.seq, r.wamid, r.n
-            FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[])
-                WITH ORDINALITY AS r(job, locked_by, attempts, seq, wamid, n)
-        ), owner AS (
-            SELECT r.n, r.job, r.seq, r.wamid
-            FROM "OutboundJob" j JOIN req r ON j.id = r.job,
-                 (SELECT set_config('synchronous_commit', 'off', true)) relaxed
-            WHERE j.id = ANY(outbound_job_ids($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
-              AND j.attempts = r.attempts
-            FOR KEY SHARE OF j
-        )
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            r#"
+        WITH {}
         UPDATE "OutboundMessage" m
-        SET status = 'sent', wamid = o.wamid, "sentAt" = now(), "lastErrorCode" = NULL,
+        SET status = 'sent', wamid = o.arg, "sentAt" = now(), "lastErrorCode" = NULL,
             "updatedAt" = now()
         FROM owner o
         WHERE m."jobId" = o.job AND m.seq = o.seq AND m.status = 'sending'
         RETURNING o.n
         "#,
-    )
-    .bind(&ids)
-    .bind(&owners)
-    .bind(&attempts)
-    .bind(&seqs)
-    .bind(&wamids)
-    .fetch_all(pool)
-    .await?;
-    Ok(landed_of(sent.len(), landed))
+            batch_owner("text", "", true)
+        )
+    });
+    let wamids: Vec<&str> = sent.iter().map(|m| m.wamid.as_str()).collect();
+    per_message(pool, &SQL, sent.iter().map(|m| (&m.fence, m.seq)), wamids).await
 }
 
 /// Which of `n` requests landed, from the 1-based ordinals a statement returned.
@@ -451,10 +473,6 @@ pub async fn settle(
         .await?;
     Ok(done.rows_affected() == 1)
 }
-
-/// The store's write, re-exported so the call site (src/delivery/live.rs) stays as it is: it
-/// writes `"OutboundJob"` only, so it lives in [`crate::queue::store`].
-pub use crate::queue::store::wake_circuit_deferred;
 
 /// Messages recorded as sent together with their job's completion (sandbox sends), as the
 /// columns [`SANDBOX_SENT_CTE`] takes.
@@ -502,3 +520,58 @@ pub const ACCEPTED_CTE: &str = r#"
             WHERE m."jobId" = outbound_job_id(a.job) AND m.seq = a.seq AND m.status = 'sending'
               AND outbound_job_id(a.job) IN (SELECT id FROM done)
         )"#;
+
+/// A message as Meta's statuses leave it (`super::statuses`), for [`write_tracked`].
+#[derive(Debug, Clone)]
+pub struct Tracked<'a> {
+    pub id: i64,
+    pub status: &'a str,
+    pub wamid: Option<&'a str>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub read_at: Option<DateTime<Utc>>,
+    pub error_code: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
+/// Writes what Meta's statuses did to `rows` (every column they may change), in the caller's
+/// transaction (the status writer's, which holds the rows locked). `named`: see
+/// `super::statuses`' `apply_in`.
+pub async fn write_tracked(
+    conn: &mut sqlx::PgConnection,
+    rows: &[Tracked<'_>],
+    named: bool,
+) -> sqlx::Result<()> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
+    let wamids: Vec<Option<&str>> = rows.iter().map(|r| r.wamid).collect();
+    let sent: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.sent_at).collect();
+    let delivered: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.delivered_at).collect();
+    let read: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.read_at).collect();
+    let codes: Vec<Option<&str>> = rows.iter().map(|r| r.error_code).collect();
+    let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error).collect();
+    sqlx::query(
+        r#"
+        UPDATE "OutboundMessage" m
+        SET status = u.status, wamid = u.wamid, "sentAt" = u.sent, "deliveredAt" = u.delivered,
+            "readAt" = u.read, "lastErrorCode" = u.code, "lastError" = u.error,
+            "updatedAt" = now()
+        FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[],
+                    $5::timestamptz[], $6::timestamptz[], $7::text[], $8::text[])
+             AS u(id, status, wamid, sent, delivered, read, code, error)
+        WHERE m.id = u.id
+        "#,
+    )
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&wamids)
+    .bind(&sent)
+    .bind(&delivered)
+    .bind(&read)
+    .bind(&codes)
+    .bind(&errors)
+    .persistent(named)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -12,7 +12,7 @@
 //!    `delivery.on_unknown`. Otherwise: pace → mark `sending` (committed) → POST → on 200 store
 //!    the wamid and `sent` in one statement (the last message's with the job's completion); on
 //!    an error settle the message and say what the job does next (see
-//!    [`super::whatsapp::Class`]).
+//!    [`crate::whatsapp::codes::Class`]).
 //! 4. `Ok` when every message is accepted: the worker marks the job done, and records the
 //!    last wamid (returned in [`super::Delivered`]), in one statement.
 //!
@@ -25,15 +25,16 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::ledger::{self, Message, Status};
-use super::numbers::{self, HOLDS_MAX_AGE, HoldCache, TierCache, TierVerdict};
 use super::orchestrator;
-use super::pacing::{Pacer, Permit};
 use super::payload::{Content, Payload};
-use super::whatsapp::{Class, CloudApi, SendError};
 use super::{Accepted, BoxFuture, Delivered, JobContext, JobHandler};
 use crate::config::{OnUnknown, Settings, WhatsappSettings};
 use crate::db::redact_sqlx;
 use crate::queue::{Action, Job, JobError};
+use crate::whatsapp::client::{CloudApi, SendError};
+use crate::whatsapp::codes::{self, Class};
+use crate::whatsapp::numbers::{self, HOLDS_MAX_AGE, HoldCache, TierCache, TierVerdict};
+use crate::whatsapp::pacing::{self, Pacer, Permit};
 
 /// The handler of `delivery.mode = "live"`. One per process: it holds the HTTP client (its
 /// connection pool) and the pacing state.
@@ -81,7 +82,7 @@ impl LiveHandler {
                     }
                 }
                 Err(e) => tracing::warn!(
-                    error = %super::whatsapp::describe(e),
+                    error = %crate::whatsapp::client::describe(e),
                     "rebuilding the HTTP client for new timeouts failed; keeping the old one"
                 ),
             }
@@ -181,19 +182,13 @@ impl LiveHandler {
                 .set(i64::from(self.pacer.hold(id).is_some()));
         }
         let number = wa.phone_number_id.as_str();
-        let admission = admitted.map_err(|d| {
-            ctx.metrics
-                .number_deferred
-                .with_label_values(&[number, d.code])
-                .inc();
-            d.into_job_error()
-        })?;
+        let admission = admitted.map_err(|d| deferred(ctx, number, d))?;
         if admission.closed_after_cooldown {
             tracing::info!("whatsapp.halt_cooldown has passed: sending resumes for the number");
         }
         if admission.closed_by_reload {
             tracing::info!("the configuration was reloaded: sending resumes for the number");
-            match ledger::wake_circuit_deferred(&ctx.pool).await {
+            match crate::queue::store::wake_circuit_deferred(&ctx.pool).await {
                 Ok(n) if n > 0 => {
                     tracing::info!(jobs = n, "jobs deferred by the circuit are due again")
                 }
@@ -217,123 +212,17 @@ impl LiveHandler {
         message: &Message,
         total: usize,
     ) -> Result<Delivered, JobError> {
-        let settings = &ctx.settings;
-        // The rows are the job's messages 0..total in order: every one before the last is
-        // accepted by the time the last is sent.
-        let last = usize::try_from(message.seq).is_ok_and(|s| s + 1 == total);
-        let on_unknown = settings.delivery.on_unknown;
-        let seq = message.seq;
-        match message.status {
-            Status::Sent | Status::Delivered | Status::Read => return Ok(Delivered::default()),
-            Status::Failed if message.wamid.is_some() => {
-                // Meta accepted it, then reported it failed (a status webhook): never resent.
-                let code = message
-                    .error_code
-                    .clone()
-                    .unwrap_or_else(|| "meta_failed".to_string());
-                return Err(JobError::fail(
-                    code,
-                    format!(
-                        "message {} was accepted by Meta and later reported failed{}; it is not \
-                         sent again",
-                        seq + 1,
-                        message
-                            .error
-                            .as_deref()
-                            .map(|t| format!(": {t}"))
-                            .unwrap_or_default()
-                    ),
-                ));
-            }
-            Status::Unknown => {
-                return Err(JobError::fail(
-                    "delivery_unknown",
-                    format!(
-                        "message {} is unknown: an earlier attempt may have delivered it, so it is \
-                         not sent again (an operator can set its status to 'pending' to resend \
-                         it, or 'sent')",
-                        seq + 1
-                    ),
-                ));
-            }
-            Status::Sending if on_unknown == OnUnknown::Fail => {
-                // An earlier attempt was cut off mid-send (e.g. runner.job_timeout).
-                let why = format!(
-                    "message {} was being sent when an earlier attempt ended; Meta may or may not \
-                     have accepted it, so it is not sent again",
-                    seq + 1
-                );
-                return match ledger::settle(
-                    &ctx.pool,
-                    &job.fence,
-                    seq,
-                    Status::Unknown,
-                    "delivery_unknown",
-                )
-                .await
-                {
-                    Ok(true) => Err(JobError::unknown("delivery_unknown", why)),
-                    Ok(false) => Err(lost()),
-                    Err(e) => Err(database("marking the message unknown", &e)),
-                };
-            }
-            Status::Sending | Status::Pending | Status::Failed => {}
+        if let Some(decided) = self.decided(job, ctx, message).await {
+            return decided;
         }
-
-        let number = wa.phone_number_id.as_str();
-        // Held until this send has ended (dropped on every way out of this function).
-        let tier_ticket = if message.body.get("type").and_then(|t| t.as_str()) == Some("template") {
-            self.tier_check(ctx, wa, &message.to)
-                .await
-                .inspect_err(|_| {
-                    ctx.metrics
-                        .number_deferred
-                        .with_label_values(&[number, "tier_limit"])
-                        .inc();
-                })?
-        } else {
-            None
-        };
-        let paced = Instant::now();
-        let permit = self.pacer.acquire(wa, &message.to).await.map_err(|d| {
-            ctx.metrics
-                .number_deferred
-                .with_label_values(&[number, d.code])
-                .inc();
-            d.into_job_error()
-        })?;
-        ctx.metrics
-            .number_paced_wait
-            .with_label_values(&[number])
-            .observe(paced.elapsed().as_secs_f64());
-        let mark = ledger::Mark {
-            fence: job.fence.clone(),
-            seq,
-            resend_in_doubt: on_unknown == OnUnknown::Retry,
-        };
-        match ctx.ledger.sending.write(mark).await {
-            Ok(true) => {}
-            Ok(false) => return Err(lost()),
-            Err(e) => {
-                // Nothing was sent: the request leaves only after this write. If the write
-                // landed all the same (its answer was lost with the connection), the message is
-                // put back to `pending`, or the next attempt would take it for a send in doubt
-                // and fail the job without sending.
-                let held = persist(job, seq, "putting back a message that was not sent", || {
-                    ledger::unmark_sending(&ctx.pool, &job.fence, seq)
-                })
-                .await;
-                if !held {
-                    return Err(lost());
-                }
-                return Err(database("marking the message sending", &e));
-            }
-        }
+        // The tier ticket is held until this send has ended (dropped on every way out).
+        let (tier_ticket, permit) = self.clear_to_send(job, ctx, wa, message).await?;
 
         // The number's sliding window, as close to the request as it gets.
         self.pacer.release(wa).await;
+        let seq = message.seq;
         let started = Instant::now();
-        let callback = super::statuses::callback_id(&job.id, seq);
+        let callback = crate::whatsapp::statuses::callback_id(&job.id, seq);
         let result = api.send(wa, &message.to, &callback, &message.body).await;
         ctx.metrics
             .send_duration
@@ -342,28 +231,21 @@ impl LiveHandler {
 
         match result {
             Ok(wamid) => {
+                // The rows are the job's messages 0..total in order: every one before the last
+                // is accepted by the time the last is sent.
+                let last = usize::try_from(seq).is_ok_and(|s| s + 1 == total);
                 permit.done(true);
                 self.pacer.accepted(wa);
                 ctx.metrics.messages_sent.inc();
-                ctx.metrics.number_sent.with_label_values(&[number]).inc();
-                if last {
-                    // Every other message of the job is accepted: the wamid goes with the
-                    // job's completion, one statement for both (docs/delivery.md, "Durability").
-                    tracing::debug!(job_id = %job.id, seq, wamid, "message accepted");
-                    // So is its place in the tier count: this runner counts the recipient until
-                    // a read of the counts that began after the completion wrote the send.
-                    return Ok(Delivered {
-                        records: None,
-                        accepted: Some(Accepted { seq, wamid }),
-                        keep: tier_ticket
-                            .map(|ticket| Box::new(ticket) as Box<dyn std::any::Any + Send>),
-                    });
-                }
-                self.record_sent(job, ctx, seq, &wamid)
-                    .await
-                    .map(|()| Delivered::default())
+                ctx.metrics
+                    .number_sent
+                    .with_label_values(&[wa.phone_number_id.as_str()])
+                    .inc();
+                let accepted = Accepted { seq, wamid };
+                self.accepted(job, ctx, accepted, last, tier_ticket).await
             }
             Err(err) => {
+                let number = wa.phone_number_id.as_str();
                 ctx.metrics
                     .whatsapp_errors
                     .with_label_values(&[err.class.label()])
@@ -380,6 +262,157 @@ impl LiveHandler {
                 Err(refused)
             }
         }
+    }
+
+    /// What an earlier attempt left decides this message, if it does: accepted (skipped),
+    /// reported failed or in doubt (never sent again).
+    async fn decided(
+        &self,
+        job: &Job,
+        ctx: &JobContext,
+        message: &Message,
+    ) -> Option<Result<Delivered, JobError>> {
+        let seq = message.seq;
+        Some(match message.status {
+            Status::Sent | Status::Delivered | Status::Read => Ok(Delivered::default()),
+            Status::Failed if message.wamid.is_some() => {
+                // Meta accepted it, then reported it failed (a status webhook): never resent.
+                let code = message
+                    .error_code
+                    .clone()
+                    .unwrap_or_else(|| "meta_failed".to_string());
+                Err(JobError::fail(
+                    code,
+                    format!(
+                        "message {} was accepted by Meta and later reported failed{}; it is not \
+                         sent again",
+                        seq + 1,
+                        message
+                            .error
+                            .as_deref()
+                            .map(|t| format!(": {t}"))
+                            .unwrap_or_default()
+                    ),
+                ))
+            }
+            Status::Unknown => Err(JobError::fail(
+                "delivery_unknown",
+                format!(
+                    "message {} is unknown: an earlier attempt may have delivered it, so it is \
+                     not sent again (an operator can set its status to 'pending' to resend \
+                     it, or 'sent')",
+                    seq + 1
+                ),
+            )),
+            Status::Sending if ctx.settings.delivery.on_unknown == OnUnknown::Fail => {
+                // An earlier attempt was cut off mid-send (e.g. runner.job_timeout).
+                let why = format!(
+                    "message {} was being sent when an earlier attempt ended; Meta may or may not \
+                     have accepted it, so it is not sent again",
+                    seq + 1
+                );
+                match ledger::settle(
+                    &ctx.pool,
+                    &job.fence,
+                    seq,
+                    Status::Unknown,
+                    "delivery_unknown",
+                )
+                .await
+                {
+                    Ok(true) => Err(JobError::unknown("delivery_unknown", why)),
+                    Ok(false) => Err(lost()),
+                    Err(e) => Err(database("marking the message unknown", &e)),
+                }
+            }
+            Status::Sending | Status::Pending | Status::Failed => return None,
+        })
+    }
+
+    /// Everything before the request: the tier limit (a template message), the pacing permit,
+    /// and `sending` committed. Returns the tier ticket (held until the send has ended) and the
+    /// permit.
+    async fn clear_to_send(
+        &self,
+        job: &Job,
+        ctx: &JobContext,
+        wa: &WhatsappSettings,
+        message: &Message,
+    ) -> Result<(Option<numbers::TierTicket>, Permit), JobError> {
+        let number = wa.phone_number_id.as_str();
+        let seq = message.seq;
+        let tier_ticket = if message.body.get("type").and_then(|t| t.as_str()) == Some("template") {
+            self.tier_check(ctx, wa, &message.to)
+                .await
+                .inspect_err(|_| {
+                    ctx.metrics
+                        .number_deferred
+                        .with_label_values(&[number, "tier_limit"])
+                        .inc();
+                })?
+        } else {
+            None
+        };
+        let paced = Instant::now();
+        let permit = self
+            .pacer
+            .acquire(wa, &message.to)
+            .await
+            .map_err(|d| deferred(ctx, number, d))?;
+        ctx.metrics
+            .number_paced_wait
+            .with_label_values(&[number])
+            .observe(paced.elapsed().as_secs_f64());
+        let mark = ledger::Mark {
+            fence: job.fence.clone(),
+            seq,
+            resend_in_doubt: ctx.settings.delivery.on_unknown == OnUnknown::Retry,
+        };
+        match ctx.ledger.sending.write(mark).await {
+            Ok(true) => Ok((tier_ticket, permit)),
+            Ok(false) => Err(lost()),
+            Err(e) => {
+                // Nothing was sent: the request leaves only after this write. If the write
+                // landed all the same (its answer was lost with the connection), the message is
+                // put back to `pending`, or the next attempt would take it for a send in doubt
+                // and fail the job without sending.
+                let held = persist(job, seq, "putting back a message that was not sent", || {
+                    ledger::unmark_sending(&ctx.pool, &job.fence, seq)
+                })
+                .await;
+                if !held {
+                    return Err(lost());
+                }
+                Err(database("marking the message sending", &e))
+            }
+        }
+    }
+
+    /// Meta accepted message `seq`: the last one's wamid goes with the job's completion, any
+    /// other's is stored now.
+    async fn accepted(
+        &self,
+        job: &Job,
+        ctx: &JobContext,
+        Accepted { seq, wamid }: Accepted,
+        last: bool,
+        tier_ticket: Option<numbers::TierTicket>,
+    ) -> Result<Delivered, JobError> {
+        if last {
+            // Every other message of the job is accepted: the wamid goes with the job's
+            // completion, one statement for both (docs/delivery.md, "Durability").
+            tracing::debug!(job_id = %job.id, seq, wamid, "message accepted");
+            // So is its place in the tier count: this runner counts the recipient until a read
+            // of the counts that began after the completion wrote the send.
+            return Ok(Delivered {
+                records: None,
+                accepted: Some(Accepted { seq, wamid }),
+                keep: tier_ticket.map(|ticket| Box::new(ticket) as Box<dyn std::any::Any + Send>),
+            });
+        }
+        let stored = self.record_sent(job, ctx, seq, &wamid).await;
+        drop(tier_ticket);
+        stored.map(|()| Delivered::default())
     }
 
     /// Stores the wamid. Meta accepted the message, so this write is retried for as long as the
@@ -460,10 +493,10 @@ impl LiveHandler {
                 ));
                 (Status::Pending, Action::Retry { after: Some(after) })
             }
-            Class::Halt if code == SPAM_HOLD_CODE => {
+            Class::PauseNumber => {
                 // A quality signal, not a transient: held (every runner) until resumed by hand.
                 permit.done(false);
-                self.hold_for_spam(ctx, wa, &message).await;
+                self.hold_number(ctx, wa, &code, &message).await;
                 message.push_str(&format!(
                     "; phone number {} is paused until `outbound-runner numbers resume {}` \
                      (no attempt spent)",
@@ -472,7 +505,7 @@ impl LiveHandler {
                 (
                     Status::Pending,
                     Action::Defer {
-                        delay: super::pacing::HOLD_RECHECK,
+                        delay: pacing::HOLD_RECHECK,
                     },
                 )
             }
@@ -635,26 +668,29 @@ impl LiveHandler {
     }
 }
 
-/// Meta's "spam rate limit hit" (131048): a quality signal, not a transient. The number is held
-/// in the database until an operator resumes it (docs/numbers.md).
-const SPAM_HOLD_CODE: &str = "131048";
-
 impl LiveHandler {
-    /// A 131048: hold the number (every runner) until resumed by hand.
-    async fn hold_for_spam(&self, ctx: &JobContext, wa: &WhatsappSettings, message: &str) {
+    /// A [`Class::PauseNumber`] answer: hold the number (every runner) until resumed by hand.
+    async fn hold_number(
+        &self,
+        ctx: &JobContext,
+        wa: &WhatsappSettings,
+        code: &str,
+        message: &str,
+    ) {
         let number = wa.phone_number_id.as_str();
-        let reason = format!("Meta answered 131048 (spam rate limit): {message}");
+        let name = codes::SPAM_HOLD_NAME;
+        let reason = format!("Meta answered {code} ({name}): {message}");
         let reason: String = reason.chars().take(500).collect();
-        let by = "runner (131048)";
+        let by = format!("runner ({code})");
         self.pacer.hold_now(
             number,
-            super::pacing::Hold {
+            pacing::Hold {
                 until: None,
                 reason: reason.clone(),
-                by: by.to_string(),
+                by: by.clone(),
             },
         );
-        if let Err(e) = numbers::pause(&ctx.pool, number, None, &reason, by).await {
+        if let Err(e) = numbers::pause(&ctx.pool, number, None, &reason, &by).await {
             tracing::warn!(
                 error = %redact_sqlx(&e),
                 phone_number_id = %number,
@@ -663,8 +699,8 @@ impl LiveHandler {
         }
         tracing::error!(
             phone_number_id = %number,
-            "phone number PAUSED after a 131048 (spam rate limit) answer; its jobs wait without \
-             spending attempts until `outbound-runner numbers resume {number}`"
+            "phone number PAUSED after a {code} ({name}) answer; its jobs wait without spending \
+             attempts until `outbound-runner numbers resume {number}`"
         );
     }
 }
@@ -701,7 +737,7 @@ impl JobHandler for LiveHandler {
         Box::pin(self.upkeep(ctx, runner))
     }
 
-    fn room(&self, settings: &Settings) -> super::pacing::Room {
+    fn room(&self, settings: &Settings) -> pacing::Room {
         self.pacer.room(&settings.whatsapp)
     }
 
@@ -774,6 +810,15 @@ where
         );
     }
     held
+}
+
+/// A job the pacer deferred (its number paused, held, halted or paced), counted for `number`.
+fn deferred(ctx: &JobContext, number: &str, d: pacing::Deferral) -> JobError {
+    ctx.metrics
+        .number_deferred
+        .with_label_values(&[number, d.code])
+        .inc();
+    d.into_job_error()
 }
 
 fn lost() -> JobError {

@@ -3,22 +3,21 @@
 //!
 //! - [`sandbox::SandboxHandler`]: logs the message and records it in `"OutboundMessage"` with a
 //!   fake wamid. Nothing leaves the machine (`delivery.mode = "sandbox"`).
-//! - [`live::LiveHandler`]: the pipeline of `delivery.mode = "live"`: compose
-//!   ([`orchestrator`]), record ([`ledger`]), pace ([`pacing`]) and send ([`whatsapp`]).
-//! - [`statuses`]: what Meta's status webhooks say became of each message (delivered, read,
-//!   failed later), and the settling of sends in doubt.
+//! - [`live::LiveHandler`]: the pipeline of `delivery.mode = "live"`: payload → compose
+//!   ([`orchestrator`]) → record ([`ledger`]) → pace and send (`crate::whatsapp`), acting on
+//!   the class `crate::whatsapp::codes` gives each answer.
+//! - [`statuses`]: what Meta's status webhooks (parsed by `crate::whatsapp::statuses`) change:
+//!   the messages through the [`ledger`], the jobs through the queue (`crate::queue::moves`);
+//!   and the settling of sends in doubt.
 //!
 //! docs/delivery.md describes the semantics for operators.
 
 pub mod ledger;
 pub mod live;
-pub mod numbers;
 pub mod orchestrator;
-pub mod pacing;
 pub mod payload;
 pub mod sandbox;
 pub mod statuses;
-pub mod whatsapp;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,6 +27,7 @@ use crate::config::Settings;
 use crate::db::Pool;
 use crate::metrics::Metrics;
 use crate::queue::{Job, JobError};
+use crate::whatsapp::pacing;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

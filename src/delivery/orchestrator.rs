@@ -17,9 +17,9 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use super::payload::parse_messages;
-use super::whatsapp::{describe, read_capped, retry_after};
 use crate::config::OrchestratorSettings;
 use crate::queue::{Action, Job, JobError};
+use crate::whatsapp::client::{describe, read_capped, retry_after};
 
 /// The most of an answer we read.
 pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;

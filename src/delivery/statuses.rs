@@ -43,92 +43,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::ledger;
 use crate::metrics::Metrics;
 use crate::queue::JobId;
+use crate::whatsapp::statuses::{Kind, StatusUpdate};
 
 /// How long a status nobody could apply is kept: the default of `whatsapp.status_retention`.
 pub const EARLY_RETENTION: Duration = Duration::from_secs(24 * 3600);
-/// The prefix of our `biz_opaque_callback_data`.
-const CALLBACK_PREFIX: &str = "outbound-runner:";
-
-/// The `biz_opaque_callback_data` of a message: its row's key (`"jobId"`, `seq`), the same on
-/// every attempt, e.g. `outbound-runner:42:0` or `outbound-runner:clx0abc:0` (the app's id).
-pub fn callback_id(job: &JobId, seq: i32) -> String {
-    format!("{CALLBACK_PREFIX}{job}:{seq}")
-}
-
-/// The row a callback id names, if it is one of ours. The seq follows the last ':' (a text id
-/// may contain ':').
-pub fn parse_callback(text: &str) -> Option<(JobId, i32)> {
-    let (job, seq) = text.strip_prefix(CALLBACK_PREFIX)?.rsplit_once(':')?;
-    Some((JobId::parse("callback", job).ok()?, seq.parse().ok()?))
-}
-
-/// The statuses Meta reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Sent,
-    Delivered,
-    Read,
-    Failed,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Sent, Kind::Delivered, Kind::Read, Kind::Failed];
-
-    pub fn parse(s: &str) -> Option<Kind> {
-        Some(match s {
-            "sent" => Kind::Sent,
-            "delivered" => Kind::Delivered,
-            "read" => Kind::Read,
-            "failed" => Kind::Failed,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Sent => "sent",
-            Kind::Delivered => "delivered",
-            Kind::Read => "read",
-            Kind::Failed => "failed",
-        }
-    }
-}
-
-/// One status of a webhook.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StatusUpdate {
-    pub wamid: String,
-    pub kind: Kind,
-    /// The row named by `biz_opaque_callback_data`, when it names one of ours.
-    pub callback: Option<(JobId, i32)>,
-    /// Meta's timestamp.
-    pub at: DateTime<Utc>,
-    /// On `failed`: Meta's first error, code and title.
-    pub error_code: Option<String>,
-    pub error_title: Option<String>,
-}
-
-/// Why `u` can never be stored, if so: a NUL (PostgreSQL's text refuses it) in a string it
-/// would receive, or a timestamp before 2015 or more than a day ahead. Checked before a status
-/// joins a batch, so it costs only itself (issue 25).
-pub fn unstorable(u: &StatusUpdate) -> Option<&'static str> {
-    let texts = [
-        Some(&u.wamid),
-        u.error_code.as_ref(),
-        u.error_title.as_ref(),
-    ];
-    if texts.into_iter().flatten().any(|t| t.contains('\0')) {
-        return Some("a NUL character");
-    }
-    let earliest = DateTime::from_timestamp(1_420_070_400, 0).expect("2015-01-01");
-    if u.at < earliest || u.at > Utc::now() + chrono::Duration::days(1) {
-        return Some("a timestamp before 2015 or more than a day ahead");
-    }
-    None
-}
-
 /// What became of one status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -190,6 +111,22 @@ struct Msg {
     changed: bool,
 }
 
+impl Msg {
+    /// The row as the ledger writes it.
+    fn tracked(&self) -> ledger::Tracked<'_> {
+        ledger::Tracked {
+            id: self.id,
+            status: &self.status,
+            wamid: self.wamid.as_deref(),
+            sent_at: self.sent_at,
+            delivered_at: self.delivered_at,
+            read_at: self.read_at,
+            error_code: self.error_code.as_deref(),
+            error: self.error.as_deref(),
+        }
+    }
+}
+
 fn rank(status: &str) -> i32 {
     match status {
         "unknown" => 0,
@@ -218,17 +155,82 @@ pub struct Applied {
 /// ones applied are deleted, the others stay. `named`: the statements may be prepared by name
 /// and cached (not behind a transaction-mode pooler, where each must leave nothing named behind:
 /// docs/operations.md, "Poolers").
+///
+/// Each table is written by its owner: the messages by the ledger, the jobs by the queue.
 async fn apply_in(
     tx: &mut Transaction<'_, Postgres>,
     updates: &[StatusUpdate],
     early: Option<&[i64]>,
     named: bool,
 ) -> sqlx::Result<Applied> {
+    let mut found = lock_messages(tx, updates, named).await?;
+    let decided = decide(&mut found, updates);
+    let mut out = decided.applied;
+
+    let changed: Vec<ledger::Tracked<'_>> = found
+        .rows
+        .iter()
+        .filter(|r| r.changed)
+        .map(Msg::tracked)
+        .collect();
+    if !changed.is_empty() {
+        ledger::write_tracked(tx, &changed, named).await?;
+    }
+    if !decided.fail_jobs.is_empty() {
+        let (ids, (codes, reasons)): (Vec<JobId>, (Vec<String>, Vec<String>)) =
+            decided.fail_jobs.into_iter().unzip();
+        out.jobs_failed =
+            crate::queue::moves::fail_after_acceptance(tx, &ids, &codes, &reasons, named).await?;
+    }
+    if !decided.settle_jobs.is_empty() {
+        out.jobs_settled =
+            crate::queue::moves::settle_unknown(tx, &decided.settle_jobs, named).await?;
+    }
+
+    match early {
+        None => {
+            if !decided.park.is_empty() {
+                insert_early(tx, &decided.park, named).await?;
+            }
+        }
+        Some(ids) => {
+            // Applied (or beyond help: a conflict): no longer early.
+            let gone: Vec<i64> = ids
+                .iter()
+                .zip(&out.outcomes)
+                .filter(|(_, o)| **o != Outcome::Early)
+                .map(|(id, _)| *id)
+                .collect();
+            if !gone.is_empty() {
+                sqlx::query(r#"DELETE FROM "OutboundEarlyStatus" WHERE id = ANY($1)"#)
+                    .bind(&gone)
+                    .persistent(named)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The message rows the statuses may name, locked, and how to find them.
+struct Found {
+    rows: Vec<Msg>,
+    by_key: HashMap<(JobId, i32), usize>,
+    by_wamid: HashMap<String, usize>,
+}
+
+/// Every row a status of `updates` may name (by callback id or wamid), locked in id order (two
+/// writers never deadlock on them).
+async fn lock_messages(
+    tx: &mut Transaction<'_, Postgres>,
+    updates: &[StatusUpdate],
+    named: bool,
+) -> sqlx::Result<Found> {
     let wamids: Vec<&str> = updates.iter().map(|u| u.wamid.as_str()).collect();
     let (cb_jobs, cb_seqs): (Vec<JobId>, Vec<i32>) =
         updates.iter().filter_map(|u| u.callback.clone()).unzip();
-    // Every row a status may name, locked in id order (two writers never deadlock on them).
-    let found = sqlx::query(
+    let rows = sqlx::query(
         r#"
         SELECT m.id, m."jobId", m.seq, m.status, m.wamid, m."sentAt", m."deliveredAt", m."readAt",
                m."lastErrorCode", m."lastError", j.status = 'running'
@@ -251,11 +253,13 @@ async fn apply_in(
     .fetch_all(&mut **tx)
     .await?;
 
-    let mut rows: Vec<Msg> = Vec::with_capacity(found.len());
-    let mut by_key: HashMap<(JobId, i32), usize> = HashMap::new();
-    let mut by_wamid: HashMap<String, usize> = HashMap::new();
-    for r in found {
-        let i = rows.len();
+    let mut found = Found {
+        rows: Vec::with_capacity(rows.len()),
+        by_key: HashMap::new(),
+        by_wamid: HashMap::new(),
+    };
+    for r in rows {
+        let i = found.rows.len();
         let row = Msg {
             id: r.get(0),
             job: r.get(1),
@@ -269,230 +273,155 @@ async fn apply_in(
             job_running: r.get(10),
             changed: false,
         };
-        by_key.insert((row.job.clone(), r.get::<i32, _>(2)), i);
+        found
+            .by_key
+            .insert((row.job.clone(), r.get::<i32, _>(2)), i);
         if let Some(w) = &row.wamid {
-            by_wamid.insert(w.clone(), i);
+            found.by_wamid.insert(w.clone(), i);
         }
-        rows.push(row);
+        found.rows.push(row);
     }
+    Ok(found)
+}
 
-    let mut out = Applied {
-        kinds: updates.iter().map(|u| u.kind).collect(),
-        ..Applied::default()
+/// What the statuses of a batch decide, before anything is written.
+struct Decided<'u> {
+    applied: Applied,
+    /// Statuses to keep until their message can take them.
+    park: Vec<&'u StatusUpdate>,
+    /// Jobs to fail: job → (code, readable reason).
+    fail_jobs: HashMap<JobId, (String, String)>,
+    /// Jobs that may be settled (`delivery_unknown` → `done`).
+    settle_jobs: Vec<JobId>,
+}
+
+/// Applies each status, in order, to the rows found (in memory; [`Msg::changed`] marks what
+/// is to be written), and collects what follows for the jobs.
+fn decide<'u>(found: &mut Found, updates: &'u [StatusUpdate]) -> Decided<'u> {
+    let mut out = Decided {
+        applied: Applied {
+            kinds: updates.iter().map(|u| u.kind).collect(),
+            ..Applied::default()
+        },
+        park: Vec::new(),
+        fail_jobs: HashMap::new(),
+        settle_jobs: Vec::new(),
     };
-    let mut park: Vec<&StatusUpdate> = Vec::new();
-    // Jobs to fail (job, code, readable reason) and jobs that may be settled.
-    let mut fail_jobs: HashMap<JobId, (String, String)> = HashMap::new();
-    let mut settle_jobs: Vec<JobId> = Vec::new();
     for u in updates {
-        let by_cb = u.callback.as_ref().and_then(|k| by_key.get(k).copied());
-        let by_w = by_wamid.get(&u.wamid).copied();
-        let target = match (by_cb, by_w, u.callback.as_ref()) {
-            (Some(a), Some(b), _) if a != b => Err(Outcome::Conflict),
-            (Some(a), _, _) => Ok(a),
-            // Our callback names a row, but the wamid belongs to another one.
-            (None, Some(_), Some(_)) => Err(Outcome::Conflict),
-            (None, Some(b), None) => Ok(b),
-            (None, None, Some(_)) => Err(Outcome::Early),
-            (None, None, None) => Err(Outcome::Unmatched),
-        };
-        let i = match target {
-            Ok(i) => i,
-            Err(o) => {
-                if o == Outcome::Early {
-                    park.push(u);
+        let outcome = match target(found, u) {
+            Ok(i) => {
+                let outcome = apply_one(&mut found.rows[i], u, &mut out);
+                if found.rows[i].wamid.as_deref() == Some(u.wamid.as_str()) {
+                    // A wamid learnt from this status matches the later ones of the batch too.
+                    found.by_wamid.entry(u.wamid.clone()).or_insert(i);
                 }
-                out.outcomes.push(o);
-                continue;
+                outcome
             }
-        };
-        let row = &mut rows[i];
-        if row.wamid.as_deref().is_some_and(|w| w != u.wamid) {
-            out.outcomes.push(Outcome::Conflict);
-            continue;
-        }
-        let outcome = match (row.status.as_str(), u.kind) {
-            // The send's answer is not recorded yet (or the message is being sent again).
-            ("pending" | "sending", _) => Outcome::Early,
-            // The runner is about to fail the job `delivery_unknown`, or to complete it: the
-            // job is settled or failed once it is no longer running.
-            ("unknown", _) | ("sent", Kind::Failed) if row.job_running => Outcome::Early,
-            ("failed", _) if row.wamid.is_none() => Outcome::Early,
-            ("failed", _) => Outcome::Duplicate,
-            ("unknown", Kind::Failed) | ("sent", Kind::Failed) => {
-                let settled_before = row.status == "unknown";
-                row.status = "failed".into();
-                row.wamid = Some(u.wamid.clone());
-                row.error_code = Some(u.error_code.clone().unwrap_or_else(|| "meta_failed".into()));
-                row.error = u.error_title.clone();
-                row.changed = true;
-                let code = row.error_code.clone().unwrap_or_default();
-                let reason = format!(
-                    "Meta reported the message failed after accepting it: {} ({code}){}",
-                    u.error_title.as_deref().unwrap_or("no title"),
-                    if settled_before {
-                        "; it had been in doubt"
-                    } else {
-                        ""
-                    }
-                );
-                fail_jobs.insert(row.job.clone(), (code, reason));
-                Outcome::Applied
-            }
-            (_, Kind::Failed) => Outcome::Duplicate,
-            (current, kind) => {
-                let was_unknown = current == "unknown";
-                let mut changed = false;
-                if rank(kind.as_str()) > rank(current) {
-                    row.status = kind.as_str().into();
-                    changed = true;
-                }
-                if row.wamid.is_none() {
-                    row.wamid = Some(u.wamid.clone());
-                    changed = true;
-                }
-                match kind {
-                    Kind::Delivered if row.delivered_at.is_none() => {
-                        row.delivered_at = Some(u.at);
-                        if let Some(sent) = row.sent_at {
-                            out.delivered_after
-                                .push((u.at - sent).to_std().unwrap_or_default());
-                        }
-                        changed = true;
-                    }
-                    Kind::Read if row.read_at.is_none() => {
-                        row.read_at = Some(u.at);
-                        changed = true;
-                    }
-                    _ => {}
-                }
-                if was_unknown {
-                    row.error_code = None;
-                    row.sent_at = row.sent_at.or(Some(u.at));
-                    settle_jobs.push(row.job.clone());
-                    row.changed = true;
-                    Outcome::Settled
-                } else if changed {
-                    row.changed = true;
-                    Outcome::Applied
-                } else {
-                    Outcome::Duplicate
-                }
-            }
+            Err(o) => o,
         };
         if outcome == Outcome::Early {
-            park.push(u);
+            out.park.push(u);
         }
-        if row.wamid.as_deref() == Some(u.wamid.as_str()) {
-            // A wamid learnt from this status matches the later ones of the batch too.
-            by_wamid.entry(u.wamid.clone()).or_insert(i);
+        out.applied.outcomes.push(outcome);
+    }
+    out
+}
+
+/// The row `u` names: by its callback id first, then by its wamid; an outcome when it names
+/// none, or two that disagree.
+fn target(found: &Found, u: &StatusUpdate) -> Result<usize, Outcome> {
+    let by_cb = u
+        .callback
+        .as_ref()
+        .and_then(|k| found.by_key.get(k).copied());
+    let by_w = found.by_wamid.get(&u.wamid).copied();
+    let i = match (by_cb, by_w, u.callback.as_ref()) {
+        (Some(a), Some(b), _) if a != b => return Err(Outcome::Conflict),
+        (Some(a), _, _) => a,
+        // Our callback names a row, but the wamid belongs to another one.
+        (None, Some(_), Some(_)) => return Err(Outcome::Conflict),
+        (None, Some(b), None) => b,
+        (None, None, Some(_)) => return Err(Outcome::Early),
+        (None, None, None) => return Err(Outcome::Unmatched),
+    };
+    if found.rows[i].wamid.as_deref().is_some_and(|w| w != u.wamid) {
+        return Err(Outcome::Conflict);
+    }
+    Ok(i)
+}
+
+/// One status applied to its row (see the module docs' rules).
+fn apply_one(row: &mut Msg, u: &StatusUpdate, out: &mut Decided<'_>) -> Outcome {
+    match (row.status.as_str(), u.kind) {
+        // The send's answer is not recorded yet (or the message is being sent again).
+        ("pending" | "sending", _) => Outcome::Early,
+        // The runner is about to fail the job `delivery_unknown`, or to complete it: the
+        // job is settled or failed once it is no longer running.
+        ("unknown", _) | ("sent", Kind::Failed) if row.job_running => Outcome::Early,
+        ("failed", _) if row.wamid.is_none() => Outcome::Early,
+        ("failed", _) => Outcome::Duplicate,
+        ("unknown", Kind::Failed) | ("sent", Kind::Failed) => {
+            let settled_before = row.status == "unknown";
+            row.status = "failed".into();
+            row.wamid = Some(u.wamid.clone());
+            row.error_code = Some(u.error_code.clone().unwrap_or_else(|| "meta_failed".into()));
+            row.error = u.error_title.clone();
+            row.changed = true;
+            let code = row.error_code.clone().unwrap_or_default();
+            let reason = format!(
+                "Meta reported the message failed after accepting it: {} ({code}){}",
+                u.error_title.as_deref().unwrap_or("no title"),
+                if settled_before {
+                    "; it had been in doubt"
+                } else {
+                    ""
+                }
+            );
+            out.fail_jobs.insert(row.job.clone(), (code, reason));
+            Outcome::Applied
         }
-        out.outcomes.push(outcome);
-    }
-
-    let changed: Vec<&Msg> = rows.iter().filter(|r| r.changed).collect();
-    if !changed.is_empty() {
-        let ids: Vec<i64> = changed.iter().map(|r| r.id).collect();
-        let statuses: Vec<&str> = changed.iter().map(|r| r.status.as_str()).collect();
-        let wamids: Vec<Option<&str>> = changed.iter().map(|r| r.wamid.as_deref()).collect();
-        let sent: Vec<Option<DateTime<Utc>>> = changed.iter().map(|r| r.sent_at).collect();
-        let delivered: Vec<Option<DateTime<Utc>>> =
-            changed.iter().map(|r| r.delivered_at).collect();
-        let read: Vec<Option<DateTime<Utc>>> = changed.iter().map(|r| r.read_at).collect();
-        let codes: Vec<Option<&str>> = changed.iter().map(|r| r.error_code.as_deref()).collect();
-        let errors: Vec<Option<&str>> = changed.iter().map(|r| r.error.as_deref()).collect();
-        sqlx::query(
-            r#"
-            UPDATE "OutboundMessage" m
-            SET status = u.status, wamid = u.wamid, "sentAt" = u.sent, "deliveredAt" = u.delivered,
-                "readAt" = u.read, "lastErrorCode" = u.code, "lastError" = u.error,
-                "updatedAt" = now()
-            FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[],
-                        $5::timestamptz[], $6::timestamptz[], $7::text[], $8::text[])
-                 AS u(id, status, wamid, sent, delivered, read, code, error)
-            WHERE m.id = u.id
-            "#,
-        )
-        .bind(&ids)
-        .bind(&statuses)
-        .bind(&wamids)
-        .bind(&sent)
-        .bind(&delivered)
-        .bind(&read)
-        .bind(&codes)
-        .bind(&errors)
-        .persistent(named)
-        .execute(&mut **tx)
-        .await?;
-    }
-
-    if !fail_jobs.is_empty() {
-        let (ids, (codes, reasons)): (Vec<JobId>, (Vec<String>, Vec<String>)) =
-            fail_jobs.into_iter().unzip();
-        // Never a running job (such a status waits, see above).
-        let done = sqlx::query(
-            r#"
-            UPDATE "OutboundJob" j
-            SET status = 'failed', "lastErrorCode" = f.code, "lastError" = f.reason,
-                "completedAt" = COALESCE(j."completedAt", now()), "leaseUntil" = NULL,
-                "updatedAt" = now()
-            FROM unnest($1::text[], $2::text[], $3::text[]) AS f(id, code, reason)
-            WHERE j.id = outbound_job_id(f.id) AND j.id = ANY(outbound_job_ids($1)) AND j.status IN ('done', 'failed', 'queued')
-            "#,
-        )
-        .bind(&ids)
-        .bind(&codes)
-        .bind(&reasons)
-        .persistent(named)
-        .execute(&mut **tx)
-        .await?;
-        out.jobs_failed = done.rows_affected();
-    }
-
-    if !settle_jobs.is_empty() {
-        let done = sqlx::query(
-            r#"
-            UPDATE "OutboundJob" j
-            SET status = 'done', "lastErrorCode" = NULL, "lastError" = NULL,
-                "completedAt" = COALESCE(j."completedAt", now()), "updatedAt" = now()
-            WHERE j.id = ANY(outbound_job_ids($1)) AND j.status = 'failed'
-              AND j."lastErrorCode" = 'delivery_unknown'
-              AND NOT EXISTS (SELECT 1 FROM "OutboundMessage" x
-                              WHERE x."jobId" = j.id
-                                AND x.status NOT IN ('sent', 'delivered', 'read'))
-            "#,
-        )
-        .bind(&settle_jobs)
-        .persistent(named)
-        .execute(&mut **tx)
-        .await?;
-        out.jobs_settled = done.rows_affected();
-    }
-
-    match early {
-        None => {
-            if !park.is_empty() {
-                insert_early(tx, &park, named).await?;
+        (_, Kind::Failed) => Outcome::Duplicate,
+        (current, kind) => {
+            let was_unknown = current == "unknown";
+            let mut changed = false;
+            if rank(kind.as_str()) > rank(current) {
+                row.status = kind.as_str().into();
+                changed = true;
             }
-        }
-        Some(ids) => {
-            // Applied (or beyond help: a conflict): no longer early.
-            let gone: Vec<i64> = ids
-                .iter()
-                .zip(&out.outcomes)
-                .filter(|(_, o)| **o != Outcome::Early)
-                .map(|(id, _)| *id)
-                .collect();
-            if !gone.is_empty() {
-                sqlx::query(r#"DELETE FROM "OutboundEarlyStatus" WHERE id = ANY($1)"#)
-                    .bind(&gone)
-                    .persistent(named)
-                    .execute(&mut **tx)
-                    .await?;
+            if row.wamid.is_none() {
+                row.wamid = Some(u.wamid.clone());
+                changed = true;
+            }
+            match kind {
+                Kind::Delivered if row.delivered_at.is_none() => {
+                    row.delivered_at = Some(u.at);
+                    if let Some(sent) = row.sent_at {
+                        out.applied
+                            .delivered_after
+                            .push((u.at - sent).to_std().unwrap_or_default());
+                    }
+                    changed = true;
+                }
+                Kind::Read if row.read_at.is_none() => {
+                    row.read_at = Some(u.at);
+                    changed = true;
+                }
+                _ => {}
+            }
+            if was_unknown {
+                row.error_code = None;
+                row.sent_at = row.sent_at.or(Some(u.at));
+                out.settle_jobs.push(row.job.clone());
+                row.changed = true;
+                Outcome::Settled
+            } else if changed {
+                row.changed = true;
+                Outcome::Applied
+            } else {
+                Outcome::Duplicate
             }
         }
     }
-    Ok(out)
 }
 
 async fn insert_early(
@@ -812,33 +741,5 @@ async fn run(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn callback_ids_round_trip() {
-        assert_eq!(callback_id(&JobId::from(42), 0), "outbound-runner:42:0");
-        assert_eq!(
-            parse_callback("outbound-runner:42:3"),
-            Some((JobId::from(42), 3))
-        );
-        assert_eq!(parse_callback("42"), None);
-        assert_eq!(parse_callback("outbound-runner:42"), None);
-        assert_eq!(parse_callback("outbound-runner::1"), None);
-        assert_eq!(parse_callback("outbound-runner:42:x"), None);
-        assert_eq!(parse_callback("someone-else:42:0"), None);
-        // A text id (a cuid) is an id; one with ':' splits at the last one.
-        assert_eq!(
-            parse_callback("outbound-runner:clx0abc:1"),
-            Some((JobId::from("clx0abc"), 1))
-        );
-        assert_eq!(
-            parse_callback(&callback_id(&JobId::from("a:b"), 2)),
-            Some((JobId::from("a:b"), 2))
-        );
     }
 }

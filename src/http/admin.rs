@@ -20,7 +20,7 @@
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,7 +29,7 @@ use serde_json::json;
 
 use super::HttpState;
 use super::auth::{self, Endpoint};
-use super::routes::error;
+use super::reply::error;
 use crate::queue::JobId;
 use crate::queue::admin::{self, Actor, AdminError, Cursor, Filter, Settled};
 
@@ -225,6 +225,30 @@ struct ActionBody {
     resend_sent: bool,
 }
 
+/// The body of an action, once the token was accepted (see [`read_body`]): an extractor whose
+/// rejection is the refusal.
+struct Authorized(Bytes);
+
+impl axum::extract::FromRequest<HttpState> for Authorized {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &HttpState) -> Result<Self, Response> {
+        let (parts, body) = request.into_parts();
+        if let Some(r) = refuse(state, &parts.headers, parts.uri.query()) {
+            return Err(r);
+        }
+        read_body(body).await.map(Authorized)
+    }
+}
+
+/// An action's report, or why it failed.
+fn answer(result: Result<impl serde::Serialize, AdminError>) -> Response {
+    match result {
+        Ok(report) => ok_with(report),
+        Err(e) => failure(e),
+    }
+}
+
 /// The body, read only once the token was accepted (a client without it never makes us wait
 /// for one), within the body limit and `http.request_timeout` (src/http/server.rs).
 async fn read_body(body: Body) -> Result<Bytes, Response> {
@@ -292,19 +316,7 @@ fn action_filter(body: &ActionBody) -> Result<Filter, AdminError> {
     .validate()
 }
 
-async fn retry(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Body,
-) -> Response {
-    if let Some(r) = refuse(&state, &headers, query.as_deref()) {
-        return r;
-    }
-    let body = match read_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+async fn retry(State(state): State<HttpState>, Authorized(body): Authorized) -> Response {
     let result = async {
         let body: ActionBody = parse_body(&body)?;
         let filter = action_filter(&body)?;
@@ -323,25 +335,10 @@ async fn retry(
         .await
     }
     .await;
-    match result {
-        Ok(report) => ok_with(report),
-        Err(e) => failure(e),
-    }
+    answer(result)
 }
 
-async fn cancel(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Body,
-) -> Response {
-    if let Some(r) = refuse(&state, &headers, query.as_deref()) {
-        return r;
-    }
-    let body = match read_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+async fn cancel(State(state): State<HttpState>, Authorized(body): Authorized) -> Response {
     let result = async {
         let body: ActionBody = parse_body(&body)?;
         if body.resend_sent {
@@ -355,10 +352,7 @@ async fn cancel(
         admin::cancel(state.runner().pool(), &filter, &actor).await
     }
     .await;
-    match result {
-        Ok(report) => ok_with(report),
-        Err(e) => failure(e),
-    }
+    answer(result)
 }
 
 #[derive(Deserialize)]
@@ -372,18 +366,9 @@ struct SettleBody {
 
 async fn settle(
     State(state): State<HttpState>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
     Path(id): Path<String>,
-    body: Body,
+    Authorized(body): Authorized,
 ) -> Response {
-    if let Some(r) = refuse(&state, &headers, query.as_deref()) {
-        return r;
-    }
-    let body = match read_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
     let result = async {
         let id = job_id(&id)?;
         let body: SettleBody = parse_body(&body)?;
@@ -399,10 +384,7 @@ async fn settle(
         .await
     }
     .await;
-    match result {
-        Ok(report) => ok_with(report),
-        Err(e) => failure(e),
-    }
+    answer(result)
 }
 
 #[cfg(test)]
@@ -411,9 +393,10 @@ mod tests {
 
     #[test]
     fn query_filters_parse_and_unknown_parameters_are_refused() {
-        let f = filter_from_query(Some("status=failed,cancelled&code=131000&id=3&id=4,5")).unwrap();
+        let f =
+            filter_from_query(Some("status=failed,cancelled&code=http_502&id=3&id=4,5")).unwrap();
         assert_eq!(f.status, vec!["cancelled", "failed"]);
-        assert_eq!(f.code.as_deref(), Some("131000"));
+        assert_eq!(f.code.as_deref(), Some("http_502"));
         assert_eq!(f.ids, vec![JobId::from(3), JobId::from(4), JobId::from(5)]);
         let f = filter_from_query(Some("id=clx0a,clx0b")).unwrap();
         assert_eq!(f.ids, vec![JobId::from("clx0a"), JobId::from("clx0b")]);

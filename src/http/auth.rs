@@ -71,7 +71,7 @@ impl IntoResponse for Denied {
             Denied::Disabled => (StatusCode::NOT_FOUND, "disabled"),
             Denied::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
         };
-        let mut response = super::routes::error(status, error);
+        let mut response = super::reply::error(status, error);
         if self == Denied::Unauthorized {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

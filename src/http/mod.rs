@@ -4,6 +4,7 @@
 //!  bind(settings)          http.listen (and metrics.listen) bound before READY=1
 //!  spawn(listeners, ...)   serves until the shutdown token; in-flight requests finish
 //!  routes                  the handlers and their JSON answers
+//!  reply                   the refusal body and access log every route shares
 //!  auth                    who may trigger: tokens, constant-time comparison, nothing else
 //!  webhooks                Meta's status webhooks: signature, verification, forwarding
 //!  console                 the web console under /console/ (docs/console.md)
@@ -19,11 +20,11 @@
 pub mod admin;
 pub mod auth;
 pub mod console;
+mod reply;
 pub mod routes;
 pub mod server;
 pub mod webhooks;
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -181,37 +182,6 @@ pub async fn bind(settings: &Settings) -> Result<Listeners, BindError> {
     })
 }
 
-/// Serves the API (triggers, health, and `/metrics` unless it has a listener of its own) on
-/// `listener` until `shutdown` resolves; then stops accepting and lets open requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    state: HttpState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
-    let timeout = state.runner().settings().http.request_timeout;
-    serve_router(listener, routes::api(state), shutdown, timeout).await
-}
-
-/// Serves `/metrics` alone (for `metrics.listen`).
-pub async fn serve_metrics(
-    listener: TcpListener,
-    state: HttpState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
-    let timeout = state.runner().settings().http.request_timeout;
-    serve_router(listener, routes::metrics_only(state), shutdown, timeout).await
-}
-
-async fn serve_router(
-    listener: TcpListener,
-    router: axum::Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    request_timeout: Duration,
-) -> io::Result<()> {
-    // Timeouts and a connection cap (see `server`; docs/http.md, "Limits").
-    server::serve(listener, router, shutdown, request_timeout).await
-}
-
 /// The running servers.
 pub struct Server {
     stop: CancellationToken,
@@ -294,8 +264,9 @@ fn spawn_supervised(
         move || {
             let (listener, router, stop) = once.take().expect("the server starts once");
             async move {
+                // Timeouts and a connection cap (see `server`; docs/http.md, "Limits").
                 if let Err(e) =
-                    serve_router(listener, router, stop.cancelled_owned(), timeout).await
+                    server::serve(listener, router, stop.cancelled_owned(), timeout).await
                 {
                     tracing::error!(error = %e, "the {name} stopped");
                 }

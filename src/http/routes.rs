@@ -10,15 +10,17 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{RawQuery, Request, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use super::auth::{self, Endpoint};
+// In `reply`, so that the routes' submodules need not import this file.
+pub(super) use super::reply::{access_log, error};
 use super::{BODY_LIMIT, HttpState};
 use crate::db::redact_sqlx;
 use crate::queue::PassReport;
@@ -60,25 +62,6 @@ fn finish(router: Router<HttpState>, state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// `{"ok":false,"error":…}`: every refusal and failure, `ok` first like the guide's answers (docs/http.md).
-#[derive(Serialize)]
-pub(super) struct ErrorBody<'a> {
-    ok: bool,
-    error: &'a str,
-}
-
-/// [`ErrorBody`] with `status`.
-pub(super) fn error(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        Json(ErrorBody {
-            ok: false,
-            error: message,
-        }),
-    )
-        .into_response()
-}
-
 /// `/healthz` and `/readyz`: `{"ok":true}` or `{"ok":false,"reason":…}`.
 #[derive(Serialize)]
 struct Probe {
@@ -89,59 +72,6 @@ struct Probe {
 
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not found")
-}
-
-/// One debug line per request: method, path (never the query string: it may carry the token),
-/// status and time.
-pub(super) async fn access_log(request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let mut path = request.uri().path().to_string();
-    if path.len() > 128 {
-        let mut cut = 128;
-        while !path.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        path.truncate(cut);
-        path.push('…');
-    }
-    let started = Instant::now();
-    let response = json_errors(next.run(request).await);
-    tracing::debug!(
-        %method,
-        path,
-        status = response.status().as_u16(),
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "http request"
-    );
-    response
-}
-
-/// A refusal made below the handlers (the body limit's 413, axum's 405 and rejections) in
-/// the same `{"ok":false,"error":…}` shape as the rest; the status and headers are kept.
-fn json_errors(response: Response) -> Response {
-    let status = response.status();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return response;
-    }
-    let (mut parts, _) = response.into_parts();
-    let message = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => "request body too large".to_string(),
-        s => s
-            .canonical_reason()
-            .unwrap_or("request refused")
-            .to_ascii_lowercase(),
-    };
-    let fresh = error(status, &message);
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Response::from_parts(parts, fresh.into_body())
 }
 
 #[derive(Serialize)]

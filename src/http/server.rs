@@ -173,7 +173,7 @@ impl Drop for Deadline {
 
 /// The answer to a request whose body missed its deadline; the connection closes after it.
 fn request_timeout_answer() -> axum::response::Response {
-    let mut response = super::routes::error(
+    let mut response = super::reply::error(
         StatusCode::REQUEST_TIMEOUT,
         "the request body did not arrive within http.request_timeout",
     );

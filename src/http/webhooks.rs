@@ -34,8 +34,9 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::HttpState;
-use super::routes::{access_log, error};
-use crate::delivery::statuses::{Kind, Outcome, StatusUpdate, parse_callback, unstorable};
+use super::reply::{access_log, error};
+use crate::delivery::statuses::Outcome;
+use crate::whatsapp::statuses::{statuses_of, unstorable};
 
 /// The path Meta calls.
 pub const PATH: &str = "/webhooks/whatsapp";
@@ -289,96 +290,13 @@ async fn forward(
     match request.send().await {
         Ok(r) if r.status().is_success() => Ok(()),
         Ok(r) => Err(format!("the app answered HTTP {}", r.status().as_u16())),
-        Err(e) => Err(crate::delivery::whatsapp::describe(e)),
+        Err(e) => Err(crate::whatsapp::client::describe(e)),
     }
-}
-
-/// The statuses of a webhook payload for our numbers (`ours`: every configured phone number id),
-/// and the kinds of those for another number. Anything that is not a status of the expected
-/// shape is skipped.
-pub fn statuses_of(json: &Value, ours_ids: &[&str]) -> (Vec<StatusUpdate>, Vec<Kind>) {
-    let mut ours = Vec::new();
-    let mut others = Vec::new();
-    if json.get("object").and_then(Value::as_str) != Some("whatsapp_business_account") {
-        return (ours, others);
-    }
-    let entries = json.get("entry").and_then(Value::as_array);
-    for change in entries
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.get("changes").and_then(Value::as_array))
-        .flatten()
-    {
-        if change.get("field").and_then(Value::as_str) != Some("messages") {
-            continue;
-        }
-        let Some(value) = change.get("value") else {
-            continue;
-        };
-        let number = value
-            .pointer("/metadata/phone_number_id")
-            .and_then(Value::as_str);
-        let mine = number.is_some_and(|n| !n.is_empty() && ours_ids.contains(&n));
-        for status in value
-            .get("statuses")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let Some(update) = status_of(status) else {
-                continue;
-            };
-            if mine {
-                ours.push(update);
-            } else {
-                others.push(update.kind);
-            }
-        }
-    }
-    (ours, others)
-}
-
-fn status_of(status: &Value) -> Option<StatusUpdate> {
-    let wamid = status.get("id")?.as_str().filter(|w| !w.is_empty())?;
-    let kind = Kind::parse(status.get("status")?.as_str()?)?;
-    let at = match status.get("timestamp") {
-        Some(Value::String(s)) => s.parse::<i64>().ok(),
-        Some(Value::Number(n)) => n.as_i64(),
-        _ => None,
-    }
-    .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
-    .unwrap_or_else(chrono::Utc::now);
-    let callback = status
-        .get("biz_opaque_callback_data")
-        .and_then(Value::as_str)
-        .and_then(parse_callback);
-    let error = status.pointer("/errors/0");
-    let error_code = error.and_then(|e| match e.get("code") {
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(Value::String(s)) => Some(s.clone()),
-        _ => None,
-    });
-    let error_title = error
-        .and_then(|e| {
-            e.get("title")
-                .or_else(|| e.get("message"))
-                .and_then(Value::as_str)
-        })
-        .map(|t| t.chars().take(500).collect());
-    Some(StatusUpdate {
-        wamid: wamid.chars().take(256).collect(),
-        kind,
-        callback,
-        at,
-        error_code: error_code.map(|c| c.chars().take(64).collect()),
-        error_title,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn signatures_are_checked_over_the_raw_bytes() {
@@ -391,41 +309,5 @@ mod tests {
         assert!(!signature_ok(b"app-secret", body, Some(&sig[7..])));
         assert!(!signature_ok(b"app-secret", body, Some("sha256=zz")));
         assert!(!signature_ok(b"app-secret", body, Some("sha256=")));
-    }
-
-    #[test]
-    fn statuses_of_our_number_only() {
-        let payload = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
-            {"field": "messages", "value": {"metadata": {"phone_number_id": "111"}, "statuses": [
-                {"id": "wamid.A", "status": "delivered", "timestamp": "1700000000",
-                 "recipient_id": "1555", "biz_opaque_callback_data": "outbound-runner:7:0"},
-                {"id": "wamid.B", "status": "failed", "timestamp": "1700000001",
-                 "errors": [{"code": 131026, "title": "Message undeliverable"}]},
-                {"id": "wamid.C", "status": "deleted", "timestamp": "1700000001"},
-                {"status": "read"}
-            ]}},
-            {"field": "messages", "value": {"metadata": {"phone_number_id": "222"}, "statuses": [
-                {"id": "wamid.D", "status": "read", "timestamp": "1700000000"}
-            ]}},
-            {"field": "account_update", "value": {"statuses": [{"id": "x", "status": "sent"}]}}
-        ]}]});
-        let (ours, others) = statuses_of(&payload, &["111"]);
-        assert_eq!(ours.len(), 2);
-        assert_eq!(ours[0].kind, Kind::Delivered);
-        assert_eq!(ours[0].callback, Some((crate::queue::JobId::from(7), 0)));
-        assert_eq!(ours[0].at.timestamp(), 1_700_000_000);
-        assert_eq!(ours[1].error_code.as_deref(), Some("131026"));
-        assert_eq!(
-            ours[1].error_title.as_deref(),
-            Some("Message undeliverable")
-        );
-        assert_eq!(others, [Kind::Read]);
-        assert_eq!(statuses_of(&json!({"object": "page"}), &["111"]).0.len(), 0);
-        assert_eq!(statuses_of(&json!([1, 2]), &["111"]).0.len(), 0);
-        // With a second sending number configured, its statuses are ours too.
-        let (ours, others) = statuses_of(&payload, &["111", "222"]);
-        assert_eq!((ours.len(), others.len()), (3, 0));
-        // An empty id never matches a payload without one.
-        assert_eq!(statuses_of(&payload, &[""]).0.len(), 0);
     }
 }

@@ -10,11 +10,20 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use super::store::Rejected;
 use super::{Fence, Job};
 
 /// The `"lastErrorCode"` of a row whose payload (or saved reply) cannot be read.
 pub const BAD_PAYLOAD: &str = "bad_payload";
+
+/// A claimed row that cannot be run: what to write into its `"lastErrorCode"` and `"lastError"`
+/// (docs/reliability.md, "Rows the runner cannot use").
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub fence: Fence,
+    pub request_id: Option<String>,
+    pub code: &'static str,
+    pub reason: String,
+}
 
 /// Reads one row of the claim statement (`store::claim`'s `RETURNING` list). `Err(None)`: not
 /// even the id and attempt could be read, so nothing can be written about the row.

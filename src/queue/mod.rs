@@ -1,8 +1,11 @@
 //! The job queue: the `"OutboundJob"` rows and what may be done to them. A leaf: it imports
 //! nothing from the runtime (`runner`), delivery, HTTP, the CLI or the app.
 //!
-//! - [`store`]: every SQL statement that moves a job (claim, complete, retry, fail, rescue, prune,
-//!   enqueue). The one place to read to know what the runner does to the table.
+//! - [`store`]: every SQL statement the runner moves a job with (claim, complete, retry, fail,
+//!   rescue, prune, enqueue). The one place to read to know what the runner does to the table.
+//! - [`moves`]: the moves other modules ask for (a status webhook fails or settles a job, a
+//!   hold's end wakes its jobs, the ledger saves an orchestrator answer). With [`store`] and
+//!   [`admin`], the only writers of `"OutboundJob"`.
 //! - [`retry`]: the retry policy: what a failure leads to, and the backoff (exponential, capped,
 //!   full jitter).
 //! - [`admin`]: the operators' actions (list, show, retry, cancel, settle) behind
@@ -15,6 +18,7 @@
 pub mod admin;
 pub mod decode;
 pub mod id;
+pub mod moves;
 pub mod retry;
 pub mod store;
 

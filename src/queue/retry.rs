@@ -102,7 +102,7 @@ mod tests {
     fn decisions() {
         let p = policy();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let transient = JobError::retry("131000", "something went wrong");
+        let transient = JobError::retry("http_502", "something went wrong");
         match decide(&transient, 1, 5, &p, OnUnknown::Fail, &mut rng) {
             Next::Requeue { delay, refund } => {
                 assert!(delay <= Duration::from_secs(2));
@@ -113,7 +113,7 @@ mod tests {
         assert_eq!(
             decide(&transient, 5, 5, &p, OnUnknown::Fail, &mut rng),
             Next::Fail {
-                code: "131000".into(),
+                code: "http_502".into(),
                 message: "gave up after 5 attempt(s): something went wrong".into()
             }
         );
@@ -121,7 +121,7 @@ mod tests {
             Action::Retry {
                 after: Some(Duration::from_secs(300)),
             },
-            "130429",
+            "http_429",
             "rate",
         );
         assert!(matches!(

@@ -21,6 +21,7 @@ use sqlx::Row;
 
 use crate::db::Pool;
 
+use super::decode::Rejected;
 use super::{CHANNEL, Fence, Job, JobId};
 
 /// Claims up to `limit` due jobs in one statement. `SKIP LOCKED` lets any number of runners
@@ -91,16 +92,6 @@ impl Claimed {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// A claimed row that cannot be run: what to write into its `"lastErrorCode"` and `"lastError"`
-/// (docs/reliability.md, "Rows the runner cannot use").
-#[derive(Debug, Clone)]
-pub struct Rejected {
-    pub fence: Fence,
-    pub request_id: Option<String>,
-    pub code: &'static str,
-    pub reason: String,
 }
 
 /// What a claim writes into a row (shared by the claim and [`find_unclaimable`]'s probe).
@@ -326,6 +317,23 @@ pub async fn wake_circuit_deferred(pool: &Pool) -> sqlx::Result<u64> {
     Ok(done.rows_affected())
 }
 
+/// The fence of a statement on one running job: `$1` its id, `$2` its `lockedBy`, `$3` its
+/// attempt.
+const FENCED: &str = r#"WHERE id = outbound_job_id($1) AND status = 'running' AND "lockedBy" = $2
+          AND attempts = $3"#;
+
+/// `"lastError"` and `"lastErrorCode"` of an attempt that ended with `code` and `message` (SQL
+/// parameters): as given, or, when an operator asked the job to stop, `cancelled` with the
+/// attempt's end kept in the text.
+fn cancel_aware_error(message: &str, code: &str) -> String {
+    format!(
+        r#""lastError" = CASE WHEN "cancelRequestedAt" IS NULL THEN {message}
+                ELSE 'stopped at an operator''s request (jobs cancel); the attempt ended with '
+                     || {code} || ': ' || {message} END,
+            "lastErrorCode" = CASE WHEN "cancelRequestedAt" IS NULL THEN {code} ELSE 'cancelled' END"#
+    )
+}
+
 /// Puts a job back to `queued`, due after `delay`. With `refund`, the attempt is not counted
 /// (the job was deferred for reasons not its own). A job an operator asked to stop
 /// (`"cancelRequestedAt"`, `jobs cancel`) becomes `cancelled` instead. Returns false if the
@@ -338,60 +346,60 @@ pub async fn requeue(
     code: &str,
     message: &str,
 ) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        r#"
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            r#"
         UPDATE "OutboundJob"
         SET status = outbound_job_status(
                 CASE WHEN "cancelRequestedAt" IS NULL THEN 'queued' ELSE 'cancelled' END),
             "completedAt" = CASE WHEN "cancelRequestedAt" IS NULL THEN NULL ELSE now() END,
             "runAt" = now() + make_interval(secs => $4),
             attempts = attempts - $5,
-            "lastError" = CASE WHEN "cancelRequestedAt" IS NULL THEN $6
-                ELSE 'stopped at an operator''s request (jobs cancel); the attempt ended with '
-                     || $7 || ': ' || $6 END,
-            "lastErrorCode" = CASE WHEN "cancelRequestedAt" IS NULL THEN $7 ELSE 'cancelled' END,
+            {},
             "lockedBy" = NULL, "lockedAt" = NULL, "leaseUntil" = NULL, "updatedAt" = now()
-        WHERE id = outbound_job_id($1) AND status = 'running' AND "lockedBy" = $2
-          AND attempts = $3
+        {FENCED}
         "#,
-    )
-    .bind(&fence.id)
-    .bind(&*fence.locked_by)
-    .bind(fence.attempts)
-    .bind(delay.as_secs_f64())
-    .bind(i32::from(refund))
-    .bind(message)
-    .bind(code)
-    .execute(pool)
-    .await?;
+            cancel_aware_error("$6", "$7")
+        )
+    });
+    let done = sqlx::query(&SQL)
+        .bind(&fence.id)
+        .bind(&*fence.locked_by)
+        .bind(fence.attempts)
+        .bind(delay.as_secs_f64())
+        .bind(i32::from(refund))
+        .bind(message)
+        .bind(code)
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Marks a job `failed` for good (`cancelled`, code `cancelled`, when an operator asked it to
 /// stop; the error is kept in `"lastError"`). Returns false if the fence did not hold.
 pub async fn fail(pool: &Pool, fence: &Fence, code: &str, message: &str) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        r#"
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            r#"
         UPDATE "OutboundJob"
         SET status = outbound_job_status(
                 CASE WHEN "cancelRequestedAt" IS NULL THEN 'failed' ELSE 'cancelled' END),
             "completedAt" = now(),
-            "lastError" = CASE WHEN "cancelRequestedAt" IS NULL THEN $4
-                ELSE 'stopped at an operator''s request (jobs cancel); the attempt ended with '
-                     || $5 || ': ' || $4 END,
-            "lastErrorCode" = CASE WHEN "cancelRequestedAt" IS NULL THEN $5 ELSE 'cancelled' END,
+            {},
             "leaseUntil" = NULL, "updatedAt" = now()
-        WHERE id = outbound_job_id($1) AND status = 'running' AND "lockedBy" = $2
-          AND attempts = $3
+        {FENCED}
         "#,
-    )
-    .bind(&fence.id)
-    .bind(&*fence.locked_by)
-    .bind(fence.attempts)
-    .bind(message)
-    .bind(code)
-    .execute(pool)
-    .await?;
+            cancel_aware_error("$4", "$5")
+        )
+    });
+    let done = sqlx::query(&SQL)
+        .bind(&fence.id)
+        .bind(&*fence.locked_by)
+        .bind(fence.attempts)
+        .bind(message)
+        .bind(code)
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 

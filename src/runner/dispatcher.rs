@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::db::redact_sqlx;
-use crate::delivery::pacing::Room;
 use crate::queue::{CHANNEL, store};
+use crate::whatsapp::pacing::Room;
 
 /// How often the LISTEN connection is probed. A connection cut without a reset (a dead NAT
 /// entry, a firewall) delivers nothing and reports nothing; a query on it finds out.

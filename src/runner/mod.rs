@@ -46,7 +46,7 @@ use crate::queue::store::{self, Reclaim, Rescued};
 use crate::queue::{Job, JobId, Outcome, PassReport};
 
 /// State shared by the runner's tasks.
-pub(crate) struct Shared {
+struct Shared {
     pool: Pool,
     /// Where LISTEN connects: `database.direct_url`, or the pool's own options. `None` behind a
     /// transaction-mode pooler with no direct URL: no LISTEN, the dispatcher polls every
@@ -292,7 +292,7 @@ impl Shared {
     }
 
     /// Fails a claimed row that cannot be run. True if the write landed.
-    async fn fail_rejected(&self, bad: &store::Rejected) -> bool {
+    async fn fail_rejected(&self, bad: &crate::queue::decode::Rejected) -> bool {
         let message = format!("the job cannot be run: {}", bad.reason);
         match store::fail(&self.pool, &bad.fence, bad.code, &message).await {
             Ok(true) => {
@@ -354,39 +354,76 @@ pub struct DrainReport {
 }
 
 impl Runner {
-    /// Establishes LISTEN (best effort: without it the interval still runs jobs) and starts the
-    /// runner's tasks.
-    pub async fn start(
+    /// A runner on `pool` with `settings`, running jobs with `handler`: see [`Start`] for the
+    /// rest (LISTEN, metrics, health, mode), then [`Start::start`].
+    pub fn builder(
         pool: impl Into<Pool>,
-        listen_options: Option<PgConnectOptions>,
         settings: Arc<Settings>,
         handler: Arc<dyn JobHandler>,
-        metrics: Arc<Metrics>,
-        health: Arc<Health>,
-    ) -> Runner {
-        Self::start_with(
-            pool,
-            listen_options,
+    ) -> Start {
+        Start {
+            pool: pool.into(),
             settings,
             handler,
-            metrics,
-            health,
-            Mode::Daemon,
-        )
-        .await
+            listen_options: None,
+            metrics: None,
+            health: None,
+            mode: Mode::Daemon,
+        }
+    }
+}
+
+/// What a runner starts with ([`Runner::builder`]): the pool, settings and handler it is built
+/// with, and the options below.
+pub struct Start {
+    pool: Pool,
+    settings: Arc<Settings>,
+    handler: Arc<dyn JobHandler>,
+    listen_options: Option<PgConnectOptions>,
+    metrics: Option<Arc<Metrics>>,
+    health: Option<Arc<Health>>,
+    mode: Mode,
+}
+
+impl Start {
+    /// Where to LISTEN for new jobs (none by default: the interval alone finds them).
+    pub fn listen(mut self, options: Option<PgConnectOptions>) -> Self {
+        self.listen_options = options;
+        self
     }
 
-    /// [`Runner::start`], choosing the [`Mode`].
-    pub async fn start_with(
-        pool: impl Into<Pool>,
-        listen_options: Option<PgConnectOptions>,
-        settings: Arc<Settings>,
-        handler: Arc<dyn JobHandler>,
-        metrics: Arc<Metrics>,
-        health: Arc<Health>,
-        mode: Mode,
-    ) -> Runner {
-        let pool: Pool = pool.into();
+    /// The metrics to report to (fresh ones by default).
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The health to report to (a fresh one by default).
+    pub fn health(mut self, health: Arc<Health>) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// [`Mode::Daemon`] by default.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Establishes LISTEN (best effort: without it the interval still runs jobs) and starts the
+    /// runner's tasks.
+    pub async fn start(self) -> Runner {
+        let Start {
+            pool,
+            settings,
+            handler,
+            listen_options,
+            metrics,
+            health,
+            mode,
+        } = self;
+        let metrics = metrics.unwrap_or_else(|| Arc::new(Metrics::new()));
+        let health = health.unwrap_or_default();
         let (tx, rx) = mpsc::channel(4096);
         let stop = CancellationToken::new();
         let stop_late = CancellationToken::new();
@@ -526,8 +563,9 @@ impl Runner {
             tasks: Arc::new(Mutex::new(tasks)),
         }
     }
+}
 
-    /// The pool the runner's statements use.
+impl Runner {
     /// The status writer: Meta's status webhooks are applied through it, batched.
     pub fn statuses(&self) -> &crate::delivery::statuses::Writer {
         &self.shared.ledger.statuses

@@ -8,8 +8,6 @@ use outbound_runner::config::{DeliveryMode, Settings};
 use outbound_runner::delivery::JobHandler;
 use outbound_runner::delivery::live::LiveHandler;
 use outbound_runner::delivery::sandbox::SandboxHandler;
-use outbound_runner::health::Health;
-use outbound_runner::metrics::Metrics;
 use outbound_runner::runner::{Runner, sizing};
 use sqlx::postgres::PgConnectOptions;
 
@@ -34,15 +32,9 @@ async fn daemon(
     handler: Arc<dyn JobHandler>,
 ) -> Runner {
     let pool = outbound_runner::db::pool(&settings, options.application_name(app), false);
-    Runner::start(
-        pool,
-        None,
-        Arc::new(settings),
-        handler,
-        Arc::new(Metrics::new()),
-        Arc::new(Health::default()),
-    )
-    .await
+    Runner::builder(pool, Arc::new(settings), handler)
+        .start()
+        .await
 }
 
 async fn connections(admin: &outbound_runner::db::Pool, app: &str) -> i64 {

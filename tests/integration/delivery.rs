@@ -492,13 +492,7 @@ async fn a_worker_killed_between_sending_and_the_answer_is_not_resent_by_the_res
     assert_eq!(db.job(id).await.status, "running");
 
     // Its lease expires; the rescuer takes the job back.
-    sqlx::query(
-        r#"UPDATE "OutboundJob" SET "leaseUntil" = now() - interval '1 second' WHERE id = $1"#,
-    )
-    .bind(id)
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    db.expire_lease(id).await;
     let rescued = store::reclaim(&db.pool, Reclaim::Expired, true, 5)
         .await
         .unwrap();
@@ -989,13 +983,7 @@ async fn an_answer_that_arrives_after_the_job_was_rescued_changes_nothing() {
     };
     wait_count(&mut meta.recorded(), 1, Duration::from_secs(10)).await;
     // The worker hangs long enough for its lease to expire and the job to be rescued.
-    sqlx::query(
-        r#"UPDATE "OutboundJob" SET "leaseUntil" = now() - interval '1 second' WHERE id = $1"#,
-    )
-    .bind(id)
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    db.expire_lease(id).await;
     let rescued = store::reclaim(&db.pool, Reclaim::Expired, true, 5)
         .await
         .unwrap();

@@ -286,13 +286,7 @@ async fn retry_rescue_and_drain_through_pgbouncer() {
         tokio::spawn(async move { r.run_pass(1).await })
     };
     gate.wait_entered(1).await;
-    sqlx::query(
-        r#"UPDATE "OutboundJob" SET "leaseUntil" = now() - interval '1 second' WHERE id = $1"#,
-    )
-    .bind(id)
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    db.expire_lease(id).await;
     let rescued = store::reclaim(r.pool(), Reclaim::Expired, true, 5)
         .await
         .unwrap();

@@ -224,13 +224,7 @@ async fn a_fenced_write_after_a_rescue_changes_nothing() {
     assert_eq!(db.job(id).await.status, "running");
 
     // The lease expires (as if this runner hung) and the rescuer takes the job back.
-    sqlx::query(
-        r#"UPDATE "OutboundJob" SET "leaseUntil" = now() - interval '1 second' WHERE id = $1"#,
-    )
-    .bind(id)
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    db.expire_lease(id).await;
     let rescued = store::reclaim(&db.pool, Reclaim::Expired, true, 5)
         .await
         .unwrap();

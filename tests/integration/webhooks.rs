@@ -9,10 +9,9 @@ use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use outbound_runner::config::{DeliveryMode, Settings};
 use outbound_runner::delivery::live::LiveHandler;
-use outbound_runner::delivery::statuses::{
-    self, EARLY_RETENTION, Kind, Outcome, StatusUpdate, callback_id,
-};
+use outbound_runner::delivery::statuses::{self, EARLY_RETENTION, Outcome};
 use outbound_runner::http::webhooks::sign;
+use outbound_runner::whatsapp::statuses::{Kind, StatusUpdate, callback_id};
 use secrecy::SecretString;
 use serde_json::json;
 use tokio::net::TcpListener;

@@ -10,7 +10,7 @@
 //! Enabled by `ADMIN_TOKEN` (`http.admin_token`) like the admin API: unset, everything under
 //! `/console/` (and `/`) answers 404. Its JSON endpoints under `/console/api/` take the session
 //! cookie instead of the bearer token; the actions are [`crate::queue::admin`]'s and
-//! [`crate::delivery::numbers`]' (the same rules and history as the CLI and the admin API, with
+//! [`crate::whatsapp::numbers`]' (the same rules and history as the CLI and the admin API, with
 //! `"by":"console"`). A job id is opaque here: it is taken as text and handed to the queue's
 //! operator API through [`job_id`], the one place that knows its type.
 
@@ -601,7 +601,7 @@ async fn numbers(
 
 /// What `outbound-runner numbers` shows, as JSON.
 async fn numbers_now(state: &HttpState) -> sqlx::Result<serde_json::Value> {
-    use crate::delivery::numbers as n;
+    use crate::whatsapp::numbers as n;
     let settings = state.runner().settings();
     let wa = &settings.whatsapp;
     let pool = state.runner().pool();
@@ -720,7 +720,7 @@ async fn pause(
     if reason.chars().count() > 200 {
         return error(StatusCode::BAD_REQUEST, "reason: at most 200 characters");
     }
-    match crate::delivery::numbers::pause(state.runner().pool(), &id, for_, reason, BY).await {
+    match crate::whatsapp::numbers::pause(state.runner().pool(), &id, for_, reason, BY).await {
         Ok(()) => {
             *console.numbers.lock().await = None;
             tracing::info!(by = BY, number = %id, "number paused");
@@ -751,7 +751,7 @@ async fn resume(
         .whatsapp
         .default_number_id()
         .to_string();
-    match crate::delivery::numbers::resume(state.runner().pool(), &id, &default_id).await {
+    match crate::whatsapp::numbers::resume(state.runner().pool(), &id, &default_id).await {
         Ok((was, woken)) => {
             *console.numbers.lock().await = None;
             tracing::info!(by = BY, number = %id, was_paused = was, woken, "number resumed");
@@ -771,7 +771,7 @@ mod tests {
     #[test]
     fn filters_from_the_page() {
         let f = filter_from_query(Some(
-            "status=failed&code=131026&to=%2B15550001&id=7,clx1&cursor=1700000000000000.9",
+            "status=failed&code=bad_payload&to=%2B15550001&id=7,clx1&cursor=1700000000000000.9",
         ))
         .unwrap();
         assert_eq!(f.status, vec!["failed"]);

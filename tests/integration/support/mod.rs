@@ -7,6 +7,7 @@ pub mod mock_orchestrator;
 pub mod pgbouncer;
 pub mod prisma;
 pub mod proxy;
+pub mod sql;
 pub mod window;
 
 use std::collections::HashMap;
@@ -15,17 +16,11 @@ use std::time::Duration;
 
 use outbound_runner::config::{self, LoadOptions, Settings};
 use outbound_runner::delivery::JobHandler;
-use outbound_runner::health::Health;
-use outbound_runner::metrics::Metrics;
 use outbound_runner::runner::{Mode, Runner};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Executor};
 
-pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-pub fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string())
-}
+pub use sql::admin_url;
 
 /// A database of its own, migrated, dropped when the test ends.
 pub struct TestDb {
@@ -119,6 +114,11 @@ impl TestDb {
             .fetch_one(&self.pool)
             .await
             .unwrap()
+    }
+
+    /// Expires running job `id`'s lease (see [`sql::expire_lease`]).
+    pub async fn expire_lease(&self, id: impl std::fmt::Display) {
+        sql::expire_lease(&self.pool, id).await;
     }
 
     /// Makes every queued job due now (skips backoff waits without sleeping).
@@ -253,16 +253,11 @@ async fn start_on(
     handler: Arc<dyn JobHandler>,
     mode: Mode,
 ) -> Runner {
-    Runner::start_with(
-        pool,
-        listen,
-        Arc::new(settings),
-        handler,
-        Arc::new(Metrics::new()),
-        Arc::new(Health::default()),
-        mode,
-    )
-    .await
+    Runner::builder(pool, Arc::new(settings), handler)
+        .listen(listen)
+        .mode(mode)
+        .start()
+        .await
 }
 
 /// Awaits a watch counter reaching `n`, bounded.

@@ -93,22 +93,14 @@ pub async fn resume(
         .execute(pool)
         .await?
         .rows_affected();
-    // Only moves "runAt" of queued rows earlier (like the circuit's wake-up in the ledger).
-    let woken = sqlx::query(
-        r#"
-        UPDATE "OutboundJob" SET "runAt" = now(), "updatedAt" = now()
-        WHERE status = 'queued' AND "lastErrorCode" IN ('number_on_hold', '131048') AND "runAt" > now()
-          AND coalesce(payload->>'from', $2) = $1
-        "#,
+    let hold = super::codes::SPAM_HOLD.to_string();
+    let woken = crate::queue::moves::wake_held(
+        pool,
+        phone_number_id,
+        default_id,
+        &["number_on_hold", hold.as_str()],
     )
-    .bind(phone_number_id)
-    .bind(default_id)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    if woken > 0 {
-        crate::queue::store::notify(pool).await?;
-    }
+    .await?;
     Ok((deleted > 0, woken))
 }
 

@@ -1,10 +1,7 @@
-//! The WhatsApp Cloud API client, and the one place that decides what an answer means.
-//!
-//! [`classify`] is docs/delivery.md's "What Meta's answers lead to" table as code: Meta's `error.code` decides the class; the HTTP status
-//! only decides for codes the table does not list (Meta sends the same code under 400, 403, 429
-//! and 500). [`CloudApi::send`] turns every way a request can end into either a wamid or a
-//! [`SendError`] carrying that class, Meta's code, and a readable reason that keeps
-//! `error.code`, `error_data.details` and `fbtrace_id`.
+//! The WhatsApp Cloud API client. [`CloudApi::send`] turns every way a request can end into
+//! either a wamid or a [`SendError`] carrying the class [`super::codes`] gives the answer,
+//! Meta's code, and a readable reason that keeps `error.code`, `error_data.details` and
+//! `fbtrace_id`.
 //!
 //! What a transport failure means depends on whether the request may have reached Meta:
 //!
@@ -24,96 +21,13 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
 
+use super::codes::{Class, classify};
 use crate::config::WhatsappSettings;
 
 /// The most of an answer body we read (Meta's answers are a few hundred bytes).
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Each field of Meta's error quoted in `"lastError"` is cut to this many characters.
 const MAX_FIELD_CHARS: usize = 300;
-
-/// What an answer asks of us. The labels are the `class` values of
-/// `outbound_runner_whatsapp_errors_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    /// Transient: retry this job with backoff.
-    Retry,
-    /// Too fast for the phone number: pause the whole number, then retry (no attempt spent).
-    SlowNumber,
-    /// Too fast for this recipient (pair rate limit): back off 4^x s for that recipient only.
-    SlowRecipient,
-    /// Something is wrong with the account, the token or the number: stop sending for the
-    /// number (circuit open) and alert.
-    Halt,
-    /// This message cannot be delivered: fail the job.
-    Fail,
-    /// Meta may or may not have accepted the message.
-    Unknown,
-}
-
-impl Class {
-    pub fn label(self) -> &'static str {
-        match self {
-            Class::Retry => "retry",
-            Class::SlowNumber => "slow_number",
-            Class::SlowRecipient => "slow_recipient",
-            Class::Halt => "halt",
-            Class::Fail => "fail",
-            Class::Unknown => "unknown",
-        }
-    }
-}
-
-/// The class of a listed `error.code`, `None` for codes docs/delivery.md's table does not name.
-pub fn class_of_code(code: i64) -> Option<Class> {
-    Some(match code {
-        // Temporary: API unknown / service unavailable / something went wrong / service
-        // unavailable / media download error.
-        1 | 2 | 131000 | 131016 | 131053 => Class::Retry,
-        // Throughput and rate limits of the number, the WABA or the app; maintenance mode.
-        4 | 80007 | 130429 | 131057 => Class::SlowNumber,
-        // Pair rate limit: too many messages to this recipient.
-        131056 => Class::SlowRecipient,
-        // Auth, permissions, a restricted or blocked account, payment, registration.
-        0
-        | 3
-        | 10
-        | 190
-        | 200..=299
-        | 368
-        | 131005
-        | 131031
-        | 131042
-        | 131045
-        | 131048
-        | 133010 => Class::Halt,
-        // This message: invalid parameter, unsupported, not on WhatsApp, re-engagement window,
-        // templates, ...
-        100
-        | 131008
-        | 131009
-        | 131021
-        | 131026
-        | 131047
-        | 131049..=131051
-        | 132000..=132016
-        | 135000 => Class::Fail,
-        _ => return None,
-    })
-}
-
-/// The class of an answer: a listed code wins; otherwise 5xx is transient, 429 slows the number,
-/// any other 4xx fails the job. A 2xx that is not a clean acceptance is ambiguous.
-pub fn classify(status: u16, code: Option<i64>) -> Class {
-    if let Some(class) = code.and_then(class_of_code) {
-        return class;
-    }
-    match status {
-        200..=299 => Class::Unknown,
-        429 => Class::SlowNumber,
-        400..=499 => Class::Fail,
-        _ => Class::Retry,
-    }
-}
 
 /// Why a send did not end with a wamid.
 #[derive(Debug, Clone, PartialEq)]
@@ -467,55 +381,6 @@ mod tests {
         json!({"error": {"message": "(#x) something", "type": "OAuthException", "code": code,
             "error_data": {"messaging_product": "whatsapp", "details": "the details"},
             "fbtrace_id": "AbCdEf123"}})
-    }
-
-    #[test]
-    fn every_listed_code_has_its_design_class() {
-        let table: &[(Class, &[i64])] = &[
-            (Class::Retry, &[1, 2, 131000, 131016, 131053]),
-            (Class::SlowNumber, &[4, 80007, 130429, 131057]),
-            (Class::SlowRecipient, &[131056]),
-            (
-                Class::Halt,
-                &[
-                    0, 3, 10, 190, 200, 250, 299, 368, 131005, 131031, 131042, 131045, 131048,
-                    133010,
-                ],
-            ),
-            (
-                Class::Fail,
-                &[
-                    100, 131008, 131009, 131021, 131026, 131047, 131049, 131050, 131051, 132000,
-                    132007, 132016, 135000,
-                ],
-            ),
-        ];
-        for (class, codes) in table {
-            for code in *codes {
-                assert_eq!(class_of_code(*code), Some(*class), "code {code}");
-                // The same code under any HTTP status keeps its class.
-                for status in [400, 401, 403, 429, 500, 503] {
-                    assert_eq!(
-                        classify(status, Some(*code)),
-                        *class,
-                        "{code} under {status}"
-                    );
-                }
-            }
-        }
-        for unlisted in [5, 300, 131001, 131052, 132017, 999999] {
-            assert_eq!(class_of_code(unlisted), None, "{unlisted}");
-        }
-    }
-
-    #[test]
-    fn unlisted_codes_fall_back_to_the_status() {
-        assert_eq!(classify(400, Some(999)), Class::Fail);
-        assert_eq!(classify(404, None), Class::Fail);
-        assert_eq!(classify(429, Some(999)), Class::SlowNumber);
-        assert_eq!(classify(500, Some(999)), Class::Retry);
-        assert_eq!(classify(503, None), Class::Retry);
-        assert_eq!(classify(200, None), Class::Unknown);
     }
 
     #[test]

@@ -794,45 +794,70 @@ mod tests {
         Arc::new(s)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn throughput_spaces_sends_evenly() {
-        let s = settings(|s| {
-            s.whatsapp.rate_per_second = 10;
+    /// `rate` sends a second, no pair interval.
+    fn per_second(rate: u32) -> Arc<Settings> {
+        settings(|s| {
+            s.whatsapp.rate_per_second = rate;
             s.whatsapp.pair_interval = Duration::ZERO;
-        });
-        let pacer = Pacer::new();
+        })
+    }
+
+    /// Sets `number`'s next slot, as a late wake-up or a backlog would leave it.
+    fn next_slot(pacer: &Pacer, number: &str, slot: Option<Instant>) {
+        lock(&pacer.numbers)
+            .entry(number.into())
+            .or_default()
+            .next_slot = slot;
+    }
+
+    /// The code a send to `to` is deferred with (it must be).
+    async fn refused(pacer: &Pacer, wa: &WhatsappSettings, to: &str) -> &'static str {
+        pacer.acquire(wa, to).await.unwrap_err().code
+    }
+
+    /// One send to `to`, accepted.
+    async fn sent(pacer: &Pacer, wa: &WhatsappSettings, to: &str) {
+        pacer.acquire(wa, to).await.unwrap().done(true);
+    }
+
+    /// When each of `n` sends to a new recipient got its permit, from the first call.
+    async fn permit_times(pacer: &Pacer, s: &Settings, n: usize) -> Vec<Duration> {
         let start = Instant::now();
         let mut at = Vec::new();
-        for i in 0..5 {
+        for i in 0..n {
             let p = pacer
-                .acquire(&s.whatsapp, &format!("1555000000{i}"))
+                .acquire(&s.whatsapp, &format!("1555000{i:04}"))
                 .await
                 .unwrap();
-            at.push((Instant::now() - start).as_millis());
+            at.push(Instant::now() - start);
             p.done(true);
         }
+        at
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throughput_spaces_sends_evenly() {
+        let s = per_second(10);
+        let pacer = Pacer::new();
+        let at: Vec<u128> = permit_times(&pacer, &s, 5)
+            .await
+            .iter()
+            .map(Duration::as_millis)
+            .collect();
         // One slot every (1 s + WINDOW_MARGIN) / rate.
         assert_eq!(at, [0, 102, 204, 306, 408]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn from_a_hundred_a_second_slots_come_in_groups_of_twenty_milliseconds() {
-        let s = settings(|s| {
-            s.whatsapp.rate_per_second = 1000;
-            s.whatsapp.pair_interval = Duration::ZERO;
-        });
+        let s = per_second(1000);
         assert_eq!(group(&s.whatsapp), 20);
         let pacer = Pacer::new();
-        let start = Instant::now();
-        let mut at = Vec::new();
-        for i in 0..45 {
-            let p = pacer
-                .acquire(&s.whatsapp, &format!("1555000{i:04}"))
-                .await
-                .unwrap();
-            at.push((Instant::now() - start).as_micros());
-            p.done(true);
-        }
+        let at: Vec<u128> = permit_times(&pacer, &s, 45)
+            .await
+            .iter()
+            .map(Duration::as_micros)
+            .collect();
         // Twenty sends per slot, a slot every 20 × (1 s + WINDOW_MARGIN) / 1000 = 20.4 ms (the
         // timer wakes on the next whole millisecond; the slots stay on their 20.4 ms grid).
         let mut want = vec![0u128; 20];
@@ -843,11 +868,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         let before = Instant::now();
         for i in 0..10 {
-            pacer
-                .acquire(&s.whatsapp, &format!("1556000{i:04}"))
-                .await
-                .unwrap()
-                .done(true);
+            sent(&pacer, &s.whatsapp, &format!("1556000{i:04}")).await;
         }
         assert_eq!(Instant::now(), before, "one group, no wait");
         // Time passes between the sends of a group (it does, outside a test): still twenty per
@@ -857,11 +878,7 @@ mod tests {
         let start = Instant::now();
         let mut at = Vec::new();
         for i in 0..55 {
-            pacer
-                .acquire(&s.whatsapp, &format!("1557000{i:04}"))
-                .await
-                .unwrap()
-                .done(true);
+            sent(&pacer, &s.whatsapp, &format!("1557000{i:04}")).await;
             at.push((Instant::now() - start).as_micros());
             tokio::time::advance(Duration::from_micros(100)).await;
         }
@@ -879,10 +896,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_room_to_claim_is_the_slots_in_reach_less_the_jobs_on_their_way() {
-        let s = settings(|s| {
-            s.whatsapp.rate_per_second = 10;
-            s.whatsapp.pair_interval = Duration::ZERO;
-        });
+        let s = per_second(10);
         let pacer = Pacer::new();
         // Slots every 102 ms within the 250 ms horizon: now, 102 and 204 ms.
         assert_eq!(pacer.room(&s.whatsapp), Room::Jobs(3));
@@ -896,17 +910,10 @@ mod tests {
             "all promised: a slot later"
         );
         // A job asks for its slot: its room is its own now.
-        pacer
-            .acquire(&s.whatsapp, "15550000001")
-            .await
-            .unwrap()
-            .done(true);
+        sent(&pacer, &s.whatsapp, "15550000001").await;
         // Slots up to 306 ms ahead are taken: none in reach until 56 ms from now.
         let start = Instant::now();
-        lock(&pacer.numbers)
-            .entry("1000".into())
-            .or_default()
-            .next_slot = Some(start + Duration::from_millis(306));
+        next_slot(&pacer, "1000", Some(start + Duration::from_millis(306)));
         assert_eq!(
             pacer.room(&s.whatsapp),
             Room::At(start + Duration::from_millis(56))
@@ -933,10 +940,7 @@ mod tests {
         pacer.admit(&one, &one.whatsapp).unwrap();
         assert_eq!(pacer.horizon(), MAX_SLEEP);
         let start = Instant::now();
-        lock(&pacer.numbers)
-            .entry("1000".into())
-            .or_default()
-            .next_slot = Some(start + Duration::from_millis(600));
+        next_slot(&pacer, "1000", Some(start + Duration::from_millis(600)));
         assert!(
             matches!(pacer.room(&one.whatsapp), Room::Jobs(_)),
             "within the second"
@@ -958,10 +962,7 @@ mod tests {
         pacer.admit(&two, &two.whatsapp).unwrap();
         assert_eq!(pacer.horizon(), THROUGHPUT_HORIZON);
         let now = Instant::now();
-        lock(&pacer.numbers)
-            .entry("1000".into())
-            .or_default()
-            .next_slot = Some(now + Duration::from_millis(600));
+        next_slot(&pacer, "1000", Some(now + Duration::from_millis(600)));
         let d = pacer
             .acquire(&two.whatsapp, "15550000002")
             .await
@@ -1066,18 +1067,12 @@ mod tests {
     /// the rate: the sliding window of released sends holds the eleventh for the first to age.
     #[tokio::test(start_paused = true)]
     async fn the_sliding_window_never_lets_more_than_the_rate_through() {
-        let s = settings(|s| {
-            s.whatsapp.rate_per_second = 10;
-            s.whatsapp.pair_interval = Duration::ZERO;
-        });
+        let s = per_second(10);
         let pacer = Pacer::new();
         let start = Instant::now();
         let mut at = Vec::new();
         for i in 0..25 {
-            lock(&pacer.numbers)
-                .entry("1000".into())
-                .or_default()
-                .next_slot = None;
+            next_slot(&pacer, "1000", None);
             let p = pacer
                 .acquire(&s.whatsapp, &format!("1555000{i:04}"))
                 .await
@@ -1122,19 +1117,11 @@ mod tests {
         assert_eq!(d.delay, HOLD_RECHECK);
         assert!(d.message.contains("numbers resume 1000"), "{}", d.message);
         assert_eq!(
-            pacer
-                .acquire(&s.whatsapp, "15550000001")
-                .await
-                .unwrap_err()
-                .code,
+            refused(&pacer, &s.whatsapp, "15550000001").await,
             "number_on_hold"
         );
         pacer.admit(&s, &other).unwrap();
-        pacer
-            .acquire(&other, "15550000001")
-            .await
-            .unwrap()
-            .done(true);
+        sent(&pacer, &other, "15550000001").await;
         pacer.set_holds(HashMap::new());
         pacer.admit(&s, &s.whatsapp).unwrap();
         // A hold with an end brings the job back when it ends.
@@ -1180,34 +1167,18 @@ mod tests {
     async fn the_pair_interval_is_slept_when_short_and_deferred_when_long() {
         let short = settings(|s| s.whatsapp.pair_interval = Duration::from_millis(300));
         let pacer = Pacer::new();
-        pacer
-            .acquire(&short.whatsapp, "15551112222")
-            .await
-            .unwrap()
-            .done(true);
+        sent(&pacer, &short.whatsapp, "15551112222").await;
         let start = Instant::now();
-        pacer
-            .acquire(&short.whatsapp, "15551112222")
-            .await
-            .unwrap()
-            .done(true);
+        sent(&pacer, &short.whatsapp, "15551112222").await;
         assert_eq!((Instant::now() - start).as_millis(), 300);
         // Another recipient does not wait.
         let start = Instant::now();
-        pacer
-            .acquire(&short.whatsapp, "15553334444")
-            .await
-            .unwrap()
-            .done(true);
+        sent(&pacer, &short.whatsapp, "15553334444").await;
         assert!(Instant::now() - start < Duration::from_millis(20));
 
         let long = settings(|s| s.whatsapp.pair_interval = Duration::from_secs(6));
         let pacer = Pacer::new();
-        pacer
-            .acquire(&long.whatsapp, "15551112222")
-            .await
-            .unwrap()
-            .done(true);
+        sent(&pacer, &long.whatsapp, "15551112222").await;
         let first = pacer
             .acquire(&long.whatsapp, "15551112222")
             .await
@@ -1261,11 +1232,7 @@ mod tests {
         assert_eq!(backoffs, [1, 4, 16, 64, 256, 1024, 1024]);
         // An accepted send resets the exponent.
         tokio::time::sleep(Duration::from_secs(1024)).await;
-        pacer
-            .acquire(&s.whatsapp, "15551112222")
-            .await
-            .unwrap()
-            .done(true);
+        sent(&pacer, &s.whatsapp, "15551112222").await;
         let p = pacer.acquire(&s.whatsapp, "15551112222").await.unwrap();
         assert_eq!(p.pair_limited(), Duration::from_secs(1));
     }
@@ -1276,38 +1243,30 @@ mod tests {
         let pacer = Pacer::new();
         // Short pause: slept.
         assert_eq!(
-            pacer.pause_number(&s.whatsapp, Some(Duration::from_millis(400)), "130429"),
+            pacer.pause_number(&s.whatsapp, Some(Duration::from_millis(400)), "http_429"),
             Duration::from_millis(400)
         );
         let start = Instant::now();
-        pacer
-            .acquire(&s.whatsapp, "15550000001")
-            .await
-            .unwrap()
-            .done(true);
+        sent(&pacer, &s.whatsapp, "15550000001").await;
         assert!(Instant::now() - start >= Duration::from_millis(400));
         // Escalating pauses without Retry-After: 2 s (the second strike), then 4 s: deferred.
         assert_eq!(
-            pacer.pause_number(&s.whatsapp, None, "130429"),
+            pacer.pause_number(&s.whatsapp, None, "http_429"),
             Duration::from_secs(2)
         );
         let d = pacer.acquire(&s.whatsapp, "15550000002").await.unwrap_err();
         assert_eq!(d.code, "number_paused");
-        assert!(d.message.contains("130429"), "{}", d.message);
+        assert!(d.message.contains("http_429"), "{}", d.message);
         assert_eq!(
-            pacer.pause_number(&s.whatsapp, None, "4"),
+            pacer.pause_number(&s.whatsapp, None, "http_429"),
             Duration::from_secs(4)
         );
         // An accepted send forgives the strikes.
         tokio::time::sleep(Duration::from_secs(5)).await;
-        pacer
-            .acquire(&s.whatsapp, "15550000003")
-            .await
-            .unwrap()
-            .done(true);
+        sent(&pacer, &s.whatsapp, "15550000003").await;
         pacer.accepted(&s.whatsapp);
         assert_eq!(
-            pacer.pause_number(&s.whatsapp, None, "4"),
+            pacer.pause_number(&s.whatsapp, None, "http_429"),
             Duration::from_secs(1)
         );
     }
@@ -1330,11 +1289,7 @@ mod tests {
         assert_eq!(d.delay, Duration::from_secs(300));
         assert!(d.message.contains("Cloud API error 190"), "{}", d.message);
         assert_eq!(
-            pacer
-                .acquire(&s.whatsapp, "15550000001")
-                .await
-                .unwrap_err()
-                .code,
+            refused(&pacer, &s.whatsapp, "15550000001").await,
             "circuit_open"
         );
 
