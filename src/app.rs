@@ -204,11 +204,16 @@ async fn warn_of_foreign_running(pool: &db::Pool, settings: &Settings) {
             running = f.total,
             recently_updated = f.recent,
             grace = %humantime::format_duration(grace),
-            "jobs are running without a lease of ours, some updated within              runner.foreign_running_grace: the app's own runner (its cron calling              /api/jobs/run-outbound) is probably still working them. Turn the app's cron off              first (docs/prisma.md, \"The switch\"); they are rescued only once not updated for              the grace"
+            "jobs are running without a lease of ours, some updated within \
+             runner.foreign_running_grace: the app's own runner (its cron calling \
+             /api/jobs/run-outbound) is probably still working them. Turn the app's cron off \
+             first (docs/prisma.md, \"The switch\"); they are rescued only once not updated \
+             for the grace"
         ),
         Ok(f) if f.total > 0 => tracing::info!(
             running = f.total,
-            "jobs are running without a lease of ours, none updated within              runner.foreign_running_grace: the rescuer takes them back"
+            "jobs are running without a lease of ours, none updated within \
+             runner.foreign_running_grace: the rescuer takes them back"
         ),
         Ok(_) => {}
         Err(e) => {

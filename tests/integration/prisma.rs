@@ -1179,3 +1179,60 @@ async fn a_claim_takes_no_more_than_its_limit_on_a_table_just_adopted() {
     assert_eq!(claimed.len(), 4);
     assert_eq!(running(&db).await, 4);
 }
+
+#[tokio::test]
+async fn run_says_at_start_that_the_apps_runner_still_has_jobs_running() {
+    let db = TestDb::new().await;
+    // As the guide's runner leaves them: `running`, no lease, updated just now.
+    db.insert_jobs(2).await;
+    sqlx::query(r#"UPDATE "OutboundJob" SET status = 'running', "updatedAt" = now()"#)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        .env("DATABASE_URL", &db.url)
+        .env("OUTBOUND_RUNNER__HTTP__LISTEN", "")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.push_str(&line);
+            log.push('\n');
+            if line.trim_end().ends_with(": ready") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    assert_eq!(seen, Ok(true), "the daemon did not start:\n{log}");
+    let warning = log
+        .lines()
+        .find(|l| l.contains("running without a lease of ours"))
+        .unwrap_or_else(|| panic!("no warning about the app's running jobs:\n{log}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains("Turn the app's cron off first"),
+        "{warning}"
+    );
+    assert!(warning.contains("running=2"), "{warning}");
+    // Within the grace: they are still the app's.
+    assert_eq!(running(&db).await, 2);
+}
