@@ -130,6 +130,7 @@ async fn serve(
         db::check_schema(&pool).await?;
     }
     db::warn_if_not_vacuumed(&pool).await;
+    warn_of_foreign_running(&pool, &settings).await;
     let pool = db::wait::fit_budget(pool, &settings).await;
 
     let handler = handler_for(&settings)?;
@@ -191,6 +192,34 @@ async fn serve(
     pool.close().await;
     tracing::info!("stopped");
     Ok(exit::OK)
+}
+
+/// Says at start how many `running` jobs carry no lease of ours: the app's own runner (the
+/// guide's `/api/jobs/run-outbound`) may still be working them. They are left alone for
+/// `runner.foreign_running_grace` after their last update (docs/prisma.md, "The switch").
+async fn warn_of_foreign_running(pool: &db::Pool, settings: &Settings) {
+    let grace = settings.runner.foreign_running_grace;
+    match crate::queue::store::foreign_running(pool, grace).await {
+        Ok(f) if f.recent > 0 => tracing::warn!(
+            running = f.total,
+            recently_updated = f.recent,
+            grace = %humantime::format_duration(grace),
+            "jobs are running without a lease of ours, some updated within \
+             runner.foreign_running_grace: the app's own runner (its cron calling \
+             /api/jobs/run-outbound) is probably still working them. Turn the app's cron off \
+             first (docs/prisma.md, \"The switch\"); they are rescued only once not updated \
+             for the grace"
+        ),
+        Ok(f) if f.total > 0 => tracing::info!(
+            running = f.total,
+            "jobs are running without a lease of ours, none updated within \
+             runner.foreign_running_grace: the rescuer takes them back"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::debug!(error = %db::redact_sqlx(&e), "counting foreign running jobs failed")
+        }
+    }
 }
 
 /// Says at start what pooler mode does, and what is missing without a direct URL.

@@ -54,6 +54,7 @@ pub async fn run(settings: &Settings, pool: &Pool, args: &AdoptArgs) -> anyhow::
         return Ok(exit::OK);
     }
     print!("{}", plan.render());
+    foreign_running_note(settings, pool).await;
     if args.dry_run {
         println!(
             "-- dry run: {} statement(s), nothing was changed; `outbound-runner adopt` applies them",
@@ -90,4 +91,26 @@ pub async fn run(settings: &Settings, pool: &Pool, args: &AdoptArgs) -> anyhow::
         applied.steps.len()
     );
     Ok(exit::OK)
+}
+
+/// The app's own runner may still be working rows (`running`, no lease of ours): say how many
+/// and what to do (docs/prisma.md, "The switch from the app's runner").
+async fn foreign_running_note(settings: &Settings, pool: &Pool) {
+    let grace = settings.runner.foreign_running_grace;
+    let Ok(f) = crate::queue::store::foreign_running_before_adoption(pool, grace).await else {
+        return;
+    };
+    if f.total == 0 {
+        return;
+    }
+    println!(
+        "-- note: {} job(s) are `running` by the app's own runner ({} updated within \
+         runner.foreign_running_grace = {}): its cron (calling /api/jobs/run-outbound) is still \
+         on, or it stopped mid-run. Turn the app's cron off first and let its runs finish \
+         (docs/prisma.md, \"The switch\"); outbound-runner leaves such rows alone until they \
+         have not changed for the grace.",
+        f.total,
+        f.recent,
+        humantime::format_duration(grace)
+    );
 }

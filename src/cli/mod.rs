@@ -1,10 +1,11 @@
-//! The command line: `run` (the daemon, default), `migrate`, `enqueue`, `status`, `jobs`,
-//! `numbers`, `verify`, `check-config`.
+//! The command line: `run` (the daemon, default), `migrate`, `adopt`, `enqueue`, `status`,
+//! `jobs`, `numbers`, `prisma`, `verify`, `check-config`.
 
 pub mod adopt;
 pub mod in_flight;
 pub mod jobs;
 pub mod numbers;
+pub mod prisma;
 pub mod status;
 pub mod verify;
 
@@ -52,6 +53,9 @@ pub enum Command {
     Jobs(jobs::JobsArgs),
     /// The sending numbers: state, rate, today's sends; pause and resume one on every runner.
     Numbers(numbers::NumbersArgs),
+    /// Live beside Prisma Migrate: print our tables as schema.prisma blocks (`prisma schema`), or
+    /// write our DDL as a Prisma migration (`prisma migration DIR`). See docs/prisma.md.
+    Prisma(prisma::PrismaArgs),
     /// Check a running runner over HTTP: both trigger endpoints, auth, readiness, metrics.
     Verify(verify::VerifyArgs),
     /// Load and validate the configuration; print the effective values, secrets masked.
@@ -140,6 +144,12 @@ pub async fn main(cli: Cli) -> u8 {
             let for_numbers = settings.clone();
             with_database(&opts, &settings, |pool| async move {
                 numbers::run(&pool, &for_numbers, &args).await
+            })
+            .await
+        }
+        Command::Prisma(args) => {
+            with_database(&opts, &settings, |pool| async move {
+                prisma::run(&pool, &args).await
             })
             .await
         }

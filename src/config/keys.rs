@@ -368,6 +368,13 @@ pub const KEYS: &[Key] = &[
         |s| Value::Duration(s.runner.rescue_interval),
     ),
     key(
+        "runner.foreign_running_grace",
+        "15m",
+        Reload,
+        "a `running` job with no lease of ours (the app's own runner's, during the switch) is rescued only once its `\"updatedAt\"` is older than this",
+        |s| Value::Duration(s.runner.foreign_running_grace),
+    ),
+    key(
         "runner.job_timeout",
         "120s",
         Reload,

@@ -85,6 +85,10 @@ pub struct RunnerSettings {
     pub lease: Duration,
     #[serde(with = "humantime_serde")]
     pub rescue_interval: Duration,
+    /// A running row with no lease of ours (the app's own runner's) is left alone this long
+    /// after its last update (docs/prisma.md, "The switch").
+    #[serde(with = "humantime_serde")]
+    pub foreign_running_grace: Duration,
     #[serde(with = "humantime_serde")]
     pub job_timeout: Duration,
     #[serde(with = "humantime_serde")]

@@ -56,6 +56,7 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
         ("runner.poll_interval", r.poll_interval),
         ("runner.pooler_poll_interval", r.pooler_poll_interval),
         ("runner.rescue_interval", r.rescue_interval),
+        ("runner.foreign_running_grace", r.foreign_running_grace),
         ("runner.job_timeout", r.job_timeout),
         ("runner.heartbeat", r.heartbeat),
         ("runner.prune_interval", r.prune_interval),

@@ -8,6 +8,8 @@ pub mod adopt;
 pub mod batch;
 pub mod embedded;
 pub mod pooler;
+pub mod prisma;
+pub mod prisma_migration;
 pub mod retry;
 pub mod wait;
 
@@ -113,7 +115,8 @@ pub enum SchemaError {
     #[error(
         "database.migrate is off and the database lacks what the runner needs (nothing was \
          changed):\n  {}\nrun `outbound-runner migrate` (or, for the app's own \"OutboundJob\", \
-         `outbound-runner adopt --dry-run`), or apply the same DDL with your own migrations",
+         `outbound-runner adopt --dry-run`), or apply the same DDL with your own migrations \
+         (`outbound-runner prisma migration DIR` writes it for Prisma, docs/prisma.md)",
         .0.join("\n  ")
     )]
     Missing(Vec<String>),

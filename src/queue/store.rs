@@ -209,16 +209,22 @@ fn claim_sql(limit: i64) -> std::sync::Arc<str> {
         .or_insert_with(|| {
             format!(
                 r#"
-        UPDATE "OutboundJob" j
-        SET {CLAIM_SET}
-        FROM (
+        -- MATERIALIZED: the rows to claim are picked once. As a subquery in FROM, a nested-loop
+        -- plan (chosen on a table whose statistics say one row, e.g. an app's table just
+        -- adopted) re-runs it for every row of the outer scan, and each run skips the rows the
+        -- statement already claimed and locks the next ones: one claim of LIMIT 4 took every
+        -- queued row, more jobs than the runner had slots for.
+        WITH c AS MATERIALIZED (
             SELECT id FROM "OutboundJob"
             WHERE status = 'queued' AND "runAt" <= now()
               AND id <> ALL(outbound_job_ids($4::text[]))
             ORDER BY priority, "runAt", id
             LIMIT {limit}
             FOR UPDATE SKIP LOCKED
-        ) c,
+        )
+        UPDATE "OutboundJob" j
+        SET {CLAIM_SET}
+        FROM c,
         -- No fsync of its own: a claim lost in a server crash leaves the job queued, and every
         -- send is preceded by a synchronous commit that flushes the claim with it.
         (SELECT set_config('synchronous_commit', 'off', true)) relaxed
@@ -448,8 +454,13 @@ pub struct Rescued {
 #[derive(Debug, Clone, Copy)]
 pub enum Reclaim<'a> {
     /// Jobs whose lease expired: their runner died or hung. The attempt stays spent, so a job
-    /// that kills its runner every time ends `failed` after its attempts.
+    /// that kills its runner every time ends `failed` after its attempts. Running rows with no
+    /// lease at all are taken back after [`NO_LEASE_GRACE`].
     Expired,
+    /// [`Reclaim::Expired`], with running rows that carry no lease of ours (the app's own
+    /// runner's, during the switch to us; or written by hand) taken back only once their
+    /// `"updatedAt"` is older than `no_lease_grace` (`runner.foreign_running_grace`).
+    ExpiredOrStale { no_lease_grace: Duration },
     /// This runner's own claims, at the end of a drain. The attempt is refunded.
     Ours(&'a str),
 }
@@ -469,7 +480,7 @@ pub async fn reclaim(
     // clause would make every rescue scan the whole table).
     let mut out = match which {
         // ($1, this runner, is NULL here: every expired lease is taken back.)
-        Reclaim::Expired => {
+        Reclaim::Expired | Reclaim::ExpiredOrStale { .. } => {
             reclaim_where(
                 pool,
                 r#""leaseUntil" < now() AND $1::text IS NULL"#,
@@ -492,13 +503,19 @@ pub async fn reclaim(
             .await?
         }
     };
-    if matches!(which, Reclaim::Expired) {
-        // A running row with no lease at all (written by hand: every claim sets one) would
-        // never expire: it is taken back once it has not changed for NO_LEASE_GRACE.
+    let no_lease_grace = match which {
+        Reclaim::Expired => Some(NO_LEASE_GRACE),
+        Reclaim::ExpiredOrStale { no_lease_grace } => Some(no_lease_grace),
+        Reclaim::Ours(_) => None,
+    };
+    if let Some(no_lease_grace) = no_lease_grace {
+        // A running row with no lease at all (the app's own runner's, or written by hand: every
+        // claim of ours sets one) would never expire: it is taken back once it has not changed
+        // for the grace.
         let grace = format!(
             r#""leaseUntil" IS NULL AND "updatedAt" < now() - interval '{} seconds'
                AND $1::text IS NULL"#,
-            NO_LEASE_GRACE.as_secs()
+            no_lease_grace.as_secs()
         );
         let more =
             reclaim_where(pool, &grace, None, 0, fail_in_doubt, default_max_attempts).await?;
@@ -512,9 +529,66 @@ pub async fn reclaim(
     Ok(out)
 }
 
-/// How long a `running` row without a lease (`"leaseUntil"` NULL) is left alone before the
-/// rescuer takes it back (docs/reliability.md).
+/// How long a `running` row without a lease (`"leaseUntil"` NULL) is left alone before
+/// [`Reclaim::Expired`] takes it back, and before `status` flags it (docs/reliability.md). The
+/// daemon's rescuer waits `runner.foreign_running_grace` instead ([`Reclaim::ExpiredOrStale`]).
 pub const NO_LEASE_GRACE: Duration = Duration::from_secs(60);
+
+/// Running rows that carry no lease of ours: another runner's (the app's own, still on during
+/// the switch, docs/prisma.md) or written by hand.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ForeignRunning {
+    /// All of them.
+    pub total: i64,
+    /// Those updated within the grace: probably still being worked on by their runner; the
+    /// rescuer leaves them alone until the grace has passed.
+    pub recent: i64,
+}
+
+/// Counts the running rows with no lease of ours ([`ForeignRunning`]), from the no-lease index.
+pub async fn foreign_running(pool: &Pool, grace: Duration) -> sqlx::Result<ForeignRunning> {
+    let (total, recent): (i64, i64) = sqlx::query_as(
+        r#"SELECT count(*),
+                  count(*) FILTER (WHERE "updatedAt" >= now() - make_interval(secs => $1))
+           FROM "OutboundJob" WHERE status = 'running' AND "leaseUntil" IS NULL"#,
+    )
+    .bind(grace.as_secs_f64())
+    .persistent(false)
+    .fetch_one(pool)
+    .await?;
+    Ok(ForeignRunning { total, recent })
+}
+
+/// [`foreign_running`] on the app's table before `adopt` (no lease column yet: every running row
+/// is the app's runner's). Recent by `"updatedAt"` when the table has one (Prisma's
+/// `@updatedAt`), else every running row counts as recent.
+pub async fn foreign_running_before_adoption(
+    pool: &Pool,
+    grace: Duration,
+) -> sqlx::Result<ForeignRunning> {
+    let has_updated_at: bool = sqlx::query_scalar(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_attribute
+                          WHERE attrelid = to_regclass('"OutboundJob"') AND attname = 'updatedAt'
+                            AND NOT attisdropped)"#,
+    )
+    .persistent(false)
+    .fetch_one(pool)
+    .await?;
+    let recent = if has_updated_at {
+        r#""updatedAt" >= now() - make_interval(secs => $1)"#
+    } else {
+        "$1::float8 IS NOT NULL"
+    };
+    let (total, recent): (i64, i64) = sqlx::query_as(&format!(
+        r#"SELECT count(*), count(*) FILTER (WHERE {recent})
+           FROM "OutboundJob" WHERE status::text = 'running'"#
+    ))
+    .bind(grace.as_secs_f64())
+    .persistent(false)
+    .fetch_one(pool)
+    .await?;
+    Ok(ForeignRunning { total, recent })
+}
 
 async fn reclaim_where(
     pool: &Pool,

@@ -293,10 +293,15 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
                 error_backoff = Duration::from_millis(250);
                 pending = jobs.len() == want;
                 busy = pending;
-                for (job, permit) in jobs.into_iter().zip(permits.drain(..)) {
-                    // The slot is free again when the job's task ends, however it ends.
-                    shared.spawn_job(job, Some(permit));
+                let mut slots = permits.drain(..);
+                for job in jobs {
+                    // The slot is free again when the job's task ends, however it ends. A job
+                    // beyond the slots taken (a claim must never return more than it asked for,
+                    // but if one did) still runs rather than waiting claimed for its lease to
+                    // expire.
+                    shared.spawn_job(job, slots.next());
                 }
+                drop(slots);
                 drop(permits);
                 if !pending {
                     schedule_next_due(&shared).await;

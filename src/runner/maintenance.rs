@@ -41,7 +41,9 @@ pub async fn rescuer(shared: Arc<Shared>, stop: CancellationToken) {
         let fail_in_doubt = settings.delivery.on_unknown == OnUnknown::Fail;
         match store::reclaim(
             &shared.pool,
-            Reclaim::Expired,
+            Reclaim::ExpiredOrStale {
+                no_lease_grace: settings.runner.foreign_running_grace,
+            },
             fail_in_doubt,
             settings.retry.max_attempts as i32,
         )

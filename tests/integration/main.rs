@@ -14,6 +14,7 @@ mod http;
 mod logs;
 mod numbers;
 mod pooler;
+mod prisma;
 mod queue;
 mod support;
 mod systemd;
