@@ -110,7 +110,8 @@ pub async fn main(cli: Cli) -> u8 {
         }
         Command::CheckConfig => check_config(&opts, &settings),
         Command::Verify(_) => unreachable!("handled before the configuration is loaded"),
-        Command::Status(args) => {
+        Command::Status(mut args) => {
+            args.no_lease_grace = settings.runner.foreign_running_grace;
             let daemon = settings.clone();
             with_database(&opts, &settings, |pool| async move {
                 let mut status = status::collect(&pool, &args)

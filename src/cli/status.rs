@@ -21,6 +21,11 @@ pub struct StatusArgs {
     /// Failed / (done + failed) over the last hour above this is unhealthy.
     #[arg(long, default_value_t = 0.05)]
     pub max_failure_ratio: f64,
+    /// How long a `running` row without a lease of ours may go without an update before it is
+    /// reported: `runner.foreign_running_grace` (the rescuer waits as long), set from the
+    /// configuration, not the command line.
+    #[arg(skip = crate::queue::store::NO_LEASE_GRACE)]
+    pub no_lease_grace: Duration,
 }
 
 #[derive(Debug, Serialize)]
@@ -176,7 +181,7 @@ pub async fn collect(pool: &Pool, args: &StatusArgs) -> sqlx::Result<Status> {
            WHERE status = 'running' AND "leaseUntil" IS NULL
              AND "updatedAt" < now() - make_interval(secs => $1)"#,
     )
-    .bind(crate::queue::store::NO_LEASE_GRACE.as_secs_f64())
+    .bind(args.no_lease_grace.as_secs_f64())
     .fetch_one(pool)
     .await?;
 
@@ -238,7 +243,8 @@ pub async fn collect(pool: &Pool, args: &StatusArgs) -> sqlx::Result<Status> {
         } else {
             format!(
                 "{running_without_lease} running job(s) without a lease (\"leaseUntil\" NULL): \
-                 written by hand or by an old runner; a live runner rescues them"
+                 written by hand, by an old runner or by the app's own runner; a live runner \
+                 rescues them after runner.foreign_running_grace"
             )
         },
     });

@@ -217,6 +217,7 @@ fn status_args() -> outbound_runner::cli::status::StatusArgs {
         json: true,
         max_queued_age: Duration::from_secs(120),
         max_failure_ratio: 0.05,
+        no_lease_grace: Duration::from_secs(60),
     }
 }
 
@@ -506,6 +507,16 @@ async fn a_running_row_without_a_lease_is_rescued_after_the_grace_and_status_fla
             .unwrap()
             .ok
     );
+    // With the default runner.foreign_running_grace (15 minutes), the row the app's own runner
+    // may still be working (updated 10 minutes ago) is not flagged: the rescuer waits as long.
+    let patient = outbound_runner::cli::status::StatusArgs {
+        no_lease_grace: Duration::from_secs(15 * 60),
+        ..status_args()
+    };
+    let status = outbound_runner::cli::status::collect(&db.pool, &patient)
+        .await
+        .unwrap();
+    assert_eq!(status.running_without_lease, 0);
     let rescued = outbound_runner::queue::store::reclaim(
         &db.pool,
         outbound_runner::queue::store::Reclaim::Expired,
