@@ -81,12 +81,19 @@ fn refuse(state: &HttpState, headers: &HeaderMap, query: Option<&str>) -> Option
 }
 
 fn failure(e: AdminError) -> Response {
+    answer_for("admin API", e)
+}
+
+/// The answer to an operator action that failed, for the admin API and the console (`who`
+/// names it in the log): bad input 400, no such job 404, a conflict 409, and 503 only when the
+/// database really failed (logged at ERROR).
+pub(super) fn answer_for(who: &str, e: AdminError) -> Response {
     let status = match &e {
         AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
         AdminError::NotFound(_) => StatusCode::NOT_FOUND,
         AdminError::Conflict(_) => StatusCode::CONFLICT,
         AdminError::Database(_) => {
-            tracing::error!("admin API: {e}");
+            tracing::error!("{who}: {e}");
             return error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable");
         }
     };

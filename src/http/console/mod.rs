@@ -340,16 +340,7 @@ pub fn job_id(name: &str, raw: &str) -> Result<JobId, AdminError> {
 }
 
 fn failure(e: AdminError) -> Response {
-    let status = match &e {
-        AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
-        AdminError::NotFound(_) => StatusCode::NOT_FOUND,
-        AdminError::Conflict(_) => StatusCode::CONFLICT,
-        AdminError::Database(_) => {
-            tracing::error!("console: {e}");
-            return error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable");
-        }
-    };
-    error(status, &e.to_string())
+    super::admin::answer_for("console", e)
 }
 
 /// The list filter from the page's query string (the `jobs list` filters); unknown
