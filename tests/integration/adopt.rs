@@ -295,35 +295,16 @@ async fn jobs_inserted_the_apps_way_are_delivered_once_and_named_by_the_apps_ids
 async fn the_guides_sql_runs_unchanged_on_an_adopted_table() {
     let (db, _) = app_db(IdKind::Cuid).await;
     adopt_now(&db).await;
-    for q in [
-        r#"SELECT COUNT(*) FROM "OutboundJob" WHERE status = 'queued';"#,
-        r#"SELECT COUNT(*) FROM "OutboundJob" WHERE status = 'running';"#,
-        r#"SELECT COUNT(*) FROM "OutboundJob" 
-WHERE status = 'done' 
-AND "completedAt" > NOW() - INTERVAL '1 hour';"#,
-        r#"SELECT COUNT(*) FROM "OutboundJob" 
-WHERE status = 'failed' 
-AND "completedAt" > NOW() - INTERVAL '24 hours';"#,
-        r#"SELECT status, COUNT(*) FROM "OutboundJob" GROUP BY status;"#,
-        r#"SELECT 
-  DATE_TRUNC('minute', "completedAt") as minute,
-  COUNT(*) as processed
-FROM "OutboundJob"
-WHERE status = 'done'
-AND "completedAt" > NOW() - INTERVAL '1 hour'
-GROUP BY minute
-ORDER BY minute DESC;"#,
-    ] {
+    for q in crate::guide_sql::ALL {
         sqlx::raw_sql(q)
             .fetch_all(&db.pool)
             .await
             .unwrap_or_else(|e| panic!("{q}: {e}"));
     }
-    let queued: i64 =
-        sqlx::query_scalar(r#"SELECT COUNT(*) FROM "OutboundJob" WHERE status = 'queued';"#)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let queued: i64 = sqlx::query_scalar(crate::guide_sql::QUEUED)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(queued, 1);
     // And `status` reads it.
     let out = cli(&db, &["status", "--json"]);

@@ -869,43 +869,28 @@ async fn adoption(kind: &str, time_zone: &str) {
         .execute(&mut *conn)
         .await
         .unwrap();
-    let done_last_hour: i64 = sqlx::query_scalar(
-        r#"SELECT COUNT(*) FROM "OutboundJob" 
-WHERE status = 'done' 
-AND "completedAt" > NOW() - INTERVAL '1 hour';"#,
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .unwrap();
+    let done_last_hour: i64 = sqlx::query_scalar(crate::guide_sql::DONE_LAST_HOUR)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
     assert_eq!(done_last_hour, ids.len() as i64);
     for sql in [
-        r#"SELECT COUNT(*) FROM "OutboundJob" WHERE status = 'queued';"#,
-        r#"SELECT COUNT(*) FROM "OutboundJob" WHERE status = 'running';"#,
-        r#"SELECT COUNT(*) FROM "OutboundJob" 
-WHERE status = 'failed' 
-AND "completedAt" > NOW() - INTERVAL '24 hours';"#,
+        crate::guide_sql::QUEUED,
+        crate::guide_sql::RUNNING,
+        crate::guide_sql::FAILED_LAST_DAY,
     ] {
         let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *conn).await.unwrap();
         assert_eq!(n, 0, "{sql}");
     }
-    let by_status = sqlx::query(r#"SELECT status, COUNT(*) FROM "OutboundJob" GROUP BY status;"#)
+    let by_status = sqlx::query(crate::guide_sql::BY_STATUS)
         .fetch_all(&mut *conn)
         .await
         .unwrap();
     assert_eq!(by_status.len(), 1);
-    let per_minute = sqlx::query(
-        r#"SELECT 
-  DATE_TRUNC('minute', "completedAt") as minute,
-  COUNT(*) as processed
-FROM "OutboundJob"
-WHERE status = 'done'
-AND "completedAt" > NOW() - INTERVAL '1 hour'
-GROUP BY minute
-ORDER BY minute DESC;"#,
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .unwrap();
+    let per_minute = sqlx::query(crate::guide_sql::PER_MINUTE)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
     assert!(!per_minute.is_empty());
     drop(conn);
 
