@@ -3,7 +3,9 @@
 //! The layout, by responsibility:
 //!
 //! - [`config`]: layered configuration (defaults → file → environment), secrets, validation.
-//! - [`db`]: the connection pool, migrations, and the embedded PostgreSQL of a first run.
+//! - [`db`]: the connection pool, migrations (with the indexes they leave to a concurrent
+//!   build), the adoption of the app's own table ([`db::adopt`]), the schema as Prisma sees it
+//!   ([`db::prisma`], [`db::prisma_migration`]), and the embedded PostgreSQL of a first run.
 //! - [`queue`]: the job queue itself, a leaf: the job types, every SQL statement that writes
 //!   `"OutboundJob"` ([`queue::store`] for the runner's moves, [`queue::moves`] for those other
 //!   modules ask for, [`queue::admin`] for the operator's) and the retry policy ([`queue::retry`]).
@@ -17,7 +19,8 @@
 //!   acts on [`whatsapp::codes::Class`], never on a code), the ledger (every statement on
 //!   `"OutboundMessage"`) and Meta's statuses applied through the tables' owners.
 //! - [`app`]: the daemon: start-up order, signals, shutdown.
-//! - [`http`]: the trigger endpoints, Meta's status webhooks, `/metrics`, `/healthz`, `/readyz`.
+//! - [`http`]: the trigger endpoints, Meta's status webhooks, the admin API, the web console
+//!   ([`http::console`]), `/metrics`, `/healthz`, `/readyz`.
 //! - [`cli`]: the subcommands.
 //! - [`metrics`], [`health`], [`telemetry`], [`systemd`], [`exit`]: what an operator watches;
 //!   [`supervise`]: no task dies silently.

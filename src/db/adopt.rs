@@ -1014,7 +1014,7 @@ fn is_index_step(step: &Step) -> bool {
 /// After `migrate` on a table that is ours: builds the indexes of ours on `"OutboundJob"` that
 /// are missing or invalid, with `CREATE INDEX CONCURRENTLY` under the migrations' lock, so the
 /// app's inserts go on while a big table is indexed. Our migrations leave every index added to
-/// `"OutboundJob"` after the adoption baseline to this step ([`INDEXES`]): a plain `CREATE INDEX`
+/// `"OutboundJob"` after the adoption baseline to this step (`INDEXES`): a plain `CREATE INDEX`
 /// in a migration would hold the app's inserts for as long as the build takes. Returns how many
 /// steps ran (0 when every index is there).
 pub async fn build_indexes(

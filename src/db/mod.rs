@@ -1,6 +1,8 @@
-//! The database connection: the pool, migrations, and where the URL comes from.
+//! The database connection: the pool, migrations, and where the URL comes from; the adoption
+//! of the app's own `"OutboundJob"` ([`adopt`]) and the schema as Prisma sees it ([`prisma`],
+//! [`prisma_migration`]).
 //!
-//! All SQL that moves jobs lives in [`crate::queue::store`]; this module only connects. Every
+//! All SQL that moves jobs lives in `crate::queue`; this module connects and shapes the schema. Every
 //! statement goes through a [`Pool`], which is pooler-safe when `database.url` goes through a
 //! transaction-mode pooler ([`pooler`], docs/operations.md "Poolers").
 
