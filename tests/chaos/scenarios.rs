@@ -1747,9 +1747,11 @@ async fn poison_rows(ctx: Ctx) -> anyhow::Result<Row> {
     let mut odd = vec![
         one(format!(r#"INSERT INTO "OutboundJob" (payload, "runAt") VALUES ('{}', '-infinity') RETURNING id"#, poison_payload(5))).await?,
         one(format!(r#"INSERT INTO "OutboundJob" (payload, "createdAt") VALUES ('{}', 'infinity') RETURNING id"#, poison_payload(6))).await?,
+        // Running with no lease, not updated for longer than runner.foreign_running_grace
+        // (15 min by default: a younger one may be the app's own runner at work).
         one(format!(
             r#"INSERT INTO "OutboundJob" (payload, status, "updatedAt")
-               VALUES ('{}', 'running', now() - interval '10 minutes') RETURNING id"#,
+               VALUES ('{}', 'running', now() - interval '1 hour') RETURNING id"#,
             poison_payload(7)
         ))
         .await?,
