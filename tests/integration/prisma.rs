@@ -149,16 +149,19 @@ async fn printed(db: &TestDb) -> String {
     format!("{DATASOURCE}\n{}", prisma::render(&catalog))
 }
 
-/// Proves with Prisma's engine that `printed` describes the database: a pull of the database
-/// against it is an empty migration; after a baseline of it marked applied, `migrate dev`
-/// proposes nothing.
-async fn assert_no_drift(db: &TestDb, printed: &str) {
-    let scratch = Scratch::new();
+/// Writes `printed` as the schema in `scratch` and proves with Prisma's engine that a pull of
+/// the database says the same: their `migrate diff` is an empty migration. Returns the schema's
+/// and the migrations folder's paths.
+async fn assert_pulled_is_printed(
+    db: &TestDb,
+    printed: &str,
+    scratch: &Scratch,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let migrations = scratch.path("migrations");
     let schema = scratch.path("schema.prisma");
     std::fs::write(&schema, printed).unwrap();
     let pulled = scratch.path("pulled.prisma");
-    std::fs::write(&pulled, pull(&db.url, &scratch).await).unwrap();
+    std::fs::write(&pulled, pull(&db.url, scratch).await).unwrap();
     let diff = prisma6(
         &db.url,
         &schema,
@@ -178,6 +181,36 @@ async fn assert_no_drift(db: &TestDb, printed: &str) {
         diff.contains("-- This is an empty migration."),
         "the pulled schema and the printed one differ:\n{diff}\nprinted:\n{printed}"
     );
+    (schema, migrations)
+}
+
+/// `prisma migrate dev` after a baseline proposes nothing ("Already in sync"). Returns its
+/// output.
+async fn assert_migrate_dev_in_sync(
+    db: &TestDb,
+    schema: &std::path::Path,
+    migrations: &std::path::Path,
+) -> String {
+    let dev = prisma6(
+        &db.url,
+        schema,
+        migrations,
+        &["migrate", "dev", "--name", "drift_check", "--skip-generate"],
+    )
+    .await;
+    assert!(
+        dev.contains("Already in sync"),
+        "migrate dev after the baseline: {dev}"
+    );
+    dev
+}
+
+/// Proves with Prisma's engine that `printed` describes the database: a pull of the database
+/// against it is an empty migration; after a baseline of it marked applied, `migrate dev`
+/// proposes nothing.
+async fn assert_no_drift(db: &TestDb, printed: &str) {
+    let scratch = Scratch::new();
+    let (schema, migrations) = assert_pulled_is_printed(db, printed, &scratch).await;
 
     // The baseline: the printed model as the first migration, marked applied.
     let baseline = prisma6(
@@ -213,17 +246,7 @@ async fn assert_no_drift(db: &TestDb, printed: &str) {
         &["migrate", "resolve", "--applied", "0_baseline"],
     )
     .await;
-    let dev = prisma6(
-        &db.url,
-        &schema,
-        &migrations,
-        &["migrate", "dev", "--name", "drift_check", "--skip-generate"],
-    )
-    .await;
-    assert!(
-        dev.contains("Already in sync"),
-        "migrate dev after the baseline: {dev}"
-    );
+    let dev = assert_migrate_dev_in_sync(db, &schema, &migrations).await;
     let folders: Vec<_> = std::fs::read_dir(&migrations)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -909,30 +932,7 @@ async fn adoption(kind: &str, time_zone: &str) {
 /// [`assert_no_drift`] for a database with the app's own migration history in `scratch`: the
 /// baseline is the difference between that history and the printed models.
 async fn assert_no_drift_after(db: &TestDb, printed: &str, scratch: &Scratch) {
-    let migrations = scratch.path("migrations");
-    let schema = scratch.path("schema.prisma");
-    std::fs::write(&schema, printed).unwrap();
-    let pulled = scratch.path("pulled.prisma");
-    std::fs::write(&pulled, pull(&db.url, scratch).await).unwrap();
-    let diff = prisma6(
-        &db.url,
-        &schema,
-        &migrations,
-        &[
-            "migrate",
-            "diff",
-            "--from-schema-datamodel",
-            pulled.to_str().unwrap(),
-            "--to-schema-datamodel",
-            schema.to_str().unwrap(),
-            "--script",
-        ],
-    )
-    .await;
-    assert!(
-        diff.contains("-- This is an empty migration."),
-        "the pulled schema and the printed one differ:\n{diff}\nprinted:\n{printed}"
-    );
+    let (schema, migrations) = assert_pulled_is_printed(db, printed, scratch).await;
     let baseline = prisma6(
         &db.url,
         &schema,
@@ -958,17 +958,7 @@ async fn assert_no_drift_after(db: &TestDb, printed: &str, scratch: &Scratch) {
         &["migrate", "resolve", "--applied", "1_outbound_runner"],
     )
     .await;
-    let dev = prisma6(
-        &db.url,
-        &schema,
-        &migrations,
-        &["migrate", "dev", "--name", "drift_check", "--skip-generate"],
-    )
-    .await;
-    assert!(
-        dev.contains("Already in sync"),
-        "migrate dev after the baseline: {dev}"
-    );
+    assert_migrate_dev_in_sync(db, &schema, &migrations).await;
 }
 
 #[tokio::test]
