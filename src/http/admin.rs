@@ -100,8 +100,9 @@ pub(super) fn answer_for(who: &str, e: AdminError) -> Response {
     error(status, &e.to_string())
 }
 
-/// `{"ok":true, …value's fields}`, `ok` first like every other answer.
-fn ok_with(value: impl serde::Serialize) -> Response {
+/// `{"ok":true, …value's fields}`, `ok` first like every other answer (the admin API's and the
+/// console's).
+pub(super) fn ok_with(value: impl serde::Serialize) -> Response {
     #[derive(serde::Serialize)]
     struct Answer<T> {
         ok: bool,

@@ -34,6 +34,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::HttpState;
+use super::admin::ok_with;
 use super::routes::error;
 use crate::queue::JobId;
 use crate::queue::admin::{self, Actor, AdminError, Filter, Settled};
@@ -188,14 +189,6 @@ async fn asset(
         Some(a) => assets::serve(a, &headers),
         None => not_found(),
     }
-}
-
-fn ok_with(value: serde_json::Value) -> Response {
-    let mut body = json!({ "ok": true });
-    if let (Some(b), serde_json::Value::Object(v)) = (body.as_object_mut(), value) {
-        b.extend(v);
-    }
-    axum::Json(body).into_response()
 }
 
 async fn session_state(
@@ -490,7 +483,7 @@ async fn retry(
             if !report.dry_run {
                 tracing::info!(by = BY, retried = report.retried, "jobs retried");
             }
-            ok_with(serde_json::to_value(report).unwrap_or_default())
+            ok_with(report)
         }
         Err(e) => failure(e),
     }
@@ -525,7 +518,7 @@ async fn cancel(
             if !report.dry_run {
                 tracing::info!(by = BY, cancelled = report.cancelled, "jobs cancelled");
             }
-            ok_with(serde_json::to_value(report).unwrap_or_default())
+            ok_with(report)
         }
         Err(e) => failure(e),
     }
@@ -557,7 +550,7 @@ async fn settle(
     }
     .await;
     match result {
-        Ok(report) => ok_with(serde_json::to_value(report).unwrap_or_default()),
+        Ok(report) => ok_with(report),
         Err(e) => failure(e),
     }
 }
