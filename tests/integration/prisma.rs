@@ -149,6 +149,25 @@ async fn printed(db: &TestDb) -> String {
     format!("{DATASOURCE}\n{}", prisma::render(&catalog))
 }
 
+/// Whether every job of `ids` reaches `done` within 30 s (polled: the runner's completion is
+/// in another connection's commit).
+async fn all_done(db: &TestDb, ids: &[String]) -> bool {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let s = statuses(db).await;
+            if ids
+                .iter()
+                .all(|id| s.get(id).map(String::as_str) == Some("done"))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// Writes `printed` as the schema in `scratch` and proves with Prisma's engine that a pull of
 /// the database says the same: their `migrate diff` is an empty migration. Returns the schema's
 /// and the migrations folder's paths.
@@ -844,21 +863,9 @@ async fn adoption(kind: &str, time_zone: &str) {
         );
     }
     let runner = spawn_runner(&db, Arc::new(SandboxHandler), |_| {}).await;
-    let delivered = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let s = statuses(&db).await;
-            if ids
-                .iter()
-                .all(|id| s.get(id).map(String::as_str) == Some("done"))
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let delivered = all_done(&db, &ids).await;
     runner.shutdown().await;
-    assert!(delivered.is_ok(), "delivered: {:?}", statuses(&db).await);
+    assert!(delivered, "delivered: {:?}", statuses(&db).await);
     let messages: Vec<(String, i64)> =
         sqlx::query_as(r#"SELECT "jobId"::text, count(*) FROM "OutboundMessage" GROUP BY 1"#)
             .fetch_all(&db.pool)
@@ -1070,21 +1077,9 @@ async fn on_the_apps_table_prisma_applies_the_adoption_written_as_migrations() {
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
-    let delivered = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let s = statuses(&db).await;
-            if ids
-                .iter()
-                .all(|id| s.get(id).map(String::as_str) == Some("done"))
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let delivered = all_done(&db, &ids).await;
     runner.shutdown().await;
-    assert!(delivered.is_ok(), "delivered: {:?}", statuses(&db).await);
+    assert!(delivered, "delivered: {:?}", statuses(&db).await);
 
     // The history holds our DDL: with the printed models in schema.prisma, `migrate dev` is in
     // sync without a baseline.
