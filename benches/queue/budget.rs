@@ -28,7 +28,7 @@ use outbound_runner::runner::Runner;
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::common::{Args, Db, Row, ServerCpu, int};
+use crate::common::{Args, Db, Row, ServerCpu, int, median};
 use crate::mock_meta::{self, Limits, MockMeta};
 use crate::mock_orchestrator::{Answer, MockOrchestrator};
 use crate::progress;
@@ -73,6 +73,9 @@ struct Drive {
     /// PostgreSQL's CPU from the runner's start to the last `done` (its backends of the
     /// database and the shared processes: [`ServerCpu`]; the observer is not among them).
     server_cpu: f64,
+    /// Transactions the measured database committed over the row (`pg_stat_database`, read
+    /// after the runner's connections closed): the statements that commit, per message.
+    commits: i64,
 }
 
 fn rss_kb() -> i64 {
@@ -144,6 +147,7 @@ async fn drive(
         })
     };
 
+    let commits_before = commits(&db.name).await;
     let pool = outbound_runner::db::pool(&s, opts.application_name(APP), false);
     // As the daemon does before it starts the runner (app.rs).
     let pool = outbound_runner::db::wait::fit_budget(pool, &s).await;
@@ -172,6 +176,7 @@ async fn drive(
     let _ = sampler.await;
     runner.shutdown().await;
     pool.close().await;
+    let commits = commits(&db.name).await - commits_before;
     let (done, retried): (i64, i64) = sqlx::query_as(
         r#"SELECT count(*) FILTER (WHERE status = 'done'),
                   count(*) FILTER (WHERE status = 'done' AND attempts <> 1)
@@ -191,7 +196,32 @@ async fn drive(
         rss_base_kb,
         rss_peak_kb: rss.load(Ordering::SeqCst),
         server_cpu,
+        commits,
     }
+}
+
+/// The transactions `database` has committed (`pg_stat_database.xact_commit`), read from the
+/// server's own database. A backend reports its counts when it ends or goes idle, so read after
+/// the runner's connections have closed (a few of the benchmark's own are among them).
+async fn commits(database: &str) -> i64 {
+    let Ok(admin) = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&crate::common::admin_url())
+        .await
+    else {
+        return 0;
+    };
+    // Counts of backends that just ended reach the shared statistics at once in PostgreSQL 15;
+    // a snapshot taken earlier in this transaction would hide them.
+    let n: i64 = sqlx::query_scalar(
+        "SELECT coalesce(xact_commit, 0)::bigint FROM pg_stat_database WHERE datname = $1",
+    )
+    .bind(database)
+    .fetch_one(&admin)
+    .await
+    .unwrap_or(0);
+    admin.close().await;
+    n
 }
 
 fn held(d: &Drive, budget: u32) -> String {
@@ -305,6 +335,76 @@ async fn daemon_rss(cap: Duration) -> (Drive, f64) {
     let _ = std::fs::remove_file(&config);
     db.drop().await;
     (d, hwm)
+}
+
+/// Issue 27's rows: PostgreSQL CPU per message at Meta's default tier (80/s), at 1,000/s (both
+/// with the mock answering after 200 ms) and with instant answers (pacing out of the way), each
+/// on the built-in settings, with the transactions committed per message beside it. `--runs`
+/// rounds, the three rows in turn in each; the median of each row's figures.
+pub async fn cost(a: &Args) -> Vec<Row> {
+    let cap = Duration::from_secs(if a.quick { 20 } else { 30 });
+    let secs = if a.quick { 4 } else { 10 };
+    let cases: [(&str, u32, u64, usize); 3] = [
+        ("rate 80, answers after 200 ms", 80, 200, 80 * secs),
+        ("rate 1,000, answers after 200 ms", 1000, 200, 1000 * secs),
+        (
+            "instant answers, pacing out of the way",
+            1_000_000,
+            0,
+            if a.quick { 2_000 } else { 10_000 },
+        ),
+    ];
+    let mut figures: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); cases.len()];
+    for round in 1..=a.runs {
+        for (i, &(name, rate, latency, jobs)) in cases.iter().enumerate() {
+            let db = Db::new().await;
+            let meta =
+                MockMeta::start_with(Limits::default(), Duration::from_millis(latency)).await;
+            let mut s = defaults();
+            live(&mut s, &meta, rate);
+            let handler = Arc::new(LiveHandler::new(&s).unwrap());
+            let d = drive(&db, db.opts.clone(), s, handler, jobs, false, cap).await;
+            let done = d.done.max(1) as f64;
+            let (cpu, commits, rate_done) = (
+                d.server_cpu / done * 1e6,
+                d.commits as f64 / done,
+                d.done as f64 / d.elapsed,
+            );
+            progress!(
+                "round {round}/{}: {name}: {cpu:.0} µs PostgreSQL CPU per message, {commits:.3} \
+                 commits per message, {} messages/s; {}",
+                a.runs,
+                int(rate_done),
+                finished(&d)
+            );
+            figures[i].push((cpu, commits, rate_done));
+            db.drop().await;
+        }
+    }
+    cases
+        .iter()
+        .zip(figures)
+        .map(|(&(name, _, _, jobs), f)| {
+            let cpu: Vec<f64> = f.iter().map(|x| x.0).collect();
+            let commits: Vec<f64> = f.iter().map(|x| x.1).collect();
+            let rate: Vec<f64> = f.iter().map(|x| x.2).collect();
+            let (lo, hi) = cpu
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            Row {
+                section: "cost",
+                measure: "PostgreSQL CPU per message, live delivery, built-in settings".into(),
+                setup: format!("{name}; {} jobs", int(jobs as f64)),
+                result: format!("{:.0} µs/message ({lo:.0}–{hi:.0})", median(&cpu)),
+                ratio: String::new(),
+                detail: format!(
+                    "{:.3} commits per message; {} messages/s",
+                    median(&commits),
+                    int(median(&rate))
+                ),
+            }
+        })
+        .collect()
 }
 
 pub async fn run(a: &Args) -> Vec<Row> {

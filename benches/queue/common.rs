@@ -24,16 +24,18 @@ pub enum Section {
     Pooler,
     Idle,
     Budget,
+    Cost,
     Statuses,
     Console,
 }
 
 impl Section {
-    pub const ALL: [Section; 10] = [
+    pub const ALL: [Section; 11] = [
         Section::Limit,
         Section::Throughput,
         Section::Pipeline,
         Section::Budget,
+        Section::Cost,
         Section::Latency,
         Section::Large,
         Section::Pooler,
@@ -52,6 +54,7 @@ impl Section {
             Section::Pooler => "pooler",
             Section::Idle => "idle",
             Section::Budget => "budget",
+            Section::Cost => "cost",
             Section::Statuses => "statuses",
             Section::Console => "console",
         }
@@ -71,8 +74,8 @@ impl FromStr for Section {
 pub const USAGE: &str = "\
 cargo bench --bench queue -- [options]
 
-  --only SECTION[,SECTION…]  limit, throughput, pipeline, budget, latency, large, pooler, idle, statuses,
-                             console
+  --only SECTION[,SECTION…]  limit, throughput, pipeline, budget, cost, latency, large, pooler, idle,
+                             statuses, console
                              (default: all)
   --quick                    small sizes and 1 run: a smoke test in about a minute
   --runs R                   runs per figure; each figure is the median (default 3, quick 1)

@@ -16,6 +16,8 @@
 //! - `pipeline`: live delivery against the mock Cloud API (instant and 50 ms answers);
 //! - `budget`: the built-in settings at Meta's rates and real latencies (200 ms Cloud API, 5 s
 //!   orchestrator), the connections they hold, a role with `CONNECTION LIMIT 3`, RSS;
+//! - `cost`: PostgreSQL CPU and transactions per message at rate 80 and 1,000 (200 ms Cloud
+//!   API) and with instant answers, on the built-in settings;
 //! - `latency`: wake-up latency of an idle runner, on the database's clock;
 //! - `large`: claim latency with 10k vs 1M queued rows, beside 1M finished rows, after a prune;
 //! - `pooler`: a sandbox drain (the first `--jobs` size) and idle wake-ups through a
@@ -71,6 +73,10 @@ async fn run_all(a: Args) -> Vec<Row> {
     if a.wants(Section::Budget) {
         eprintln!("budget: Meta's rates at real latency, on the built-in settings…");
         rows.extend(budget::run(&a).await);
+    }
+    if a.wants(Section::Cost) {
+        eprintln!("cost: PostgreSQL CPU per message, live, built-in settings…");
+        rows.extend(budget::cost(&a).await);
     }
     if a.wants(Section::Latency) {
         eprintln!("wake-up latency…");
