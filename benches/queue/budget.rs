@@ -73,6 +73,10 @@ struct Drive {
     /// PostgreSQL's CPU from the runner's start to the last `done` (its backends of the
     /// database and the shared processes: [`ServerCpu`]; the observer is not among them).
     server_cpu: f64,
+    /// The part of `server_cpu` spent by the database's own backends (the rest is the shared
+    /// processes': WAL writer, checkpointer, background writer, which also serve whatever else
+    /// the server is doing meanwhile).
+    backends_cpu: f64,
     /// Transactions the measured database committed over the row (`pg_stat_database`, read
     /// after the runner's connections closed): the statements that commit, per message.
     commits: i64,
@@ -153,6 +157,7 @@ async fn drive(
     let pool = outbound_runner::db::wait::fit_budget(pool, &s).await;
     let metrics = Arc::new(Metrics::new());
     let server = ServerCpu::start(&db.name);
+    let backends = ServerCpu::backends(&db.name);
     let started = Instant::now();
     let runner = Runner::builder(pool.clone(), Arc::new(s), handler)
         .metrics(metrics.clone())
@@ -172,6 +177,7 @@ async fn drive(
     };
     let elapsed = started.elapsed().as_secs_f64();
     let (server_cpu, _) = server.stop();
+    let (backends_cpu, _) = backends.stop();
     stop.store(true, Ordering::SeqCst);
     let _ = sampler.await;
     runner.shutdown().await;
@@ -196,6 +202,7 @@ async fn drive(
         rss_base_kb,
         rss_peak_kb: rss.load(Ordering::SeqCst),
         server_cpu,
+        backends_cpu,
         commits,
     }
 }
@@ -354,7 +361,7 @@ pub async fn cost(a: &Args) -> Vec<Row> {
             if a.quick { 2_000 } else { 10_000 },
         ),
     ];
-    let mut figures: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); cases.len()];
+    let mut figures: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); cases.len()];
     for round in 1..=a.runs {
         for (i, &(name, rate, latency, jobs)) in cases.iter().enumerate() {
             let db = Db::new().await;
@@ -365,19 +372,20 @@ pub async fn cost(a: &Args) -> Vec<Row> {
             let handler = Arc::new(LiveHandler::new(&s).unwrap());
             let d = drive(&db, db.opts.clone(), s, handler, jobs, false, cap).await;
             let done = d.done.max(1) as f64;
-            let (cpu, commits, rate_done) = (
+            let (cpu, backends, commits, rate_done) = (
                 d.server_cpu / done * 1e6,
+                d.backends_cpu / done * 1e6,
                 d.commits as f64 / done,
                 d.done as f64 / d.elapsed,
             );
             progress!(
-                "round {round}/{}: {name}: {cpu:.0} µs PostgreSQL CPU per message, {commits:.3} \
-                 commits per message, {} messages/s; {}",
+                "round {round}/{}: {name}: {cpu:.0} µs PostgreSQL CPU per message ({backends:.0} \
+                 in the database's backends), {commits:.3} commits per message, {} messages/s; {}",
                 a.runs,
                 int(rate_done),
                 finished(&d)
             );
-            figures[i].push((cpu, commits, rate_done));
+            figures[i].push((cpu, commits, rate_done, backends));
             db.drop().await;
         }
     }
@@ -388,6 +396,7 @@ pub async fn cost(a: &Args) -> Vec<Row> {
             let cpu: Vec<f64> = f.iter().map(|x| x.0).collect();
             let commits: Vec<f64> = f.iter().map(|x| x.1).collect();
             let rate: Vec<f64> = f.iter().map(|x| x.2).collect();
+            let backends: Vec<f64> = f.iter().map(|x| x.3).collect();
             let (lo, hi) = cpu
                 .iter()
                 .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
@@ -398,7 +407,9 @@ pub async fn cost(a: &Args) -> Vec<Row> {
                 result: format!("{:.0} µs/message ({lo:.0}–{hi:.0})", median(&cpu)),
                 ratio: String::new(),
                 detail: format!(
-                    "{:.3} commits per message; {} messages/s",
+                    "{:.0} µs of it in the database's backends, the rest in the shared processes; \
+                     {:.3} commits per message; {} messages/s",
+                    median(&backends),
                     median(&commits),
                     int(median(&rate))
                 ),
