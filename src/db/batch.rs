@@ -98,6 +98,35 @@ impl Intake {
         true
     }
 
+    /// Gathers into `batch` until `deadline` or until it holds `enough` (or [`Intake::new`]'s
+    /// `max`): grouping by time, for writes that come a few at a time but may wait a little
+    /// (see the completer's `COMPLETION_SPAN`). False once `stop` is cancelled (what it took is
+    /// in `batch`).
+    pub async fn gather_until<T>(
+        &mut self,
+        rx: &mut mpsc::Receiver<T>,
+        stop: &CancellationToken,
+        batch: &mut Vec<T>,
+        deadline: tokio::time::Instant,
+        enough: usize,
+    ) -> bool {
+        let enough = enough.clamp(1, self.max);
+        while batch.len() < enough {
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline, rx.recv()) => match r {
+                    Ok(Some(r)) => {
+                        batch.push(r);
+                        self.drain(rx, batch);
+                    }
+                    _ => break,
+                },
+                _ = stop.cancelled() => return false,
+            }
+        }
+        self.previous = batch.len();
+        true
+    }
+
     fn drain<T>(&self, rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>) {
         while batch.len() < self.max {
             match rx.try_recv() {

@@ -216,13 +216,16 @@ impl LiveHandler {
             return decided;
         }
         // The tier ticket is held until this send has ended (dropped on every way out).
-        let (tier_ticket, permit) = self.clear_to_send(job, ctx, wa, message).await?;
+        let (tier_ticket, permit, marked) = self.clear_to_send(job, ctx, wa, message).await?;
 
         // The number's sliding window, as close to the request as it gets.
         self.pacer.release(wa).await;
         let seq = message.seq;
         let started = Instant::now();
         let callback = crate::whatsapp::statuses::callback_id(&job.id, seq);
+        // From here the request may have left: an attempt cut off now leaves the message in
+        // doubt, never sent twice.
+        marked.disarm();
         let result = api.send(wa, &message.to, &callback, &message.body).await;
         ctx.metrics
             .send_duration
@@ -330,15 +333,16 @@ impl LiveHandler {
     }
 
     /// Everything before the request: the tier limit (a template message), the pacing permit,
-    /// and `sending` committed. Returns the tier ticket (held until the send has ended) and the
-    /// permit.
+    /// `sending` committed (at the start of the slot's mark span), and the slot. Returns the
+    /// tier ticket (held until the send has ended), the permit, and the mark's guard (disarmed
+    /// when the request leaves).
     async fn clear_to_send(
         &self,
         job: &Job,
         ctx: &JobContext,
         wa: &WhatsappSettings,
         message: &Message,
-    ) -> Result<(Option<numbers::TierTicket>, Permit), JobError> {
+    ) -> Result<(Option<numbers::TierTicket>, Permit, Marked), JobError> {
         let number = wa.phone_number_id.as_str();
         let seq = message.seq;
         let tier_ticket = if message.body.get("type").and_then(|t| t.as_str()) == Some("template") {
@@ -356,36 +360,55 @@ impl LiveHandler {
         let paced = Instant::now();
         let permit = self
             .pacer
-            .acquire(wa, &message.to)
+            .reserve_slot(wa, &message.to)
             .await
             .map_err(|d| deferred(ctx, number, d))?;
-        ctx.metrics
-            .number_paced_wait
-            .with_label_values(&[number])
-            .observe(paced.elapsed().as_secs_f64());
+        // The marks of every send whose slot is in the same span are written together, at the
+        // span's start (`pacing::MARK_SPAN`): one statement for them all.
+        tokio::time::sleep_until(permit.mark_at()).await;
         let mark = ledger::Mark {
             fence: job.fence.clone(),
             seq,
             resend_in_doubt: ctx.settings.delivery.on_unknown == OnUnknown::Retry,
         };
         match ctx.ledger.sending.write(mark).await {
-            Ok(true) => Ok((tier_ticket, permit)),
-            Ok(false) => Err(lost()),
+            Ok(true) => {}
+            Ok(false) => return Err(lost()),
             Err(e) => {
                 // Nothing was sent: the request leaves only after this write. If the write
                 // landed all the same (its answer was lost with the connection), the message is
                 // put back to `pending`, or the next attempt would take it for a send in doubt
                 // and fail the job without sending.
-                let held = persist(job, seq, "putting back a message that was not sent", || {
-                    ledger::unmark_sending(&ctx.pool, &job.fence, seq)
-                })
-                .await;
-                if !held {
+                if !self.unmark(job, ctx, seq).await {
                     return Err(lost());
                 }
-                Err(database("marking the message sending", &e))
+                return Err(database("marking the message sending", &e));
             }
         }
+        let marked = Marked::new(ctx, job, seq);
+        if let Err(d) = self.pacer.ready(&permit).await {
+            // A pause or a circuit began after the mark: nothing was sent, the message goes
+            // back to `pending` and the job is deferred.
+            marked.disarm();
+            if !self.unmark(job, ctx, seq).await {
+                return Err(lost());
+            }
+            return Err(deferred(ctx, number, d));
+        }
+        ctx.metrics
+            .number_paced_wait
+            .with_label_values(&[number])
+            .observe(paced.elapsed().as_secs_f64());
+        Ok((tier_ticket, permit, marked))
+    }
+
+    /// Puts a message marked `sending` back to `pending`: its request did not leave. False if
+    /// the job was taken from us meanwhile.
+    async fn unmark(&self, job: &Job, ctx: &JobContext, seq: i32) -> bool {
+        persist(job, seq, "putting back a message that was not sent", || {
+            ledger::unmark_sending(&ctx.pool, &job.fence, seq)
+        })
+        .await
     }
 
     /// Meta accepted message `seq`: the last one's wamid goes with the job's completion, any
@@ -738,7 +761,8 @@ impl JobHandler for LiveHandler {
     }
 
     fn room(&self, settings: &Settings) -> pacing::Room {
-        self.pacer.room(&settings.whatsapp)
+        self.pacer
+            .room(&settings.whatsapp, settings.runner.batch as usize)
     }
 
     fn claimed(&self, jobs: usize) {
@@ -813,6 +837,46 @@ where
 }
 
 /// A job the pacer deferred (its number paused, held, halted or paced), counted for `number`.
+/// A message marked `sending` whose request has not left yet. An attempt cut off in between (its
+/// future dropped: `runner.job_timeout`, an abort) puts the message back to `pending` from a task
+/// of its own, so the next attempt sends it rather than take it for a send in doubt. The write is
+/// fenced: if the job was already requeued (the put-back raced the attempt's own requeue), the
+/// message stays `sending` and the next attempt treats it as in doubt (never a second send).
+struct Marked(Option<(crate::db::Pool, crate::queue::Fence, i32)>);
+
+impl Marked {
+    fn new(ctx: &JobContext, job: &Job, seq: i32) -> Self {
+        Marked(Some((ctx.pool.clone(), job.fence.clone(), seq)))
+    }
+
+    /// The request leaves (or the caller puts the message back itself).
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Marked {
+    fn drop(&mut self) {
+        let Some((pool, fence, seq)) = self.0.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(e) = ledger::unmark_sending(&pool, &fence, seq).await {
+                tracing::warn!(
+                    job_id = %fence.id,
+                    seq,
+                    error = %redact_sqlx(&e),
+                    "putting back a message whose attempt ended before its request left failed; \
+                     the next attempt treats it as in doubt"
+                );
+            }
+        });
+    }
+}
+
 fn deferred(ctx: &JobContext, number: &str, d: pacing::Deferral) -> JobError {
     ctx.metrics
         .number_deferred

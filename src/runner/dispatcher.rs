@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use crate::db::redact_sqlx;
 use crate::queue::{CHANNEL, store};
-use crate::whatsapp::pacing::Room;
+use crate::whatsapp::pacing::{self, Room};
 
 /// How often the LISTEN connection is probed. A connection cut without a reset (a dead NAT
 /// entry, a firewall) delivers nothing and reports nothing; a query on it finds out.
@@ -235,9 +235,10 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
         // Claim only what can start: a job claimed while the sending numbers' throughput slots
         // are taken further ahead than it may wait for one would only be deferred back to the
         // queue and claimed again (docs/numbers.md, "Fairness"). At most a slot's span.
-        let room = match shared.handler.room(&settings) {
-            Room::Any => u32::MAX,
-            Room::Jobs(n) => u32::try_from(n).unwrap_or(u32::MAX),
+        let (room, span) = match shared.handler.room(&settings) {
+            Room::Any => (u32::MAX, 0),
+            Room::Jobs(n) => (u32::try_from(n).unwrap_or(u32::MAX), 0),
+            Room::Busy { jobs, span } => (u32::try_from(jobs).unwrap_or(u32::MAX), span),
             Room::At(at) => {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -273,11 +274,29 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
         // slot (its lease runs only while it is worked on), and an idle runner, whose slots are
         // free, never waits.
         let target = (batch as usize).min(workers.max(1));
-        if busy && permits.len() * 2 < target {
-            let deadline = Instant::now() + CLAIM_GATHER;
+        // The sending numbers' slots are taken ahead (`Room::Busy`): the jobs claimed now would
+        // wait for their slots anyway, so the claim waits (up to a mark span) for the worker
+        // slots of a whole span's sends, and they share their claim, prepare and mark
+        // statements (at 80/s, one claim of 19 instead of 19 claims of one).
+        let (target, gather) = if span > 1 {
+            (target.min(span), pacing::MARK_SPAN)
+        } else {
+            (target, CLAIM_GATHER)
+        };
+        let wait = if span > 1 {
+            permits.len() < target
+        } else {
+            busy && permits.len() * 2 < target
+        };
+        if wait {
+            let deadline = Instant::now() + gather;
             while permits.len() < target {
                 let more = tokio::time::timeout_at(deadline, shared.slots.clone().acquire_owned());
-                match more.await {
+                let more = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    more = more => more,
+                };
+                match more {
                     Ok(Ok(p)) => {
                         permits.push(p);
                         free(&mut permits);

@@ -56,7 +56,10 @@ pub fn size(settings: &Settings, latency: Option<f64>) -> Sizing {
         };
     }
     let latency = latency.unwrap_or(SEED_LATENCY);
-    let want = (rate * latency * HEADROOM).ceil();
+    // A job also waits up to a mark span between its claim and its mark (the claims of a busy
+    // number come a span at a time: `pacing::MARK_SPAN`).
+    let held = latency + crate::whatsapp::pacing::MARK_SPAN.as_secs_f64();
+    let want = (rate * held * HEADROOM).ceil();
     let limit = if want.is_finite() && want < f64::from(cap) {
         (want as u32).max(floor)
     } else {
@@ -108,16 +111,19 @@ mod tests {
     #[test]
     fn the_limit_follows_rate_times_latency() {
         let live = |rate, lat| size(&settings(DeliveryMode::Live, rate, 0), lat).limit;
-        // 1,000 msg/s at 200 ms: 200 in flight keep it busy; 300 with headroom.
-        assert_eq!(live(1000, Some(0.2)), 300);
-        // The latency doubles: so does the limit.
-        assert_eq!(live(1000, Some(0.4)), 600);
-        // Meta's default 80 msg/s at 200 ms needs 16: the floor.
-        assert_eq!(live(80, Some(0.2)), MIN_IN_FLIGHT);
+        // 1,000 msg/s at 200 ms, plus the quarter second a claimed job may wait for its mark:
+        // 450 in flight keep it busy; 675 with headroom.
+        assert_eq!(live(1000, Some(0.2)), 675);
+        // The latency grows by 200 ms: so does the limit, by 300.
+        assert_eq!(live(1000, Some(0.4)), 975);
+        // Meta's default 80 msg/s at 200 ms needs 36, 54 with headroom.
+        assert_eq!(live(80, Some(0.2)), 54);
+        // A fast Cloud API at 20/s: the floor.
+        assert_eq!(live(20, Some(0.1)), MIN_IN_FLIGHT);
         // A 5 s orchestrator at 1,000 msg/s: the cap.
         assert_eq!(live(1000, Some(5.0)), 1000);
         // Nothing observed yet: the seed latency.
-        assert_eq!(live(80, None), 120);
+        assert_eq!(live(80, None), 150);
     }
 
     #[test]

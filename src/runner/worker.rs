@@ -275,7 +275,15 @@ where
     tokio::time::timeout_at(ends, retried).await.ok()?.ok()
 }
 
-/// Marks finished jobs `done`, as many per statement as have finished meanwhile.
+/// How long a completion that records a send (a live job's wamid) waits for others to share its
+/// statement: well inside Meta's 100–300 ms answer, and never before the send it records (the
+/// request has been answered). At 80/s four completions share a statement instead of each
+/// committing alone 12.5 ms apart. The job's worker slot is given back before this wait; a batch
+/// as big as the worker count is written at once.
+pub const COMPLETION_SPAN: Duration = Duration::from_millis(40);
+
+/// Marks finished jobs `done`, as many per statement as have finished meanwhile (and, for live
+/// sends, within [`COMPLETION_SPAN`]).
 pub async fn completer(
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<CompleteRequest>,
@@ -285,6 +293,14 @@ pub async fn completer(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut intake = Intake::new(MAX_BATCH, crate::db::batch::LINGER);
     while intake.next(&mut rx, &stop, &mut batch).await {
+        if batch.iter().any(|r| r.wamid.is_some()) {
+            let deadline = tokio::time::Instant::now() + COMPLETION_SPAN;
+            let enough = shared.limit.load(Ordering::SeqCst) as usize;
+            // Stopping: what was gathered is written all the same.
+            let _ = intake
+                .gather_until(&mut rx, &stop, &mut batch, deadline, enough)
+                .await;
+        }
         let ids: Vec<JobId> = batch.iter().map(|r| r.fence.id.clone()).collect();
         let attempts: Vec<i32> = batch.iter().map(|r| r.fence.attempts).collect();
         let mut records = ledger::CompletionRecords::default();

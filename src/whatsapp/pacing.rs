@@ -72,6 +72,12 @@ pub const WINDOW_MARGIN: Duration = Duration::from_millis(20);
 /// their database statements (at 1,000/s, 20 ms groups cost PostgreSQL 0.72× what 10 ms groups
 /// did: docs/benchmarks.md, "Issue 14, second round"). A send waits at most one span more.
 pub const GROUP_SPAN: Duration = Duration::from_millis(20);
+/// The sends whose slots fall in one span of this length write their `sending` marks together,
+/// at the span's start ([`Permit::mark_at`]): at 80/s, 20 marks in one statement instead of 20
+/// statements 12.5 ms apart. A mark is on disk at most this long before its request leaves: a
+/// crash in between leaves the message in doubt (`unknown`, never sent twice), as a crash during
+/// the request does (docs/delivery.md, "Durability").
+pub const MARK_SPAN: Duration = Duration::from_millis(250);
 /// Idle recipients are forgotten once this many are known.
 const RECIPIENTS_SWEEP_AT: usize = 10_000;
 
@@ -121,6 +127,9 @@ pub enum Room {
     Any,
     /// At most this many jobs.
     Jobs(usize),
+    /// At most `jobs`, for numbers whose slots are taken ahead: their jobs wait for a slot
+    /// anyway, so the dispatcher waits (up to a [`MARK_SPAN`]) to claim `span` of them at once.
+    Busy { jobs: usize, span: usize },
     /// None before then.
     At(Instant),
 }
@@ -187,9 +196,27 @@ pub struct Permit {
     turn: Option<OwnedMutexGuard<()>>,
     recipient: Arc<Recipient>,
     pair_interval: Duration,
+    /// The throughput slot: when the request may leave.
+    at: Instant,
+    number: String,
+    spacing: Duration,
+    /// The latest the send may wait for a pause to end (see [`Pacer::ready`]).
+    deadline: Instant,
 }
 
 impl Permit {
+    /// When the request may leave.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// When the message's `sending` mark is written: the start of the [`MARK_SPAN`] its slot is
+    /// in (now, if that has begun). Every send of a span writes its mark at the same instant, so
+    /// the marks of a span are one statement however far apart the sends are.
+    pub fn mark_at(&self) -> Instant {
+        mark_span_start(self.at).max(Instant::now())
+    }
+
     /// The send ended: accepted, or refused for a reason other than the pair rate.
     pub fn done(mut self, accepted: bool) {
         let pair = self.pair_interval;
@@ -325,8 +352,18 @@ impl Pacer {
     }
 
     /// Waits for the right to send to `to` now (at most [`MAX_SLEEP`]), or says how long to
-    /// defer the job.
+    /// defer the job: [`Pacer::reserve_slot`], then [`Pacer::ready`].
     pub async fn acquire(&self, wa: &WhatsappSettings, to: &str) -> Result<Permit, Deferral> {
+        let permit = self.reserve_slot(wa, to).await?;
+        self.ready(&permit).await?;
+        Ok(permit)
+    }
+
+    /// Takes the recipient's turn and the number's next throughput slot (waiting at most until
+    /// the recipient's pair interval has passed, within [`MAX_SLEEP`]), or says how long to
+    /// defer the job. The permit says when the slot is ([`Permit::at`]) and when its `sending`
+    /// mark is written ([`Permit::mark_at`]); [`Pacer::ready`] waits for the slot.
+    pub async fn reserve_slot(&self, wa: &WhatsappSettings, to: &str) -> Result<Permit, Deferral> {
         // The room this job was claimed on is its own now (see `room`).
         lock(&self.reserved).pop_front();
         let number = wa.phone_number_id.as_str();
@@ -404,15 +441,23 @@ impl Pacer {
             }
             slot
         };
-        sleep_until(slot).await;
-
-        // A circuit or a pause may have started while we waited.
-        self.wait_for_number(number, spacing, deadline).await?;
         Ok(Permit {
             turn: Some(turn),
             recipient,
             pair_interval: pair,
+            at: slot,
+            number: number.to_string(),
+            spacing,
+            deadline,
         })
+    }
+
+    /// Waits for the permit's slot; a circuit or a pause that started meanwhile is waited out
+    /// if it ends in time, else it defers the job.
+    pub async fn ready(&self, permit: &Permit) -> Result<(), Deferral> {
+        sleep_until(permit.at).await;
+        self.wait_for_number(&permit.number, permit.spacing, permit.deadline)
+            .await
     }
 
     /// An open circuit defers; a pause is slept if it ends before `deadline`, else deferred.
@@ -476,7 +521,12 @@ impl Pacer {
     /// less the jobs claimed for them that have not asked for their slot yet ([`Pacer::reserve`]).
     /// A job claimed beyond that would only be deferred and claimed again (a requeue and a claim
     /// for nothing, and each deferral frees a worker slot that the next claim fills again).
-    pub fn room(&self, wa: &WhatsappSettings) -> Room {
+    ///
+    /// While every number is busy (its next slot ahead of now), room comes a mark span at a time
+    /// ([`MARK_SPAN`], at most `batch` jobs): at 80/s one claim of 20 every quarter second rather
+    /// than a claim of one every 12.5 ms. The jobs would wait for their slots anyway, so this
+    /// costs them nothing; a number with a free slot now is claimed for at once.
+    pub fn room(&self, wa: &WhatsappSettings, batch: usize) -> Room {
         let now = Instant::now();
         let horizon = self.horizon();
         let reserved = {
@@ -488,6 +538,7 @@ impl Pacer {
         };
         let map = lock(&self.numbers);
         let (mut room, mut earliest, mut shortest) = (0usize, None::<Instant>, None::<Duration>);
+        let mut idle = false;
         for id in wa.number_ids() {
             let Some(number) = wa.number(Some(id)) else {
                 continue;
@@ -498,6 +549,7 @@ impl Pacer {
                 .get(id)
                 .and_then(|n| n.next_slot)
                 .map_or(now, |slot| slot.max(now));
+            idle |= from <= now;
             if from > now + horizon {
                 let reach = from - horizon;
                 earliest = Some(earliest.map_or(reach, |e| e.min(reach)));
@@ -509,11 +561,24 @@ impl Pacer {
         let Some(shortest) = shortest else {
             return Room::Any;
         };
-        if room > reserved {
-            Room::Jobs(room - reserved)
+        let free = room.saturating_sub(reserved);
+        let span =
+            ((MARK_SPAN.as_secs_f64() / shortest.as_secs_f64()) as usize).clamp(1, batch.max(1));
+        if free > 0 && idle {
+            Room::Jobs(free)
+        } else if free >= span {
+            Room::Busy { jobs: free, span }
         } else if room > 0 {
-            // Every slot in reach is promised to a job on its way: look again a slot later.
-            Room::At(now + shortest)
+            // Every slot in reach is promised to a job on its way, or less than a span's worth
+            // is free: look again when a span's worth is.
+            let missing = if idle {
+                1
+            } else {
+                u32::try_from(span - free.min(span))
+                    .unwrap_or(u32::MAX)
+                    .max(1)
+            };
+            Room::At(now + shortest * missing)
         } else {
             // Every number's slots are beyond reach (`earliest` is set for each of them).
             Room::At(earliest.unwrap_or(now + shortest))
@@ -679,6 +744,18 @@ impl Pacer {
             .or_default()
             .clone()
     }
+}
+
+/// The start of the [`MARK_SPAN`] that holds `at`, on a grid shared by the whole process.
+fn mark_span_start(at: Instant) -> Instant {
+    static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    let epoch = *EPOCH;
+    if at <= epoch {
+        return at;
+    }
+    let since = (at - epoch).as_nanos();
+    let span = MARK_SPAN.as_nanos();
+    epoch + Duration::from_nanos(u64::try_from(since - since % span).unwrap_or(u64::MAX))
 }
 
 /// The time between two sends at the number's rate (a throughput slot is [`group`] of them).
@@ -899,13 +976,13 @@ mod tests {
         let s = per_second(10);
         let pacer = Pacer::new();
         // Slots every 102 ms within the 250 ms horizon: now, 102 and 204 ms.
-        assert_eq!(pacer.room(&s.whatsapp), Room::Jobs(3));
+        assert_eq!(pacer.room(&s.whatsapp, 64), Room::Jobs(3));
         pacer.reserve(2);
-        assert_eq!(pacer.room(&s.whatsapp), Room::Jobs(1));
+        assert_eq!(pacer.room(&s.whatsapp, 64), Room::Jobs(1));
         pacer.reserve(1);
         let now = Instant::now();
         assert_eq!(
-            pacer.room(&s.whatsapp),
+            pacer.room(&s.whatsapp, 64),
             Room::At(now + Duration::from_millis(102)),
             "all promised: a slot later"
         );
@@ -915,7 +992,7 @@ mod tests {
         let start = Instant::now();
         next_slot(&pacer, "1000", Some(start + Duration::from_millis(306)));
         assert_eq!(
-            pacer.room(&s.whatsapp),
+            pacer.room(&s.whatsapp, 64),
             Room::At(start + Duration::from_millis(56))
         );
         // Another number has room of its own.
@@ -926,11 +1003,77 @@ mod tests {
                 ..Default::default()
             }];
         });
-        assert!(matches!(pacer.room(&two.whatsapp), Room::Jobs(_)));
+        assert!(matches!(pacer.room(&two.whatsapp, 64), Room::Jobs(_)));
         // Reservations lapse after a second (a job that never asked for its slot).
         tokio::time::advance(MAX_SLEEP).await;
-        assert_eq!(pacer.room(&s.whatsapp), Room::Jobs(3));
+        assert_eq!(pacer.room(&s.whatsapp, 64), Room::Jobs(3));
         assert!(lock(&pacer.reserved).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_number_is_claimed_for_a_mark_span_at_a_time() {
+        let one = settings(|s| s.whatsapp.pair_interval = Duration::ZERO);
+        let pacer = Pacer::new();
+        pacer.admit(&one, &one.whatsapp).unwrap();
+        let spacing = spacing(&one.whatsapp);
+        assert_eq!(spacing, Duration::from_micros(12_750), "80/s");
+        // Slots are taken up to 900 ms ahead: 8 in reach, fewer than a span's 19.
+        let start = Instant::now();
+        next_slot(&pacer, "1000", Some(start + Duration::from_millis(900)));
+        assert_eq!(
+            pacer.room(&one.whatsapp, 64),
+            Room::At(start + spacing * 11),
+            "the dispatcher comes back when a span's worth is in reach"
+        );
+        assert_eq!(
+            pacer.room(&one.whatsapp, 8),
+            Room::Busy { jobs: 8, span: 8 },
+            "a claim never bigger than the batch: that many will do"
+        );
+        tokio::time::advance(spacing * 11).await;
+        assert_eq!(
+            pacer.room(&one.whatsapp, 64),
+            Room::Busy { jobs: 19, span: 19 }
+        );
+        // An idle number is claimed for at once, however little is free.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        pacer.reserve(78);
+        assert_eq!(pacer.room(&one.whatsapp, 64), Room::Jobs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sends_of_a_span_write_their_marks_at_one_instant() {
+        let one = settings(|s| s.whatsapp.pair_interval = Duration::ZERO);
+        let pacer = Pacer::new();
+        pacer.admit(&one, &one.whatsapp).unwrap();
+        let mut permits = Vec::new();
+        for i in 0..40 {
+            let permit = pacer
+                .reserve_slot(&one.whatsapp, &format!("1558000{i:04}"))
+                .await
+                .expect("within the second");
+            let (at, mark) = (permit.at(), permit.mark_at());
+            assert!(
+                mark <= at && at - mark < MARK_SPAN,
+                "{i}: marked within a span before its slot"
+            );
+            permits.push((at, mark));
+        }
+        // 40 slots 12.75 ms apart span 497 ms: two spans, or three on a span's edge.
+        let mut marks: Vec<Instant> = permits.iter().map(|p| p.1).collect();
+        marks.dedup();
+        assert!(
+            marks.len() <= 3,
+            "{} mark instants for 40 sends",
+            marks.len()
+        );
+        for w in permits.windows(2) {
+            assert_eq!(
+                w[1].0 - w[0].0,
+                spacing(&one.whatsapp),
+                "the sends stay evenly spaced"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -942,7 +1085,7 @@ mod tests {
         let start = Instant::now();
         next_slot(&pacer, "1000", Some(start + Duration::from_millis(600)));
         assert!(
-            matches!(pacer.room(&one.whatsapp), Room::Jobs(_)),
+            matches!(pacer.room(&one.whatsapp, 64), Room::Busy { .. }),
             "within the second"
         );
         pacer
