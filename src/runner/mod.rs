@@ -566,6 +566,18 @@ impl Start {
 }
 
 impl Runner {
+    /// The operator's actions on jobs (`queue::admin`) on this runner's pool: what the admin API
+    /// and the console act through.
+    pub fn queue_admin(&self) -> crate::queue::admin::QueueAdmin {
+        crate::queue::admin::QueueAdmin::new(self.shared.pool.clone())
+    }
+
+    /// The operator's view and actions on the sending numbers (`whatsapp::numbers`) on this
+    /// runner's pool: what the console acts through.
+    pub fn number_admin(&self) -> crate::whatsapp::numbers::NumberAdmin {
+        crate::whatsapp::numbers::NumberAdmin::new(self.shared.pool.clone())
+    }
+
     /// The status writer: Meta's status webhooks are applied through it, batched.
     pub fn statuses(&self) -> &crate::delivery::statuses::Writer {
         &self.shared.ledger.statuses

@@ -10,7 +10,8 @@
 //! Enabled by `ADMIN_TOKEN` (`http.admin_token`) like the admin API: unset, everything under
 //! `/console/` (and `/`) answers 404. Its JSON endpoints under `/console/api/` take the session
 //! cookie instead of the bearer token; the actions are [`crate::queue::admin`]'s and
-//! [`crate::whatsapp::numbers`]' (the same rules and history as the CLI and the admin API, with
+//! [`crate::whatsapp::numbers`]', through the handles of [`HttpState::admin`] and
+//! [`HttpState::numbers`] (the same rules and history as the CLI and the admin API, with
 //! `"by":"console"`). A job id is opaque here: it is taken as text and handed to the queue's
 //! operator API through [`job_id`], the one place that knows its type.
 
@@ -279,7 +280,7 @@ async fn overview(
     if let Err(r) = guard(&state, &console, &headers, false) {
         return r.into_response();
     }
-    match console.hub.snapshot(state.runner()).await {
+    match console.hub.snapshot(&state).await {
         Ok(data) => (
             [(header::CONTENT_TYPE, "application/json")],
             data.to_string(),
@@ -300,7 +301,7 @@ async fn events(
     if let Err(r) = guard(&state, &console, &headers, false) {
         return r.into_response();
     }
-    let rx = console.hub.subscribe(state.runner());
+    let rx = console.hub.subscribe(&state);
     let end = tokio::time::Instant::now() + STREAM_LIFETIME;
     let stream = futures_util::stream::unfold((rx, true), move |(mut rx, first)| async move {
         loop {
@@ -388,7 +389,7 @@ async fn list(
     }
     let result = async {
         let filter = filter_from_query(query.as_deref())?;
-        admin::list(state.runner().pool(), &filter).await
+        state.admin().list(&filter).await
     }
     .await;
     match result {
@@ -408,7 +409,7 @@ async fn show(
     }
     let result = async {
         let id = job_id("id", &id)?;
-        admin::show(state.runner().pool(), &id).await
+        state.admin().show(&id).await
     }
     .await;
     match result {
@@ -468,14 +469,10 @@ async fn retry(
             dry_run: body.dry_run,
         };
         let max = state.runner().settings().retry.max_attempts as i32;
-        admin::retry(
-            state.runner().pool(),
-            &filter,
-            &actor,
-            body.resend_sent,
-            max,
-        )
-        .await
+        state
+            .admin()
+            .retry(&filter, &actor, body.resend_sent, max)
+            .await
     }
     .await;
     match result {
@@ -510,7 +507,7 @@ async fn cancel(
             by: BY,
             dry_run: body.dry_run,
         };
-        admin::cancel(state.runner().pool(), &filter, &actor).await
+        state.admin().cancel(&filter, &actor).await
     }
     .await;
     match result {
@@ -546,7 +543,10 @@ async fn settle(
         let id = job_id("id", &id)?;
         let body: SettleBody = parse_body(&body)?;
         let settled_as: Settled = body.settled_as.parse()?;
-        admin::settle(state.runner().pool(), &id, body.seq, settled_as, None, BY).await
+        state
+            .admin()
+            .settle(&id, body.seq, settled_as, None, BY)
+            .await
     }
     .await;
     match result {
@@ -585,15 +585,14 @@ async fn numbers(
 
 /// What `outbound-runner numbers` shows, as JSON.
 async fn numbers_now(state: &HttpState) -> sqlx::Result<serde_json::Value> {
-    use crate::whatsapp::numbers as n;
     let settings = state.runner().settings();
     let wa = &settings.whatsapp;
-    let pool = state.runner().pool();
+    let numbers = state.numbers();
     let default_id = wa.default_number_id().to_string();
-    let holds = n::holds(pool).await?;
-    let sent = n::sent_today(pool, &default_id).await?;
-    let tiers = n::tiers(pool, wa).await?;
-    let circuits = n::circuits(pool).await?;
+    let holds = numbers.holds().await?;
+    let sent = numbers.sent_today(&default_id).await?;
+    let tiers = numbers.tiers(wa).await?;
+    let circuits = numbers.circuits().await?;
     let mut ids: Vec<String> = wa.number_ids().iter().map(|s| s.to_string()).collect();
     for h in &holds {
         if !ids.contains(&h.phone_number_id) {
@@ -704,7 +703,7 @@ async fn pause(
     if reason.chars().count() > 200 {
         return error(StatusCode::BAD_REQUEST, "reason: at most 200 characters");
     }
-    match crate::whatsapp::numbers::pause(state.runner().pool(), &id, for_, reason, BY).await {
+    match state.numbers().pause(&id, for_, reason, BY).await {
         Ok(()) => {
             *console.numbers.lock().await = None;
             tracing::info!(by = BY, number = %id, "number paused");
@@ -735,7 +734,7 @@ async fn resume(
         .whatsapp
         .default_number_id()
         .to_string();
-    match crate::whatsapp::numbers::resume(state.runner().pool(), &id, &default_id).await {
+    match state.numbers().resume(&id, &default_id).await {
         Ok((was, woken)) => {
             *console.numbers.lock().await = None;
             tracing::info!(by = BY, number = %id, was_paused = was, woken, "number resumed");
