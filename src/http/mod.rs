@@ -274,9 +274,8 @@ fn spawn_supervised(
 ) -> JoinHandle<()> {
     let timeout = state.runner().settings().http.request_timeout;
     let mut once = Some((listener, router, stop.clone()));
-    crate::supervise::spawn(
+    state.runner().supervise(
         name,
-        state.runner().health().clone(),
         stop.clone(),
         crate::supervise::Restart::No,
         move || {

@@ -345,6 +345,27 @@ pub struct Runner {
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
+/// How long [`Runner::not_ready`] waits for `SELECT 1`.
+pub const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One runner's own figures, read from memory ([`Runner::figures`]; the console's "this runner").
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figures {
+    /// `host:pid:random` (see [`Runner::locked_by`]).
+    pub name: String,
+    /// Jobs running now ([`Runner::in_flight`]) and the limit ([`Runner::in_flight_limit`]).
+    pub in_flight: usize,
+    pub in_flight_limit: u32,
+    /// The recent p95 of a Cloud API send and of the orchestrator, in seconds (`None`: none
+    /// observed lately).
+    pub send_p95: Option<f64>,
+    pub orchestrator_p95: Option<f64>,
+    /// Statements that waited for a connection so far.
+    pub connection_waits: u64,
+    /// See [`Runner::listening`].
+    pub listening: bool,
+}
+
 /// What the drain did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DrainReport {
@@ -578,9 +599,117 @@ impl Runner {
         crate::whatsapp::numbers::NumberAdmin::new(self.shared.pool.clone())
     }
 
-    /// The status writer: Meta's status webhooks are applied through it, batched.
-    pub fn statuses(&self) -> &crate::delivery::statuses::Writer {
-        &self.shared.ledger.statuses
+    /// Applies Meta's statuses (a webhook's) through the status writer, batched with whatever
+    /// other statuses are waiting; returns once they are committed (see
+    /// [`crate::delivery::statuses::Writer::apply`]).
+    pub async fn apply_statuses(
+        &self,
+        updates: Vec<crate::whatsapp::statuses::StatusUpdate>,
+    ) -> Result<Vec<crate::delivery::statuses::Outcome>, String> {
+        self.shared.ledger.statuses.apply(updates).await
+    }
+
+    /// Counts a status webhook request by its outcome (one of
+    /// [`crate::metrics::WEBHOOK_OUTCOMES`]).
+    pub fn count_webhook(&self, outcome: &str) {
+        self.shared
+            .metrics
+            .webhook_requests
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
+    /// Counts a status of a webhook that was not handed to the status writer: `kind` one of
+    /// [`crate::metrics::STATUS_KINDS`], `result` one of [`crate::metrics::STATUS_RESULTS`].
+    pub fn count_status(&self, kind: &str, result: &str) {
+        self.shared
+            .metrics
+            .whatsapp_statuses
+            .with_label_values(&[kind, result])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of what this runner reports (`/metrics`).
+    pub fn render_metrics(&self) -> String {
+        self.shared.metrics.render()
+    }
+
+    /// A number that moves whenever this process saw work (see [`Metrics::activity`]).
+    pub fn activity(&self) -> u64 {
+        self.shared.metrics.activity()
+    }
+
+    /// This runner's own figures, from memory.
+    pub fn figures(&self) -> Figures {
+        let m = &self.shared.metrics;
+        Figures {
+            name: self.shared.locked_by.to_string(),
+            in_flight: self.in_flight(),
+            in_flight_limit: self.in_flight_limit(),
+            send_p95: m.send_latency.p95(),
+            orchestrator_p95: m.orchestrator_latency.p95(),
+            connection_waits: m.db_waits.get(),
+            listening: self.listening(),
+        }
+    }
+
+    /// Liveness: what died, when a supervised task died for good and the process must be
+    /// restarted (`/healthz`); `None` while all is well.
+    pub fn dead(&self) -> Option<String> {
+        self.shared.health.dead()
+    }
+
+    /// Whether the drain has begun (see [`Runner::stop_claiming`]).
+    pub fn draining(&self) -> bool {
+        self.shared.health.draining()
+    }
+
+    /// Whether the LISTEN connection is up (always, when the runner polls instead: it has none
+    /// to keep).
+    pub fn listening(&self) -> bool {
+        self.shared.health.listening()
+    }
+
+    /// Readiness (`/readyz`): why this runner should not be sent work now, or `None` when it is
+    /// ready. In order: a task died, draining, the database does not answer `SELECT 1` within
+    /// [`READY_DB_TIMEOUT`], LISTEN is down.
+    pub async fn not_ready(&self) -> Option<String> {
+        let health = &self.shared.health;
+        if let Some(dead) = health.dead() {
+            Some(dead)
+        } else if health.draining() {
+            Some("draining".to_string())
+        } else if !matches!(
+            tokio::time::timeout(
+                READY_DB_TIMEOUT,
+                sqlx::query("SELECT 1").execute(&self.shared.pool)
+            )
+            .await,
+            Ok(Ok(_))
+        ) {
+            Some("database unreachable".to_string())
+        } else if !health.listening() {
+            Some("LISTEN connection down".to_string())
+        } else {
+            None
+        }
+    }
+
+    /// Runs a task of the caller's under this runner's supervision ([`crate::supervise::spawn`]):
+    /// a death it is not restarted from turns the runner's health red, like one of its own
+    /// tasks' (the HTTP servers are run this way).
+    pub fn supervise<F, Fut>(
+        &self,
+        name: &'static str,
+        stop: CancellationToken,
+        restart: crate::supervise::Restart,
+        make: F,
+    ) -> JoinHandle<()>
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        crate::supervise::spawn(name, self.shared.health.clone(), stop, restart, make)
     }
 
     /// Whether the runner LISTENs (false behind a pooler with no direct URL: it polls).

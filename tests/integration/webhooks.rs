@@ -1118,8 +1118,7 @@ async fn a_batch_the_database_refuses_is_applied_one_status_at_a_time() {
     let job = job_with_message(db, "done", None, "sent", Some("wamid.W1")).await;
     let outcomes = app
         .runner
-        .statuses()
-        .apply(vec![
+        .apply_statuses(vec![
             update("wamid.\u{0}", Kind::Delivered, None, t),
             update("wamid.W1", Kind::Delivered, Some(job), t),
         ])

@@ -21,7 +21,6 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::http::HttpState;
-use crate::metrics::{OUTCOMES, STATUS_KINDS, STATUS_RESULTS};
 
 /// The shortest time between two aggregate statements.
 pub const PERIOD: Duration = Duration::from_secs(2);
@@ -130,13 +129,13 @@ impl Hub {
                     return;
                 }
             }
-            if runner.health().draining() {
+            if runner.draining() {
                 self.tx.send_modify(|f| f.closing = true);
                 let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
                 *running = false;
                 return;
             }
-            let signal = activity(runner);
+            let signal = runner.activity();
             let due = match last_refresh {
                 None => true,
                 Some(at) => {
@@ -245,45 +244,25 @@ impl Buckets {
     }
 }
 
-/// A number that moves whenever the daemon saw work: wake-ups (NOTIFY, triggers, due
-/// backoffs), claims, finishes, sends and Meta's statuses. Read from memory only.
-fn activity(runner: &crate::runner::Runner) -> u64 {
-    let m = runner.metrics();
-    let mut n = m.jobs_claimed.get() + m.messages_sent.get() + m.db_waits.get();
-    for source in ["notify", "trigger", "due"] {
-        n += m.wakeups.with_label_values(&[source]).get();
-    }
-    for outcome in OUTCOMES {
-        n += m.jobs_finished.with_label_values(&[outcome]).get();
-    }
-    for kind in STATUS_KINDS {
-        for result in STATUS_RESULTS {
-            n += m.whatsapp_statuses.with_label_values(&[kind, result]).get();
-        }
-    }
-    n
-}
-
 /// The one aggregate statement, and this process's own figures.
 async fn overview(
     state: &HttpState,
     from: Option<DateTime<Utc>>,
 ) -> anyhow::Result<serde_json::Value> {
     let db = state.admin().overview(from).await?;
-    let runner = state.runner();
-    let m = runner.metrics();
+    let me = state.runner().figures();
     let ms = |s: Option<f64>| s.map(|s| (s * 1000.0 * 10.0).round() / 10.0);
     Ok(json!({
         "generatedAt": chrono::Utc::now(),
         "db": db,
         "thisRunner": {
-            "name": runner.locked_by(),
-            "inFlight": runner.in_flight(),
-            "inFlightLimit": runner.in_flight_limit(),
-            "sendP95Ms": ms(m.send_latency.p95()),
-            "orchestratorP95Ms": ms(m.orchestrator_latency.p95()),
-            "connectionWaits": m.db_waits.get(),
-            "listening": runner.health().listening(),
+            "name": me.name,
+            "inFlight": me.in_flight,
+            "inFlightLimit": me.in_flight_limit,
+            "sendP95Ms": ms(me.send_p95),
+            "orchestratorP95Ms": ms(me.orchestrator_p95),
+            "connectionWaits": me.connection_waits,
+            "listening": me.listening,
         },
     }))
 }
