@@ -16,8 +16,13 @@
 //! - [`sizing`]: how many jobs may be in flight (sized by the work; `runner.workers` pins it).
 //! - `maintenance`: the rescuer (expired leases), the lease keeper, the pruner and the prober.
 //!
-//! The state these tasks share (`Shared`) is private to this module; outside code goes through
-//! [`Runner`]'s accessors.
+//! The state these tasks share (`Shared`: the pool, settings, metrics, health, the writers) is
+//! private to this module and its submodules, and so are its methods. Outside code goes through
+//! [`Runner`]'s operations, which hand out none of those parts: the HTTP layer gets the
+//! operator's handles ([`Runner::queue_admin`], [`Runner::number_admin`]), readiness and
+//! liveness ([`Runner::not_ready`], [`Runner::dead`]), the rendered metrics and its counts,
+//! [`Runner::apply_statuses`] and [`Runner::supervise`]. The metrics and health a runner reports
+//! to are given by its caller ([`Start::metrics`], [`Start::health`]), who keeps them.
 
 mod dispatcher;
 mod maintenance;
@@ -94,13 +99,13 @@ struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn settings(&self) -> Arc<Settings> {
+    fn settings(&self) -> Arc<Settings> {
         self.settings.read().expect("settings lock").clone()
     }
 
     /// Brings the in-flight limit to what [`sizing::size`] says now (at once if `exact`, else
     /// only when [`sizing::worth_moving`]), and publishes it and its inputs.
-    pub(crate) fn resize(&self, exact: bool) -> sizing::Sizing {
+    fn resize(&self, exact: bool) -> sizing::Sizing {
         let settings = self.settings();
         let sizing = sizing::size(&settings, sizing::observed_latency(&self.metrics));
         self.metrics.in_flight_rate.set(sizing.rate);
@@ -136,7 +141,7 @@ impl Shared {
 
     /// The dispatcher's backstop interval: `runner.poll_interval`, or with no LISTEN (behind a
     /// pooler with no direct URL) the shorter `runner.pooler_poll_interval`.
-    pub fn poll_interval(&self) -> Duration {
+    fn poll_interval(&self) -> Duration {
         let settings = self.settings();
         match self.listen_options {
             Some(_) => settings.runner.poll_interval,
@@ -148,7 +153,7 @@ impl Shared {
     }
 
     /// Records a job's next due time so the dispatcher wakes for it.
-    pub(crate) fn hint_due(&self, delay: Duration) {
+    fn hint_due(&self, delay: Duration) {
         let at = tokio::time::Instant::now() + delay;
         let mut hint = self.due_hint.lock().expect("due hint lock");
         if hint.is_none_or(|h| at < h) {
@@ -162,7 +167,7 @@ impl Shared {
     /// Runs one claimed job on its own task, tracked for the drain and abortable.
     /// `slot` is a dispatcher worker slot, given back as the job is handed to the completer or its
     /// retry or failure is written (see [`worker::execute`]).
-    pub(crate) fn spawn_job(
+    fn spawn_job(
         self: &Arc<Self>,
         job: Job,
         slot: Option<OwnedSemaphorePermit>,
@@ -185,14 +190,14 @@ impl Shared {
 
     /// One claim statement, measured: the jobs to run. Rows that cannot be run are failed
     /// here (see [`Shared::claim_batch`]).
-    pub(crate) async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Job>> {
+    async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Job>> {
         Ok(self.claim_batch(limit).await?.0)
     }
 
     /// One claim statement, measured: the jobs to run, and the ids of the claimed rows that
     /// could not be run (a payload this runner cannot read), each already failed on its own
     /// fence with a readable reason (docs/reliability.md, "Rows the runner cannot use").
-    pub(crate) async fn claim_batch(&self, limit: usize) -> sqlx::Result<(Vec<Job>, Vec<JobId>)> {
+    async fn claim_batch(&self, limit: usize) -> sqlx::Result<(Vec<Job>, Vec<JobId>)> {
         let settings = self.settings();
         let (lease, max_attempts) = (settings.runner.lease, settings.retry.max_attempts as i32);
         let claim = || {
@@ -717,17 +722,10 @@ impl Runner {
         self.shared.listen_options.is_some()
     }
 
-    /// The dispatcher's backstop interval (see [`Shared::poll_interval`]).
+    /// The dispatcher's backstop interval: `runner.poll_interval`, or with no LISTEN (behind a
+    /// pooler with no direct URL) the shorter `runner.pooler_poll_interval`.
     pub fn poll_interval(&self) -> Duration {
         self.shared.poll_interval()
-    }
-
-    pub fn pool(&self) -> &Pool {
-        &self.shared.pool
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.shared.metrics
     }
 
     /// Jobs whose task is running now (the dispatcher's and the passes').
@@ -752,10 +750,8 @@ impl Runner {
         &self.shared.locked_by
     }
 
-    pub fn health(&self) -> &Arc<Health> {
-        &self.shared.health
-    }
-
+    /// The settings in force now: a snapshot of values (what is read per request, like the
+    /// tokens); [`Runner::apply`] replaces them.
     pub fn settings(&self) -> Arc<Settings> {
         self.shared.settings()
     }
