@@ -378,24 +378,42 @@ fn filter_from_query(query: Option<&str>) -> Result<Filter, AdminError> {
     f.validate()
 }
 
+/// Every jobs endpoint in one shape: the guard (a session; for a POST, same origin too), then
+/// `work` (parse, check, the queue's operator API), answered `{"ok":true, …}` or with the failure
+/// (bad input 400, no such job 404, a conflict 409, the database 503). `work` is a future: it
+/// does not start before the guard let the request in.
+async fn on_jobs<T: serde::Serialize>(
+    state: &HttpState,
+    console: &Console,
+    headers: &HeaderMap,
+    post: bool,
+    work: impl Future<Output = Result<T, AdminError>>,
+) -> Response {
+    if let Err(r) = guard(state, console, headers, post) {
+        return r.into_response();
+    }
+    match work.await {
+        Ok(answer) => ok_with(answer),
+        Err(e) => failure(e),
+    }
+}
+
+/// Who the history and the log name for a console action.
+fn actor(dry_run: bool) -> Actor<'static> {
+    Actor { by: BY, dry_run }
+}
+
 async fn list(
     State(state): State<HttpState>,
     Extension(console): Extension<Arc<Console>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    if let Err(r) = guard(&state, &console, &headers, false) {
-        return r.into_response();
-    }
-    let result = async {
+    on_jobs(&state, &console, &headers, false, async {
         let filter = filter_from_query(query.as_deref())?;
         state.admin().list(&filter).await
-    }
-    .await;
-    match result {
-        Ok(page) => ok_with(json!({ "jobs": page.jobs, "nextCursor": page.next_cursor })),
-        Err(e) => failure(e),
-    }
+    })
+    .await
 }
 
 async fn show(
@@ -404,18 +422,11 @@ async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = guard(&state, &console, &headers, false) {
-        return r.into_response();
-    }
-    let result = async {
-        let id = job_id("id", &id)?;
-        state.admin().show(&id).await
-    }
-    .await;
-    match result {
-        Ok(job) => ok_with(json!({ "job": job })),
-        Err(e) => failure(e),
-    }
+    on_jobs(&state, &console, &headers, false, async {
+        let job = state.admin().show(&job_id("id", &id)?).await?;
+        Ok(json!({ "job": job }))
+    })
+    .await
 }
 
 /// The body of retry and cancel: the filter (as the list's), the ids of a selection, and how.
@@ -458,32 +469,20 @@ async fn retry(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = guard(&state, &console, &headers, true) {
-        return r.into_response();
-    }
-    let result = async {
+    on_jobs(&state, &console, &headers, true, async {
         let body: ActionBody = parse_body(&body)?;
-        let filter = action_filter(&body)?;
-        let actor = Actor {
-            by: BY,
-            dry_run: body.dry_run,
-        };
         let max = state.runner().settings().retry.max_attempts as i32;
-        state
+        let (filter, actor) = (action_filter(&body)?, actor(body.dry_run));
+        let report = state
             .admin()
             .retry(&filter, &actor, body.resend_sent, max)
-            .await
-    }
-    .await;
-    match result {
-        Ok(report) => {
-            if !report.dry_run {
-                tracing::info!(by = BY, retried = report.retried, "jobs retried");
-            }
-            ok_with(report)
+            .await?;
+        if !report.dry_run {
+            tracing::info!(by = BY, retried = report.retried, "jobs retried");
         }
-        Err(e) => failure(e),
-    }
+        Ok(report)
+    })
+    .await
 }
 
 async fn cancel(
@@ -492,33 +491,21 @@ async fn cancel(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = guard(&state, &console, &headers, true) {
-        return r.into_response();
-    }
-    let result = async {
+    on_jobs(&state, &console, &headers, true, async {
         let body: ActionBody = parse_body(&body)?;
         if body.resend_sent {
             return Err(AdminError::Invalid(
                 "resendSent applies to retry only".into(),
             ));
         }
-        let filter = action_filter(&body)?;
-        let actor = Actor {
-            by: BY,
-            dry_run: body.dry_run,
-        };
-        state.admin().cancel(&filter, &actor).await
-    }
-    .await;
-    match result {
-        Ok(report) => {
-            if !report.dry_run {
-                tracing::info!(by = BY, cancelled = report.cancelled, "jobs cancelled");
-            }
-            ok_with(report)
+        let (filter, actor) = (action_filter(&body)?, actor(body.dry_run));
+        let report = state.admin().cancel(&filter, &actor).await?;
+        if !report.dry_run {
+            tracing::info!(by = BY, cancelled = report.cancelled, "jobs cancelled");
         }
-        Err(e) => failure(e),
-    }
+        Ok(report)
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -536,10 +523,7 @@ async fn settle(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = guard(&state, &console, &headers, true) {
-        return r.into_response();
-    }
-    let result = async {
+    on_jobs(&state, &console, &headers, true, async {
         let id = job_id("id", &id)?;
         let body: SettleBody = parse_body(&body)?;
         let settled_as: Settled = body.settled_as.parse()?;
@@ -547,12 +531,8 @@ async fn settle(
             .admin()
             .settle(&id, body.seq, settled_as, None, BY)
             .await
-    }
-    .await;
-    match result {
-        Ok(report) => ok_with(report),
-        Err(e) => failure(e),
-    }
+    })
+    .await
 }
 
 // --- numbers ---------------------------------------------------------------------------------
