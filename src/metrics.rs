@@ -385,6 +385,28 @@ impl Metrics {
         m
     }
 
+    /// A number that moves whenever the process saw work: wake-ups (NOTIFY, triggers, due
+    /// backoffs), claims, finishes, sends, connection waits and Meta's statuses. Read from
+    /// memory only (the console refreshes its overview when it moved).
+    pub fn activity(&self) -> u64 {
+        let mut n = self.jobs_claimed.get() + self.messages_sent.get() + self.db_waits.get();
+        for source in ["notify", "trigger", "due"] {
+            n += self.wakeups.with_label_values(&[source]).get();
+        }
+        for outcome in OUTCOMES {
+            n += self.jobs_finished.with_label_values(&[outcome]).get();
+        }
+        for kind in STATUS_KINDS {
+            for result in STATUS_RESULTS {
+                n += self
+                    .whatsapp_statuses
+                    .with_label_values(&[kind, result])
+                    .get();
+            }
+        }
+        n
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

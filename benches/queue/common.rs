@@ -628,6 +628,28 @@ pub async fn sandbox_runner(
     sandbox_runner_with(pool, None, s, mode).await
 }
 
+/// [`sandbox_runner`] reporting to metrics the caller keeps, to read its claims from.
+pub async fn sandbox_runner_metered(
+    pool: outbound_runner::db::Pool,
+    s: Settings,
+    mode: outbound_runner::runner::Mode,
+) -> (
+    outbound_runner::runner::Runner,
+    Arc<outbound_runner::metrics::Metrics>,
+) {
+    let metrics = Arc::new(outbound_runner::metrics::Metrics::new());
+    let runner = outbound_runner::runner::Runner::builder(
+        pool,
+        Arc::new(s),
+        Arc::new(outbound_runner::delivery::sandbox::SandboxHandler),
+    )
+    .metrics(metrics.clone())
+    .mode(mode)
+    .start()
+    .await;
+    (runner, metrics)
+}
+
 /// [`sandbox_runner`], LISTENing at `listen` (a direct URL's options) when given.
 pub async fn sandbox_runner_with(
     pool: outbound_runner::db::Pool,

@@ -357,7 +357,7 @@ pub async fn run(a: &Args) -> Vec<Row> {
         for _ in 0..20 {
             let started = Instant::now();
             let _: serde_json::Value =
-                sqlx::query_scalar(outbound_runner::http::console::live::OVERVIEW_SQL)
+                sqlx::query_scalar(outbound_runner::queue::admin::OVERVIEW_SQL)
                     .bind(from)
                     .fetch_one(&db.pool)
                     .await
@@ -371,7 +371,7 @@ pub async fn run(a: &Args) -> Vec<Row> {
     let scans = seq_scans(&db).await - scans_before;
     let plan: Vec<String> = sqlx::query_scalar(&format!(
         "EXPLAIN {}",
-        outbound_runner::http::console::live::OVERVIEW_SQL.replace("$1", "NULL::timestamptz")
+        outbound_runner::queue::admin::OVERVIEW_SQL.replace("$1", "NULL::timestamptz")
     ))
     .fetch_all(&db.pool)
     .await

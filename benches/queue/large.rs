@@ -15,13 +15,15 @@
 //! `VACUUM ANALYZE` runs on every table between steps, except on *finished* right after its
 //! prune.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use outbound_runner::metrics::Metrics;
 use outbound_runner::queue::store;
 use outbound_runner::runner::{Mode, Runner};
 
 use crate::common::{
-    Args, Db, Row, SMALL_QUEUE, int, median, percentile, sandbox_runner, settings,
+    Args, Db, Row, SMALL_QUEUE, int, median, percentile, sandbox_runner_metered, settings,
 };
 use crate::progress;
 
@@ -29,6 +31,8 @@ use crate::progress;
 struct Table {
     db: Db,
     runner: Runner,
+    /// What `runner` reports to.
+    metrics: Arc<Metrics>,
     queued: usize,
 }
 
@@ -40,8 +44,13 @@ impl Table {
         // The measurement prunes by itself; the runner's own pruner stays out of the way.
         s.runner.retention = Duration::ZERO;
         let pool = db.runner_pool(&s).await;
-        let runner = sandbox_runner(pool, s, Mode::Passive).await;
-        Table { db, runner, queued }
+        let (runner, metrics) = sandbox_runner_metered(pool, s, Mode::Passive).await;
+        Table {
+            db,
+            runner,
+            metrics,
+            queued,
+        }
     }
 
     /// Brings the queue back to its size; optionally VACUUM ANALYZE.
@@ -55,7 +64,7 @@ impl Table {
 
     /// One claim of `batch` jobs (and running them); its latency in ms.
     async fn claim(&self, batch: u32) -> f64 {
-        let m = &self.runner.metrics();
+        let m = &self.metrics;
         let (n0, s0) = (
             m.claim_duration.get_sample_count(),
             m.claim_duration.get_sample_sum(),

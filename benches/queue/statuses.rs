@@ -175,7 +175,7 @@ async fn measure(messages: usize, way: Way) -> Applied {
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
         let (updates, bodies, next) = (updates.clone(), bodies.clone(), next.clone());
-        let writer = runner.statuses().clone();
+        let runner = runner.clone();
         let (client, url) = (client.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             loop {
@@ -185,7 +185,10 @@ async fn measure(messages: usize, way: Way) -> Applied {
                 }
                 match way {
                     Way::Writer => {
-                        writer.apply(vec![updates[i].clone()]).await.unwrap();
+                        runner
+                            .apply_statuses(vec![updates[i].clone()])
+                            .await
+                            .unwrap();
                     }
                     Way::Http => {
                         let (body, sig) = &bodies[i];

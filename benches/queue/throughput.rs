@@ -9,7 +9,7 @@ use outbound_runner::runner::Mode;
 
 use crate::common::{
     Args, Db, Row, Section, ServerCpu, cpu_of, forget_child, int, median, rate, register_child,
-    sandbox_runner, settings,
+    sandbox_runner_metered, settings,
 };
 use crate::progress;
 
@@ -139,7 +139,7 @@ async fn drain(jobs: usize, workers: u32, cap: Duration) -> Drain {
     let server = ServerCpu::start(&db.name);
     let own0 = cpu_of("self");
     let start = Instant::now();
-    let r = sandbox_runner(pool, s, Mode::Daemon).await;
+    let (r, m) = sandbox_runner_metered(pool, s, Mode::Daemon).await;
     let mut finished = r.finished();
     let capped = tokio::time::timeout(cap, finished.wait_for(|n| *n >= jobs as u64))
         .await
@@ -148,7 +148,6 @@ async fn drain(jobs: usize, workers: u32, cap: Duration) -> Drain {
     let done = (*finished.borrow()).min(jobs as u64) as f64;
     let (server_cpu, sampler_cpu) = server.stop();
     let runner_cpu = cpu_of("self") - own0 - sampler_cpu;
-    let m = &r.metrics();
     let claims = m.claim_duration.get_sample_count() as f64;
     let d = Drain {
         jobs: done,

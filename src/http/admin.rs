@@ -1,6 +1,7 @@
 //! The admin API: the operators' actions of `outbound-runner jobs` over HTTP, for scripts and a
-//! future web console. The statements are [`crate::queue::admin`]'s; docs/http.md documents
-//! the routes and their JSON.
+//! future web console. The statements are [`crate::queue::admin`]'s, reached through the
+//! [`QueueAdmin`](crate::queue::admin::QueueAdmin) handle the runner gives the HTTP state
+//! ([`HttpState::admin`]); docs/http.md documents the routes and their JSON.
 //!
 //! ```text
 //! GET  /api/admin/jobs?status=failed&code=131000&limit=50&cursor=N  {"ok":true,"jobs":[…],"nextCursor":N|null}
@@ -171,7 +172,7 @@ async fn list(
         Ok(f) => f,
         Err(e) => return failure(e),
     };
-    match admin::list(state.runner().pool(), &filter).await {
+    match state.admin().list(&filter).await {
         Ok(page) => ok_with(page),
         Err(e) => failure(e),
     }
@@ -195,7 +196,7 @@ async fn show(
         Ok(id) => id,
         Err(e) => return failure(e),
     };
-    match admin::show(state.runner().pool(), &id).await {
+    match state.admin().show(&id).await {
         Ok(job) => ok_with(json!({ "job": job })),
         Err(e) => failure(e),
     }
@@ -333,14 +334,15 @@ async fn retry(State(state): State<HttpState>, Authorized(body): Authorized) -> 
             by: BY,
             dry_run: body.dry_run,
         };
-        admin::retry(
-            state.runner().pool(),
-            &filter,
-            &actor,
-            body.resend_sent,
-            settings.retry.max_attempts as i32,
-        )
-        .await
+        state
+            .admin()
+            .retry(
+                &filter,
+                &actor,
+                body.resend_sent,
+                settings.retry.max_attempts as i32,
+            )
+            .await
     }
     .await;
     answer(result)
@@ -357,7 +359,7 @@ async fn cancel(State(state): State<HttpState>, Authorized(body): Authorized) ->
             by: BY,
             dry_run: body.dry_run,
         };
-        admin::cancel(state.runner().pool(), &filter, &actor).await
+        state.admin().cancel(&filter, &actor).await
     }
     .await;
     answer(result)
@@ -381,15 +383,10 @@ async fn settle(
         let id = job_id(&id)?;
         let body: SettleBody = parse_body(&body)?;
         let settled_as: Settled = body.settled_as.parse()?;
-        admin::settle(
-            state.runner().pool(),
-            &id,
-            body.seq,
-            settled_as,
-            body.wamid.as_deref(),
-            BY,
-        )
-        .await
+        state
+            .admin()
+            .settle(&id, body.seq, settled_as, body.wamid.as_deref(), BY)
+            .await
     }
     .await;
     answer(result)

@@ -37,7 +37,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::exit;
+use crate::queue::admin::QueueAdmin;
 use crate::runner::Runner;
+use crate::whatsapp::numbers::NumberAdmin;
 
 /// The largest request body accepted (the endpoints read none; this bounds what a client can
 /// make us receive).
@@ -51,6 +53,10 @@ pub struct HttpState {
 
 struct Inner {
     runner: Runner,
+    /// The operator's actions on jobs (the admin API, the console), from the runner.
+    admin: QueueAdmin,
+    /// The sending numbers' view and actions (the console), from the runner.
+    numbers: NumberAdmin,
     /// Trigger passes running now (a pass outlives its request when the request times out).
     passes: watch::Sender<u32>,
     /// `/metrics` is served on the API listener (no `metrics.listen` of its own).
@@ -67,6 +73,8 @@ impl HttpState {
     pub fn with_metrics_on_api(runner: Runner, metrics_on_api: bool) -> Self {
         Self {
             inner: Arc::new(Inner {
+                admin: runner.queue_admin(),
+                numbers: runner.number_admin(),
                 runner,
                 passes: watch::channel(0).0,
                 metrics_on_api,
@@ -76,6 +84,16 @@ impl HttpState {
 
     pub fn runner(&self) -> &Runner {
         &self.inner.runner
+    }
+
+    /// The queue's operator API (`queue::admin`).
+    pub fn admin(&self) -> &QueueAdmin {
+        &self.inner.admin
+    }
+
+    /// The sending numbers' operator API (`whatsapp::numbers`).
+    pub fn numbers(&self) -> &NumberAdmin {
+        &self.inner.numbers
     }
 
     /// The number of trigger passes running, to watch (tests, the drain).
@@ -256,9 +274,8 @@ fn spawn_supervised(
 ) -> JoinHandle<()> {
     let timeout = state.runner().settings().http.request_timeout;
     let mut once = Some((listener, router, stop.clone()));
-    crate::supervise::spawn(
+    state.runner().supervise(
         name,
-        state.runner().health().clone(),
         stop.clone(),
         crate::supervise::Restart::No,
         move || {

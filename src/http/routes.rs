@@ -6,7 +6,7 @@
 //! any refusal or failure       {"ok":false,"error":"…"}   (401 unauthorized, 404 disabled, 400, 413, 429, 503, 504)
 //! ```
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
@@ -27,8 +27,6 @@ use crate::queue::PassReport;
 
 /// `max` when the request gives none (the user's job-runner guide's, docs/http.md "`max`").
 pub const DEFAULT_MAX: u32 = 10;
-/// How long `/readyz` waits for `SELECT 1`.
-const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The API listener's routes.
 pub fn api(state: HttpState) -> Router {
@@ -251,7 +249,7 @@ async fn trigger(
             let refused = e
                 .downcast_ref::<sqlx::Error>()
                 .is_some_and(crate::queue::store::is_data_error);
-            if state.runner().health().draining() {
+            if state.runner().draining() {
                 Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))
             } else if refused {
                 // The database answered: it refused the data (a row no claim can take).
@@ -312,7 +310,7 @@ pub fn parse_max(query: Option<&str>, cap: u32) -> Result<u32, String> {
 
 /// Liveness: the process answers and none of its tasks died (src/supervise.rs).
 async fn healthz(State(state): State<HttpState>) -> Response {
-    match state.runner().health().dead() {
+    match state.runner().dead() {
         None => Json(Probe {
             ok: true,
             reason: None,
@@ -329,28 +327,10 @@ async fn healthz(State(state): State<HttpState>) -> Response {
     }
 }
 
-/// Readiness: not draining, the database answers `SELECT 1` now, and LISTEN is up.
+/// Readiness ([`crate::runner::Runner::not_ready`]): no task died, not draining, the database
+/// answers `SELECT 1` now, and LISTEN is up.
 async fn readyz(State(state): State<HttpState>) -> Response {
-    let runner = state.runner();
-    let health = runner.health();
-    let reason = if let Some(dead) = health.dead() {
-        Some(dead)
-    } else if health.draining() {
-        Some("draining".to_string())
-    } else if !matches!(
-        tokio::time::timeout(
-            READY_DB_TIMEOUT,
-            sqlx::query("SELECT 1").execute(runner.pool())
-        )
-        .await,
-        Ok(Ok(_))
-    ) {
-        Some("database unreachable".to_string())
-    } else if !health.listening() {
-        Some("LISTEN connection down".to_string())
-    } else {
-        None
-    };
+    let reason = state.runner().not_ready().await;
     let status = match reason {
         None => StatusCode::OK,
         Some(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -366,7 +346,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 async fn metrics(State(state): State<HttpState>) -> Response {
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        state.runner().metrics().render(),
+        state.runner().render_metrics(),
     )
         .into_response()
 }

@@ -116,8 +116,7 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 async fn receive(State(state): State<HttpState>, request: Request) -> Response {
     let runner = state.runner();
     let settings = runner.settings();
-    let metrics = runner.metrics();
-    let outcome = |o: &str| metrics.webhook_requests.with_label_values(&[o]).inc();
+    let outcome = |o: &str| runner.count_webhook(o);
     let Some(secret) = &settings.whatsapp.app_secret else {
         return error(StatusCode::NOT_FOUND, "not found");
     };
@@ -184,10 +183,7 @@ async fn receive(State(state): State<HttpState>, request: Request) -> Response {
         let ours = settings.whatsapp.number_ids();
         let (mut updates, other_number) = statuses_of(&json, &ours);
         for kind in other_number {
-            metrics
-                .whatsapp_statuses
-                .with_label_values(&[kind.as_str(), "other_number"])
-                .inc();
+            runner.count_status(kind.as_str(), "other_number");
         }
         // A status the database could never store costs only itself: counted, logged, and
         // answered 200 with the rest (Meta would retry it for days, failing the same way).
@@ -195,10 +191,7 @@ async fn receive(State(state): State<HttpState>, request: Request) -> Response {
         updates.retain(|u| match unstorable(u) {
             None => true,
             Some(why) => {
-                metrics
-                    .whatsapp_statuses
-                    .with_label_values(&[u.kind.as_str(), "rejected"])
-                    .inc();
+                runner.count_status(u.kind.as_str(), "rejected");
                 tracing::warn!(
                     wamid = %u.wamid.escape_debug(),
                     "a webhook status was refused: it holds {why}; the rest of the webhook is applied"
@@ -210,7 +203,7 @@ async fn receive(State(state): State<HttpState>, request: Request) -> Response {
         if updates.is_empty() {
             return Ok(rejected);
         }
-        match runner.statuses().apply(updates).await {
+        match runner.apply_statuses(updates).await {
             Ok(outcomes) => Ok(rejected || outcomes.contains(&Outcome::Rejected)),
             Err(why) => {
                 tracing::warn!(error = %why, "applying a webhook's statuses failed; Meta will retry");

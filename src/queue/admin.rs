@@ -92,6 +92,68 @@ fn invalid(msg: impl Into<String>) -> AdminError {
     AdminError::Invalid(msg.into())
 }
 
+/// The operator's API on one pool, as a handle: what the admin API and the console are given
+/// (by the runner, [`crate::runner::Runner::queue_admin`]) instead of the pool. Each method is
+/// the function of the same name below; the CLI, which owns its pool, calls those directly.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct QueueAdmin {
+    pool: Pool,
+}
+
+impl QueueAdmin {
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    /// [`list`].
+    pub async fn list(&self, filter: &Filter) -> Result<Page, AdminError> {
+        list(&self.pool, filter).await
+    }
+
+    /// [`show`].
+    pub async fn show(&self, id: &JobId) -> Result<JobDetail, AdminError> {
+        show(&self.pool, id).await
+    }
+
+    /// [`retry`].
+    pub async fn retry(
+        &self,
+        filter: &Filter,
+        actor: &Actor<'_>,
+        resend_sent: bool,
+        default_max_attempts: i32,
+    ) -> Result<RetryReport, AdminError> {
+        retry(&self.pool, filter, actor, resend_sent, default_max_attempts).await
+    }
+
+    /// [`cancel`].
+    pub async fn cancel(
+        &self,
+        filter: &Filter,
+        actor: &Actor<'_>,
+    ) -> Result<CancelReport, AdminError> {
+        cancel(&self.pool, filter, actor).await
+    }
+
+    /// [`settle`].
+    pub async fn settle(
+        &self,
+        id: &JobId,
+        seq: Option<i32>,
+        settled_as: Settled,
+        wamid: Option<&str>,
+        by: &str,
+    ) -> Result<SettleReport, AdminError> {
+        settle(&self.pool, id, seq, settled_as, wamid, by).await
+    }
+
+    /// [`overview`].
+    pub async fn overview(&self, from: Option<DateTime<Utc>>) -> sqlx::Result<serde_json::Value> {
+        overview(&self.pool, from).await
+    }
+}
+
 /// Which jobs an action applies to. Every field narrows; an empty filter matches every job,
 /// which a bulk action refuses unless `all` is set. `since`/`until` are by `"createdAt"`
 /// (`since` inclusive, `until` exclusive).
@@ -1039,6 +1101,70 @@ pub async fn settle(
         settled_as,
         job_status,
     })
+}
+
+/// The web console's overview statement (see [`overview`]). Counts by status except `done`, each
+/// from a partial index (queued; running with and without a lease; failed and cancelled:
+/// `migrations/20261206120000_console.sql`), all rows only as the planner's estimate; the oldest
+/// due job; the finishes per minute since `$1` (the minutes the console does not know yet: it
+/// keeps the older ones between refreshes) from the `"completedAt"` index; the fates of the messages of the
+/// latest jobs finished in the last hour, 10,000 at most (one index probe each: bounded at any
+/// volume);
+/// unsettled sends; the runners holding jobs; the runners' connections.
+pub const OVERVIEW_SQL: &str = r#"
+SELECT json_build_object(
+  'byStatus', json_build_object(
+      'queued', (SELECT count(*) FROM "OutboundJob" WHERE status = 'queued'),
+      'running', (SELECT count(*) FROM "OutboundJob"
+                  WHERE "leaseUntil" IS NOT NULL AND status = 'running')
+               + (SELECT count(*) FROM "OutboundJob"
+                  WHERE status = 'running' AND "leaseUntil" IS NULL),
+      'failed', (SELECT count(*) FROM "OutboundJob" WHERE status = 'failed'),
+      'cancelled', (SELECT count(*) FROM "OutboundJob" WHERE status = 'cancelled')),
+  'totalEstimate', (SELECT greatest(reltuples, 0)::bigint FROM pg_class
+                    WHERE oid = '"OutboundJob"'::regclass),
+  'oldestDueSeconds', (SELECT CASE WHEN isfinite(m) THEN EXTRACT(EPOCH FROM now() - m)::float8 END
+                       FROM (SELECT min("runAt") AS m FROM "OutboundJob"
+                             WHERE status = 'queued' AND "runAt" <= now()) q),
+  'now', now(),
+  'minutes', (SELECT coalesce(json_agg(json_build_object('at', at, 'done', d, 'failed', f)), '[]'::json)
+              FROM (SELECT date_trunc('minute', "completedAt") AS at,
+                           count(*) FILTER (WHERE status = 'done') AS d,
+                           count(*) FILTER (WHERE status = 'failed') AS f
+                    FROM "OutboundJob"
+                    WHERE "completedAt" >= greatest($1, now() - interval '24 hours')
+                      AND "completedAt" <= now() AND status IN ('done', 'failed')
+                    GROUP BY 1) b),
+  'messages', (SELECT json_build_object(
+                  'sent', count(*) FILTER (WHERE m.status = 'sent'),
+                  'delivered', count(*) FILTER (WHERE m.status = 'delivered'),
+                  'read', count(*) FILTER (WHERE m.status = 'read'),
+                  'failed', count(*) FILTER (WHERE m.status = 'failed'))
+               FROM (SELECT id FROM "OutboundJob"
+                     WHERE "completedAt" > now() - interval '1 hour'
+                     ORDER BY "completedAt" DESC LIMIT 10000) j
+               CROSS JOIN LATERAL (SELECT status FROM "OutboundMessage" m
+                                   WHERE m."jobId" = j.id OFFSET 0) m),
+  'unknownUnsettled', (SELECT count(*) FROM "OutboundMessage" WHERE status = 'unknown'),
+  'runners', (SELECT coalesce(json_agg(json_build_object('name', r, 'running', n) ORDER BY r), '[]'::json)
+              FROM (SELECT "lockedBy" AS r, count(*) AS n FROM "OutboundJob"
+                    WHERE "leaseUntil" IS NOT NULL AND status = 'running' GROUP BY 1) x),
+  'connections', (SELECT coalesce(json_agg(json_build_object('host', h, 'connections', n) ORDER BY h), '[]'::json)
+                  FROM (SELECT coalesce(host(client_addr), 'local') AS h, count(*) AS n
+                        FROM pg_stat_activity
+                        WHERE application_name = 'outbound-runner' AND datname = current_database()
+                        GROUP BY 1) c)
+)"#;
+
+/// The web console's overview of the queue in one statement ([`OVERVIEW_SQL`]), as JSON: the
+/// finishes per minute are read from `from` on (`None`: the last 24 h). It reads only indexes of
+/// `"OutboundJob"` (docs/console.md).
+pub async fn overview(pool: &Pool, from: Option<DateTime<Utc>>) -> sqlx::Result<serde_json::Value> {
+    sqlx::query_scalar(OVERVIEW_SQL)
+        .bind(from)
+        .persistent(false)
+        .fetch_one(pool)
+        .await
 }
 
 #[cfg(test)]

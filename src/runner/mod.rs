@@ -16,8 +16,13 @@
 //! - [`sizing`]: how many jobs may be in flight (sized by the work; `runner.workers` pins it).
 //! - `maintenance`: the rescuer (expired leases), the lease keeper, the pruner and the prober.
 //!
-//! The state these tasks share (`Shared`) is private to this module; outside code goes through
-//! [`Runner`]'s accessors.
+//! The state these tasks share (`Shared`: the pool, settings, metrics, health, the writers) is
+//! private to this module and its submodules, and so are its methods. Outside code goes through
+//! [`Runner`]'s operations, which hand out none of those parts: the HTTP layer gets the
+//! operator's handles ([`Runner::queue_admin`], [`Runner::number_admin`]), readiness and
+//! liveness ([`Runner::not_ready`], [`Runner::dead`]), the rendered metrics and its counts,
+//! [`Runner::apply_statuses`] and [`Runner::supervise`]. The metrics and health a runner reports
+//! to are given by its caller ([`Start::metrics`], [`Start::health`]), who keeps them.
 
 mod dispatcher;
 mod maintenance;
@@ -94,13 +99,13 @@ struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn settings(&self) -> Arc<Settings> {
+    fn settings(&self) -> Arc<Settings> {
         self.settings.read().expect("settings lock").clone()
     }
 
     /// Brings the in-flight limit to what [`sizing::size`] says now (at once if `exact`, else
     /// only when [`sizing::worth_moving`]), and publishes it and its inputs.
-    pub(crate) fn resize(&self, exact: bool) -> sizing::Sizing {
+    fn resize(&self, exact: bool) -> sizing::Sizing {
         let settings = self.settings();
         let sizing = sizing::size(&settings, sizing::observed_latency(&self.metrics));
         self.metrics.in_flight_rate.set(sizing.rate);
@@ -136,7 +141,7 @@ impl Shared {
 
     /// The dispatcher's backstop interval: `runner.poll_interval`, or with no LISTEN (behind a
     /// pooler with no direct URL) the shorter `runner.pooler_poll_interval`.
-    pub fn poll_interval(&self) -> Duration {
+    fn poll_interval(&self) -> Duration {
         let settings = self.settings();
         match self.listen_options {
             Some(_) => settings.runner.poll_interval,
@@ -148,7 +153,7 @@ impl Shared {
     }
 
     /// Records a job's next due time so the dispatcher wakes for it.
-    pub(crate) fn hint_due(&self, delay: Duration) {
+    fn hint_due(&self, delay: Duration) {
         let at = tokio::time::Instant::now() + delay;
         let mut hint = self.due_hint.lock().expect("due hint lock");
         if hint.is_none_or(|h| at < h) {
@@ -162,7 +167,7 @@ impl Shared {
     /// Runs one claimed job on its own task, tracked for the drain and abortable.
     /// `slot` is a dispatcher worker slot, given back as the job is handed to the completer or its
     /// retry or failure is written (see [`worker::execute`]).
-    pub(crate) fn spawn_job(
+    fn spawn_job(
         self: &Arc<Self>,
         job: Job,
         slot: Option<OwnedSemaphorePermit>,
@@ -185,14 +190,14 @@ impl Shared {
 
     /// One claim statement, measured: the jobs to run. Rows that cannot be run are failed
     /// here (see [`Shared::claim_batch`]).
-    pub(crate) async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Job>> {
+    async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Job>> {
         Ok(self.claim_batch(limit).await?.0)
     }
 
     /// One claim statement, measured: the jobs to run, and the ids of the claimed rows that
     /// could not be run (a payload this runner cannot read), each already failed on its own
     /// fence with a readable reason (docs/reliability.md, "Rows the runner cannot use").
-    pub(crate) async fn claim_batch(&self, limit: usize) -> sqlx::Result<(Vec<Job>, Vec<JobId>)> {
+    async fn claim_batch(&self, limit: usize) -> sqlx::Result<(Vec<Job>, Vec<JobId>)> {
         let settings = self.settings();
         let (lease, max_attempts) = (settings.runner.lease, settings.retry.max_attempts as i32);
         let claim = || {
@@ -343,6 +348,27 @@ pub struct Runner {
     /// Stops what must outlive the drain: the completer, the ledger writers and the lease keeper.
     stop_late: CancellationToken,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+/// How long [`Runner::not_ready`] waits for `SELECT 1`.
+pub const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One runner's own figures, read from memory ([`Runner::figures`]; the console's "this runner").
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figures {
+    /// `host:pid:random` (see [`Runner::locked_by`]).
+    pub name: String,
+    /// Jobs running now ([`Runner::in_flight`]) and the limit ([`Runner::in_flight_limit`]).
+    pub in_flight: usize,
+    pub in_flight_limit: u32,
+    /// The recent p95 of a Cloud API send and of the orchestrator, in seconds (`None`: none
+    /// observed lately).
+    pub send_p95: Option<f64>,
+    pub orchestrator_p95: Option<f64>,
+    /// Statements that waited for a connection so far.
+    pub connection_waits: u64,
+    /// See [`Runner::listening`].
+    pub listening: bool,
 }
 
 /// What the drain did.
@@ -566,9 +592,129 @@ impl Start {
 }
 
 impl Runner {
-    /// The status writer: Meta's status webhooks are applied through it, batched.
-    pub fn statuses(&self) -> &crate::delivery::statuses::Writer {
-        &self.shared.ledger.statuses
+    /// The operator's actions on jobs (`queue::admin`) on this runner's pool: what the admin API
+    /// and the console act through.
+    pub fn queue_admin(&self) -> crate::queue::admin::QueueAdmin {
+        crate::queue::admin::QueueAdmin::new(self.shared.pool.clone())
+    }
+
+    /// The operator's view and actions on the sending numbers (`whatsapp::numbers`) on this
+    /// runner's pool: what the console acts through.
+    pub fn number_admin(&self) -> crate::whatsapp::numbers::NumberAdmin {
+        crate::whatsapp::numbers::NumberAdmin::new(self.shared.pool.clone())
+    }
+
+    /// Applies Meta's statuses (a webhook's) through the status writer, batched with whatever
+    /// other statuses are waiting; returns once they are committed (see
+    /// [`crate::delivery::statuses::Writer::apply`]).
+    pub async fn apply_statuses(
+        &self,
+        updates: Vec<crate::whatsapp::statuses::StatusUpdate>,
+    ) -> Result<Vec<crate::delivery::statuses::Outcome>, String> {
+        self.shared.ledger.statuses.apply(updates).await
+    }
+
+    /// Counts a status webhook request by its outcome (one of
+    /// [`crate::metrics::WEBHOOK_OUTCOMES`]).
+    pub fn count_webhook(&self, outcome: &str) {
+        self.shared
+            .metrics
+            .webhook_requests
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
+    /// Counts a status of a webhook that was not handed to the status writer: `kind` one of
+    /// [`crate::metrics::STATUS_KINDS`], `result` one of [`crate::metrics::STATUS_RESULTS`].
+    pub fn count_status(&self, kind: &str, result: &str) {
+        self.shared
+            .metrics
+            .whatsapp_statuses
+            .with_label_values(&[kind, result])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of what this runner reports (`/metrics`).
+    pub fn render_metrics(&self) -> String {
+        self.shared.metrics.render()
+    }
+
+    /// A number that moves whenever this process saw work (see [`Metrics::activity`]).
+    pub fn activity(&self) -> u64 {
+        self.shared.metrics.activity()
+    }
+
+    /// This runner's own figures, from memory.
+    pub fn figures(&self) -> Figures {
+        let m = &self.shared.metrics;
+        Figures {
+            name: self.shared.locked_by.to_string(),
+            in_flight: self.in_flight(),
+            in_flight_limit: self.in_flight_limit(),
+            send_p95: m.send_latency.p95(),
+            orchestrator_p95: m.orchestrator_latency.p95(),
+            connection_waits: m.db_waits.get(),
+            listening: self.listening(),
+        }
+    }
+
+    /// Liveness: what died, when a supervised task died for good and the process must be
+    /// restarted (`/healthz`); `None` while all is well.
+    pub fn dead(&self) -> Option<String> {
+        self.shared.health.dead()
+    }
+
+    /// Whether the drain has begun (see [`Runner::stop_claiming`]).
+    pub fn draining(&self) -> bool {
+        self.shared.health.draining()
+    }
+
+    /// Whether the LISTEN connection is up (always, when the runner polls instead: it has none
+    /// to keep).
+    pub fn listening(&self) -> bool {
+        self.shared.health.listening()
+    }
+
+    /// Readiness (`/readyz`): why this runner should not be sent work now, or `None` when it is
+    /// ready. In order: a task died, draining, the database does not answer `SELECT 1` within
+    /// [`READY_DB_TIMEOUT`], LISTEN is down.
+    pub async fn not_ready(&self) -> Option<String> {
+        let health = &self.shared.health;
+        if let Some(dead) = health.dead() {
+            Some(dead)
+        } else if health.draining() {
+            Some("draining".to_string())
+        } else if !matches!(
+            tokio::time::timeout(
+                READY_DB_TIMEOUT,
+                sqlx::query("SELECT 1").execute(&self.shared.pool)
+            )
+            .await,
+            Ok(Ok(_))
+        ) {
+            Some("database unreachable".to_string())
+        } else if !health.listening() {
+            Some("LISTEN connection down".to_string())
+        } else {
+            None
+        }
+    }
+
+    /// Runs a task of the caller's under this runner's supervision ([`crate::supervise::spawn`]):
+    /// a death it is not restarted from turns the runner's health red, like one of its own
+    /// tasks' (the HTTP servers are run this way).
+    pub fn supervise<F, Fut>(
+        &self,
+        name: &'static str,
+        stop: CancellationToken,
+        restart: crate::supervise::Restart,
+        make: F,
+    ) -> JoinHandle<()>
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        crate::supervise::spawn(name, self.shared.health.clone(), stop, restart, make)
     }
 
     /// Whether the runner LISTENs (false behind a pooler with no direct URL: it polls).
@@ -576,17 +722,10 @@ impl Runner {
         self.shared.listen_options.is_some()
     }
 
-    /// The dispatcher's backstop interval (see [`Shared::poll_interval`]).
+    /// The dispatcher's backstop interval: `runner.poll_interval`, or with no LISTEN (behind a
+    /// pooler with no direct URL) the shorter `runner.pooler_poll_interval`.
     pub fn poll_interval(&self) -> Duration {
         self.shared.poll_interval()
-    }
-
-    pub fn pool(&self) -> &Pool {
-        &self.shared.pool
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.shared.metrics
     }
 
     /// Jobs whose task is running now (the dispatcher's and the passes').
@@ -611,10 +750,8 @@ impl Runner {
         &self.shared.locked_by
     }
 
-    pub fn health(&self) -> &Arc<Health> {
-        &self.shared.health
-    }
-
+    /// The settings in force now: a snapshot of values (what is read per request, like the
+    /// tokens); [`Runner::apply`] replaces them.
     pub fn settings(&self) -> Arc<Settings> {
         self.shared.settings()
     }

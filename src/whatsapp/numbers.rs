@@ -541,3 +541,58 @@ pub fn to_pacer(rows: &[StoredHold]) -> HashMap<String, Hold> {
         })
         .collect()
 }
+
+/// The operator's view and actions on the sending numbers, on one pool, as a handle: what the
+/// web console is given (by the runner, [`crate::runner::Runner::number_admin`]) instead of the
+/// pool. Each method is the function of the same name above; the CLI, which owns its pool,
+/// calls those directly. Cheap to clone.
+#[derive(Clone)]
+pub struct NumberAdmin {
+    pool: Pool,
+}
+
+impl NumberAdmin {
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    /// [`holds`].
+    pub async fn holds(&self) -> sqlx::Result<Vec<StoredHold>> {
+        holds(&self.pool).await
+    }
+
+    /// [`pause`].
+    pub async fn pause(
+        &self,
+        phone_number_id: &str,
+        for_: Option<Duration>,
+        reason: &str,
+        by: &str,
+    ) -> sqlx::Result<()> {
+        pause(&self.pool, phone_number_id, for_, reason, by).await
+    }
+
+    /// [`resume`].
+    pub async fn resume(
+        &self,
+        phone_number_id: &str,
+        default_id: &str,
+    ) -> sqlx::Result<(bool, u64)> {
+        resume(&self.pool, phone_number_id, default_id).await
+    }
+
+    /// [`sent_today`].
+    pub async fn sent_today(&self, default_id: &str) -> sqlx::Result<HashMap<String, i64>> {
+        sent_today(&self.pool, default_id).await
+    }
+
+    /// [`tiers`].
+    pub async fn tiers(&self, wa: &crate::config::WhatsappSettings) -> sqlx::Result<Tiers> {
+        tiers(&self.pool, wa).await
+    }
+
+    /// [`circuits`].
+    pub async fn circuits(&self) -> sqlx::Result<Vec<RunnerCircuit>> {
+        circuits(&self.pool).await
+    }
+}

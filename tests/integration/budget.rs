@@ -12,7 +12,7 @@ use outbound_runner::runner::{Runner, sizing};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::support::mock_meta::{self, Limits, MockMeta};
-use crate::support::{TestDb, spawn_passive, test_settings};
+use crate::support::{TestDb, metrics_of, spawn_passive, started, test_settings};
 
 fn live(s: &mut Settings, meta: &MockMeta) {
     s.delivery.mode = DeliveryMode::Live;
@@ -32,9 +32,7 @@ async fn daemon(
     handler: Arc<dyn JobHandler>,
 ) -> Runner {
     let pool = outbound_runner::db::pool(&settings, options.application_name(app), false);
-    Runner::builder(pool, Arc::new(settings), handler)
-        .start()
-        .await
+    started(Runner::builder(pool, Arc::new(settings), handler)).await
 }
 
 async fn connections(admin: &outbound_runner::db::Pool, app: &str) -> i64 {
@@ -148,7 +146,7 @@ async fn a_job_waiting_for_a_connection_keeps_its_attempt() {
     .await
     .unwrap();
     assert_eq!(spent, 0, "no job spent an attempt waiting for a connection");
-    let waits = runner.metrics().db_waits.get();
+    let waits = metrics_of(&runner).db_waits.get();
     assert!(waits > 0, "the pool did wait for connections");
 
     runner.shutdown().await;
@@ -228,7 +226,7 @@ async fn the_in_flight_limit_follows_latency() {
         "{slow:?} after {fast:?}"
     );
     assert_eq!(runner.in_flight_limit(), slow.limit);
-    let rendered = runner.metrics().render();
+    let rendered = runner.render_metrics();
     assert!(
         rendered.contains(&format!("outbound_runner_in_flight_limit {}", slow.limit)),
         "{rendered}"
@@ -255,7 +253,7 @@ async fn reload_changes_the_cap() {
     capped.runner.max_in_flight = 50;
     runner.apply(Arc::new(capped.clone()));
     assert_eq!(runner.in_flight_limit(), 50);
-    assert_eq!(runner.metrics().in_flight_limit.get(), 50);
+    assert_eq!(metrics_of(&runner).in_flight_limit.get(), 50);
 
     // A pass runs no more than the cap at once.
     db.insert_jobs(120).await;
@@ -272,7 +270,7 @@ async fn reload_changes_the_cap() {
     runner.apply(Arc::new(pinned));
     assert_eq!(runner.in_flight_limit(), 7);
     // Unpinned again: sized by what the passes observed.
-    let observed = sizing::observed_latency(runner.metrics());
+    let observed = sizing::observed_latency(&metrics_of(&runner));
     assert!(observed.is_some());
     runner.apply(Arc::new(s.clone()));
     assert_eq!(runner.in_flight_limit(), sizing::size(&s, observed).limit);

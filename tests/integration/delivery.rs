@@ -14,7 +14,7 @@ use crate::support::mock_meta::{self, Limits, MockMeta, Reply};
 use crate::support::mock_orchestrator::{self, Answer, MockOrchestrator};
 use crate::support::proxy::{Proxy, upstream_of};
 use crate::support::{
-    TestDb, spawn_passive, spawn_runner, spawn_runner_at, test_settings, wait_count,
+    TestDb, metrics_of, spawn_passive, spawn_runner, spawn_runner_at, test_settings, wait_count,
 };
 
 /// Live delivery to `meta`, no pair spacing (tests that pace set their own).
@@ -76,8 +76,7 @@ async fn statuses(db: &TestDb, job: impl std::fmt::Display) -> Vec<String> {
 }
 
 fn errors(runner: &Runner, class: &str) -> u64 {
-    runner
-        .metrics()
+    metrics_of(runner)
         .whatsapp_errors
         .with_label_values(&[class])
         .get()
@@ -146,7 +145,7 @@ async fn a_job_is_sent_once_with_the_envelope_and_its_wamids_are_recorded() {
             .iter()
             .all(|a| a.as_deref() == Some(bearer.as_str()))
     );
-    let metrics = &runner.metrics();
+    let metrics = metrics_of(&runner);
     assert_eq!(metrics.messages_sent.get(), 2);
     assert_eq!(metrics.send_duration.get_sample_count(), 2);
 
@@ -355,7 +354,7 @@ async fn a_halt_answer_opens_the_circuit_until_a_reload() {
     let meta = MockMeta::start().await;
     let runner = passive(&db, &meta, |_| {}).await;
     meta.script([Reply::error(401, 190)]);
-    let gauge = || runner.metrics().circuit_open.get();
+    let gauge = || metrics_of(&runner).circuit_open.get();
 
     let tripped = text_job(&db, "15551230401", "a").await;
     assert_eq!(runner.run_pass(1).await.unwrap().retried, [tripped]);

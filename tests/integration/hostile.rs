@@ -9,7 +9,7 @@ use outbound_runner::delivery::sandbox::SandboxHandler;
 
 use crate::support::app::{TOKEN, spawn_app};
 use crate::support::handlers::Counting;
-use crate::support::{TestDb, spawn_passive, spawn_runner, wait_count};
+use crate::support::{TestDb, health_of, metrics_of, spawn_passive, spawn_runner, wait_count};
 
 const RUN: &str = "/api/jobs/run-outbound";
 const GOOD: &str = r#"{"to":"15551112223","message":{"type":"text","text":{"body":"hi"}}}"#;
@@ -262,7 +262,7 @@ async fn death(health: &outbound_runner::health::Health) -> String {
 async fn a_killed_loop_is_restarted_and_the_runner_keeps_working() {
     let db = TestDb::new().await;
     let runner = spawn_runner(&db, Arc::new(SandboxHandler), |_| {}).await;
-    let health = runner.health().clone();
+    let health = health_of(&runner);
     let names = [
         "dispatcher",
         "listener",
@@ -302,7 +302,7 @@ async fn a_task_that_cannot_be_restarted_turns_health_red() {
         let db = TestDb::new().await;
         let runner = spawn_runner(&db, Arc::new(SandboxHandler), |_| {}).await;
         let app = crate::support::app::App::serve(db, runner).await;
-        let health = app.runner.health().clone();
+        let health = health_of(&app.runner);
         let (status, _) = app.get_json("/healthz").await;
         assert_eq!(status, 200);
         assert!(health.tasks.kill(name), "{name} was not running");
@@ -310,7 +310,7 @@ async fn a_task_that_cannot_be_restarted_turns_health_red() {
         assert!(why.contains(name), "{why}");
         assert!(!health.alive(Duration::from_secs(3600)), "{name}");
         assert!(
-            outbound_runner::systemd::status_line(&health, app.runner.metrics())
+            outbound_runner::systemd::status_line(&health, &metrics_of(&app.runner))
                 .contains("UNHEALTHY"),
             "{name}"
         );
@@ -703,9 +703,7 @@ async fn withheld_bodies_are_cut_at_the_request_timeout_and_never_lock_out_healt
             "closed before the deadline: {took:?}"
         );
     }
-    let timeouts = app
-        .runner
-        .metrics()
+    let timeouts = metrics_of(&app.runner)
         .webhook_requests
         .with_label_values(&["timeout"])
         .get();

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::support::mock_meta::{self, MockMeta, Reply};
 use crate::support::window::{most_in, most_in_one_second};
-use crate::support::{TestDb, spawn_passive, spawn_runner, test_settings, wait_count};
+use crate::support::{TestDb, metrics_of, spawn_passive, spawn_runner, test_settings, wait_count};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbound-runner");
 /// The second number the mock serves, and its token.
@@ -155,8 +155,7 @@ async fn two_numbers_each_stay_under_their_own_rate_in_parallel() {
     }
     assert_eq!(meta.refused(130429), 0);
     assert_eq!(
-        runner
-            .metrics()
+        metrics_of(&runner)
             .number_sent
             .with_label_values(&[OTHER])
             .get(),
@@ -193,8 +192,7 @@ async fn a_spam_hold_pauses_only_its_number_until_resumed() {
     assert!(j.due_in > 20.0, "{}", j.due_in);
     assert_eq!(meta.accepted_from(OTHER).len(), 0);
     assert_eq!(
-        runner
-            .metrics()
+        metrics_of(&runner)
             .number_on_hold
             .with_label_values(&[OTHER])
             .get(),
@@ -472,8 +470,7 @@ async fn a_tier_limit_holds_templates_to_new_recipients_only() {
     assert!(why.contains("held until 20"), "{why}");
     assert!((290.0..=300.0).contains(&j.due_in), "{}", j.due_in);
     assert_eq!(
-        fresh
-            .metrics()
+        metrics_of(&fresh)
             .number_deferred
             .with_label_values(&[mock_meta::PHONE_NUMBER_ID, "tier_limit"])
             .get(),

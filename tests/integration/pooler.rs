@@ -97,7 +97,9 @@ async fn two_runners_drain_3000_jobs_through_pgbouncer_and_wake_on_listen() {
         Mode::Daemon,
     )
     .await;
-    assert!(a.pool().pooled() && b.pool().pooled());
+    // The pool the runners opened from the URL, as the CLI and the app would: pooler mode.
+    let pooled = outbound_runner::db::open(&test_settings(), &url).unwrap();
+    assert!(pooled.pooled());
 
     // Enqueued through the pooler, as the CLI and the app would.
     let jobs: Vec<NewJob> = (0..JOBS)
@@ -109,7 +111,7 @@ async fn two_runners_drain_3000_jobs_through_pgbouncer_and_wake_on_listen() {
         })
         .collect();
     let started = Instant::now();
-    let inserted = store::enqueue(a.pool(), &jobs).await.unwrap();
+    let inserted = store::enqueue(&pooled, &jobs).await.unwrap();
     assert_eq!(inserted.len(), JOBS);
 
     let (mut fa, mut fb) = (a.finished(), b.finished());
@@ -230,7 +232,7 @@ async fn without_a_direct_url_new_jobs_are_found_by_polling() {
     )
     .await;
     // No LISTEN to wait for: readiness does not wait for one.
-    assert!(r.health().listening());
+    assert!(r.listening());
     assert!(!r.listens());
     assert_eq!(r.poll_interval(), Duration::from_millis(300));
     let mut passes = r.passes();
@@ -287,7 +289,8 @@ async fn retry_rescue_and_drain_through_pgbouncer() {
     };
     gate.wait_entered(1).await;
     db.expire_lease(id).await;
-    let rescued = store::reclaim(r.pool(), Reclaim::Expired, true, 5)
+    let pooled = outbound_runner::db::open(&test_settings(), &url).unwrap();
+    let rescued = store::reclaim(&pooled, Reclaim::Expired, true, 5)
         .await
         .unwrap();
     assert_eq!(rescued.requeued, 1);

@@ -10,7 +10,9 @@ use outbound_runner::queue::{Action, JobError, retry};
 
 use crate::support::handlers::{Counting, Gate, Scripted};
 use crate::support::proxy::{Proxy, upstream_of};
-use crate::support::{TestDb, spawn_passive, spawn_runner, spawn_runner_at, wait_count};
+use crate::support::{
+    TestDb, metrics_of, spawn_passive, spawn_runner, spawn_runner_at, wait_count,
+};
 
 #[tokio::test]
 async fn claim_complete_retry_and_fail_follow_the_state_machine() {
@@ -76,7 +78,7 @@ async fn claim_complete_retry_and_fail_follow_the_state_machine() {
             .await
             .unwrap();
     assert_eq!(wamid, format!("wamid.sandbox.{ok}.0"));
-    let metrics = &runner.metrics();
+    let metrics = metrics_of(&runner);
     assert_eq!(metrics.messages_sent.get(), 1);
     assert_eq!(metrics.jobs_finished.with_label_values(&["retry"]).get(), 2);
     assert_eq!(
@@ -170,7 +172,7 @@ async fn notify_wakes_the_dispatcher_long_before_the_interval() {
     // Let the start-up pass happen first, so only a notification can find the job.
     let mut passes = runner.passes();
     wait_count(&mut passes, 1, Duration::from_secs(5)).await;
-    assert!(runner.health().listening());
+    assert!(runner.listening());
 
     let mut finished = runner.finished();
     let start = Instant::now();
@@ -493,14 +495,14 @@ async fn the_listener_reconnects_and_listens_again_after_the_connection_is_cut()
     .await;
     let mut passes = runner.passes();
     wait_count(&mut passes, 1, Duration::from_secs(5)).await;
-    assert!(runner.health().listening());
+    assert!(runner.listening());
 
     // The database goes away and comes back: every connection, LISTEN's included, is gone.
     proxy.cut();
     proxy.restore();
     // Reconnecting wakes the dispatcher for a pass (notifications may have been missed).
     wait_count(&mut passes, 2, Duration::from_secs(10)).await;
-    assert!(runner.health().listening());
+    assert!(runner.listening());
 
     let mut finished = runner.finished();
     let id = db.insert_jobs(1).await[0];
@@ -525,7 +527,7 @@ async fn lost_notifications_are_covered_by_the_interval() {
     .await;
     let mut passes = runner.passes();
     wait_count(&mut passes, 1, Duration::from_secs(5)).await;
-    assert!(runner.health().listening());
+    assert!(runner.listening());
 
     // LISTEN goes silent without an error: notifications stop arriving.
     proxy.stall();
@@ -539,7 +541,7 @@ async fn lost_notifications_are_covered_by_the_interval() {
         "{:?}",
         started.elapsed()
     );
-    let metrics = runner.metrics().render();
+    let metrics = runner.render_metrics();
     assert!(
         metrics.contains("outbound_runner_wakeups_total{source=\"notify\"} 0"),
         "the job was not delivered by a notification"

@@ -21,7 +21,7 @@ use crate::support::app::{App, spawn_app};
 use crate::support::mock_meta::{
     self, MockMeta, Reply, Webhooks, post_signed, status_json, webhook_body, webhook_body_for,
 };
-use crate::support::{test_settings, wait_count};
+use crate::support::{metrics_of, test_settings, wait_count};
 
 const SECRET: &str = "app-secret-for-tests";
 const VERIFY: &str = "verify-token-for-tests";
@@ -495,7 +495,7 @@ async fn every_messages_fate_arrives_by_webhook_and_unknown_sends_settle_without
     assert!(report.processed.is_empty() && report.failed.is_empty());
     assert_eq!(*meta.seen().borrow(), 4);
 
-    let metrics = app.runner.metrics();
+    let metrics = metrics_of(&app.runner);
     assert_eq!(metrics.delivered_latency.get_sample_count(), 3);
     let count = |k: &str, r: &str| metrics.whatsapp_statuses.with_label_values(&[k, r]).get();
     assert_eq!(count("failed", "applied"), 1);
@@ -566,8 +566,7 @@ async fn post(app: &App, body: &[u8], signature: Option<String>) -> u16 {
 }
 
 fn webhook_requests(app: &App, outcome: &str) -> u64 {
-    app.runner
-        .metrics()
+    metrics_of(&app.runner)
         .webhook_requests
         .with_label_values(&[outcome])
         .get()
@@ -658,8 +657,7 @@ async fn bad_webhooks_are_refused_or_ignored_and_write_nothing() {
         200
     );
     assert_eq!(
-        app.runner
-            .metrics()
+        metrics_of(&app.runner)
             .whatsapp_statuses
             .with_label_values(&["read", "other_number"])
             .get(),
@@ -999,7 +997,7 @@ async fn early_statuses_are_kept_for_the_configured_retention() {
     .await;
     // The status writer sweeps at once when it starts: the older one goes.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while runner.metrics().whatsapp_statuses_expired.get() < 1 {
+    while metrics_of(&runner).whatsapp_statuses_expired.get() < 1 {
         assert!(
             std::time::Instant::now() < deadline,
             "nothing expired within 20 s"
@@ -1011,15 +1009,14 @@ async fn early_statuses_are_kept_for_the_configured_retention() {
         .await
         .unwrap();
     assert_eq!(left, ["wamid.NEW"]);
-    assert_eq!(runner.metrics().whatsapp_statuses_expired.get(), 1);
+    assert_eq!(metrics_of(&runner).whatsapp_statuses_expired.get(), 1);
     runner.shutdown().await;
 }
 
 // --- Statuses the database cannot store (issue 25) ----------------------------------------------
 
 fn statuses_counted(app: &App, kind: &str, result: &str) -> u64 {
-    app.runner
-        .metrics()
+    metrics_of(&app.runner)
         .whatsapp_statuses
         .with_label_values(&[kind, result])
         .get()
@@ -1118,8 +1115,7 @@ async fn a_batch_the_database_refuses_is_applied_one_status_at_a_time() {
     let job = job_with_message(db, "done", None, "sent", Some("wamid.W1")).await;
     let outcomes = app
         .runner
-        .statuses()
-        .apply(vec![
+        .apply_statuses(vec![
             update("wamid.\u{0}", Kind::Delivered, None, t),
             update("wamid.W1", Kind::Delivered, Some(job), t),
         ])

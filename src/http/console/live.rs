@@ -7,7 +7,9 @@
 //! it refreshes the snapshot (not more often than [`PERIOD`], nor than ten times the last
 //! statement's own time); with nothing moving, once per [`HEARTBEAT`] (the other runners' work
 //! and the clock). A slow tab only misses intermediate snapshots (a `watch` keeps the latest);
-//! an idle one costs nothing. The statement reads only indexes of "OutboundJob" (docs/console.md).
+//! an idle one costs nothing. The statement is the queue's ([`crate::queue::admin::overview`],
+//! through the [`HttpState`]'s operator API); it reads only indexes of "OutboundJob"
+//! (docs/console.md).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,8 +20,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::metrics::{OUTCOMES, STATUS_KINDS, STATUS_RESULTS};
-use crate::runner::Runner;
+use crate::http::HttpState;
 
 /// The shortest time between two aggregate statements.
 pub const PERIOD: Duration = Duration::from_secs(2);
@@ -76,18 +77,18 @@ impl Hub {
     }
 
     /// A subscription to the snapshots; starts the task if none runs.
-    pub fn subscribe(self: &Arc<Self>, runner: &Runner) -> watch::Receiver<Frame> {
+    pub fn subscribe(self: &Arc<Self>, state: &HttpState) -> watch::Receiver<Frame> {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let rx = self.tx.subscribe();
         if !*running {
             *running = true;
-            tokio::spawn(self.clone().run(runner.clone()));
+            tokio::spawn(self.clone().run(state.clone()));
         }
         rx
     }
 
     /// The snapshot, taken now unless the cached one is younger than the refresh period.
-    pub async fn snapshot(&self, runner: &Runner) -> anyhow::Result<Arc<str>> {
+    pub async fn snapshot(&self, state: &HttpState) -> anyhow::Result<Arc<str>> {
         let mut cache = self.cache.lock().await;
         if let Some((at, data, took)) = cache.last.as_ref()
             && at.elapsed() < PERIOD.max(*took * 10)
@@ -101,7 +102,7 @@ impl Hub {
             .full_at
             .is_none_or(|at| at.elapsed() >= FULL_REBUILD);
         let from = if full { None } else { cache.buckets.from };
-        let mut value = overview(runner, from).await?;
+        let mut value = overview(state, from).await?;
         cache.buckets.merge(&mut value["db"], from);
         if full {
             cache.buckets.full_at = Some(Instant::now());
@@ -116,7 +117,8 @@ impl Hub {
         Ok(data)
     }
 
-    async fn run(self: Arc<Self>, runner: Runner) {
+    async fn run(self: Arc<Self>, state: HttpState) {
+        let runner = state.runner();
         let mut last_signal = None;
         let mut last_refresh: Option<Instant> = None;
         loop {
@@ -127,13 +129,13 @@ impl Hub {
                     return;
                 }
             }
-            if runner.health().draining() {
+            if runner.draining() {
                 self.tx.send_modify(|f| f.closing = true);
                 let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
                 *running = false;
                 return;
             }
-            let signal = activity(&runner);
+            let signal = runner.activity();
             let due = match last_refresh {
                 None => true,
                 Some(at) => {
@@ -144,7 +146,7 @@ impl Hub {
             if due {
                 last_signal = Some(signal);
                 last_refresh = Some(Instant::now());
-                match self.snapshot(&runner).await {
+                match self.snapshot(&state).await {
                     Ok(data) => {
                         self.tx.send_modify(|f| f.data = Some(data));
                     }
@@ -242,103 +244,28 @@ impl Buckets {
     }
 }
 
-/// A number that moves whenever the daemon saw work: wake-ups (NOTIFY, triggers, due
-/// backoffs), claims, finishes, sends and Meta's statuses. Read from memory only.
-fn activity(runner: &Runner) -> u64 {
-    let m = runner.metrics();
-    let mut n = m.jobs_claimed.get() + m.messages_sent.get() + m.db_waits.get();
-    for source in ["notify", "trigger", "due"] {
-        n += m.wakeups.with_label_values(&[source]).get();
-    }
-    for outcome in OUTCOMES {
-        n += m.jobs_finished.with_label_values(&[outcome]).get();
-    }
-    for kind in STATUS_KINDS {
-        for result in STATUS_RESULTS {
-            n += m.whatsapp_statuses.with_label_values(&[kind, result]).get();
-        }
-    }
-    n
-}
-
 /// The one aggregate statement, and this process's own figures.
 async fn overview(
-    runner: &Runner,
+    state: &HttpState,
     from: Option<DateTime<Utc>>,
 ) -> anyhow::Result<serde_json::Value> {
-    let db: serde_json::Value = sqlx::query_scalar(OVERVIEW_SQL)
-        .bind(from)
-        .persistent(false)
-        .fetch_one(runner.pool())
-        .await?;
-    let m = runner.metrics();
+    let db = state.admin().overview(from).await?;
+    let me = state.runner().figures();
     let ms = |s: Option<f64>| s.map(|s| (s * 1000.0 * 10.0).round() / 10.0);
     Ok(json!({
         "generatedAt": chrono::Utc::now(),
         "db": db,
         "thisRunner": {
-            "name": runner.locked_by(),
-            "inFlight": runner.in_flight(),
-            "inFlightLimit": runner.in_flight_limit(),
-            "sendP95Ms": ms(m.send_latency.p95()),
-            "orchestratorP95Ms": ms(m.orchestrator_latency.p95()),
-            "connectionWaits": m.db_waits.get(),
-            "listening": runner.health().listening(),
+            "name": me.name,
+            "inFlight": me.in_flight,
+            "inFlightLimit": me.in_flight_limit,
+            "sendP95Ms": ms(me.send_p95),
+            "orchestratorP95Ms": ms(me.orchestrator_p95),
+            "connectionWaits": me.connection_waits,
+            "listening": me.listening,
         },
     }))
 }
-
-/// Counts by status except `done`, each from a partial index (queued; running with and without a
-/// lease; failed and cancelled: `migrations/20261206120000_console.sql`), all rows only as the
-/// planner's estimate; the oldest due job; the finishes per minute since `$1` (the minutes not
-/// known yet: see [`Buckets`]) from the `"completedAt"` index; the fates of the messages of the
-/// latest jobs finished in the last hour, 10,000 at most (one index probe each: bounded at any
-/// volume);
-/// unsettled sends; the runners holding jobs; the runners' connections.
-pub const OVERVIEW_SQL: &str = r#"
-SELECT json_build_object(
-  'byStatus', json_build_object(
-      'queued', (SELECT count(*) FROM "OutboundJob" WHERE status = 'queued'),
-      'running', (SELECT count(*) FROM "OutboundJob"
-                  WHERE "leaseUntil" IS NOT NULL AND status = 'running')
-               + (SELECT count(*) FROM "OutboundJob"
-                  WHERE status = 'running' AND "leaseUntil" IS NULL),
-      'failed', (SELECT count(*) FROM "OutboundJob" WHERE status = 'failed'),
-      'cancelled', (SELECT count(*) FROM "OutboundJob" WHERE status = 'cancelled')),
-  'totalEstimate', (SELECT greatest(reltuples, 0)::bigint FROM pg_class
-                    WHERE oid = '"OutboundJob"'::regclass),
-  'oldestDueSeconds', (SELECT CASE WHEN isfinite(m) THEN EXTRACT(EPOCH FROM now() - m)::float8 END
-                       FROM (SELECT min("runAt") AS m FROM "OutboundJob"
-                             WHERE status = 'queued' AND "runAt" <= now()) q),
-  'now', now(),
-  'minutes', (SELECT coalesce(json_agg(json_build_object('at', at, 'done', d, 'failed', f)), '[]'::json)
-              FROM (SELECT date_trunc('minute', "completedAt") AS at,
-                           count(*) FILTER (WHERE status = 'done') AS d,
-                           count(*) FILTER (WHERE status = 'failed') AS f
-                    FROM "OutboundJob"
-                    WHERE "completedAt" >= greatest($1, now() - interval '24 hours')
-                      AND "completedAt" <= now() AND status IN ('done', 'failed')
-                    GROUP BY 1) b),
-  'messages', (SELECT json_build_object(
-                  'sent', count(*) FILTER (WHERE m.status = 'sent'),
-                  'delivered', count(*) FILTER (WHERE m.status = 'delivered'),
-                  'read', count(*) FILTER (WHERE m.status = 'read'),
-                  'failed', count(*) FILTER (WHERE m.status = 'failed'))
-               FROM (SELECT id FROM "OutboundJob"
-                     WHERE "completedAt" > now() - interval '1 hour'
-                     ORDER BY "completedAt" DESC LIMIT 10000) j
-               CROSS JOIN LATERAL (SELECT status FROM "OutboundMessage" m
-                                   WHERE m."jobId" = j.id OFFSET 0) m),
-  'unknownUnsettled', (SELECT count(*) FROM "OutboundMessage" WHERE status = 'unknown'),
-  'runners', (SELECT coalesce(json_agg(json_build_object('name', r, 'running', n) ORDER BY r), '[]'::json)
-              FROM (SELECT "lockedBy" AS r, count(*) AS n FROM "OutboundJob"
-                    WHERE "leaseUntil" IS NOT NULL AND status = 'running' GROUP BY 1) x),
-  'connections', (SELECT coalesce(json_agg(json_build_object('host', h, 'connections', n) ORDER BY h), '[]'::json)
-                  FROM (SELECT coalesce(host(client_addr), 'local') AS h, count(*) AS n
-                        FROM pg_stat_activity
-                        WHERE application_name = 'outbound-runner' AND datname = current_database()
-                        GROUP BY 1) c)
-)"#;
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,8 @@
 //! Enabled by `ADMIN_TOKEN` (`http.admin_token`) like the admin API: unset, everything under
 //! `/console/` (and `/`) answers 404. Its JSON endpoints under `/console/api/` take the session
 //! cookie instead of the bearer token; the actions are [`crate::queue::admin`]'s and
-//! [`crate::whatsapp::numbers`]' (the same rules and history as the CLI and the admin API, with
+//! [`crate::whatsapp::numbers`]', through the handles of [`HttpState::admin`] and
+//! [`HttpState::numbers`] (the same rules and history as the CLI and the admin API, with
 //! `"by":"console"`). A job id is opaque here: it is taken as text and handed to the queue's
 //! operator API through [`job_id`], the one place that knows its type.
 
@@ -279,7 +280,7 @@ async fn overview(
     if let Err(r) = guard(&state, &console, &headers, false) {
         return r.into_response();
     }
-    match console.hub.snapshot(state.runner()).await {
+    match console.hub.snapshot(&state).await {
         Ok(data) => (
             [(header::CONTENT_TYPE, "application/json")],
             data.to_string(),
@@ -300,7 +301,7 @@ async fn events(
     if let Err(r) = guard(&state, &console, &headers, false) {
         return r.into_response();
     }
-    let rx = console.hub.subscribe(state.runner());
+    let rx = console.hub.subscribe(&state);
     let end = tokio::time::Instant::now() + STREAM_LIFETIME;
     let stream = futures_util::stream::unfold((rx, true), move |(mut rx, first)| async move {
         loop {
@@ -377,24 +378,42 @@ fn filter_from_query(query: Option<&str>) -> Result<Filter, AdminError> {
     f.validate()
 }
 
+/// Every jobs endpoint in one shape: the guard (a session; for a POST, same origin too), then
+/// `work` (parse, check, the queue's operator API), answered `{"ok":true, …}` or with the failure
+/// (bad input 400, no such job 404, a conflict 409, the database 503). `work` is a future: it
+/// does not start before the guard let the request in.
+async fn on_jobs<T: serde::Serialize>(
+    state: &HttpState,
+    console: &Console,
+    headers: &HeaderMap,
+    post: bool,
+    work: impl Future<Output = Result<T, AdminError>>,
+) -> Response {
+    if let Err(r) = guard(state, console, headers, post) {
+        return r.into_response();
+    }
+    match work.await {
+        Ok(answer) => ok_with(answer),
+        Err(e) => failure(e),
+    }
+}
+
+/// Who the history and the log name for a console action.
+fn actor(dry_run: bool) -> Actor<'static> {
+    Actor { by: BY, dry_run }
+}
+
 async fn list(
     State(state): State<HttpState>,
     Extension(console): Extension<Arc<Console>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    if let Err(r) = guard(&state, &console, &headers, false) {
-        return r.into_response();
-    }
-    let result = async {
+    on_jobs(&state, &console, &headers, false, async {
         let filter = filter_from_query(query.as_deref())?;
-        admin::list(state.runner().pool(), &filter).await
-    }
-    .await;
-    match result {
-        Ok(page) => ok_with(json!({ "jobs": page.jobs, "nextCursor": page.next_cursor })),
-        Err(e) => failure(e),
-    }
+        state.admin().list(&filter).await
+    })
+    .await
 }
 
 async fn show(
@@ -403,18 +422,11 @@ async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = guard(&state, &console, &headers, false) {
-        return r.into_response();
-    }
-    let result = async {
-        let id = job_id("id", &id)?;
-        admin::show(state.runner().pool(), &id).await
-    }
-    .await;
-    match result {
-        Ok(job) => ok_with(json!({ "job": job })),
-        Err(e) => failure(e),
-    }
+    on_jobs(&state, &console, &headers, false, async {
+        let job = state.admin().show(&job_id("id", &id)?).await?;
+        Ok(json!({ "job": job }))
+    })
+    .await
 }
 
 /// The body of retry and cancel: the filter (as the list's), the ids of a selection, and how.
@@ -457,36 +469,20 @@ async fn retry(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = guard(&state, &console, &headers, true) {
-        return r.into_response();
-    }
-    let result = async {
+    on_jobs(&state, &console, &headers, true, async {
         let body: ActionBody = parse_body(&body)?;
-        let filter = action_filter(&body)?;
-        let actor = Actor {
-            by: BY,
-            dry_run: body.dry_run,
-        };
         let max = state.runner().settings().retry.max_attempts as i32;
-        admin::retry(
-            state.runner().pool(),
-            &filter,
-            &actor,
-            body.resend_sent,
-            max,
-        )
-        .await
-    }
-    .await;
-    match result {
-        Ok(report) => {
-            if !report.dry_run {
-                tracing::info!(by = BY, retried = report.retried, "jobs retried");
-            }
-            ok_with(report)
+        let (filter, actor) = (action_filter(&body)?, actor(body.dry_run));
+        let report = state
+            .admin()
+            .retry(&filter, &actor, body.resend_sent, max)
+            .await?;
+        if !report.dry_run {
+            tracing::info!(by = BY, retried = report.retried, "jobs retried");
         }
-        Err(e) => failure(e),
-    }
+        Ok(report)
+    })
+    .await
 }
 
 async fn cancel(
@@ -495,33 +491,21 @@ async fn cancel(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = guard(&state, &console, &headers, true) {
-        return r.into_response();
-    }
-    let result = async {
+    on_jobs(&state, &console, &headers, true, async {
         let body: ActionBody = parse_body(&body)?;
         if body.resend_sent {
             return Err(AdminError::Invalid(
                 "resendSent applies to retry only".into(),
             ));
         }
-        let filter = action_filter(&body)?;
-        let actor = Actor {
-            by: BY,
-            dry_run: body.dry_run,
-        };
-        admin::cancel(state.runner().pool(), &filter, &actor).await
-    }
-    .await;
-    match result {
-        Ok(report) => {
-            if !report.dry_run {
-                tracing::info!(by = BY, cancelled = report.cancelled, "jobs cancelled");
-            }
-            ok_with(report)
+        let (filter, actor) = (action_filter(&body)?, actor(body.dry_run));
+        let report = state.admin().cancel(&filter, &actor).await?;
+        if !report.dry_run {
+            tracing::info!(by = BY, cancelled = report.cancelled, "jobs cancelled");
         }
-        Err(e) => failure(e),
-    }
+        Ok(report)
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -539,20 +523,16 @@ async fn settle(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = guard(&state, &console, &headers, true) {
-        return r.into_response();
-    }
-    let result = async {
+    on_jobs(&state, &console, &headers, true, async {
         let id = job_id("id", &id)?;
         let body: SettleBody = parse_body(&body)?;
         let settled_as: Settled = body.settled_as.parse()?;
-        admin::settle(state.runner().pool(), &id, body.seq, settled_as, None, BY).await
-    }
-    .await;
-    match result {
-        Ok(report) => ok_with(report),
-        Err(e) => failure(e),
-    }
+        state
+            .admin()
+            .settle(&id, body.seq, settled_as, None, BY)
+            .await
+    })
+    .await
 }
 
 // --- numbers ---------------------------------------------------------------------------------
@@ -585,15 +565,14 @@ async fn numbers(
 
 /// What `outbound-runner numbers` shows, as JSON.
 async fn numbers_now(state: &HttpState) -> sqlx::Result<serde_json::Value> {
-    use crate::whatsapp::numbers as n;
     let settings = state.runner().settings();
     let wa = &settings.whatsapp;
-    let pool = state.runner().pool();
+    let numbers = state.numbers();
     let default_id = wa.default_number_id().to_string();
-    let holds = n::holds(pool).await?;
-    let sent = n::sent_today(pool, &default_id).await?;
-    let tiers = n::tiers(pool, wa).await?;
-    let circuits = n::circuits(pool).await?;
+    let holds = numbers.holds().await?;
+    let sent = numbers.sent_today(&default_id).await?;
+    let tiers = numbers.tiers(wa).await?;
+    let circuits = numbers.circuits().await?;
     let mut ids: Vec<String> = wa.number_ids().iter().map(|s| s.to_string()).collect();
     for h in &holds {
         if !ids.contains(&h.phone_number_id) {
@@ -704,7 +683,7 @@ async fn pause(
     if reason.chars().count() > 200 {
         return error(StatusCode::BAD_REQUEST, "reason: at most 200 characters");
     }
-    match crate::whatsapp::numbers::pause(state.runner().pool(), &id, for_, reason, BY).await {
+    match state.numbers().pause(&id, for_, reason, BY).await {
         Ok(()) => {
             *console.numbers.lock().await = None;
             tracing::info!(by = BY, number = %id, "number paused");
@@ -735,7 +714,7 @@ async fn resume(
         .whatsapp
         .default_number_id()
         .to_string();
-    match crate::whatsapp::numbers::resume(state.runner().pool(), &id, &default_id).await {
+    match state.numbers().resume(&id, &default_id).await {
         Ok((was, woken)) => {
             *console.numbers.lock().await = None;
             tracing::info!(by = BY, number = %id, was_paused = was, woken, "number resumed");

@@ -11,12 +11,14 @@ pub mod sql;
 pub mod window;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use outbound_runner::config::{self, LoadOptions, Settings};
 use outbound_runner::delivery::JobHandler;
-use outbound_runner::runner::{Mode, Runner};
+use outbound_runner::health::Health;
+use outbound_runner::metrics::Metrics;
+use outbound_runner::runner::{Mode, Runner, Start};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Executor};
 
@@ -245,7 +247,7 @@ async fn start(
     start_on(pool, listen, settings, handler, mode).await
 }
 
-/// A runner on `pool` with fresh metrics and health.
+/// A runner on `pool` with fresh metrics and health (see [`started`]).
 async fn start_on(
     pool: impl Into<outbound_runner::db::Pool>,
     listen: Option<PgConnectOptions>,
@@ -253,11 +255,54 @@ async fn start_on(
     handler: Arc<dyn JobHandler>,
     mode: Mode,
 ) -> Runner {
-    Runner::builder(pool, Arc::new(settings), handler)
-        .listen(listen)
-        .mode(mode)
+    started(
+        Runner::builder(pool, Arc::new(settings), handler)
+            .listen(listen)
+            .mode(mode),
+    )
+    .await
+}
+
+/// The metrics and health the harness gave each runner it started, by `locked_by` (unique per
+/// runner): the runner reports to them and hands neither out, so a test reads them here.
+static GIVEN: LazyLock<Mutex<HashMap<String, Given>>> = LazyLock::new(Default::default);
+
+type Given = (Arc<Metrics>, Arc<Health>);
+
+/// Starts `start` reporting to fresh metrics and health, kept for [`metrics_of`] and
+/// [`health_of`].
+pub async fn started(start: Start) -> Runner {
+    let (metrics, health) = (Arc::new(Metrics::new()), Arc::new(Health::default()));
+    let runner = start
+        .metrics(metrics.clone())
+        .health(health.clone())
         .start()
-        .await
+        .await;
+    GIVEN
+        .lock()
+        .unwrap()
+        .insert(runner.locked_by().to_string(), (metrics, health));
+    runner
+}
+
+fn given(runner: &Runner) -> Given {
+    GIVEN
+        .lock()
+        .unwrap()
+        .get(runner.locked_by())
+        .cloned()
+        .expect("a runner started through support::started")
+}
+
+/// The metrics `runner` reports to (it was started through [`started`]).
+pub fn metrics_of(runner: &Runner) -> Arc<Metrics> {
+    given(runner).0
+}
+
+/// The health `runner` reports to (it was started through [`started`]): its supervised tasks,
+/// for the tests that kill them.
+pub fn health_of(runner: &Runner) -> Arc<Health> {
+    given(runner).1
 }
 
 /// Awaits a watch counter reaching `n`, bounded.
