@@ -124,33 +124,64 @@ pub struct Prepare {
     /// The orchestrator's answer, to save in `composed` (when not saved yet).
     pub composed: Option<Value>,
     pub messages: Vec<Value>,
+    /// Mark this message `sending` in the same statement, as [`mark_sending`] would (its slot
+    /// is due: the request leaves after this commit). The statement then commits with its
+    /// fsync.
+    pub mark: Option<Mark>,
+}
+
+/// What [`prepare`] left of one job: every message row in `seq` order, and whether the
+/// requested mark landed (the row is `sending` by this attempt's hand, its request may leave).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    pub messages: Vec<Message>,
+    pub marked: bool,
 }
 
 /// [`prepare`]'s statement: the jobs' fence and their `composed` are the queue's
-/// ([`crate::queue::moves::OWNED_SAVE_COMPOSED_CTE`]), the message rows the ledger's.
+/// ([`crate::queue::moves::OWNED_SAVE_COMPOSED_CTE`]), the message rows the ledger's. A message
+/// to mark is inserted `sending` or, if it exists, marked as [`mark_sending`] marks (the update
+/// sees only rows that existed before the statement, the insert only creates missing ones).
 fn prepare_sql() -> &'static str {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             r#"
         WITH req AS (
             SELECT outbound_job_id(r.job) AS job, r.locked_by, r.attempts, r.composed,
-                   r.recipient, r.sender
-            FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[], $5::text[], $9::text[])
-                AS r(job, locked_by, attempts, composed, recipient, sender),
-                 (SELECT set_config('synchronous_commit', 'off', true)) relaxed
+                   r.recipient, r.sender, r.mark, r.resend
+            FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[], $5::text[], $9::text[],
+                        $10::int[], $11::bool[])
+                AS r(job, locked_by, attempts, composed, recipient, sender, mark, resend),
+                 (SELECT set_config('synchronous_commit', CASE WHEN $12 THEN 'on' ELSE 'off' END,
+                                    true)) relaxed
         ), {}, ins AS (
             INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, "phoneNumberId")
-            SELECT o.job, m.seq, 'pending', o.recipient, m.body, o.sender
+            SELECT o.job, m.seq,
+                   CASE WHEN m.seq = o.mark AND NOT o.stopping THEN 'sending' ELSE 'pending' END,
+                   o.recipient, m.body, o.sender
             FROM owner o JOIN unnest($6::text[], $7::int[], $8::jsonb[]) AS m(job, seq, body)
                  ON outbound_job_id(m.job) = o.job
             ON CONFLICT ("jobId", seq) DO NOTHING
             RETURNING "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError"
+        ), upd AS (
+            UPDATE "OutboundMessage" m SET status = 'sending', "updatedAt" = now()
+            FROM owner o
+            WHERE m."jobId" = o.job AND m.seq = o.mark AND NOT o.stopping AND m.wamid IS NULL
+              AND (m.status IN ('pending', 'failed') OR (o.resend AND m.status = 'sending'))
+            RETURNING m."jobId", m.seq, m.status, m."to", m.body, m.wamid, m."lastErrorCode",
+                      m."lastError"
         )
-        SELECT "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError" FROM ins
+        SELECT "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError",
+               status = 'sending' AS marked
+        FROM ins
+        UNION ALL
+        SELECT "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError", true
+        FROM upd
         UNION ALL
         SELECT m."jobId", m.seq, m.status, m."to", m.body, m.wamid, m."lastErrorCode",
-               m."lastError"
+               m."lastError", false
         FROM "OutboundMessage" m JOIN owner o ON m."jobId" = o.job
+        WHERE NOT EXISTS (SELECT 1 FROM upd u WHERE u."jobId" = m."jobId" AND u.seq = m.seq)
         "#,
             crate::queue::moves::OWNED_SAVE_COMPOSED_CTE
         )
@@ -159,14 +190,24 @@ fn prepare_sql() -> &'static str {
 }
 
 /// Before any send, for any number of jobs in one statement: saves each orchestrator answer in
-/// `composed` (when given and not saved yet) and creates each job's message rows as `pending`
-/// (rows that exist are kept as they are). Returns, per job, every message row of the job in
-/// `seq` order, or `None` if its fence did not hold. No fsync of its own (see the module docs).
-pub async fn prepare(pool: &Pool, jobs: &[Prepare]) -> sqlx::Result<Vec<Option<Vec<Message>>>> {
+/// `composed` (when given and not saved yet), creates each job's message rows as `pending`
+/// (rows that exist are kept as they are) and marks the messages asked for `sending`
+/// ([`Prepare::mark`]). Returns, per job, its rows, or `None` if its fence did not hold. No
+/// fsync of its own (see the module docs) unless it marks a message.
+pub async fn prepare(pool: &Pool, jobs: &[Prepare]) -> sqlx::Result<Vec<Option<Prepared>>> {
     let (ids, owners, attempts) = fence_arrays(jobs.iter().map(|p| &p.fence));
     let composed: Vec<Option<&Value>> = jobs.iter().map(|p| p.composed.as_ref()).collect();
     let to: Vec<&str> = jobs.iter().map(|p| p.to.as_str()).collect();
     let from: Vec<&str> = jobs.iter().map(|p| p.from.as_str()).collect();
+    let mark: Vec<Option<i32>> = jobs
+        .iter()
+        .map(|p| p.mark.as_ref().map(|m| m.seq))
+        .collect();
+    let resend: Vec<bool> = jobs
+        .iter()
+        .map(|p| p.mark.as_ref().is_some_and(|m| m.resend_in_doubt))
+        .collect();
+    let durable = mark.iter().any(Option::is_some);
     let (mut m_job, mut m_seq, mut m_body) = (Vec::new(), Vec::new(), Vec::new());
     for p in jobs {
         for (seq, body) in p.messages.iter().enumerate() {
@@ -185,12 +226,20 @@ pub async fn prepare(pool: &Pool, jobs: &[Prepare]) -> sqlx::Result<Vec<Option<V
         .bind(&m_seq)
         .bind(&m_body)
         .bind(&from)
+        .bind(&mark)
+        .bind(&resend)
+        .bind(durable)
         .fetch_all(pool)
         .await?;
-    let mut by_job: std::collections::HashMap<JobId, Vec<Message>> = Default::default();
+    let mut by_job: std::collections::HashMap<JobId, Prepared> = Default::default();
     for row in rows {
         let status: String = row.get(2);
-        by_job.entry(row.get(0)).or_default().push(Message {
+        let entry = by_job.entry(row.get(0)).or_insert_with(|| Prepared {
+            messages: Vec::new(),
+            marked: false,
+        });
+        entry.marked |= row.get::<bool, _>(8);
+        entry.messages.push(Message {
             seq: row.get(1),
             status: Status::parse(&status).ok_or_else(|| {
                 sqlx::Error::Protocol(format!("unexpected message status {status:?}"))
@@ -206,9 +255,9 @@ pub async fn prepare(pool: &Pool, jobs: &[Prepare]) -> sqlx::Result<Vec<Option<V
     Ok(jobs
         .iter()
         .map(|p| {
-            by_job.remove(&p.fence.id).map(|mut rows| {
-                rows.sort_by_key(|m| m.seq);
-                rows
+            by_job.remove(&p.fence.id).map(|mut prepared| {
+                prepared.messages.sort_by_key(|m| m.seq);
+                prepared
             })
         })
         .collect())
@@ -314,7 +363,7 @@ where
 /// written by its completion: [`ACCEPTED_CTE`].)
 #[derive(Clone)]
 pub struct Writers {
-    pub prepare: Gate<Prepare, Option<Vec<Message>>>,
+    pub prepare: Gate<Prepare, Option<Prepared>>,
     pub sending: Gate<Mark, bool>,
     pub sent: Gate<Sent, bool>,
     /// Meta's status webhooks, applied in batches ([`super::statuses`]).

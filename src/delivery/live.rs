@@ -120,6 +120,24 @@ impl LiveHandler {
                 (c.messages, Some(c.answer))
             }
         };
+        // The first message's throughput slot is taken now and its `sending` mark written with
+        // the rows, at the start of the slot's mark span (`pacing::MARK_SPAN`): one statement
+        // for the rows and the marks of every job of the span. A template goes the long way
+        // (its tier check comes before its slot).
+        let first = match messages.first() {
+            Some(body) if !is_template(body) => {
+                let number = wa.phone_number_id.as_str();
+                let paced = Instant::now();
+                let permit = self
+                    .pacer
+                    .reserve_slot(&wa, &payload.to)
+                    .await
+                    .map_err(|d| deferred(ctx, number, d))?;
+                tokio::time::sleep_until(permit.mark_at()).await;
+                Some((permit, paced))
+            }
+            _ => None,
+        };
         // Batched with the other jobs' (`ledger::Writers`). A wait for a connection is not the
         // job's: the writer waits (up to a lease, which the lease keeper extends) rather than
         // spend an attempt, and past that the job is deferred.
@@ -129,12 +147,35 @@ impl LiveHandler {
             from: wa.phone_number_id.clone(),
             composed: answer,
             messages,
+            mark: first.as_ref().map(|_| ledger::Mark {
+                fence: job.fence.clone(),
+                seq: 0,
+                resend_in_doubt: settings.delivery.on_unknown == OnUnknown::Retry,
+            }),
         };
-        let rows = match ctx.ledger.prepare.write(prepare).await {
-            Ok(Some(rows)) => rows,
+        let prepared = match ctx.ledger.prepare.write(prepare).await {
+            Ok(Some(prepared)) => prepared,
             Ok(None) => return Err(lost()),
-            Err(e) => return Err(database_failed("recording the messages", &e, e.wait)),
+            Err(e) => {
+                // Nothing was sent. If the statement landed all the same (its answer was lost
+                // with the connection), the mark is taken back, as after a failed mark.
+                if first.is_some() && !self.unmark(job, ctx, 0).await {
+                    return Err(lost());
+                }
+                return Err(database_failed("recording the messages", &e, e.wait));
+            }
         };
+        let rows = prepared.messages;
+        // The first message is `sending` by this attempt's hand: its request leaves at its
+        // slot. Otherwise (sent already, in doubt, or a later attempt's own mark failed) the
+        // slot is let go and the message takes the long way.
+        let mut cleared = first
+            .filter(|_| prepared.marked)
+            .map(|(permit, paced)| Cleared {
+                permit,
+                paced,
+                marked: Marked::new(ctx, job, 0),
+            });
 
         let pending = rows.iter().filter(|m| !m.status.accepted()).count();
         if pending > 0 {
@@ -146,12 +187,16 @@ impl LiveHandler {
                 job.id
             );
         }
-        let api = CloudApi::new(http);
         // Only the last message's send hands anything to the completion.
         let mut delivered = Delivered::default();
         for message in &rows {
+            let cleared = if message.seq == 0 {
+                cleared.take()
+            } else {
+                None
+            };
             delivered = self
-                .deliver(job, ctx, &wa, &api, message, rows.len())
+                .deliver(job, ctx, &wa, message, rows.len(), cleared)
                 .await?;
         }
         Ok(delivered)
@@ -208,15 +253,24 @@ impl LiveHandler {
         job: &Job,
         ctx: &JobContext,
         wa: &WhatsappSettings,
-        api: &CloudApi,
         message: &Message,
         total: usize,
+        cleared: Option<Cleared>,
     ) -> Result<Delivered, JobError> {
-        if let Some(decided) = self.decided(job, ctx, message).await {
-            return decided;
-        }
         // The tier ticket is held until this send has ended (dropped on every way out).
-        let (tier_ticket, permit, marked) = self.clear_to_send(job, ctx, wa, message).await?;
+        let (tier_ticket, permit, marked) = match cleared {
+            // Marked with the rows (`attempt`): only the slot is left to wait for.
+            Some(cleared) => {
+                let (permit, marked) = self.await_slot(job, ctx, wa, message.seq, cleared).await?;
+                (None, permit, marked)
+            }
+            None => {
+                if let Some(decided) = self.decided(job, ctx, message).await {
+                    return decided;
+                }
+                self.clear_to_send(job, ctx, wa, message).await?
+            }
+        };
 
         // The number's sliding window, as close to the request as it gets.
         self.pacer.release(wa).await;
@@ -226,6 +280,7 @@ impl LiveHandler {
         // From here the request may have left: an attempt cut off now leaves the message in
         // doubt, never sent twice.
         marked.disarm();
+        let api = CloudApi::new(self.client(&ctx.settings));
         let result = api.send(wa, &message.to, &callback, &message.body).await;
         ctx.metrics
             .send_duration
@@ -345,7 +400,7 @@ impl LiveHandler {
     ) -> Result<(Option<numbers::TierTicket>, Permit, Marked), JobError> {
         let number = wa.phone_number_id.as_str();
         let seq = message.seq;
-        let tier_ticket = if message.body.get("type").and_then(|t| t.as_str()) == Some("template") {
+        let tier_ticket = if is_template(&message.body) {
             self.tier_check(ctx, wa, &message.to)
                 .await
                 .inspect_err(|_| {
@@ -385,10 +440,31 @@ impl LiveHandler {
                 return Err(database("marking the message sending", &e));
             }
         }
-        let marked = Marked::new(ctx, job, seq);
+        let cleared = Cleared {
+            permit,
+            paced,
+            marked: Marked::new(ctx, job, seq),
+        };
+        let (permit, marked) = self.await_slot(job, ctx, wa, seq, cleared).await?;
+        Ok((tier_ticket, permit, marked))
+    }
+
+    /// After the mark: waits for the permit's slot. A pause or a circuit that began after the
+    /// mark defers the job, the message put back to `pending` (nothing was sent).
+    async fn await_slot(
+        &self,
+        job: &Job,
+        ctx: &JobContext,
+        wa: &WhatsappSettings,
+        seq: i32,
+        Cleared {
+            permit,
+            paced,
+            marked,
+        }: Cleared,
+    ) -> Result<(Permit, Marked), JobError> {
+        let number = wa.phone_number_id.as_str();
         if let Err(d) = self.pacer.ready(&permit).await {
-            // A pause or a circuit began after the mark: nothing was sent, the message goes
-            // back to `pending` and the job is deferred.
             marked.disarm();
             if !self.unmark(job, ctx, seq).await {
                 return Err(lost());
@@ -399,7 +475,7 @@ impl LiveHandler {
             .number_paced_wait
             .with_label_values(&[number])
             .observe(paced.elapsed().as_secs_f64());
-        Ok((tier_ticket, permit, marked))
+        Ok((permit, marked))
     }
 
     /// Puts a message marked `sending` back to `pending`: its request did not leave. False if
@@ -837,6 +913,14 @@ where
 }
 
 /// A job the pacer deferred (its number paused, held, halted or paced), counted for `number`.
+/// A message marked `sending` (`marked`), its throughput slot (`permit`) and when the wait for it
+/// began (`paced`): all its request waits for is the slot.
+struct Cleared {
+    permit: Permit,
+    paced: Instant,
+    marked: Marked,
+}
+
 /// A message marked `sending` whose request has not left yet. An attempt cut off in between (its
 /// future dropped: `runner.job_timeout`, an abort) puts the message back to `pending` from a task
 /// of its own, so the next attempt sends it rather than take it for a send in doubt. The write is
@@ -875,6 +959,11 @@ impl Drop for Marked {
             }
         });
     }
+}
+
+/// A template message: its tier check comes before its throughput slot.
+fn is_template(body: &serde_json::Value) -> bool {
+    body.get("type").and_then(|t| t.as_str()) == Some("template")
 }
 
 fn deferred(ctx: &JobContext, number: &str, d: pacing::Deferral) -> JobError {

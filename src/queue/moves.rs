@@ -17,7 +17,7 @@ use crate::db::Pool;
 /// fenced write; `save`, the orchestrator answer saved in `composed` when given and not saved
 /// yet (an answer is kept, never replaced: docs/delivery.md).
 pub const OWNED_SAVE_COMPOSED_CTE: &str = r#"owner AS (
-            SELECT r.*
+            SELECT r.*, j."cancelRequestedAt" IS NOT NULL AS stopping
             FROM "OutboundJob" j JOIN req r ON j.id = r.job
             WHERE j.id = ANY(outbound_job_ids($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
               AND j.attempts = r.attempts

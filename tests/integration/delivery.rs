@@ -1042,6 +1042,102 @@ async fn two_live_runners_send_every_message_exactly_once() {
 }
 
 #[tokio::test]
+async fn a_prepare_can_mark_the_first_message_as_mark_sending_would() {
+    use outbound_runner::delivery::ledger::{self, Mark};
+    let db = TestDb::new().await;
+    for n in 0..5 {
+        text_job(&db, "15551240000", &format!("p{n}")).await;
+    }
+    let me: Arc<str> = "prepare-mark".into();
+    let jobs = store::claim(&db.pool, &me, Duration::from_secs(60), 5, 5)
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(jobs.len(), 5);
+    let prepare = |i: usize, mark: bool| ledger::Prepare {
+        fence: jobs[i].fence.clone(),
+        to: "15551240000".into(),
+        from: "1".into(),
+        composed: None,
+        messages: vec![
+            json!({"type": "text", "text": {"body": "first"}}),
+            json!({"type": "text", "text": {"body": "second"}}),
+        ],
+        mark: mark.then(|| Mark {
+            fence: jobs[i].fence.clone(),
+            seq: 0,
+            resend_in_doubt: false,
+        }),
+    };
+    // Job 1's rows exist already (an earlier attempt), pending; job 2's first message went out;
+    // job 3's first is in doubt; an operator asked job 4 to stop.
+    ledger::prepare(
+        &db.pool,
+        &[prepare(1, false), prepare(2, false), prepare(3, false)],
+    )
+    .await
+    .unwrap();
+    for (i, status, wamid) in [(2, "sent", Some("w2")), (3, "sending", None)] {
+        sqlx::query(
+            r#"UPDATE "OutboundMessage" SET status = $2, wamid = $3
+               WHERE "jobId" = outbound_job_id($1) AND seq = 0"#,
+        )
+        .bind(&jobs[i].id)
+        .bind(status)
+        .bind(wamid)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        r#"UPDATE "OutboundJob" SET "cancelRequestedAt" = now() WHERE id = outbound_job_id($1)"#,
+    )
+    .bind(&jobs[4].id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let prepared = ledger::prepare(
+        &db.pool,
+        &[
+            prepare(0, true),
+            prepare(1, true),
+            prepare(2, true),
+            prepare(3, true),
+            prepare(4, true),
+        ],
+    )
+    .await
+    .unwrap();
+    let got: Vec<(bool, Vec<&str>)> = prepared
+        .iter()
+        .map(|p| {
+            let p = p.as_ref().expect("fence holds");
+            (
+                p.marked,
+                p.messages.iter().map(|m| m.status.as_str()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (true, vec!["sending", "pending"]),
+            (true, vec!["sending", "pending"]),
+            (false, vec!["sent", "pending"]),
+            (false, vec!["sending", "pending"]),
+            (false, vec!["pending", "pending"]),
+        ],
+        "created marked; marked as it was pending; sent and in doubt never marked; a job asked \
+         to stop never marked"
+    );
+    // What the statement returned is what it left.
+    for (i, (_, want)) in got.iter().enumerate() {
+        assert_eq!(&statuses(&db, jobs[i].id.clone()).await, want, "job {i}");
+    }
+}
+
+#[tokio::test]
 async fn marks_of_several_jobs_land_in_one_statement_each_fenced_by_its_own_job() {
     use outbound_runner::delivery::ledger::{self, Mark};
     let db = TestDb::new().await;
@@ -1062,6 +1158,7 @@ async fn marks_of_several_jobs_land_in_one_statement_each_fenced_by_its_own_job(
         from: "1".into(),
         composed: None,
         messages: vec![json!({"type": "text", "text": {"body": "x"}})],
+        mark: None,
     };
     let mut requests: Vec<ledger::Prepare> = jobs.iter().map(|j| prepare(&j.fence)).collect();
     let mut stale_fence = jobs[0].fence.clone();
@@ -1071,8 +1168,9 @@ async fn marks_of_several_jobs_land_in_one_statement_each_fenced_by_its_own_job(
     assert_eq!(prepared.len(), 5);
     for rows in &prepared[..4] {
         let rows = rows.as_ref().expect("fence holds");
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].status, ledger::Status::Pending);
+        assert!(!rows.marked, "no mark asked for");
+        assert_eq!(rows.messages.len(), 1);
+        assert_eq!(rows.messages[0].status, ledger::Status::Pending);
     }
     assert!(prepared[4].is_none(), "a stale fence creates nothing");
     // Job 2's message went out already; job 3's mark comes from a stale claim.

@@ -154,6 +154,15 @@ async fn two_numbers_each_stay_under_their_own_rate_in_parallel() {
         );
     }
     assert_eq!(meta.refused(130429), 0);
+    // The mock records a request before it answers: the runner counts the send once the answer
+    // is in, so wait for every job to finish before reading its counters.
+    let mut finished = runner.finished();
+    wait_count(
+        &mut finished,
+        (fast.1 + slow.1) as u64,
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(
         metrics_of(&runner)
             .number_sent
