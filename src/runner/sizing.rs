@@ -3,7 +3,8 @@
 //! A live job spends nearly all its time waiting on HTTP (the orchestrator composes a reply,
 //! the Cloud API accepts a message) and holds no database connection meanwhile. To keep the
 //! number's send rate busy, Little's law asks for `rate × latency` jobs in flight; the runner
-//! keeps `rate × p95 latency × HEADROOM` of them, at least [`MIN_IN_FLIGHT`] and at most
+//! keeps `rate × (p95 latency + a mark span) × HEADROOM` of them (a claimed job may wait up to
+//! `pacing::MARK_SPAN` for its mark), at least [`MIN_IN_FLIGHT`] and at most
 //! `runner.max_in_flight`, re-sized every second from the last minute's latencies. Jobs beyond
 //! what the rate needs only wait in the pacer (leases kept; and while the numbers' slots are
 //! taken further ahead than a job may wait, the dispatcher claims none: docs/numbers.md,

@@ -539,3 +539,47 @@ async fn numbers_shows_each_runners_circuit() {
     assert!(!default.contains("circuit"), "{table}");
     runner.shutdown().await;
 }
+
+/// A backlog at 40/s: the number's slots are taken ahead, so the runner claims a mark span's
+/// worth of jobs at a time (about 9 at 40/s) instead of one claim per freed slot, and the sends
+/// still leave evenly spaced at the rate (the marks are grouped, the requests are not).
+#[tokio::test]
+async fn a_busy_number_is_claimed_a_span_at_a_time_and_still_sends_evenly() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let jobs = 80usize;
+    for i in 0..jobs {
+        job(&db, None, &format!("1555300{i:04}")).await;
+    }
+    let runner = spawn_runner(&db, handler(), |s| {
+        two_numbers(s, &meta);
+        s.whatsapp.numbers.clear();
+        s.whatsapp.rate_per_second = 40;
+        s.runner.workers = 0;
+    })
+    .await;
+    let mut finished = runner.finished();
+    wait_count(&mut finished, jobs as u64, Duration::from_secs(20)).await;
+    let metrics = metrics_of(&runner);
+    let claims = metrics.claim_duration.get_sample_count();
+    assert_eq!(
+        metrics.jobs_claimed.get(),
+        jobs as u64,
+        "each job claimed once"
+    );
+    // One claim of the first second's slots, then a span (≈ 9 slots) at a time: about 6 in
+    // all. One claim per freed slot, as before, would be about 40.
+    assert!(
+        claims <= 16,
+        "{claims} claim statements for {jobs} jobs at 40/s"
+    );
+    let at: Vec<Instant> = meta.accepted().iter().map(|a| a.arrived).collect();
+    assert_eq!(at.len(), jobs, "every message sent once");
+    let most = most_in_one_second(at.clone());
+    assert!(most <= 40, "{most} sends in one second at rate 40");
+    // A tenth of a second holds about 4 sends at 40/s: a span's marks written together must not
+    // bunch its requests.
+    let tenth = most_in(Duration::from_millis(100), at);
+    assert!(tenth <= 7, "{tenth} sends in 100 ms at rate 40");
+    runner.shutdown().await;
+}
