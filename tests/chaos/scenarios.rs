@@ -571,25 +571,7 @@ async fn kill9_once(ctx: Ctx) -> anyhow::Result<Row> {
         webhooks: true,
         ..Opts::default()
     };
-    let mut s = Setup::new("kill9_once", &Server::Shared, opts).await?;
-    s.kills = true;
-    s.warm(40).await?;
-    let down = ctx.pick(Duration::from_secs(3), Duration::from_secs(30));
-    let busy = s.busy(0, Duration::from_secs(5)).await;
-    s.fleet.kill9(0).await;
-    sleep(down).await;
-    s.fleet.restart(0).await?;
-    let fault_end = Instant::now();
-    let retried = attempts_over_one(&s.db.pool).await?;
-    s.finish(
-        fault_end,
-        format!(
-            "instance 0 killed{}, down {}; {retried} jobs ran more than once",
-            if busy { " with jobs in flight" } else { "" },
-            secs(down)
-        ),
-    )
-    .await
+    kill9_one(ctx, "kill9_once", opts, Duration::from_secs(30), None).await
 }
 
 /// The number is paced below what the producer inserts (8 messages/s per daemon against 40
@@ -607,17 +589,48 @@ async fn kill9_marked_ahead(ctx: Ctx) -> anyhow::Result<Row> {
         ],
         ..Opts::default()
     };
-    let mut s = Setup::new("kill9_marked_ahead", &Server::Shared, opts).await?;
+    // Two seconds of backlog first: the slots are taken a second ahead, the marks a span
+    // before their sends.
+    let backlog = Some(Duration::from_secs(2));
+    kill9_one(
+        ctx,
+        "kill9_marked_ahead",
+        opts,
+        Duration::from_secs(20),
+        backlog,
+    )
+    .await
+}
+
+/// Instance 0 is killed with SIGKILL (after `backlog`, if given, with the count of messages
+/// marked `sending` at that moment in the note), stays down 3 s (`down_long` in the long form)
+/// and is started again.
+async fn kill9_one(
+    ctx: Ctx,
+    name: &'static str,
+    opts: Opts,
+    down_long: Duration,
+    backlog: Option<Duration>,
+) -> anyhow::Result<Row> {
+    let mut s = Setup::new(name, &Server::Shared, opts).await?;
     s.kills = true;
     s.warm(40).await?;
-    let down = ctx.pick(Duration::from_secs(3), Duration::from_secs(20));
-    // A backlog: the slots are taken a second ahead, the marks a span before their sends.
-    sleep(Duration::from_secs(2)).await;
+    let down = ctx.pick(Duration::from_secs(3), down_long);
+    if let Some(backlog) = backlog {
+        sleep(backlog).await;
+    }
     let busy = s.busy(0, Duration::from_secs(5)).await;
-    let marked: i64 =
-        sqlx::query_scalar(r#"SELECT count(*) FROM "OutboundMessage" WHERE status = 'sending'"#)
+    let marked = match backlog {
+        Some(_) => {
+            let n: i64 = sqlx::query_scalar(
+                r#"SELECT count(*) FROM "OutboundMessage" WHERE status = 'sending'"#,
+            )
             .fetch_one(&s.db.pool)
             .await?;
+            format!(" with {n} messages marked sending across the fleet")
+        }
+        None => String::new(),
+    };
     s.fleet.kill9(0).await;
     sleep(down).await;
     s.fleet.restart(0).await?;
@@ -626,8 +639,7 @@ async fn kill9_marked_ahead(ctx: Ctx) -> anyhow::Result<Row> {
     s.finish(
         fault_end,
         format!(
-            "instance 0 killed{} with {marked} messages marked sending across the fleet, down {}; \
-             {retried} jobs ran more than once",
+            "instance 0 killed{}{marked}, down {}; {retried} jobs ran more than once",
             if busy { " with jobs in flight" } else { "" },
             secs(down)
         ),
