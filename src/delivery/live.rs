@@ -169,13 +169,21 @@ impl LiveHandler {
         // The first message is `sending` by this attempt's hand: its request leaves at its
         // slot. Otherwise (sent already, in doubt, or a later attempt's own mark failed) the
         // slot is let go and the message takes the long way.
-        let mut cleared = first
-            .filter(|_| prepared.marked)
-            .map(|(permit, paced)| Cleared {
+        let mut cleared = match first {
+            Some((permit, paced)) if prepared.marked => Some(Cleared {
                 permit,
                 paced,
                 marked: Marked::new(ctx, job, 0),
-            });
+            }),
+            Some((permit, _)) => {
+                // Nothing is sent on it: the recipient's spacing stays as it was (a permit
+                // dropped counts as a send, and would hold the job's next message back a pair
+                // interval).
+                permit.unused();
+                None
+            }
+            None => None,
+        };
 
         let pending = rows.iter().filter(|m| !m.status.accepted()).count();
         if pending > 0 {
@@ -465,6 +473,8 @@ impl LiveHandler {
     ) -> Result<(Permit, Marked), JobError> {
         let number = wa.phone_number_id.as_str();
         if let Err(d) = self.pacer.ready(&permit).await {
+            // Nothing was sent: the recipient's spacing stays as it was.
+            permit.unused();
             marked.disarm();
             if !self.unmark(job, ctx, seq).await {
                 return Err(lost());

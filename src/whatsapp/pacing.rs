@@ -228,6 +228,13 @@ impl Permit {
         });
     }
 
+    /// Nothing was sent on this permit (its message turned out sent already, or a pause began
+    /// before its slot): the recipient's turn is given back and its spacing left as it was.
+    /// (Dropped without an outcome, a permit counts as a send.)
+    pub fn unused(mut self) {
+        self.finish(|_| {});
+    }
+
     /// Meta answered 131056 (pair rate limit): this recipient backs off 4^x s. Returns the
     /// backoff.
     pub fn pair_limited(mut self) -> Duration {
@@ -1008,6 +1015,25 @@ mod tests {
         tokio::time::advance(MAX_SLEEP).await;
         assert_eq!(pacer.room(&s.whatsapp, 64), Room::Jobs(3));
         assert!(lock(&pacer.reserved).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unused_permit_leaves_the_recipients_spacing_as_it_was() {
+        let s = settings(|s| s.whatsapp.pair_interval = Duration::from_secs(6));
+        let pacer = Pacer::new();
+        let to = "15559000001";
+        let start = Instant::now();
+        pacer.reserve_slot(&s.whatsapp, to).await.unwrap().unused();
+        // Its turn is free again and nothing was sent: the next send to it need not wait.
+        let again = pacer
+            .reserve_slot(&s.whatsapp, to)
+            .await
+            .expect("not deferred");
+        assert!(again.at() < start + Duration::from_secs(1));
+        drop(again);
+        // Dropped without an outcome, a permit counts as a send: the pair interval applies.
+        let err = pacer.reserve_slot(&s.whatsapp, to).await.unwrap_err();
+        assert_eq!(err.code, "recipient_paced");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1223,3 +1223,47 @@ async fn marks_of_several_jobs_land_in_one_statement_each_fenced_by_its_own_job(
     assert_eq!(by_job(1).await, ["sending"]);
     assert_eq!(by_job(3).await, ["pending"]);
 }
+
+/// A two-message job to one recipient whose pair interval (1.5 s) is longer than a worker waits:
+/// the second message is deferred, and on the next attempt the first, sent already, takes no
+/// send's place in the recipient's spacing (its slot, taken before the prepare, is let go as
+/// unused), so the second goes at its turn instead of being deferred again and again.
+#[tokio::test]
+async fn a_sent_first_message_does_not_hold_the_next_one_back_a_pair_interval() {
+    let db = TestDb::new().await;
+    let meta = MockMeta::start().await;
+    let job = db
+        .insert_payload(
+            &json!({"to": "15551990000", "message": [
+                {"type": "text", "text": {"body": "one"}},
+                {"type": "text", "text": {"body": "two"}}
+            ]})
+            .to_string(),
+        )
+        .await;
+    let runner = spawn_runner(&db, handler(), |s| {
+        live(s, &meta);
+        s.whatsapp.pair_interval = Duration::from_millis(1500);
+    })
+    .await;
+    let done = metrics_of(&runner)
+        .jobs_finished
+        .with_label_values(&["done"]);
+    let mut finished = runner.finished();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while done.get() < 1 {
+            finished.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the job done within 10 s (a deferral loop would keep it queued)");
+    let rows = ledger(&db, job).await;
+    assert_eq!(
+        rows.iter().map(|m| m.status.as_str()).collect::<Vec<_>>(),
+        ["sent", "sent"]
+    );
+    assert_eq!(meta.accepted().len(), 2, "each message sent once");
+    let row = db.job(job).await;
+    assert_eq!(row.attempts, 1, "a deferral spends no attempt");
+    runner.shutdown().await;
+}
