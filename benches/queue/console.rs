@@ -157,6 +157,22 @@ fn flow(db: &Db, rate: usize, stop: CancellationToken) -> tokio::task::JoinHandl
 }
 
 /// PostgreSQL CPU (ms per second) over `window`, and the aggregate statements run meanwhile.
+/// [`window`] with [`TABS`] tabs open (given 3 s to settle first), counting the statements of
+/// their refreshes; the tabs are closed after.
+async fn with_tabs(db: &Db, base: &str, cookie: &str, w: Duration, label: &str) -> (f64, u64) {
+    let stop_tabs = CancellationToken::new();
+    let (tabs, latest) = open_tabs(base, cookie, TABS, &stop_tabs);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = move || latest.load(Ordering::SeqCst);
+    progress!("{label}, {TABS} tabs ({w:?})…");
+    let measured = window(db, w, &seen).await;
+    stop_tabs.cancel();
+    for t in tabs {
+        let _ = t.await;
+    }
+    measured
+}
+
 async fn window(db: &Db, window: Duration, statements: &(dyn Fn() -> u64 + Sync)) -> (f64, u64) {
     let before = statements();
     let cpu = ServerCpu::backends(&db.name);
@@ -233,38 +249,14 @@ pub async fn run(a: &Args) -> Vec<Row> {
     let none = || 0u64;
     progress!("idle, 0 tabs ({w:?})…");
     let (idle0, _) = window(&db, w, &none).await;
-    let stop_tabs = CancellationToken::new();
-    let (tabs, latest) = open_tabs(&base, &cookie, TABS, &stop_tabs);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let seen = {
-        let latest = latest.clone();
-        move || latest.load(Ordering::SeqCst)
-    };
-    progress!("idle, {TABS} tabs ({w:?})…");
-    let (idle10, idle_statements) = window(&db, w, &seen).await;
-    stop_tabs.cancel();
-    for t in tabs {
-        let _ = t.await;
-    }
+    let (idle10, idle_statements) = with_tabs(&db, &base, &cookie, w, "idle").await;
 
     progress!("1,000 jobs/s, 0 tabs ({w:?})…");
     let stop_flow = CancellationToken::new();
     let f = flow(&db, 1000, stop_flow.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (flow0, _) = window(&db, w, &none).await;
-    let stop_tabs = CancellationToken::new();
-    let (tabs, latest) = open_tabs(&base, &cookie, TABS, &stop_tabs);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let seen = {
-        let latest = latest.clone();
-        move || latest.load(Ordering::SeqCst)
-    };
-    progress!("1,000 jobs/s, {TABS} tabs ({w:?})…");
-    let (flow10, flow_statements) = window(&db, w, &seen).await;
-    stop_tabs.cancel();
-    for t in tabs {
-        let _ = t.await;
-    }
+    let (flow10, flow_statements) = with_tabs(&db, &base, &cookie, w, "1,000 jobs/s").await;
     stop_flow.cancel();
     let inserted = f.await.unwrap();
     let done = db.count("done").await;
@@ -303,10 +295,14 @@ pub async fn run(a: &Args) -> Vec<Row> {
             .fetch_one(&db.pool)
             .await
             .unwrap();
-    let mid: i64 = sqlx::query_scalar(r#"SELECT (max(id) / 2) FROM "OutboundJob""#)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    // A list cursor (`<createdAt in µs>.<id>`, as the console hands them out) half way down.
+    let mid: String = sqlx::query_scalar(
+        r#"SELECT (date_part('epoch', "createdAt") * 1000000)::bigint::text || '.' || id
+           FROM "OutboundJob" WHERE id = (SELECT max(id) / 2 FROM "OutboundJob")"#,
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     let pages = [
         (
             "jobs, first page".to_string(),
