@@ -125,17 +125,7 @@ impl LiveHandler {
         // for the rows and the marks of every job of the span. A template goes the long way
         // (its tier check comes before its slot).
         let first = match messages.first() {
-            Some(body) if !is_template(body) => {
-                let number = wa.phone_number_id.as_str();
-                let paced = Instant::now();
-                let permit = self
-                    .pacer
-                    .reserve_slot(&wa, &payload.to)
-                    .await
-                    .map_err(|d| deferred(ctx, number, d))?;
-                tokio::time::sleep_until(permit.mark_at()).await;
-                Some((permit, paced))
-            }
+            Some(body) if !is_template(body) => Some(self.until_mark(ctx, &wa, &payload.to).await?),
             _ => None,
         };
         // Batched with the other jobs' (`ledger::Writers`). A wait for a connection is not the
@@ -420,15 +410,7 @@ impl LiveHandler {
         } else {
             None
         };
-        let paced = Instant::now();
-        let permit = self
-            .pacer
-            .reserve_slot(wa, &message.to)
-            .await
-            .map_err(|d| deferred(ctx, number, d))?;
-        // The marks of every send whose slot is in the same span are written together, at the
-        // span's start (`pacing::MARK_SPAN`): one statement for them all.
-        tokio::time::sleep_until(permit.mark_at()).await;
+        let (permit, paced) = self.until_mark(ctx, wa, &message.to).await?;
         let mark = ledger::Mark {
             fence: job.fence.clone(),
             seq,
@@ -455,6 +437,26 @@ impl LiveHandler {
         };
         let (permit, marked) = self.await_slot(job, ctx, wa, seq, cleared).await?;
         Ok((tier_ticket, permit, marked))
+    }
+
+    /// Takes the number's next throughput slot for a send to `to` (or defers the job) and waits
+    /// until the start of the slot's mark span: the marks of every send whose slot is in the
+    /// same span are written together there (`pacing::MARK_SPAN`), one statement for them all.
+    /// Returns the permit and when the wait for it began.
+    async fn until_mark(
+        &self,
+        ctx: &JobContext,
+        wa: &WhatsappSettings,
+        to: &str,
+    ) -> Result<(Permit, Instant), JobError> {
+        let paced = Instant::now();
+        let permit = self
+            .pacer
+            .reserve_slot(wa, to)
+            .await
+            .map_err(|d| deferred(ctx, wa.phone_number_id.as_str(), d))?;
+        tokio::time::sleep_until(permit.mark_at()).await;
+        Ok((permit, paced))
     }
 
     /// After the mark: waits for the permit's slot. A pause or a circuit that began after the
