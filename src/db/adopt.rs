@@ -512,6 +512,14 @@ fn functions(id_ty: &str, status_ty: Option<&str>) -> Vec<(&'static str, String,
             ),
         ),
         (
+            "outbound_job_ids_cast(text[])",
+            format!("{ret}[]"),
+            format!(
+                "CREATE OR REPLACE FUNCTION outbound_job_ids_cast(text[]) RETURNS {ret}[]\n    \
+                 LANGUAGE sql IMMUTABLE PARALLEL SAFE\n    AS $$ SELECT $1::{ret}[] $$"
+            ),
+        ),
+        (
             "outbound_job_status(text)",
             status_ret.clone(),
             format!(

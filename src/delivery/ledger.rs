@@ -322,7 +322,7 @@ fn batch_owner(arg_type: &str, also: &str, relaxed: bool) -> String {
         ), owner AS (
             SELECT r.n, r.job, r.seq, r.arg
             FROM "OutboundJob" j JOIN req r ON j.id = r.job{relaxed}
-            WHERE j.id = ANY(outbound_job_ids($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
+            WHERE j.id = ANY(outbound_job_ids_cast($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
               AND j.attempts = r.attempts
               {also}
             FOR KEY SHARE OF j

@@ -19,7 +19,7 @@ use crate::db::Pool;
 pub const OWNED_SAVE_COMPOSED_CTE: &str = r#"owner AS (
             SELECT r.*, j."cancelRequestedAt" IS NOT NULL AS stopping
             FROM "OutboundJob" j JOIN req r ON j.id = r.job
-            WHERE j.id = ANY(outbound_job_ids($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
+            WHERE j.id = ANY(outbound_job_ids_cast($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
               AND j.attempts = r.attempts
             FOR KEY SHARE OF j
         ), save AS (
@@ -75,7 +75,7 @@ pub async fn fail_after_acceptance(
             "completedAt" = COALESCE(j."completedAt", now()), "leaseUntil" = NULL,
             "updatedAt" = now()
         FROM unnest($1::text[], $2::text[], $3::text[]) AS f(id, code, reason)
-        WHERE j.id = outbound_job_id(f.id) AND j.id = ANY(outbound_job_ids($1)) AND j.status IN ('done', 'failed', 'queued')
+        WHERE j.id = outbound_job_id(f.id) AND j.id = ANY(outbound_job_ids_cast($1)) AND j.status IN ('done', 'failed', 'queued')
         "#,
     )
     .bind(ids)
@@ -101,7 +101,7 @@ pub async fn settle_unknown(
         UPDATE "OutboundJob" j
         SET status = 'done', "lastErrorCode" = NULL, "lastError" = NULL,
             "completedAt" = COALESCE(j."completedAt", now()), "updatedAt" = now()
-        WHERE j.id = ANY(outbound_job_ids($1)) AND j.status = 'failed'
+        WHERE j.id = ANY(outbound_job_ids_cast($1)) AND j.status = 'failed'
           AND j."lastErrorCode" = 'delivery_unknown'
           AND NOT EXISTS (SELECT 1 FROM "OutboundMessage" x
                           WHERE x."jobId" = j.id

@@ -131,7 +131,7 @@ pub async fn find_unclaimable(
     let ids: Vec<JobId> = sqlx::query_scalar(
         r#"SELECT id FROM "OutboundJob"
            WHERE status = 'queued' AND "runAt" <= now()
-             AND id <> ALL(outbound_job_ids($2::text[]))
+             AND id <> ALL(outbound_job_ids_cast($2::text[]))
            ORDER BY priority, "runAt", id LIMIT $1
            FOR UPDATE SKIP LOCKED"#,
     )
@@ -217,7 +217,7 @@ fn claim_sql(limit: i64) -> std::sync::Arc<str> {
         WITH c AS MATERIALIZED (
             SELECT id FROM "OutboundJob"
             WHERE status = 'queued' AND "runAt" <= now()
-              AND id <> ALL(outbound_job_ids($4::text[]))
+              AND id <> ALL(outbound_job_ids_cast($4::text[]))
             ORDER BY priority, "runAt", id
             LIMIT {limit}
             FOR UPDATE SKIP LOCKED
@@ -285,7 +285,7 @@ pub const COMPLETE_DONE_CTE: &str = r#"
             FROM unnest($2::text[], $3::int[]) AS d(id, attempts)
             -- `j.id = ANY(...)` as well as the join: an index condition on the primary key
             -- whatever plan the join gets.
-            WHERE j.id = outbound_job_id(d.id) AND j.id = ANY(outbound_job_ids($2)) AND j.status = 'running' AND j."lockedBy" = $1
+            WHERE j.id = outbound_job_id(d.id) AND j.id = ANY(outbound_job_ids_cast($2)) AND j.status = 'running' AND j."lockedBy" = $1
               AND j.attempts = d.attempts
               AND NOT EXISTS (SELECT 1 FROM "OutboundMessage" m
                               WHERE m."jobId" = j.id
@@ -429,7 +429,7 @@ pub async fn extend_leases(
         r#"
         UPDATE "OutboundJob" SET "leaseUntil" = now() + make_interval(secs => $3),
             "updatedAt" = now()
-        WHERE id = ANY(outbound_job_ids($2)) AND status = 'running' AND "lockedBy" = $1
+        WHERE id = ANY(outbound_job_ids_cast($2)) AND status = 'running' AND "lockedBy" = $1
         "#,
     )
     .bind(locked_by)

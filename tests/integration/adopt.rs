@@ -346,6 +346,28 @@ async fn ids_are_found_by_primary_key_for_every_id_kind() {
         .await
         .unwrap();
         assert_eq!(found.as_deref(), Some(first.as_str()), "{kind:?}");
+        // The runner's own id lists go through `outbound_job_ids_cast`: a plain cast the
+        // planner inlines (no function call set up again by every statement), which finds the
+        // row by the primary key.
+        let verbose: Vec<String> = sqlx::query_scalar(
+            r#"EXPLAIN VERBOSE SELECT outbound_job_ids_cast(ARRAY[id::text]) FROM "OutboundJob""#,
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        let verbose = verbose.join("\n");
+        assert!(
+            !verbose.contains("outbound_job_ids_cast"),
+            "{kind:?}: not inlined: {verbose}"
+        );
+        let found: Option<String> = sqlx::query_scalar(
+            r#"SELECT id::text FROM "OutboundJob" WHERE id = ANY(outbound_job_ids_cast($1))"#,
+        )
+        .bind(vec![first.clone()])
+        .fetch_optional(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(found.as_deref(), Some(first.as_str()), "{kind:?}");
     }
 }
 
@@ -764,4 +786,20 @@ async fn our_objects_of_app(db: &TestDb) -> std::collections::BTreeSet<String> {
         .await
         .unwrap();
     objects
+}
+
+/// On our own table (the migration's `bigint` ids) too, the runner's id lists are a plain cast
+/// the planner inlines.
+#[tokio::test]
+async fn the_runners_id_lists_are_inlined_on_our_own_table() {
+    let db = TestDb::new().await;
+    let verbose: Vec<String> = sqlx::query_scalar(
+        r#"EXPLAIN VERBOSE SELECT outbound_job_ids_cast(ARRAY[id::text]) FROM "OutboundJob""#,
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let verbose = verbose.join("\n");
+    assert!(!verbose.contains("outbound_job_ids_cast"), "{verbose}");
+    assert!(verbose.contains("bigint[]"), "{verbose}");
 }
