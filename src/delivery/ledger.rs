@@ -138,14 +138,25 @@ pub struct Prepared {
     pub marked: bool,
 }
 
-/// [`prepare`]'s statement: the jobs' fence and their `composed` are the queue's
-/// ([`crate::queue::moves::OWNED_SAVE_COMPOSED_CTE`]), the message rows the ledger's. A message
+/// [`prepare`]'s statement (`save`: some job has an orchestrator answer to save): the jobs'
+/// fence and their `composed` are the queue's ([`crate::queue::moves::OWNED_CTE`],
+/// [`crate::queue::moves::SAVE_COMPOSED_CTE`]), the message rows the ledger's. A message
 /// to mark is inserted `sending` or, if it exists, marked as [`mark_sending`] marks (the update
 /// sees only rows that existed before the statement, the insert only creates missing ones).
-fn prepare_sql() -> &'static str {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            r#"
+fn prepare_sql(save: bool) -> &'static str {
+    static SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
+        [false, true].map(|save| {
+            let fence = if save {
+                format!(
+                    "{}, {}",
+                    crate::queue::moves::OWNED_CTE,
+                    crate::queue::moves::SAVE_COMPOSED_CTE
+                )
+            } else {
+                crate::queue::moves::OWNED_CTE.to_string()
+            };
+            format!(
+                r#"
         WITH req AS (
             SELECT outbound_job_id(r.job) AS job, r.locked_by, r.attempts, r.composed,
                    r.recipient, r.sender, r.mark, r.resend
@@ -183,10 +194,11 @@ fn prepare_sql() -> &'static str {
         FROM "OutboundMessage" m JOIN owner o ON m."jobId" = o.job
         WHERE NOT EXISTS (SELECT 1 FROM upd u WHERE u."jobId" = m."jobId" AND u.seq = m.seq)
         "#,
-            crate::queue::moves::OWNED_SAVE_COMPOSED_CTE
-        )
+                fence
+            )
+        })
     });
-    &SQL
+    &SQL[usize::from(save)]
 }
 
 /// Before any send, for any number of jobs in one statement: saves each orchestrator answer in
@@ -216,7 +228,8 @@ pub async fn prepare(pool: &Pool, jobs: &[Prepare]) -> sqlx::Result<Vec<Option<P
             m_body.push(body);
         }
     }
-    let rows = sqlx::query(prepare_sql())
+    let save = composed.iter().any(Option::is_some);
+    let rows = sqlx::query(prepare_sql(save))
         .bind(&ids)
         .bind(&owners)
         .bind(&attempts)

@@ -14,15 +14,20 @@ use crate::db::Pool;
 /// The fenced half of the ledger's `prepare` (`delivery::ledger::prepare`), one statement with
 /// it: `owner`, the jobs of the caller's `req` CTE (`job`, `locked_by`, `attempts`, `composed`,
 /// any other column; `$1` the ids as text) whose fence holds, locked `FOR KEY SHARE` like every
-/// fenced write; `save`, the orchestrator answer saved in `composed` when given and not saved
-/// yet (an answer is kept, never replaced: docs/delivery.md).
-pub const OWNED_SAVE_COMPOSED_CTE: &str = r#"owner AS (
+/// fenced write.
+pub const OWNED_CTE: &str = r#"owner AS (
             SELECT r.*, j."cancelRequestedAt" IS NOT NULL AS stopping
             FROM "OutboundJob" j JOIN req r ON j.id = r.job
             WHERE j.id = ANY(outbound_job_ids_cast($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
               AND j.attempts = r.attempts
             FOR KEY SHARE OF j
-        ), save AS (
+        )"#;
+
+/// After [`OWNED_CTE`], when some job of the prepare has an orchestrator answer: `save`, the
+/// answer saved in `composed` when not saved yet (an answer is kept, never replaced:
+/// docs/delivery.md). Left out of a prepare without answers: even when it writes no row, a
+/// write in a statement opens its table and every index of it.
+pub const SAVE_COMPOSED_CTE: &str = r#"save AS (
             UPDATE "OutboundJob" j SET composed = o.composed, "updatedAt" = now()
             FROM owner o
             WHERE j.id = o.job AND o.composed IS NOT NULL AND j.composed IS NULL

@@ -339,19 +339,26 @@ pub async fn completer(
 
 /// The batched completion: one statement, the store's `done` CTE (the `"OutboundJob"` half,
 /// [`store::COMPLETE_DONE_CTE`]) and the ledger's `sandbox` and `accepted` CTEs (the
-/// `"OutboundMessage"` half, [`ledger::SANDBOX_SENT_CTE`], [`ledger::ACCEPTED_CTE`]), joined here because only the runner may import both (see
-/// docs/queue.md "Code layout"). Public so a test can check its plan.
+/// `"OutboundMessage"` half, [`ledger::SANDBOX_SENT_CTE`], [`ledger::ACCEPTED_CTE`]), joined here
+/// because only the runner may import both (see docs/queue.md "Code layout"). A half with
+/// nothing to write is left out (`sandbox`, `accepted`: whether the batch has such records):
+/// even when it writes no row, a write in a statement opens its table and every index of it.
+/// Public so a test can check its plan.
 #[doc(hidden)]
-pub fn complete_sql() -> &'static str {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "WITH {}, {}, {}\n        SELECT id FROM done",
-            store::COMPLETE_DONE_CTE,
-            ledger::SANDBOX_SENT_CTE,
-            ledger::ACCEPTED_CTE
-        )
+pub fn complete_sql(sandbox: bool, accepted: bool) -> &'static str {
+    static SQL: std::sync::LazyLock<[String; 4]> = std::sync::LazyLock::new(|| {
+        [(false, false), (false, true), (true, false), (true, true)].map(|(s, a)| {
+            let mut ctes = vec![store::COMPLETE_DONE_CTE];
+            if s {
+                ctes.push(ledger::SANDBOX_SENT_CTE);
+            }
+            if a {
+                ctes.push(ledger::ACCEPTED_CTE);
+            }
+            format!("WITH {}\n        SELECT id FROM done", ctes.join(", "))
+        })
     });
-    &SQL
+    &SQL[usize::from(sandbox) * 2 + usize::from(accepted)]
 }
 
 /// Marks a batch of jobs `done` in one statement, and records `records` (sandbox sends, and the
@@ -364,7 +371,8 @@ async fn complete(
     attempts: &[i32],
     records: &ledger::CompletionRecords,
 ) -> sqlx::Result<Vec<JobId>> {
-    sqlx::query_scalar(complete_sql())
+    let sql = complete_sql(!records.job.is_empty(), !records.accepted_job.is_empty());
+    sqlx::query_scalar(sql)
         .bind(locked_by)
         .bind(ids)
         .bind(attempts)

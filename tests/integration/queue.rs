@@ -659,7 +659,7 @@ async fn the_completion_finds_jobs_by_primary_key_whatever_the_statistics_say() 
     sqlx::query(&format!(
         "PREPARE complete_check(text, text[], int[], text[], int[], text[], jsonb[], \
          text[], int[], text[]) AS {}",
-        outbound_runner::runner::complete_sql()
+        outbound_runner::runner::complete_sql(true, true)
     ))
     .execute(&mut *conn)
     .await
