@@ -158,9 +158,9 @@ fn prepare_sql(save: bool) -> &'static str {
             format!(
                 r#"
         WITH req AS (
-            SELECT outbound_job_id(r.job) AS job, r.locked_by, r.attempts, r.composed,
+            SELECT r.job, r.locked_by, r.attempts, r.composed,
                    r.recipient, r.sender, r.mark, r.resend
-            FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[], $5::text[], $9::text[],
+            FROM unnest(outbound_job_ids_cast($1), $2::text[], $3::int[], $4::jsonb[], $5::text[], $9::text[],
                         $10::int[], $11::bool[])
                 AS r(job, locked_by, attempts, composed, recipient, sender, mark, resend),
                  (SELECT set_config('synchronous_commit', CASE WHEN $12 THEN 'on' ELSE 'off' END,
@@ -170,8 +170,9 @@ fn prepare_sql(save: bool) -> &'static str {
             SELECT o.job, m.seq,
                    CASE WHEN m.seq = o.mark AND NOT o.stopping THEN 'sending' ELSE 'pending' END,
                    o.recipient, m.body, o.sender
-            FROM owner o JOIN unnest($6::text[], $7::int[], $8::jsonb[]) AS m(job, seq, body)
-                 ON outbound_job_id(m.job) = o.job
+            FROM owner o
+                 JOIN unnest(outbound_job_ids_cast($6), $7::int[], $8::jsonb[]) AS m(job, seq, body)
+                 ON m.job = o.job
             ON CONFLICT ("jobId", seq) DO NOTHING
             RETURNING "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError"
         ), upd AS (
@@ -329,8 +330,8 @@ fn batch_owner(arg_type: &str, also: &str, relaxed: bool) -> String {
     };
     format!(
         r#"req AS (
-            SELECT outbound_job_id(r.job) AS job, r.locked_by, r.attempts, r.seq, r.arg, r.n
-            FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::{arg_type}[])
+            SELECT r.job, r.locked_by, r.attempts, r.seq, r.arg, r.n
+            FROM unnest(outbound_job_ids_cast($1), $2::text[], $3::int[], $4::int[], $5::{arg_type}[])
                 WITH ORDINALITY AS r(job, locked_by, attempts, seq, arg, n)
         ), owner AS (
             SELECT r.n, r.job, r.seq, r.arg
@@ -558,11 +559,11 @@ pub struct CompletionRecords {
 pub const SANDBOX_SENT_CTE: &str = r#"
         sandbox AS (
             INSERT INTO "OutboundMessage" ("jobId", seq, status, "to", body, wamid, "sentAt")
-            SELECT outbound_job_id(r.job), r.seq, 'sent', r.recipient, r.body,
-                   'wamid.sandbox.' || r.job || '.' || r.seq, now()
-            FROM unnest($4::text[], $5::int[], $6::text[], $7::jsonb[])
+            SELECT r.job, r.seq, 'sent', r.recipient, r.body,
+                   'wamid.sandbox.' || r.job::text || '.' || r.seq, now()
+            FROM unnest(outbound_job_ids_cast($4), $5::int[], $6::text[], $7::jsonb[])
                  AS r(job, seq, recipient, body)
-            WHERE outbound_job_id(r.job) IN (SELECT id FROM done)
+            WHERE r.job IN (SELECT id FROM done)
             ON CONFLICT ("jobId", seq) DO NOTHING
         )"#;
 
@@ -578,9 +579,9 @@ pub const ACCEPTED_CTE: &str = r#"
             UPDATE "OutboundMessage" m
             SET status = 'sent', wamid = a.wamid, "sentAt" = now(), "lastErrorCode" = NULL,
                 "updatedAt" = now()
-            FROM unnest($8::text[], $9::int[], $10::text[]) AS a(job, seq, wamid)
-            WHERE m."jobId" = outbound_job_id(a.job) AND m.seq = a.seq AND m.status = 'sending'
-              AND outbound_job_id(a.job) IN (SELECT id FROM done)
+            FROM unnest(outbound_job_ids_cast($8), $9::int[], $10::text[]) AS a(job, seq, wamid)
+            WHERE m."jobId" = a.job AND m.seq = a.seq AND m.status = 'sending'
+              AND a.job IN (SELECT id FROM done)
         )"#;
 
 /// A message as Meta's statuses leave it (`super::statuses`), for [`write_tracked`].

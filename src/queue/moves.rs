@@ -79,8 +79,8 @@ pub async fn fail_after_acceptance(
         SET status = 'failed', "lastErrorCode" = f.code, "lastError" = f.reason,
             "completedAt" = COALESCE(j."completedAt", now()), "leaseUntil" = NULL,
             "updatedAt" = now()
-        FROM unnest($1::text[], $2::text[], $3::text[]) AS f(id, code, reason)
-        WHERE j.id = outbound_job_id(f.id) AND j.id = ANY(outbound_job_ids_cast($1)) AND j.status IN ('done', 'failed', 'queued')
+        FROM unnest(outbound_job_ids_cast($1), $2::text[], $3::text[]) AS f(id, code, reason)
+        WHERE j.id = f.id AND j.id = ANY(outbound_job_ids_cast($1)) AND j.status IN ('done', 'failed', 'queued')
         "#,
     )
     .bind(ids)

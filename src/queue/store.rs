@@ -282,10 +282,12 @@ pub const COMPLETE_DONE_CTE: &str = r#"
         done AS (
             UPDATE "OutboundJob" j
             SET status = 'done', "completedAt" = now(), "updatedAt" = now(), "leaseUntil" = NULL
-            FROM unnest($2::text[], $3::int[]) AS d(id, attempts)
+            -- The ids converted once, as arrays (not element by element in the join, whose
+            -- nested loop evaluated the conversion for every pair of rows).
+            FROM unnest(outbound_job_ids_cast($2), $3::int[]) AS d(id, attempts)
             -- `j.id = ANY(...)` as well as the join: an index condition on the primary key
             -- whatever plan the join gets.
-            WHERE j.id = outbound_job_id(d.id) AND j.id = ANY(outbound_job_ids_cast($2)) AND j.status = 'running' AND j."lockedBy" = $1
+            WHERE j.id = d.id AND j.id = ANY(outbound_job_ids_cast($2)) AND j.status = 'running' AND j."lockedBy" = $1
               AND j.attempts = d.attempts
               AND NOT EXISTS (SELECT 1 FROM "OutboundMessage" m
                               WHERE m."jobId" = j.id
@@ -294,8 +296,9 @@ pub const COMPLETE_DONE_CTE: &str = r#"
                                 -- (`$8` jobs, `$9` seqs: the ledger's `accepted` CTE).
                                 AND NOT (m.status = 'sending'
                                          AND (m."jobId", m.seq) IN
-                                             (SELECT outbound_job_id(a), b
-                                              FROM unnest($8::text[], $9::int[]) AS u(a, b))))
+                                             (SELECT a, b
+                                              FROM unnest(outbound_job_ids_cast($8), $9::int[])
+                                                   AS u(a, b))))
             RETURNING j.id
         )"#;
 
