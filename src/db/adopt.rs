@@ -516,7 +516,7 @@ fn functions(id_ty: &str, status_ty: Option<&str>) -> Vec<(&'static str, String,
             format!("{ret}[]"),
             format!(
                 "CREATE OR REPLACE FUNCTION outbound_job_ids_cast(text[]) RETURNS {ret}[]\n    \
-                 LANGUAGE sql IMMUTABLE PARALLEL SAFE\n    AS $$ SELECT $1::{ret}[] $$"
+                 LANGUAGE sql STABLE PARALLEL SAFE\n    AS $$ SELECT $1::{ret}[] $$"
             ),
         ),
         (

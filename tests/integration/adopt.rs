@@ -360,6 +360,7 @@ async fn ids_are_found_by_primary_key_for_every_id_kind() {
             !verbose.contains("outbound_job_ids_cast"),
             "{kind:?}: not inlined: {verbose}"
         );
+        assert_eq!(ids_cast_volatility(&db).await, "s", "{kind:?}");
         let found: Option<String> = sqlx::query_scalar(
             r#"SELECT id::text FROM "OutboundJob" WHERE id = ANY(outbound_job_ids_cast($1))"#,
         )
@@ -802,4 +803,16 @@ async fn the_runners_id_lists_are_inlined_on_our_own_table() {
     let verbose = verbose.join("\n");
     assert!(!verbose.contains("outbound_job_ids_cast"), "{verbose}");
     assert!(verbose.contains("bigint[]"), "{verbose}");
+    assert_eq!(ids_cast_volatility(&db).await, "s");
+}
+
+/// `outbound_job_ids_cast` is STABLE: an IMMUTABLE SQL function of a bound value is called by
+/// the planner (its query set up each time) instead of inlined.
+async fn ids_cast_volatility(db: &TestDb) -> String {
+    sqlx::query_scalar(
+        "SELECT provolatile::text FROM pg_proc WHERE oid = 'outbound_job_ids_cast(text[])'::regprocedure",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
 }
