@@ -334,12 +334,15 @@ fn batch_owner(arg_type: &str, also: &str, relaxed: bool) -> String {
             FROM unnest(outbound_job_ids_cast($1), $2::text[], $3::int[], $4::int[], $5::{arg_type}[])
                 WITH ORDINALITY AS r(job, locked_by, attempts, seq, arg, n)
         ), owner AS (
+            -- Each request finds its job by the primary key (see `queue::moves::OWNED_CTE`).
             SELECT r.n, r.job, r.seq, r.arg
-            FROM "OutboundJob" j JOIN req r ON j.id = r.job{relaxed}
-            WHERE j.id = ANY(outbound_job_ids_cast($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
-              AND j.attempts = r.attempts
-              {also}
-            FOR KEY SHARE OF j
+            FROM req r CROSS JOIN LATERAL (
+                SELECT 1 FROM "OutboundJob" j
+                WHERE j.id = r.job AND j.status = 'running' AND j."lockedBy" = r.locked_by
+                  AND j.attempts = r.attempts
+                  {also}
+                FOR KEY SHARE
+            ) fenced{relaxed}
         )"#
     )
 }

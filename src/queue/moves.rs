@@ -15,12 +15,19 @@ use crate::db::Pool;
 /// it: `owner`, the jobs of the caller's `req` CTE (`job`, `locked_by`, `attempts`, `composed`,
 /// any other column; `$1` the ids as text) whose fence holds, locked `FOR KEY SHARE` like every
 /// fenced write.
+///
+/// Each request finds its job by the primary key (`LATERAL`): the fence conditions make every
+/// plan expect one running row, so a join of the jobs with `req` became a nested loop that read
+/// all of `req` once per job (quadratic in the batch).
 pub const OWNED_CTE: &str = r#"owner AS (
-            SELECT r.*, j."cancelRequestedAt" IS NOT NULL AS stopping
-            FROM "OutboundJob" j JOIN req r ON j.id = r.job
-            WHERE j.id = ANY(outbound_job_ids_cast($1)) AND j.status = 'running' AND j."lockedBy" = r.locked_by
-              AND j.attempts = r.attempts
-            FOR KEY SHARE OF j
+            SELECT r.*, j.stopping
+            FROM req r CROSS JOIN LATERAL (
+                SELECT x."cancelRequestedAt" IS NOT NULL AS stopping
+                FROM "OutboundJob" x
+                WHERE x.id = r.job AND x.status = 'running' AND x."lockedBy" = r.locked_by
+                  AND x.attempts = r.attempts
+                FOR KEY SHARE
+            ) j
         )"#;
 
 /// After [`OWNED_CTE`], when some job of the prepare has an orchestrator answer: `save`, the

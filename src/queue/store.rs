@@ -282,13 +282,14 @@ pub const COMPLETE_DONE_CTE: &str = r#"
         done AS (
             UPDATE "OutboundJob" j
             SET status = 'done', "completedAt" = now(), "updatedAt" = now(), "leaseUntil" = NULL
-            -- The ids converted once, as arrays (not element by element in the join, whose
-            -- nested loop evaluated the conversion for every pair of rows).
-            FROM unnest(outbound_job_ids_cast($2), $3::int[]) AS d(id, attempts)
-            -- `j.id = ANY(...)` as well as the join: an index condition on the primary key
-            -- whatever plan the join gets.
-            WHERE j.id = d.id AND j.id = ANY(outbound_job_ids_cast($2)) AND j.status = 'running' AND j."lockedBy" = $1
-              AND j.attempts = d.attempts
+            -- The ids converted once (OFFSET 0: a row of its own, not the conversion repeated
+            -- wherever `d.ids` is named). No join with the list: the fence conditions make
+            -- every plan expect one running row, so a join became a nested loop that read the
+            -- whole list once per job (quadratic in the batch). The primary key finds the rows,
+            -- each row's attempt is looked up by its position in the list.
+            FROM (SELECT outbound_job_ids_cast($2) AS ids OFFSET 0) d
+            WHERE j.id = ANY(d.ids) AND j.status = 'running' AND j."lockedBy" = $1
+              AND j.attempts = ($3::int[])[array_position(d.ids, j.id)]
               AND NOT EXISTS (SELECT 1 FROM "OutboundMessage" m
                               WHERE m."jobId" = j.id
                                 AND m.status NOT IN ('sent', 'delivered', 'read')
