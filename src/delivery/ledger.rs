@@ -143,7 +143,9 @@ pub struct Prepared {
 /// [`crate::queue::moves::SAVE_COMPOSED_CTE`]), the message rows the ledger's. A message
 /// to mark is inserted `sending` or, if it exists, marked as [`mark_sending`] marks (the update
 /// sees only rows that existed before the statement, the insert only creates missing ones).
-fn prepare_sql(save: bool) -> &'static str {
+/// Public so a test can check its plan.
+#[doc(hidden)]
+pub fn prepare_sql(save: bool) -> &'static str {
     static SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
         [false, true].map(|save| {
             let fence = if save {
