@@ -177,13 +177,22 @@ pub fn prepare_sql(save: bool) -> &'static str {
                  ON m.job = o.job
             ON CONFLICT ("jobId", seq) DO NOTHING
             RETURNING "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError"
+        ), marks AS (
+            -- The existing rows to mark, each found by its key from its own request (no join
+            -- of the messages with `owner`: see `queue::moves::OWNED_CTE`).
+            SELECT x.id, o.resend
+            FROM owner o CROSS JOIN LATERAL (
+                SELECT m.id FROM "OutboundMessage" m WHERE m."jobId" = o.job AND m.seq = o.mark
+            ) x
+            WHERE NOT o.stopping
         ), upd AS (
             UPDATE "OutboundMessage" m SET status = 'sending', "updatedAt" = now()
-            FROM owner o
-            WHERE m."jobId" = o.job AND m.seq = o.mark AND NOT o.stopping AND m.wamid IS NULL
-              AND (m.status IN ('pending', 'failed') OR (o.resend AND m.status = 'sending'))
-            RETURNING m."jobId", m.seq, m.status, m."to", m.body, m.wamid, m."lastErrorCode",
-                      m."lastError"
+            WHERE m.id = ANY(ARRAY(SELECT id FROM marks)) AND m.wamid IS NULL
+              AND (m.status IN ('pending', 'failed')
+                   OR (m.status = 'sending'
+                       AND m.id = ANY(ARRAY(SELECT id FROM marks WHERE resend))))
+            RETURNING m.id, m."jobId", m.seq, m.status, m."to", m.body, m.wamid,
+                      m."lastErrorCode", m."lastError"
         )
         SELECT "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError",
                status = 'sending' AS marked
@@ -192,10 +201,12 @@ pub fn prepare_sql(save: bool) -> &'static str {
         SELECT "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError", true
         FROM upd
         UNION ALL
+        -- The rows that were there and stay as they are (NOT IN: a hashed lookup, not a loop).
         SELECT m."jobId", m.seq, m.status, m."to", m.body, m.wamid, m."lastErrorCode",
                m."lastError", false
-        FROM "OutboundMessage" m JOIN owner o ON m."jobId" = o.job
-        WHERE NOT EXISTS (SELECT 1 FROM upd u WHERE u."jobId" = m."jobId" AND u.seq = m.seq)
+        FROM "OutboundMessage" m
+        WHERE m."jobId" = ANY(ARRAY(SELECT job FROM owner))
+          AND m.id NOT IN (SELECT id FROM upd)
         "#,
                 fence
             )
