@@ -308,6 +308,19 @@ pub struct Mark {
 /// requeue or failure makes it `cancelled`. A message with a wamid (Meta accepted it; a status
 /// may have failed it later) is never marked. Returns, for each mark, whether it landed.
 pub async fn mark_sending(pool: &Pool, marks: &[Mark]) -> sqlx::Result<Vec<bool>> {
+    let resend: Vec<bool> = marks.iter().map(|m| m.resend_in_doubt).collect();
+    per_message(
+        pool,
+        mark_sending_sql(),
+        marks.iter().map(|m| (&m.fence, m.seq)),
+        resend,
+    )
+    .await
+}
+
+/// [`mark_sending`]'s statement. Public so a test can check its plan.
+#[doc(hidden)]
+pub fn mark_sending_sql() -> &'static str {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             r#"
@@ -326,8 +339,7 @@ pub async fn mark_sending(pool: &Pool, marks: &[Mark]) -> sqlx::Result<Vec<bool>
             )
         )
     });
-    let resend: Vec<bool> = marks.iter().map(|m| m.resend_in_doubt).collect();
-    per_message(pool, &SQL, marks.iter().map(|m| (&m.fence, m.seq)), resend).await
+    &SQL
 }
 
 /// The head of a batched statement on messages, each row fenced by its own job: `req`, one row
@@ -492,6 +504,19 @@ pub struct Sent {
 /// jobs, each row fenced by its own job; no fsync of its own, see the module docs). Returns,
 /// for each, whether it landed.
 pub async fn record_sent(pool: &Pool, sent: &[Sent]) -> sqlx::Result<Vec<bool>> {
+    let wamids: Vec<&str> = sent.iter().map(|m| m.wamid.as_str()).collect();
+    per_message(
+        pool,
+        record_sent_sql(),
+        sent.iter().map(|m| (&m.fence, m.seq)),
+        wamids,
+    )
+    .await
+}
+
+/// [`record_sent`]'s statement. Public so a test can check its plan.
+#[doc(hidden)]
+pub fn record_sent_sql() -> &'static str {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             r#"
@@ -506,8 +531,7 @@ pub async fn record_sent(pool: &Pool, sent: &[Sent]) -> sqlx::Result<Vec<bool>> 
             batch_owner("text", "", true)
         )
     });
-    let wamids: Vec<&str> = sent.iter().map(|m| m.wamid.as_str()).collect();
-    per_message(pool, &SQL, sent.iter().map(|m| (&m.fence, m.seq)), wamids).await
+    &SQL
 }
 
 /// Which of `n` requests landed, from the 1-based ordinals a statement returned.

@@ -819,10 +819,10 @@ async fn the_batched_statements_read_their_batch_once_whatever_the_plan() {
                 ),
             ),
         ];
-        for (what, prepare, explain) in statements {
+        for (what, prepare, explain) in &statements {
             sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
-            sqlx::query(&prepare).execute(&mut *conn).await.unwrap();
-            if what == "the prepare" {
+            sqlx::query(prepare).execute(&mut *conn).await.unwrap();
+            if *what == "the prepare" {
                 // The rows exist already (an earlier attempt made them): the prepare marks
                 // them instead of inserting.
                 sqlx::query(&explain.replacen("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) ", "", 1))
@@ -834,7 +834,7 @@ async fn the_batched_statements_read_their_batch_once_whatever_the_plan() {
                     .await
                     .unwrap();
             }
-            let plan: Vec<String> = sqlx::query_scalar(&explain)
+            let plan: Vec<String> = sqlx::query_scalar(explain)
                 .fetch_all(&mut *conn)
                 .await
                 .unwrap();
@@ -858,5 +858,85 @@ async fn the_batched_statements_read_their_batch_once_whatever_the_plan() {
                 "{what}, {mode}: reads its batch once per job: {bad:?}\n{plan}"
             );
         }
+
+        // A later message's mark and its wamid (a job of several messages): the rows made by
+        // a prepare without marks, marked, then recorded sent.
+        let create = statements[0]
+            .2
+            .replacen("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) ", "", 1);
+        let wamids = format!(
+            "'{{{}}}'",
+            (0..n)
+                .map(|i| format!("wamid.check.{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let fence = format!(
+            "{ids}, {}, {attempts}, {}",
+            fill("'planner-test'::text"),
+            fill("0")
+        );
+        sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+        sqlx::query(&statements[0].1)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::query(&create.replacen(
+            &format!("{}, {}, false)", fill("0"), fill("false")),
+            &format!("{}, {}, false)", fill("NULL::int"), fill("false")),
+            1,
+        ))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        for (what, sql, arg_type, arg) in [
+            (
+                "the marks",
+                outbound_runner::delivery::ledger::mark_sending_sql(),
+                "bool",
+                fill("false"),
+            ),
+            (
+                "the wamids",
+                outbound_runner::delivery::ledger::record_sent_sql(),
+                "text",
+                wamids.clone(),
+            ),
+        ] {
+            sqlx::query(&format!(
+                "PREPARE message_check(text[], text[], int[], int[], {arg_type}[]) AS {sql}"
+            ))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+            let plan: Vec<String> = sqlx::query_scalar(&format!(
+                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) EXECUTE message_check({fence}, {arg})"
+            ))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+            sqlx::query("DEALLOCATE message_check")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(
+                plan.lines()
+                    .next()
+                    .unwrap_or("")
+                    .contains(&format!("rows={n} ")),
+                "{what}, {mode}: not every message was written:\n{plan}"
+            );
+            let bad = quadratic_lines(&plan, n);
+            assert!(
+                bad.is_empty(),
+                "{what}, {mode}: reads its batch once per message: {bad:?}\n{plan}"
+            );
+        }
+        sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+        sqlx::query("DEALLOCATE batch_check")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
     }
 }
