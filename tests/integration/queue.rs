@@ -741,6 +741,37 @@ fn quadratic_lines(plan: &str, batch: usize) -> Vec<String> {
         .collect()
 }
 
+/// Runs `explain` (an `EXPLAIN ANALYZE` of the prepared statement `name`), then deallocates it;
+/// the plan as text.
+async fn explain_once(conn: &mut sqlx::PgConnection, explain: &str, name: &str) -> String {
+    let plan: Vec<String> = sqlx::query_scalar(explain)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(&format!("DEALLOCATE {name}"))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    plan.join("\n")
+}
+
+/// The statement did its work (its top node wrote a row for each of the `batch`) and read its
+/// batch once ([`quadratic_lines`]).
+fn assert_reads_batch_once(plan: &str, batch: usize, what: &str) {
+    assert!(
+        plan.lines()
+            .next()
+            .unwrap_or("")
+            .contains(&format!("rows={batch} ")),
+        "{what}: not every row was written:\n{plan}"
+    );
+    let bad = quadratic_lines(plan, batch);
+    assert!(
+        bad.is_empty(),
+        "{what}: reads its batch once per row: {bad:?}\n{plan}"
+    );
+}
+
 /// The batched statements read their batch once, whatever the plan: the fence conditions make
 /// every plan expect one running row, and a join of the jobs with the batch became a nested
 /// loop that read the whole batch once per job. Checked with 64 jobs, on custom and generic
@@ -834,29 +865,9 @@ async fn the_batched_statements_read_their_batch_once_whatever_the_plan() {
                     .await
                     .unwrap();
             }
-            let plan: Vec<String> = sqlx::query_scalar(explain)
-                .fetch_all(&mut *conn)
-                .await
-                .unwrap();
+            let plan = explain_once(&mut conn, explain, "batch_check").await;
             sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
-            sqlx::query("DEALLOCATE batch_check")
-                .execute(&mut *conn)
-                .await
-                .unwrap();
-            let plan = plan.join("\n");
-            // The statement did its work: every job's row was written.
-            assert!(
-                plan.lines()
-                    .next()
-                    .unwrap_or("")
-                    .contains(&format!("rows={n} ")),
-                "{what}, {mode}: not every job was written:\n{plan}"
-            );
-            let bad = quadratic_lines(&plan, n);
-            assert!(
-                bad.is_empty(),
-                "{what}, {mode}: reads its batch once per job: {bad:?}\n{plan}"
-            );
+            assert_reads_batch_once(&plan, n, &format!("{what}, {mode}"));
         }
 
         // A later message's mark and its wamid (a job of several messages): the rows made by
@@ -909,29 +920,15 @@ async fn the_batched_statements_read_their_batch_once_whatever_the_plan() {
             .execute(&mut *conn)
             .await
             .unwrap();
-            let plan: Vec<String> = sqlx::query_scalar(&format!(
-                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) EXECUTE message_check({fence}, {arg})"
-            ))
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap();
-            sqlx::query("DEALLOCATE message_check")
-                .execute(&mut *conn)
-                .await
-                .unwrap();
-            let plan = plan.join("\n");
-            assert!(
-                plan.lines()
-                    .next()
-                    .unwrap_or("")
-                    .contains(&format!("rows={n} ")),
-                "{what}, {mode}: not every message was written:\n{plan}"
-            );
-            let bad = quadratic_lines(&plan, n);
-            assert!(
-                bad.is_empty(),
-                "{what}, {mode}: reads its batch once per message: {bad:?}\n{plan}"
-            );
+            let plan = explain_once(
+                &mut conn,
+                &format!(
+                    "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) EXECUTE message_check({fence}, {arg})"
+                ),
+                "message_check",
+            )
+            .await;
+            assert_reads_batch_once(&plan, n, &format!("{what}, {mode}"));
         }
         sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
         sqlx::query("DEALLOCATE batch_check")
