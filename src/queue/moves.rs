@@ -12,8 +12,8 @@ use super::JobId;
 use crate::db::Pool;
 
 /// The fenced half of the ledger's `prepare` (`delivery::ledger::prepare`), one statement with
-/// it: `owner`, the jobs of the caller's `req` CTE (`job`, `locked_by`, `attempts`, `composed`,
-/// any other column; `$1` the ids as text) whose fence holds, locked `FOR KEY SHARE` like every
+/// it: `owner`, the jobs of the caller's `req` CTE (`job`, of the id's type, `locked_by`,
+/// `attempts`, `composed`, any other column) whose fence holds, locked `FOR KEY SHARE` like every
 /// fenced write.
 ///
 /// Each request finds its job by the primary key (`LATERAL`): the fence conditions make every
