@@ -630,6 +630,21 @@ async fn the_claim_settles_on_a_cached_plan_instead_of_planning_every_time() {
     );
 }
 
+/// The plan tests' set-up: statistics taken of the table as it is, then 64 jobs claimed by
+/// `planner-test`.
+async fn analyze_and_claim_64(db: &TestDb) -> store::Claimed {
+    sqlx::query(r#"VACUUM ANALYZE "OutboundJob""#)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let me: Arc<str> = "planner-test".into();
+    let claimed = store::claim(&db.pool, &me, Duration::from_secs(60), 64, 5)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 64);
+    claimed
+}
+
 #[tokio::test]
 async fn the_completion_finds_jobs_by_primary_key_whatever_the_statistics_say() {
     let db = TestDb::new().await;
@@ -640,15 +655,7 @@ async fn the_completion_finds_jobs_by_primary_key_whatever_the_statistics_say() 
         .execute(&db.pool)
         .await
         .unwrap();
-    sqlx::query(r#"VACUUM ANALYZE "OutboundJob""#)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let me: Arc<str> = "planner-test".into();
-    let claimed = store::claim(&db.pool, &me, Duration::from_secs(60), 64, 5)
-        .await
-        .unwrap();
-    assert_eq!(claimed.len(), 64);
+    analyze_and_claim_64(&db).await;
 
     // The plan the plan cache would keep after five executions (a generic plan).
     let mut conn = db.pool.pg().acquire().await.unwrap();
@@ -775,20 +782,13 @@ fn assert_reads_batch_once(plan: &str, batch: usize, what: &str) {
 /// The batched statements read their batch once, whatever the plan: the fence conditions make
 /// every plan expect one running row, and a join of the jobs with the batch became a nested
 /// loop that read the whole batch once per job. Checked with 64 jobs, on custom and generic
-/// plans, for the completion and the prepare (each run in a transaction rolled back).
+/// plans, for the prepare (of new rows, then of existing ones), the completion, the marks and
+/// the wamids (each run in a transaction rolled back).
 #[tokio::test]
 async fn the_batched_statements_read_their_batch_once_whatever_the_plan() {
     let db = TestDb::new().await;
     db.insert_jobs(3000).await;
-    sqlx::query(r#"VACUUM ANALYZE "OutboundJob""#)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let me: Arc<str> = "planner-test".into();
-    let claimed = store::claim(&db.pool, &me, Duration::from_secs(60), 64, 5)
-        .await
-        .unwrap();
-    assert_eq!(claimed.len(), 64);
+    let claimed = analyze_and_claim_64(&db).await;
     let n = claimed.jobs.len();
     let ids = format!(
         "'{{{}}}'",
