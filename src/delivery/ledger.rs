@@ -114,6 +114,14 @@ const OWNER_RELAXED: &str = r#"owner AS (
     FOR KEY SHARE OF "OutboundJob"
 )"#;
 
+/// "The message has no wamid" (Meta never accepted it), in a mark's `WHERE`, written so that
+/// no index can answer it: the rows to mark are found by their keys. The unique index on
+/// `wamid` holds an entry for every message still without one, and for every dead version of a
+/// message that had none yet (each send leaves one until vacuum), so a plan that reads it for
+/// `wamid IS NULL` (a generic plan chose it on statistics taken while the table was small)
+/// visits a page per unsent message on every mark.
+const NO_WAMID: &str = "(m.wamid IS NULL) IS TRUE";
+
 /// One job's messages to create before any send (see [`prepare`]).
 #[derive(Debug, Clone)]
 pub struct Prepare {
@@ -179,15 +187,19 @@ pub fn prepare_sql(save: bool) -> &'static str {
             RETURNING "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError"
         ), marks AS (
             -- The existing rows to mark, each found by its key from its own request (no join
-            -- of the messages with `owner`: see `queue::moves::OWNED_CTE`).
+            -- of the messages with `owner`: see `queue::moves::OWNED_CTE`). OFFSET 0 keeps the
+            -- planner from turning the LATERAL back into a join (a hash join read the whole
+            -- table to mark a few rows).
             SELECT x.id, o.resend
             FROM owner o CROSS JOIN LATERAL (
                 SELECT m.id FROM "OutboundMessage" m WHERE m."jobId" = o.job AND m.seq = o.mark
+                OFFSET 0
             ) x
             WHERE NOT o.stopping
         ), upd AS (
+            -- The rows are found by `id`: no index answers the wamid test (`ledger::NO_WAMID`).
             UPDATE "OutboundMessage" m SET status = 'sending', "updatedAt" = now()
-            WHERE m.id = ANY(ARRAY(SELECT id FROM marks)) AND m.wamid IS NULL
+            WHERE m.id = ANY(ARRAY(SELECT id FROM marks)) AND {NO_WAMID}
               AND (m.status IN ('pending', 'failed')
                    OR (m.status = 'sending'
                        AND m.id = ANY(ARRAY(SELECT id FROM marks WHERE resend))))
@@ -201,14 +213,18 @@ pub fn prepare_sql(save: bool) -> &'static str {
         SELECT "jobId", seq, status, "to", body, wamid, "lastErrorCode", "lastError", true
         FROM upd
         UNION ALL
-        -- The rows that were there and stay as they are (NOT IN: a hashed lookup, not a loop).
+        -- The rows that were there and stay as they are: each job's found by its key (LATERAL,
+        -- kept apart by OFFSET 0 as in `marks`: a join, or an `= ANY` of the jobs, let plans
+        -- read the whole table), the marked ones left out (NOT IN: a hashed lookup, not a loop).
         SELECT m."jobId", m.seq, m.status, m."to", m.body, m.wamid, m."lastErrorCode",
                m."lastError", false
-        FROM "OutboundMessage" m
-        WHERE m."jobId" = ANY(ARRAY(SELECT job FROM owner))
-          AND m.id NOT IN (SELECT id FROM upd)
+        FROM owner o CROSS JOIN LATERAL (
+            SELECT * FROM "OutboundMessage" k WHERE k."jobId" = o.job OFFSET 0
+        ) m
+        WHERE m.id NOT IN (SELECT id FROM upd)
         "#,
-                fence
+                fence,
+                NO_WAMID = NO_WAMID,
             )
         })
     });
@@ -324,12 +340,14 @@ pub fn mark_sending_sql() -> &'static str {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             r#"
-        WITH {}
-        UPDATE "OutboundMessage" m SET status = 'sending', "updatedAt" = now()
-        FROM owner o
-        WHERE m."jobId" = o.job AND m.seq = o.seq AND m.wamid IS NULL
-          AND (m.status IN ('pending', 'failed') OR (o.arg AND m.status = 'sending'))
-        RETURNING o.n
+        WITH {}, upd AS (
+            UPDATE "OutboundMessage" m SET status = 'sending', "updatedAt" = now()
+            WHERE m.id = ANY(ARRAY(SELECT id FROM keyed)) AND {NO_WAMID}
+              AND (m.status IN ('pending', 'failed')
+                   OR (m.status = 'sending' AND m.id = ANY(ARRAY(SELECT id FROM keyed WHERE arg))))
+            RETURNING m.id
+        )
+        SELECT k.n FROM keyed k WHERE k.id = ANY(ARRAY(SELECT id FROM upd))
         "#,
             batch_owner(
                 "bool",
@@ -344,8 +362,11 @@ pub fn mark_sending_sql() -> &'static str {
 
 /// The head of a batched statement on messages, each row fenced by its own job: `req`, one row
 /// per request (`job`, `locked_by`, `attempts`, `seq`, `arg` of SQL type `arg_type`, and its
-/// ordinal `n`: `$1` to `$5`, see [`per_message`]), and `owner`, the requests whose job's fence
-/// holds (and `also`), locked `FOR KEY SHARE`. `relaxed`: no fsync of its own (see the module
+/// ordinal `n`: `$1` to `$5`, see [`per_message`]); `owner`, the requests whose job's fence
+/// holds (and `also`), locked `FOR KEY SHARE`; and `keyed`, their message rows' `id` (with `n`
+/// and `arg`), each found by its key. The statement then writes the rows by `id` and returns
+/// the `n` of those it wrote: it never joins the batch with the table (a plan that did read the
+/// whole table, or the batch once per row). `relaxed`: no fsync of its own (see the module
 /// docs).
 fn batch_owner(arg_type: &str, also: &str, relaxed: bool) -> String {
     let relaxed = if relaxed {
@@ -368,6 +389,13 @@ fn batch_owner(arg_type: &str, also: &str, relaxed: bool) -> String {
                   {also}
                 FOR KEY SHARE
             ) fenced{relaxed}
+        ), keyed AS (
+            -- OFFSET 0: found by the key, not turned back into a join (see `prepare_sql`).
+            SELECT x.id, o.n, o.arg
+            FROM owner o CROSS JOIN LATERAL (
+                SELECT m.id FROM "OutboundMessage" m WHERE m."jobId" = o.job AND m.seq = o.seq
+                OFFSET 0
+            ) x
         )"#
     )
 }
@@ -520,13 +548,18 @@ pub fn record_sent_sql() -> &'static str {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             r#"
-        WITH {}
-        UPDATE "OutboundMessage" m
-        SET status = 'sent', wamid = o.arg, "sentAt" = now(), "lastErrorCode" = NULL,
-            "updatedAt" = now()
-        FROM owner o
-        WHERE m."jobId" = o.job AND m.seq = o.seq AND m.status = 'sending'
-        RETURNING o.n
+        WITH {}, upd AS (
+            -- Each row's wamid by its position in the batch (no join of the batch with the
+            -- table; see `batch_owner`).
+            UPDATE "OutboundMessage" m
+            SET status = 'sent', wamid = b.wamids[array_position(b.ids, m.id)], "sentAt" = now(),
+                "lastErrorCode" = NULL, "updatedAt" = now()
+            FROM (SELECT ARRAY(SELECT id FROM keyed ORDER BY n) AS ids,
+                         ARRAY(SELECT arg FROM keyed ORDER BY n) AS wamids OFFSET 0) b
+            WHERE m.id = ANY(b.ids) AND m.status = 'sending'
+            RETURNING m.id
+        )
+        SELECT k.n FROM keyed k WHERE k.id = ANY(ARRAY(SELECT id FROM upd))
         "#,
             batch_owner("text", "", true)
         )
