@@ -128,7 +128,8 @@ pub enum Room {
     /// At most this many jobs.
     Jobs(usize),
     /// At most `jobs`, for numbers whose slots are taken ahead: their jobs wait for a slot
-    /// anyway, so the dispatcher waits (up to a [`MARK_SPAN`]) to claim `span` of them at once.
+    /// anyway, so the dispatcher waits (up to a [`MARK_SPAN`]) to claim `span` of them at once
+    /// (with one number, the slots up to the end of a mark span).
     Busy { jobs: usize, span: usize },
     /// None before then.
     At(Instant),
@@ -531,8 +532,9 @@ impl Pacer {
     ///
     /// While every number is busy (its next slot ahead of now), room comes a mark span at a time
     /// ([`MARK_SPAN`], at most `batch` jobs): at 80/s one claim of 20 every quarter second rather
-    /// than a claim of one every 12.5 ms. The jobs would wait for their slots anyway, so this
-    /// costs them nothing; a number with a free slot now is claimed for at once.
+    /// than a claim of one every 12.5 ms. With one number the claim ends where a mark span ends,
+    /// so each claim's marks share one statement. The jobs would wait for their slots anyway, so
+    /// this costs them nothing; a number with a free slot now is claimed for at once.
     pub fn room(&self, wa: &WhatsappSettings, batch: usize) -> Room {
         let now = Instant::now();
         let horizon = self.horizon();
@@ -546,6 +548,9 @@ impl Pacer {
         let map = lock(&self.numbers);
         let (mut room, mut earliest, mut shortest) = (0usize, None::<Instant>, None::<Duration>);
         let mut idle = false;
+        // With one number: the slots left in the mark span of its first slot not yet promised.
+        let mut to_span_end = None::<usize>;
+        let sole = wa.number_ids().len() == 1;
         for id in wa.number_ids() {
             let Some(number) = wa.number(Some(id)) else {
                 continue;
@@ -564,17 +569,39 @@ impl Pacer {
             }
             let slots = (now + horizon - from).as_secs_f64() / spacing.as_secs_f64();
             room = room.saturating_add(slots as usize + 1);
+            if sole {
+                let first = from + spacing * u32::try_from(reserved).unwrap_or(u32::MAX);
+                let end = mark_span_start(first) + MARK_SPAN;
+                to_span_end = Some(
+                    (end.saturating_duration_since(first).as_secs_f64() / spacing.as_secs_f64())
+                        .ceil() as usize,
+                );
+            }
         }
         let Some(shortest) = shortest else {
             return Room::Any;
         };
         let free = room.saturating_sub(reserved);
-        let span =
-            ((MARK_SPAN.as_secs_f64() / shortest.as_secs_f64()) as usize).clamp(1, batch.max(1));
+        let whole = (MARK_SPAN.as_secs_f64() / shortest.as_secs_f64()) as usize;
+        let span = whole.clamp(1, batch.max(1));
+        // The claim takes the slots up to the end of a mark span: its jobs write their marks in
+        // one statement, and the next claim starts at a span's start (a whole span's worth from
+        // wherever the last claim ended straddles two spans: two prepares instead of one). Less
+        // than half a span left is claimed together with the next span.
+        let aligned = match to_span_end {
+            // (A span holds `whole` slots, or one more by its phase.)
+            Some(left) if (1..=whole + 1).contains(&left) && left * 2 < whole => left + whole,
+            Some(left) if (1..=whole + 1).contains(&left) => left,
+            _ => whole,
+        }
+        .clamp(1, batch.max(1));
         if free > 0 && idle {
             Room::Jobs(free)
         } else if free >= span {
-            Room::Busy { jobs: free, span }
+            Room::Busy {
+                jobs: free,
+                span: aligned.min(free),
+            }
         } else if room > 0 {
             // Every slot in reach is promised to a job on its way, or less than a span's worth
             // is free: look again when a span's worth is.
@@ -1057,14 +1084,68 @@ mod tests {
             "a claim never bigger than the batch: that many will do"
         );
         tokio::time::advance(spacing * 11).await;
-        assert_eq!(
-            pacer.room(&one.whatsapp, 64),
-            Room::Busy { jobs: 19, span: 19 }
+        assert!(
+            matches!(pacer.room(&one.whatsapp, 64), Room::Busy { jobs: 19, span } if (1..=19).contains(&span)),
+            "a span's worth in reach: claimed up to the end of a mark span"
         );
         // An idle number is claimed for at once, however little is free.
         tokio::time::advance(Duration::from_secs(1)).await;
         pacer.reserve(78);
         assert_eq!(pacer.room(&one.whatsapp, 64), Room::Jobs(1));
+    }
+
+    /// Claims as the dispatcher makes them while the number is busy: each claim's jobs take
+    /// their slots in one mark span (after the first, which may end one), so each claim's marks
+    /// share one statement.
+    #[tokio::test(start_paused = true)]
+    async fn each_claim_of_a_busy_number_falls_in_one_mark_span() {
+        let one = settings(|s| s.whatsapp.pair_interval = Duration::ZERO);
+        let pacer = Pacer::new();
+        pacer.admit(&one, &one.whatsapp).unwrap();
+        next_slot(
+            &pacer,
+            "1000",
+            Some(Instant::now() + Duration::from_millis(37)),
+        );
+        let mut to = 0;
+        let mut spans = Vec::new();
+        for claim in 0..8 {
+            // The dispatcher comes back when told to.
+            let span = loop {
+                match pacer.room(&one.whatsapp, 64) {
+                    Room::Busy { span, .. } => break span,
+                    Room::At(at) => tokio::time::advance(at - Instant::now()).await,
+                    other => panic!("claim {claim}: the number is busy: {other:?}"),
+                }
+            };
+            assert!(
+                span <= 38,
+                "claim {claim}: {span} jobs, at most two spans' worth"
+            );
+            pacer.reserve(span);
+            let mut marks = Vec::new();
+            for _ in 0..span {
+                to += 1;
+                let permit = pacer
+                    .reserve_slot(&one.whatsapp, &format!("1559{to:07}"))
+                    .await
+                    .expect("within the horizon");
+                marks.push(mark_span_start(permit.at()));
+                permit.done(true);
+            }
+            marks.dedup();
+            spans.push(marks);
+            // Their sends take their time.
+            tokio::time::advance(spacing(&one.whatsapp) * span as u32).await;
+        }
+        for (claim, marks) in spans.iter().enumerate().skip(1) {
+            assert_eq!(
+                marks.len(),
+                1,
+                "claim {claim} straddles mark spans: {marks:?}"
+            );
+        }
+        assert!(spans.windows(2).all(|w| w[0].last() < w[1].first()));
     }
 
     #[tokio::test(start_paused = true)]
