@@ -276,11 +276,14 @@ where
 }
 
 /// How long a completion that records a send (a live job's wamid) waits for others to share its
-/// statement: well inside Meta's 100–300 ms answer, and never before the send it records (the
-/// request has been answered). At 80/s four completions share a statement instead of each
-/// committing alone 12.5 ms apart. The job's worker slot is given back before this wait; a batch
-/// as big as the worker count is written at once.
-pub const COMPLETION_SPAN: Duration = Duration::from_millis(40);
+/// statement: one mark span ([`crate::whatsapp::pacing::MARK_SPAN`], a quarter second), the
+/// window the marks are written in too, and never before the send it records (the request has
+/// been answered). At 80/s the sends of a span are answered over a span, so their completions
+/// share one statement (within 40 ms, four did: five completion statements per span were half
+/// the database's work per message; docs/benchmarks.md, "Issue 27, third round"). The job's
+/// worker slot is given back before this wait; a batch as big as the worker count is written at
+/// once.
+pub const COMPLETION_SPAN: Duration = crate::whatsapp::pacing::MARK_SPAN;
 
 /// Marks finished jobs `done`, as many per statement as have finished meanwhile (and, for live
 /// sends, within [`COMPLETION_SPAN`]).
