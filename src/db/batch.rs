@@ -12,7 +12,10 @@
 //!   frequent and more are about to come (the jobs the previous batch answered are running
 //!   towards their next write). It lets the runtime's other tasks run (a few yields, no timer)
 //!   and then waits at most `linger` for more, stopping as soon as the batch is as big as the
-//!   previous one. A lone write (an idle runner) never waits: its previous batch was one.
+//!   previous one. A lone write (an idle runner) never waits: its previous batch was one. An
+//!   intake that [`Intake::remembers`] more batches measures against the biggest of them
+//!   instead: against the previous one alone, one straggler cut the next batch short too (the
+//!   prepares of a mark span's 20 jobs went out as 19 + 1, then 1 + 18, and so on).
 //!
 //! [`Gate`] is a writer for the common case: one request, one answer, in order.
 //! docs/benchmarks.md ("Issue 14") has what the batching bought.
@@ -39,8 +42,11 @@ const YIELDS: usize = 4;
 pub struct Intake {
     max: usize,
     linger: Duration,
-    /// The size of the previous batch: what a gathering batch waits for at most.
-    previous: usize,
+    /// The sizes of the last batches (one, unless [`Intake::remembers`] more): a gathering batch
+    /// waits for the biggest at most.
+    recent: Vec<usize>,
+    /// Where the next batch's size goes in `recent`.
+    next_slot: usize,
 }
 
 impl Intake {
@@ -49,8 +55,21 @@ impl Intake {
         Self {
             max: max.max(1),
             linger,
-            previous: 1,
+            recent: vec![1],
+            next_slot: 0,
         }
+    }
+
+    /// Gathers against the biggest of the last `batches` batches, not the previous one alone.
+    pub fn remembers(mut self, batches: usize) -> Self {
+        self.recent = vec![1; batches.max(1)];
+        self
+    }
+
+    /// Records the size of a batch just taken.
+    fn took(&mut self, size: usize) {
+        self.recent[self.next_slot] = size;
+        self.next_slot = (self.next_slot + 1) % self.recent.len();
     }
 
     /// Waits for one request (unless `batch` holds some already), then takes every other one
@@ -72,7 +91,7 @@ impl Intake {
             batch.push(first);
         }
         self.drain(rx, batch);
-        let want = self.previous.min(self.max);
+        let want = self.recent.iter().copied().max().unwrap_or(1).min(self.max);
         if batch.len() < want {
             for _ in 0..YIELDS {
                 tokio::task::yield_now().await;
@@ -94,7 +113,7 @@ impl Intake {
                 }
             }
         }
-        self.previous = batch.len();
+        self.took(batch.len());
         true
     }
 
@@ -123,7 +142,7 @@ impl Intake {
                 _ = stop.cancelled() => return false,
             }
         }
-        self.previous = batch.len();
+        self.took(batch.len());
         true
     }
 
@@ -313,14 +332,71 @@ mod tests {
         assert_eq!(batch, vec![10, 11]);
         assert_eq!(started.elapsed(), Duration::from_millis(2));
         batch.clear();
-        // The previous batch was 2: a third request alone waits its linger once, then none.
-        tx.send(12).await.unwrap();
+        // A lone request now: it waits its linger (the previous batch was 2), the next none.
+        let mut waited = Vec::new();
+        for i in 12..15 {
+            tx.send(i).await.unwrap();
+            let started = tokio::time::Instant::now();
+            assert!(intake.next(&mut rx, &stop, &mut batch).await);
+            assert_eq!(batch, vec![i]);
+            batch.clear();
+            waited.push(started.elapsed());
+        }
+        let linger = Duration::from_millis(2);
+        assert_eq!(waited, [linger, Duration::ZERO, Duration::ZERO]);
+
+        // Remembering four batches (4, then 2), lone requests wait while either is among them.
+        let mut intake = Intake::new(8, linger).remembers(4);
+        for batch_size in [4, 2] {
+            for i in 0..batch_size {
+                tx.send(i).await.unwrap();
+            }
+            assert!(intake.next(&mut rx, &stop, &mut batch).await);
+            assert_eq!(batch.len(), batch_size);
+            batch.clear();
+        }
+        let mut waited = Vec::new();
+        for i in 20..26 {
+            tx.send(i).await.unwrap();
+            let started = tokio::time::Instant::now();
+            assert!(intake.next(&mut rx, &stop, &mut batch).await);
+            assert_eq!(batch, vec![i]);
+            batch.clear();
+            waited.push(started.elapsed());
+        }
+        let z = Duration::ZERO;
+        assert_eq!(waited, [linger, linger, linger, linger, z, z]);
+    }
+
+    /// One straggler does not cut the next batch short of an intake that remembers more than
+    /// one batch: after a batch of 19 and a lone late request, the next batch still gathers up
+    /// to 19 within its linger.
+    #[tokio::test(start_paused = true)]
+    async fn a_straggler_does_not_cut_the_next_batch_short() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        let mut intake = Intake::new(64, Duration::from_millis(5)).remembers(4);
+        let mut batch = Vec::new();
+        for i in 0..19 {
+            tx.send(i).await.unwrap();
+        }
         assert!(intake.next(&mut rx, &stop, &mut batch).await);
-        assert_eq!(batch, vec![12]);
+        assert_eq!(batch.len(), 19);
         batch.clear();
-        tx.send(13).await.unwrap();
-        let started = tokio::time::Instant::now();
+        tx.send(100).await.unwrap();
         assert!(intake.next(&mut rx, &stop, &mut batch).await);
-        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(batch, vec![100], "the straggler, after its linger");
+        batch.clear();
+        // The next span's requests: the first at once, eighteen 2 ms later.
+        tx.send(200).await.unwrap();
+        let later = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            for i in 201..219 {
+                later.send(i).await.unwrap();
+            }
+        });
+        assert!(intake.next(&mut rx, &stop, &mut batch).await);
+        assert_eq!(batch.len(), 19, "one batch: {batch:?}");
     }
 }

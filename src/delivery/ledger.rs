@@ -443,6 +443,13 @@ pub struct Writers {
 /// The most requests one ledger statement takes.
 const MAX_BATCH: usize = 256;
 
+/// How long the prepare's batch gathers at most (the other writers: [`crate::db::batch::LINGER`]).
+/// The jobs of a mark span wake for their marks at one instant, but reach the writer over a few
+/// milliseconds of the runtime's work (at rate 80, 20 jobs over 2–4 ms): with 1 ms, and measured
+/// against the previous batch alone, 242 prepares for 164 claims, split 19 + 1, then 1 + 18. So
+/// the prepare's intake also remembers four batches. A span's first send waits this much at most.
+const PREPARE_LINGER: Duration = Duration::from_millis(5);
+
 impl Writers {
     /// Starts the writers' tasks; they end when `stop` is cancelled (after the drain: a job in
     /// flight may still send).
@@ -465,7 +472,7 @@ impl Writers {
             pool.clone(),
             stop.clone(),
             patient.clone(),
-            intake(),
+            Intake::new(MAX_BATCH, PREPARE_LINGER).remembers(4),
             |pool, jobs| async move { prepare(&pool, &jobs).await },
         );
         let (sending, a) = Gate::start(
