@@ -333,17 +333,12 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_millis(2));
         batch.clear();
         // A lone request now: it waits its linger (the previous batch was 2), the next none.
-        let mut waited = Vec::new();
-        for i in 12..15 {
-            tx.send(i).await.unwrap();
-            let started = tokio::time::Instant::now();
-            assert!(intake.next(&mut rx, &stop, &mut batch).await);
-            assert_eq!(batch, vec![i]);
-            batch.clear();
-            waited.push(started.elapsed());
-        }
         let linger = Duration::from_millis(2);
-        assert_eq!(waited, [linger, Duration::ZERO, Duration::ZERO]);
+        let z = Duration::ZERO;
+        assert_eq!(
+            lone_waits(&mut intake, &tx, &mut rx, 3).await,
+            [linger, z, z]
+        );
 
         // Remembering four batches (4, then 2), lone requests wait while either is among them.
         let mut intake = Intake::new(8, linger).remembers(4);
@@ -355,17 +350,29 @@ mod tests {
             assert_eq!(batch.len(), batch_size);
             batch.clear();
         }
-        let mut waited = Vec::new();
-        for i in 20..26 {
+        assert_eq!(
+            lone_waits(&mut intake, &tx, &mut rx, 6).await,
+            [linger, linger, linger, linger, z, z]
+        );
+    }
+
+    /// Sends `n` requests one at a time, each taken alone: how long each batch waited.
+    async fn lone_waits(
+        intake: &mut Intake,
+        tx: &mpsc::Sender<usize>,
+        rx: &mut mpsc::Receiver<usize>,
+        n: usize,
+    ) -> Vec<Duration> {
+        let (stop, mut batch, mut waited) = (CancellationToken::new(), Vec::new(), Vec::new());
+        for i in 0..n {
             tx.send(i).await.unwrap();
             let started = tokio::time::Instant::now();
-            assert!(intake.next(&mut rx, &stop, &mut batch).await);
+            assert!(intake.next(rx, &stop, &mut batch).await);
             assert_eq!(batch, vec![i]);
             batch.clear();
             waited.push(started.elapsed());
         }
-        let z = Duration::ZERO;
-        assert_eq!(waited, [linger, linger, linger, linger, z, z]);
+        waited
     }
 
     /// One straggler does not cut the next batch short of an intake that remembers more than

@@ -861,6 +861,22 @@ async fn the_batched_statements_read_their_batch_once_whatever_the_plan() {
             .execute(&mut *conn)
             .await
             .unwrap();
+        // The completion, with or without live sends' wamids (`accepted`: their job ids, seqs
+        // and wamids, as SQL).
+        let completion = |what: &'static str, live: bool, accepted: String| {
+            (
+                what,
+                format!(
+                    "PREPARE batch_check(text, text[], int[], text[], int[], text[], jsonb[], \
+                     text[], int[], text[]) AS {}",
+                    outbound_runner::runner::complete_sql(false, live)
+                ),
+                format!(
+                    "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) EXECUTE batch_check(\
+                     'planner-test', {ids}, {attempts}, '{{}}', '{{}}', '{{}}', '{{}}', {accepted})"
+                ),
+            )
+        };
         let statements = [
             (
                 "the prepare",
@@ -882,32 +898,11 @@ async fn the_batched_statements_read_their_batch_once_whatever_the_plan() {
                     fill("false"),
                 ),
             ),
-            (
-                "the completion",
-                format!(
-                    "PREPARE batch_check(text, text[], int[], text[], int[], text[], jsonb[], \
-                     text[], int[], text[]) AS {}",
-                    outbound_runner::runner::complete_sql(false, false)
-                ),
-                format!(
-                    "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) EXECUTE batch_check(\
-                     'planner-test', {ids}, {attempts}, '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', \
-                     '{{}}', '{{}}')"
-                ),
-            ),
-            (
+            completion("the completion", false, "'{}', '{}', '{}'".to_string()),
+            completion(
                 "the completion of live sends",
-                format!(
-                    "PREPARE batch_check(text, text[], int[], text[], int[], text[], jsonb[], \
-                     text[], int[], text[]) AS {}",
-                    outbound_runner::runner::complete_sql(false, true)
-                ),
-                format!(
-                    "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) EXECUTE batch_check(\
-                     'planner-test', {ids}, {attempts}, '{{}}', '{{}}', '{{}}', '{{}}', {ids}, \
-                     {}, {wamids})",
-                    fill("0")
-                ),
+                true,
+                format!("{ids}, {}, {wamids}", fill("0")),
             ),
         ];
         for (what, prepare, explain) in &statements {
