@@ -314,12 +314,7 @@ mod tests {
         let stop = CancellationToken::new();
         let mut intake = Intake::new(8, Duration::from_millis(2));
         let mut batch = Vec::new();
-        for i in 0..4 {
-            tx.send(i).await.unwrap();
-        }
-        assert!(intake.next(&mut rx, &stop, &mut batch).await);
-        assert_eq!(batch.len(), 4);
-        batch.clear();
+        burst(&mut intake, &tx, &mut rx, 4).await;
         // The previous batch was 4: one request waits for up to 2 ms for three more.
         tx.send(10).await.unwrap();
         let late = tx.clone();
@@ -342,18 +337,28 @@ mod tests {
 
         // Remembering four batches (4, then 2), lone requests wait while either is among them.
         let mut intake = Intake::new(8, linger).remembers(4);
-        for batch_size in [4, 2] {
-            for i in 0..batch_size {
-                tx.send(i).await.unwrap();
-            }
-            assert!(intake.next(&mut rx, &stop, &mut batch).await);
-            assert_eq!(batch.len(), batch_size);
-            batch.clear();
+        for size in [4, 2] {
+            burst(&mut intake, &tx, &mut rx, size).await;
         }
         assert_eq!(
             lone_waits(&mut intake, &tx, &mut rx, 6).await,
             [linger, linger, linger, linger, z, z]
         );
+    }
+
+    /// Sends `n` requests at once and takes them as one batch.
+    async fn burst(
+        intake: &mut Intake,
+        tx: &mpsc::Sender<usize>,
+        rx: &mut mpsc::Receiver<usize>,
+        n: usize,
+    ) {
+        for i in 0..n {
+            tx.send(i).await.unwrap();
+        }
+        let mut batch = Vec::new();
+        assert!(intake.next(rx, &CancellationToken::new(), &mut batch).await);
+        assert_eq!(batch.len(), n);
     }
 
     /// Sends `n` requests one at a time, each taken alone: how long each batch waited.
@@ -384,12 +389,7 @@ mod tests {
         let stop = CancellationToken::new();
         let mut intake = Intake::new(64, Duration::from_millis(5)).remembers(4);
         let mut batch = Vec::new();
-        for i in 0..19 {
-            tx.send(i).await.unwrap();
-        }
-        assert!(intake.next(&mut rx, &stop, &mut batch).await);
-        assert_eq!(batch.len(), 19);
-        batch.clear();
+        burst(&mut intake, &tx, &mut rx, 19).await;
         tx.send(100).await.unwrap();
         assert!(intake.next(&mut rx, &stop, &mut batch).await);
         assert_eq!(batch, vec![100], "the straggler, after its linger");
