@@ -829,32 +829,18 @@ async fn the_batched_statements_read_their_batch_once_whatever_the_plan() {
     }
     let claimed = analyze_and_claim_64(&db).await;
     let n = claimed.jobs.len();
-    let ids = format!(
-        "'{{{}}}'",
-        claimed
-            .jobs
-            .iter()
-            .map(|j| j.id.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    let attempts = format!(
-        "'{{{}}}'",
+    // An array literal of SQL.
+    let array = |items: Vec<String>| format!("'{{{}}}'", items.join(","));
+    let ids = array(claimed.jobs.iter().map(|j| j.id.to_string()).collect());
+    let attempts = array(
         claimed
             .jobs
             .iter()
             .map(|j| j.attempts.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
+            .collect(),
     );
     let fill = |v: &str| format!("array_fill({v}, ARRAY[{n}])");
-    let wamids = format!(
-        "'{{{}}}'",
-        (0..n)
-            .map(|i| format!("wamid.check.{i}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let wamids = array((0..n).map(|i| format!("wamid.check.{i}")).collect());
     for mode in ["force_custom_plan", "force_generic_plan"] {
         let mut conn = db.pool.pg().acquire().await.unwrap();
         sqlx::query(&format!("SET plan_cache_mode = {mode}"))
