@@ -223,8 +223,7 @@ pub fn prepare_sql(save: bool) -> &'static str {
         ) m
         WHERE m.id NOT IN (SELECT id FROM upd)
         "#,
-                fence,
-                NO_WAMID = NO_WAMID,
+                fence
             )
         })
     });
@@ -338,44 +337,41 @@ pub async fn mark_sending(pool: &Pool, marks: &[Mark]) -> sqlx::Result<Vec<bool>
 #[doc(hidden)]
 pub fn mark_sending_sql() -> &'static str {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            r#"
-        WITH {}, upd AS (
+        batch_owner(
+            "bool",
+            // An operator asked the job to stop (`jobs cancel`): nothing more is sent.
+            r#"AND j."cancelRequestedAt" IS NULL"#,
+            false,
+            &format!(
+                r#"
             UPDATE "OutboundMessage" m SET status = 'sending', "updatedAt" = now()
             WHERE m.id = ANY(ARRAY(SELECT id FROM keyed)) AND {NO_WAMID}
               AND (m.status IN ('pending', 'failed')
                    OR (m.status = 'sending' AND m.id = ANY(ARRAY(SELECT id FROM keyed WHERE arg))))
-            RETURNING m.id
-        )
-        SELECT k.n FROM keyed k WHERE k.id = ANY(ARRAY(SELECT id FROM upd))
-        "#,
-            batch_owner(
-                "bool",
-                // An operator asked the job to stop (`jobs cancel`): nothing more is sent.
-                r#"AND j."cancelRequestedAt" IS NULL"#,
-                false
-            )
+            RETURNING m.id"#
+            ),
         )
     });
     &SQL
 }
 
-/// The head of a batched statement on messages, each row fenced by its own job: `req`, one row
-/// per request (`job`, `locked_by`, `attempts`, `seq`, `arg` of SQL type `arg_type`, and its
-/// ordinal `n`: `$1` to `$5`, see [`per_message`]); `owner`, the requests whose job's fence
-/// holds (and `also`), locked `FOR KEY SHARE`; and `keyed`, their message rows' `id` (with `n`
-/// and `arg`), each found by its key. The statement then writes the rows by `id` and returns
-/// the `n` of those it wrote: it never joins the batch with the table (a plan that did read the
-/// whole table, or the batch once per row). `relaxed`: no fsync of its own (see the module
-/// docs).
-fn batch_owner(arg_type: &str, also: &str, relaxed: bool) -> String {
+/// A batched statement on messages, each row fenced by its own job: `req`, one row per request
+/// (`job`, `locked_by`, `attempts`, `seq`, `arg` of SQL type `arg_type`, and its ordinal `n`:
+/// `$1` to `$5`, see [`per_message`]); `owner`, the requests whose job's fence holds (and
+/// `also`), locked `FOR KEY SHARE`; `keyed`, their message rows' `id` (with `n` and `arg`), each
+/// found by its key; then `update`, which writes rows by `id` from `keyed` and returns their
+/// `id`; and the `n` of the rows it wrote. It never joins the batch with the table (a plan that
+/// did read the whole table, or the batch once per row). `relaxed`: no fsync of its own (see
+/// the module docs).
+fn batch_owner(arg_type: &str, also: &str, relaxed: bool, update: &str) -> String {
     let relaxed = if relaxed {
         ",\n                 (SELECT set_config('synchronous_commit', 'off', true)) relaxed"
     } else {
         ""
     };
     format!(
-        r#"req AS (
+        r#"
+        WITH req AS (
             SELECT r.job, r.locked_by, r.attempts, r.seq, r.arg, r.n
             FROM unnest(outbound_job_ids_cast($1), $2::text[], $3::int[], $4::int[], $5::{arg_type}[])
                 WITH ORDINALITY AS r(job, locked_by, attempts, seq, arg, n)
@@ -396,11 +392,14 @@ fn batch_owner(arg_type: &str, also: &str, relaxed: bool) -> String {
                 SELECT m.id FROM "OutboundMessage" m WHERE m."jobId" = o.job AND m.seq = o.seq
                 OFFSET 0
             ) x
-        )"#
+        ), upd AS ({update}
+        )
+        SELECT k.n FROM keyed k WHERE k.id = ANY(ARRAY(SELECT id FROM upd))
+        "#
     )
 }
 
-/// Runs `sql` (headed by [`batch_owner`], returning the ordinals `n` that landed) for each
+/// Runs `sql` (made by [`batch_owner`], returning the ordinals `n` that landed) for each
 /// (fence, seq) of `requests` with its `arg`. Returns, for each request, whether it landed.
 async fn per_message<'a, T>(
     pool: &Pool,
@@ -553,9 +552,11 @@ pub async fn record_sent(pool: &Pool, sent: &[Sent]) -> sqlx::Result<Vec<bool>> 
 #[doc(hidden)]
 pub fn record_sent_sql() -> &'static str {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
+        batch_owner(
+            "text",
+            "",
+            true,
             r#"
-        WITH {}, upd AS (
             -- Each row's wamid by its position in the batch (no join of the batch with the
             -- table; see `batch_owner`).
             UPDATE "OutboundMessage" m
@@ -564,11 +565,7 @@ pub fn record_sent_sql() -> &'static str {
             FROM (SELECT ARRAY(SELECT id FROM keyed ORDER BY n) AS ids,
                          ARRAY(SELECT arg FROM keyed ORDER BY n) AS wamids OFFSET 0) b
             WHERE m.id = ANY(b.ids) AND m.status = 'sending'
-            RETURNING m.id
-        )
-        SELECT k.n FROM keyed k WHERE k.id = ANY(ARRAY(SELECT id FROM upd))
-        "#,
-            batch_owner("text", "", true)
+            RETURNING m.id"#,
         )
     });
     &SQL
