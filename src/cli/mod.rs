@@ -399,7 +399,8 @@ where
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach the database: {}", db::redact_sqlx(&e)))?;
         db::check_timezone(&pool).await?;
-        f(pool).await
+        // The operator's statements: each planned for its values (`Pool::custom_plans`).
+        f(pool.custom_plans()).await
     }
     .await;
     match result {

@@ -58,12 +58,31 @@ pub fn pooler_options(opts: PgConnectOptions) -> PgConnectOptions {
 pub struct Pool {
     inner: PgPool,
     pooled: bool,
+    custom_plans: bool,
 }
 
 impl Pool {
     /// `pooled`: the URL goes through a transaction-mode pooler.
     pub fn new(inner: PgPool, pooled: bool) -> Pool {
-        Pool { inner, pooled }
+        Pool {
+            inner,
+            pooled,
+            custom_plans: false,
+        }
+    }
+
+    /// The same connections, each statement planned for the values it is given: run in a
+    /// transaction of its own that starts `SET LOCAL plan_cache_mode = force_custom_plan`. For
+    /// the operator's statements (the console, the admin API, the CLI), whose optional filters
+    /// (`$1 IS NULL OR …`) only a plan made for their values can use an index for; the daemon's
+    /// own connections otherwise keep generic plans ([`GENERIC_PLANS`]). Costs the
+    /// `BEGIN`/`COMMIT` round trips, so not for the queue's hot path. Behind a pooler every
+    /// statement is unnamed and planned for its values anyway.
+    pub fn custom_plans(&self) -> Pool {
+        Pool {
+            custom_plans: true,
+            ..self.clone()
+        }
     }
 
     /// True behind a transaction-mode pooler.
@@ -118,12 +137,31 @@ impl<'q, E: Execute<'q, Postgres>> Execute<'q, Postgres> for Unnamed<E> {
 
 type Results = Vec<Either<PgQueryResult, PgRow>>;
 
-/// Runs one statement in a transaction of its own, unnamed; collects its results.
+/// The daemon's direct connections plan every statement once, for any values, and keep that
+/// plan (a startup option of the connection, see `db::pool`): PostgreSQL's default makes five
+/// plans for the values of each prepared statement on each connection before it considers the
+/// generic one, and the runner's statements are many texts (a claim per size) on several
+/// connections, so at Meta's default 80 messages/s most of its claims, prepares and
+/// completions were planned anew, a third of the database CPU they cost (docs/benchmarks.md).
+/// Every statement of the queue's hot path is written, and tested, for a generic plan; the
+/// operator's statements take [`Pool::custom_plans`].
+pub const GENERIC_PLANS: (&str, &str) = ("plan_cache_mode", "force_generic_plan");
+
+/// The `BEGIN` of [`Pool::custom_plans`]' transactions: one round trip.
+const BEGIN_CUSTOM: &str = "BEGIN; SET LOCAL plan_cache_mode = force_custom_plan";
+
+/// Runs one statement in a transaction of its own, unnamed; collects its results. `custom`:
+/// planned for its values ([`Pool::custom_plans`]).
 async fn in_transaction<'q, E: 'q + Execute<'q, Postgres>>(
     pool: PgPool,
     query: E,
+    custom: bool,
 ) -> Result<Results, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = if custom {
+        pool.begin_with(BEGIN_CUSTOM).await?
+    } else {
+        pool.begin().await?
+    };
     let results: Results = (&mut *tx).fetch_many(Unnamed(query)).try_collect().await?;
     tx.commit().await?;
     Ok(results)
@@ -140,9 +178,10 @@ impl<'p> Executor<'p> for &'_ Pool {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        if self.pooled {
+        if self.pooled || self.custom_plans {
             let pool = self.inner.clone();
-            stream::once(in_transaction(pool, query))
+            let custom = self.custom_plans && !self.pooled;
+            stream::once(in_transaction(pool, query, custom))
                 .map_ok(|results| stream::iter(results.into_iter().map(Ok)))
                 .try_flatten()
                 .inspect_err(advise)
@@ -160,10 +199,13 @@ impl<'p> Executor<'p> for &'_ Pool {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        if self.pooled {
+        if self.pooled || self.custom_plans {
             let pool = self.inner.clone();
+            let custom = self.custom_plans && !self.pooled;
             Box::pin(async move {
-                let results = in_transaction(pool, query).await.inspect_err(advise)?;
+                let results = in_transaction(pool, query, custom)
+                    .await
+                    .inspect_err(advise)?;
                 Ok(results.into_iter().find_map(|r| match r {
                     Either::Right(row) => Some(row),
                     Either::Left(_) => None,

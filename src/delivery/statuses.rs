@@ -491,7 +491,8 @@ pub async fn sweep(pool: &Pool, retention: Duration) -> sqlx::Result<Swept> {
         r#"DELETE FROM "OutboundEarlyStatus" WHERE "receivedAt" < now() - make_interval(secs => $1)"#,
     )
     .bind(retention.as_secs_f64())
-    .execute(pool)
+    // Planned for its cutoff, as `queue::store::prune` is.
+    .execute(&pool.custom_plans())
     .await?;
     out.expired = expired.rows_affected();
 

@@ -102,8 +102,12 @@ pub struct QueueAdmin {
 }
 
 impl QueueAdmin {
+    /// On `pool`'s connections, each statement planned for its values ([`Pool::custom_plans`]:
+    /// the filters are optional, `$1 IS NULL OR …`, and only such a plan uses their indexes).
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            pool: pool.custom_plans(),
+        }
     }
 
     /// [`list`].

@@ -700,7 +700,9 @@ pub async fn prune(pool: &Pool, older_than: Duration, limit: i64) -> sqlx::Resul
     )
     .bind(older_than.as_secs_f64())
     .bind(limit)
-    .execute(pool)
+    // Planned for its values: an old cutoff matches few rows, found by the completion index; a
+    // plan for any cutoff (the daemon's default, `db::pooler::GENERIC_PLANS`) may scan it all.
+    .execute(&pool.custom_plans())
     .await?;
     Ok(done.rows_affected())
 }

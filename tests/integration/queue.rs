@@ -630,6 +630,65 @@ async fn the_claim_settles_on_a_cached_plan_instead_of_planning_every_time() {
     );
 }
 
+/// The daemon's connections (`db::pool`) plan each statement once for any values and keep that
+/// plan: the claim is never planned for its values. The operator's statements
+/// (`Pool::custom_plans`: the console, the admin API, the CLI) are, in a transaction of their
+/// own, and leave the connection as it was. A URL's own `options` decide instead of us.
+#[tokio::test]
+async fn the_daemon_keeps_generic_plans_and_plans_the_operators_statements_for_their_values() {
+    let db = TestDb::new().await;
+    db.insert_jobs(200).await;
+    let mut settings = crate::support::test_settings();
+    // One connection in the pool (the budget less LISTEN), so every statement meets it.
+    settings.database.max_connections = 2;
+    let pool = outbound_runner::db::pool(&settings, db.connect_options(), false);
+    assert_eq!(pool.pg().options().get_max_connections(), 1);
+    let mode = |p: outbound_runner::db::Pool| async move {
+        sqlx::query_scalar::<_, String>("SELECT current_setting('plan_cache_mode')")
+            .fetch_one(&p)
+            .await
+            .unwrap()
+    };
+    assert_eq!(mode(pool.clone()).await, "force_generic_plan");
+    assert_eq!(mode(pool.custom_plans()).await, "force_custom_plan");
+    assert_eq!(mode(pool.clone()).await, "force_generic_plan");
+
+    let me: Arc<str> = "planner-test".into();
+    for _ in 0..3 {
+        let jobs = store::claim(&pool, &me, Duration::from_secs(60), 4, 5)
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 4);
+    }
+    // (This statement is prepared too, and its text says what it looks for.)
+    let (generic, custom): (i64, i64) = sqlx::query_as(
+        r#"SELECT generic_plans, custom_plans FROM pg_prepared_statements
+           WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%'
+             AND statement NOT LIKE '%pg_prepared_statements%'"#,
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((generic, custom), (3, 0));
+
+    // The operator's list, planned for its filter, on the same connection.
+    let page = outbound_runner::queue::admin::QueueAdmin::new(pool.clone())
+        .list(&outbound_runner::queue::admin::Filter {
+            status: vec!["running".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.jobs.len(), 12);
+    assert_eq!(mode(pool.clone()).await, "force_generic_plan");
+    pool.close().await;
+
+    let own = db.connect_options().options([("plan_cache_mode", "auto")]);
+    let pool = outbound_runner::db::pool(&settings, own, false);
+    assert_eq!(mode(pool.clone()).await, "auto");
+    pool.close().await;
+}
+
 /// The plan tests' set-up: statistics taken of the table as it is, then 64 jobs claimed by
 /// `planner-test`.
 async fn analyze_and_claim_64(db: &TestDb) -> store::Claimed {

@@ -239,9 +239,10 @@ async fn start(
 ) -> Runner {
     let mut settings = test_settings();
     tweak(&mut settings);
+    // Planned as the daemon's connections are (`db::pool`).
     let pool = PgPoolOptions::new()
         .max_connections(settings.pool_size())
-        .connect_with(options)
+        .connect_with(options.options([outbound_runner::db::pooler::GENERIC_PLANS]))
         .await
         .unwrap();
     start_on(pool, listen, settings, handler, mode).await
