@@ -598,6 +598,30 @@ async fn one_connection(db: &TestDb) -> outbound_runner::db::Pool {
         .into()
 }
 
+/// The daemon's pool (`db::pool`) on `options`, with one connection (a budget of two, less
+/// LISTEN), so every statement meets it.
+fn daemon_pool_of_one(options: sqlx::postgres::PgConnectOptions) -> outbound_runner::db::Pool {
+    let mut settings = crate::support::test_settings();
+    settings.database.max_connections = 2;
+    let pool = outbound_runner::db::pool(&settings, options, false);
+    assert_eq!(pool.pg().options().get_max_connections(), 1);
+    pool
+}
+
+/// How many times the claim on `pool`'s one connection ran on a generic plan and on a plan made
+/// for its values.
+async fn claim_plans(pool: &outbound_runner::db::Pool) -> (i64, i64) {
+    // This statement is prepared too, and its text says what it looks for.
+    sqlx::query_as(
+        r#"SELECT generic_plans, custom_plans FROM pg_prepared_statements
+           WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%'
+             AND statement NOT LIKE '%pg_prepared_statements%'"#,
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn the_claim_settles_on_a_cached_plan_instead_of_planning_every_time() {
     let db = TestDb::new().await;
@@ -616,13 +640,7 @@ async fn the_claim_settles_on_a_cached_plan_instead_of_planning_every_time() {
     }
     // PostgreSQL tries five custom plans, then keeps the generic one if it is no worse. With a
     // `LIMIT $n` it never was (estimated at a tenth of the table): every claim was planned anew.
-    let (generic, custom): (i64, i64) = sqlx::query_as(
-        r#"SELECT generic_plans, custom_plans FROM pg_prepared_statements
-           WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%'"#,
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let (generic, custom) = claim_plans(&pool).await;
     assert_eq!(generic + custom, 10);
     assert!(
         generic >= 5,
@@ -638,11 +656,7 @@ async fn the_claim_settles_on_a_cached_plan_instead_of_planning_every_time() {
 async fn the_daemon_keeps_generic_plans_and_plans_the_operators_statements_for_their_values() {
     let db = TestDb::new().await;
     db.insert_jobs(200).await;
-    let mut settings = crate::support::test_settings();
-    // One connection in the pool (the budget less LISTEN), so every statement meets it.
-    settings.database.max_connections = 2;
-    let pool = outbound_runner::db::pool(&settings, db.connect_options(), false);
-    assert_eq!(pool.pg().options().get_max_connections(), 1);
+    let pool = daemon_pool_of_one(db.connect_options());
     let mode = |p: outbound_runner::db::Pool| async move {
         sqlx::query_scalar::<_, String>("SELECT current_setting('plan_cache_mode')")
             .fetch_one(&p)
@@ -660,16 +674,7 @@ async fn the_daemon_keeps_generic_plans_and_plans_the_operators_statements_for_t
             .unwrap();
         assert_eq!(jobs.len(), 4);
     }
-    // (This statement is prepared too, and its text says what it looks for.)
-    let (generic, custom): (i64, i64) = sqlx::query_as(
-        r#"SELECT generic_plans, custom_plans FROM pg_prepared_statements
-           WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%'
-             AND statement NOT LIKE '%pg_prepared_statements%'"#,
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!((generic, custom), (3, 0));
+    assert_eq!(claim_plans(&pool).await, (3, 0));
 
     // The operator's list, planned for its filter, on the same connection.
     let page = outbound_runner::queue::admin::QueueAdmin::new(pool.clone())
@@ -683,8 +688,7 @@ async fn the_daemon_keeps_generic_plans_and_plans_the_operators_statements_for_t
     assert_eq!(mode(pool.clone()).await, "force_generic_plan");
     pool.close().await;
 
-    let own = db.connect_options().options([("plan_cache_mode", "auto")]);
-    let pool = outbound_runner::db::pool(&settings, own, false);
+    let pool = daemon_pool_of_one(db.connect_options().options([("plan_cache_mode", "auto")]));
     assert_eq!(mode(pool.clone()).await, "auto");
     pool.close().await;
 }
@@ -707,9 +711,7 @@ async fn the_pruner_reads_the_completion_index_on_the_daemons_connections() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let mut settings = crate::support::test_settings();
-    settings.database.max_connections = 2;
-    let pool = outbound_runner::db::pool(&settings, db.connect_options(), false);
+    let pool = daemon_pool_of_one(db.connect_options());
     // The counts of the pool's one connection, published before it next says it is ready.
     let seq_scans = || async {
         sqlx::query("SELECT pg_stat_force_next_flush()")
