@@ -1,6 +1,8 @@
 //! Transaction-mode poolers (PgBouncer, Supabase's pooler, Neon's `-pooler` host): the URL's
 //! Prisma parameters, the [`Pool`] every statement goes through, and the advice we log when a
-//! pooler is in the way and nobody told us (docs/operations.md, "Poolers").
+//! pooler is in the way and nobody told us (docs/operations.md, "Poolers"). Also how the pool's
+//! statements are planned: once for any values on the daemon's direct connections
+//! ([`GENERIC_PLANS`]), for their values for the operator's ([`Pool::custom_plans`]).
 //!
 //! Behind a transaction-mode pooler a client's connection is lent a server connection for one
 //! transaction at a time; between transactions the next statement may run on another server.
@@ -142,7 +144,8 @@ type Results = Vec<Either<PgQueryResult, PgRow>>;
 /// plans for the values of each prepared statement on each connection before it considers the
 /// generic one, and the runner's statements are many texts (a claim per size) on several
 /// connections, so at Meta's default 80 messages/s most of its claims, prepares and
-/// completions were planned anew, a third of the database CPU they cost (docs/benchmarks.md).
+/// completions were planned anew: planning was a third of the time they took
+/// (docs/benchmarks.md, "Issue 27, fourth round").
 /// Every statement of the queue's hot path is written, and tested, for a generic plan; the
 /// operator's statements take [`Pool::custom_plans`].
 pub const GENERIC_PLANS: (&str, &str) = ("plan_cache_mode", "force_generic_plan");
