@@ -5,7 +5,7 @@
 //! The rules:
 //!
 //! - **Matching**: by the callback id first (`biz_opaque_callback_data`, which every send
-//!   carries, see [`callback_id`]: it names the message's row, the same for every attempt), then
+//!   carries, see [`callback_id`](crate::whatsapp::statuses::callback_id): it names the message's row, the same for every attempt), then
 //!   by the wamid. When the two name different rows, or the row was accepted under another
 //!   wamid, nothing is written (`conflict`).
 //! - **Forward only**: `sent` → `delivered` → `read`; a duplicate or a late status (a `sent`
@@ -65,7 +65,7 @@ pub enum Outcome {
     Conflict,
     /// Not a message of ours.
     Unmatched,
-    /// The database refused it (a data error, see [`unstorable`]): never stored, and never
+    /// The database refused it (a data error, see [`unstorable`](crate::whatsapp::statuses::unstorable)): never stored, and never
     /// retried; the rest of its batch was written without it.
     Rejected,
 }

@@ -1,4 +1,4 @@
-//! The connection loop behind [`super::serve`]: hyper's HTTP/1 server with the limits a public
+//! The connection loop behind [`super::spawn`]: hyper's HTTP/1 server with the limits a public
 //! endpoint needs (docs/http.md, "Limits"):
 //!
 //! - `http.request_timeout` (default [`HEADER_READ_TIMEOUT`]): a request's headers must arrive
