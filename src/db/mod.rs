@@ -83,17 +83,7 @@ pub fn pool(settings: &Settings, opts: PgConnectOptions, pooled: bool) -> Pool {
         // Room for one claim statement per claim size (see `queue::store::claim`) beside the
         // rest, so no prepared statement is evicted and re-planned in a steady drain.
         let claim_sizes = settings.runner.batch as usize;
-        let opts = opts.statement_cache_capacity(100 + claim_sizes);
-        // Generic plans (see `pooler::GENERIC_PLANS`), unless the URL's own `options` say how
-        // to plan.
-        if opts
-            .get_options()
-            .is_some_and(|o| o.contains(pooler::GENERIC_PLANS.0))
-        {
-            opts
-        } else {
-            opts.options([pooler::GENERIC_PLANS])
-        }
+        pooler::generic_plan_options(opts.statement_cache_capacity(100 + claim_sizes))
     };
     let inner = PgPoolOptions::new()
         // No ping before every statement (a round trip each, as many as the statements

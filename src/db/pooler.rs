@@ -49,6 +49,19 @@ pub fn pooler_options(opts: PgConnectOptions) -> PgConnectOptions {
     opts.extra_float_digits(None).statement_cache_capacity(0)
 }
 
+/// Connection options that ask for [`GENERIC_PLANS`], unless `opts` (the URL's `options`)
+/// already say how to plan.
+pub fn generic_plan_options(opts: PgConnectOptions) -> PgConnectOptions {
+    if opts
+        .get_options()
+        .is_some_and(|o| o.contains(GENERIC_PLANS.0))
+    {
+        opts
+    } else {
+        opts.options([GENERIC_PLANS])
+    }
+}
+
 /// The pool every statement of the runner goes through. Direct: sqlx's own pool, cached named
 /// statements and all. Behind a transaction-mode pooler: each statement in a transaction of its
 /// own, unnamed (see the module docs). Either way a pooler's tell-tale error is explained once in
@@ -60,6 +73,7 @@ pub fn pooler_options(opts: PgConnectOptions) -> PgConnectOptions {
 pub struct Pool {
     inner: PgPool,
     pooled: bool,
+    /// Each statement in a transaction that plans it for its values (never behind a pooler).
     custom_plans: bool,
 }
 
@@ -82,7 +96,7 @@ impl Pool {
     /// statement is unnamed and planned for its values anyway.
     pub fn custom_plans(&self) -> Pool {
         Pool {
-            custom_plans: true,
+            custom_plans: !self.pooled,
             ..self.clone()
         }
     }
@@ -183,8 +197,7 @@ impl<'p> Executor<'p> for &'_ Pool {
     {
         if self.pooled || self.custom_plans {
             let pool = self.inner.clone();
-            let custom = self.custom_plans && !self.pooled;
-            stream::once(in_transaction(pool, query, custom))
+            stream::once(in_transaction(pool, query, self.custom_plans))
                 .map_ok(|results| stream::iter(results.into_iter().map(Ok)))
                 .try_flatten()
                 .inspect_err(advise)
@@ -204,7 +217,7 @@ impl<'p> Executor<'p> for &'_ Pool {
     {
         if self.pooled || self.custom_plans {
             let pool = self.inner.clone();
-            let custom = self.custom_plans && !self.pooled;
+            let custom = self.custom_plans;
             Box::pin(async move {
                 let results = in_transaction(pool, query, custom)
                     .await

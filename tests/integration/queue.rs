@@ -608,6 +608,17 @@ fn daemon_pool_of_one(options: sqlx::postgres::PgConnectOptions) -> outbound_run
     pool
 }
 
+/// `times` claims of four jobs each by `planner-test`, each finding its four.
+async fn claim_fours(pool: &outbound_runner::db::Pool, times: usize) {
+    let me: Arc<str> = "planner-test".into();
+    for _ in 0..times {
+        let jobs = store::claim(pool, &me, Duration::from_secs(60), 4, 5)
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 4);
+    }
+}
+
 /// How many times the claim on `pool`'s one connection ran on a generic plan and on a plan made
 /// for its values.
 async fn claim_plans(pool: &outbound_runner::db::Pool) -> (i64, i64) {
@@ -631,13 +642,7 @@ async fn the_claim_settles_on_a_cached_plan_instead_of_planning_every_time() {
         .await
         .unwrap();
     let pool = one_connection(&db).await;
-    let me: Arc<str> = "planner-test".into();
-    for _ in 0..10 {
-        let jobs = store::claim(&pool, &me, Duration::from_secs(60), 4, 5)
-            .await
-            .unwrap();
-        assert_eq!(jobs.len(), 4);
-    }
+    claim_fours(&pool, 10).await;
     // PostgreSQL tries five custom plans, then keeps the generic one if it is no worse. With a
     // `LIMIT $n` it never was (estimated at a tenth of the table): every claim was planned anew.
     let (generic, custom) = claim_plans(&pool).await;
@@ -667,13 +672,7 @@ async fn the_daemon_keeps_generic_plans_and_plans_the_operators_statements_for_t
     assert_eq!(mode(pool.custom_plans()).await, "force_custom_plan");
     assert_eq!(mode(pool.clone()).await, "force_generic_plan");
 
-    let me: Arc<str> = "planner-test".into();
-    for _ in 0..3 {
-        let jobs = store::claim(&pool, &me, Duration::from_secs(60), 4, 5)
-            .await
-            .unwrap();
-        assert_eq!(jobs.len(), 4);
-    }
+    claim_fours(&pool, 3).await;
     assert_eq!(claim_plans(&pool).await, (3, 0));
 
     // The operator's list, planned for its filter, on the same connection.

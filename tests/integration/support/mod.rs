@@ -242,7 +242,7 @@ async fn start(
     // Planned as the daemon's connections are (`db::pool`).
     let pool = PgPoolOptions::new()
         .max_connections(settings.pool_size())
-        .connect_with(options.options([outbound_runner::db::pooler::GENERIC_PLANS]))
+        .connect_with(outbound_runner::db::pooler::generic_plan_options(options))
         .await
         .unwrap();
     start_on(pool, listen, settings, handler, mode).await
