@@ -16,6 +16,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use super::worker::COMPLETIONS_AHEAD;
 use crate::db::redact_sqlx;
 use crate::queue::{CHANNEL, store};
 use crate::whatsapp::pacing::{self, Room};
@@ -200,12 +201,13 @@ pub async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
         }
 
         // Completions lag (the database is slow to commit them): wait for them rather than
-        // claim more jobs that would only wait behind them with their leases running. Twice
-        // the workers: one batch being written and one gathering never hold the claims up (with
-        // `workers` alone, 32-worker drains were a fifth slower).
+        // claim more jobs that would only wait behind them with their leases running. Some
+        // in-flight limits' worth (`COMPLETIONS_AHEAD`): the batches being written and those
+        // gathering never hold the claims up (with one, 32-worker drains were a fifth slower;
+        // with two, a third of a drain waited here).
         let flushed = shared.completions_flushed.notified();
         let workers = shared.limit.load(Ordering::SeqCst) as usize;
-        if shared.completing.load(Ordering::SeqCst) >= 2 * workers.max(1) {
+        if shared.completing.load(Ordering::SeqCst) >= COMPLETIONS_AHEAD * workers.max(1) {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = flushed => {}

@@ -29,7 +29,7 @@ mod maintenance;
 pub mod sizing;
 mod worker;
 #[doc(hidden)]
-pub use worker::complete_sql;
+pub use worker::{COMPLETIONS_AHEAD, complete_sql};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -72,8 +72,8 @@ struct Shared {
     completer: mpsc::Sender<worker::CompleteRequest>,
     /// Jobs whose handler succeeded and whose `done` write is not acknowledged yet. A job gives
     /// its worker slot back when its handler returns, so the next claim overlaps the completion;
-    /// the dispatcher stops claiming while this is at twice the in-flight limit, so claims can never
-    /// outrun lagging completions (see [`worker::completer`]).
+    /// the dispatcher stops claiming while this is at [`worker::COMPLETIONS_AHEAD`] times the
+    /// in-flight limit, so claims can never outrun lagging completions (see [`worker::completer`]).
     completing: AtomicUsize,
     /// Notified after every completion statement.
     completions_flushed: Notify,

@@ -285,59 +285,122 @@ where
 /// once.
 pub const COMPLETION_SPAN: Duration = crate::whatsapp::pacing::MARK_SPAN;
 
+/// How many completion statements may run at once. While one runs, the jobs that finish gather
+/// into the next batch, which starts as soon as it is taken rather than after the first: a drain's
+/// completions were one backend's work on a server with more cores (half the drain's wall time
+/// was the completer's statement with the dispatcher waiting for it; docs/benchmarks.md, "Issue
+/// 27, fifth round"). The two touch different jobs (a job is handed to the completer once), so
+/// they cannot wait on each other. At a rate the first statement ends before the next batch is
+/// taken, and this changes nothing.
+pub const COMPLETION_STATEMENTS: usize = 2;
+
+/// How many in-flight limits' worth of jobs may wait for their completion before the dispatcher
+/// stops claiming (see `Shared::completing`): two batches being written and two gathering. With
+/// two, a 32-worker drain waited on its completions a third of its time.
+pub const COMPLETIONS_AHEAD: usize = 4;
+
 /// Marks finished jobs `done`, as many per statement as have finished meanwhile (and, for live
-/// sends, within [`COMPLETION_SPAN`]).
+/// sends, within [`COMPLETION_SPAN`]), with up to [`COMPLETION_STATEMENTS`] statements at once.
+/// Stopping, it writes what it took and waits for the statements it started.
 pub async fn completer(
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<CompleteRequest>,
     stop: CancellationToken,
 ) {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+
     const MAX_BATCH: usize = 1024;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut intake = Intake::new(MAX_BATCH, crate::db::batch::LINGER);
-    while intake.next(&mut rx, &stop, &mut batch).await {
-        if batch.iter().any(|r| r.wamid.is_some()) {
-            let deadline = tokio::time::Instant::now() + COMPLETION_SPAN;
-            let enough = shared.limit.load(Ordering::SeqCst) as usize;
-            // Stopping: what was gathered is written all the same.
-            let _ = intake
-                .gather_until(&mut rx, &stop, &mut batch, deadline, enough)
-                .await;
+    // When the batch being gathered is written at the latest: set once it holds a send's
+    // completion, kept while a statement that ended interrupts the gathering.
+    let mut due = None;
+    let mut writing = FuturesUnordered::new();
+    loop {
+        if writing.len() >= COMPLETION_STATEMENTS {
+            writing.next().await;
+            continue;
         }
-        let ids: Vec<JobId> = batch.iter().map(|r| r.fence.id.clone()).collect();
-        let attempts: Vec<i32> = batch.iter().map(|r| r.fence.attempts).collect();
-        let mut records = ledger::CompletionRecords::default();
-        for request in &batch {
-            if let Some(sent) = &request.records {
-                for (seq, body) in sent.messages.iter().enumerate() {
-                    records.job.push(request.fence.id.clone());
-                    records.seq.push(seq as i32);
-                    records.to.push(sent.to.clone());
-                    records.body.push(body.clone());
-                }
-            }
-            if let Some(accepted) = &request.wamid {
-                records.accepted_job.push(request.fence.id.clone());
-                records.accepted_seq.push(accepted.seq);
-                records.accepted_wamid.push(accepted.wamid.clone());
-            }
-        }
-        let write = || complete(&shared.pool, &shared.locked_by, &ids, &attempts, &records);
-        let held = if records.accepted_job.is_empty() {
-            with_retries(&shared, write).await
+        let take = take_batch(&shared, &mut intake, &mut rx, &stop, &mut batch, &mut due);
+        let more = if writing.is_empty() {
+            take.await
         } else {
-            // The batch carries wamids of messages Meta accepted: like any write after a
-            // request left, retried until the database answers (docs/delivery.md, "Durability").
-            until_answered(&shared, write).await
+            tokio::select! {
+                // A statement ended: its connection is back; gather on (what was taken stays
+                // in `batch`: the intake is cancel-safe).
+                _ = writing.next() => continue,
+                more = take => more,
+            }
+        };
+        if !more {
+            break;
         }
-        .unwrap_or_default();
-        let flushed = batch.len();
-        for request in batch.drain(..) {
-            let _ = request.ack.send(held.contains(&request.fence.id));
-        }
-        shared.completing.fetch_sub(flushed, Ordering::SeqCst);
-        shared.completions_flushed.notify_waiters();
+        due = None;
+        let taken = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        writing.push(write_batch(&shared, taken));
     }
+    while writing.next().await.is_some() {}
+}
+
+/// Takes the next batch into `batch` (see [`Intake::next`]); one that holds a send's completion
+/// gathers more until `due` (set here to [`COMPLETION_SPAN`] from the first such batch). False
+/// once `stop` is cancelled or the channel is closed with `batch` empty.
+async fn take_batch(
+    shared: &Shared,
+    intake: &mut Intake,
+    rx: &mut mpsc::Receiver<CompleteRequest>,
+    stop: &CancellationToken,
+    batch: &mut Vec<CompleteRequest>,
+    due: &mut Option<tokio::time::Instant>,
+) -> bool {
+    if !intake.next(rx, stop, batch).await {
+        // Stopping: what was gathered is written all the same.
+        return !batch.is_empty();
+    }
+    if batch.iter().any(|r| r.wamid.is_some()) {
+        let deadline = *due.get_or_insert_with(|| tokio::time::Instant::now() + COMPLETION_SPAN);
+        let enough = shared.limit.load(Ordering::SeqCst) as usize;
+        let _ = intake.gather_until(rx, stop, batch, deadline, enough).await;
+    }
+    true
+}
+
+/// Writes one batch of completions and answers each request: whether its fence held.
+async fn write_batch(shared: &Shared, batch: Vec<CompleteRequest>) {
+    let ids: Vec<JobId> = batch.iter().map(|r| r.fence.id.clone()).collect();
+    let attempts: Vec<i32> = batch.iter().map(|r| r.fence.attempts).collect();
+    let mut records = ledger::CompletionRecords::default();
+    for request in &batch {
+        if let Some(sent) = &request.records {
+            for (seq, body) in sent.messages.iter().enumerate() {
+                records.job.push(request.fence.id.clone());
+                records.seq.push(seq as i32);
+                records.to.push(sent.to.clone());
+                records.body.push(body.clone());
+            }
+        }
+        if let Some(accepted) = &request.wamid {
+            records.accepted_job.push(request.fence.id.clone());
+            records.accepted_seq.push(accepted.seq);
+            records.accepted_wamid.push(accepted.wamid.clone());
+        }
+    }
+    let write = || complete(&shared.pool, &shared.locked_by, &ids, &attempts, &records);
+    let held = if records.accepted_job.is_empty() {
+        with_retries(shared, write).await
+    } else {
+        // The batch carries wamids of messages Meta accepted: like any write after a
+        // request left, retried until the database answers (docs/delivery.md, "Durability").
+        until_answered(shared, write).await
+    }
+    .unwrap_or_default();
+    let flushed = batch.len();
+    for request in batch {
+        let _ = request.ack.send(held.contains(&request.fence.id));
+    }
+    shared.completing.fetch_sub(flushed, Ordering::SeqCst);
+    shared.completions_flushed.notify_waiters();
 }
 
 /// The batched completion: one statement, the store's `done` CTE (the `"OutboundJob"` half,
