@@ -1,6 +1,8 @@
 //! Wake-up latency: an idle runner, jobs inserted one at a time 20 ms apart; insert → claim
 //! ("startedAt" - "createdAt") and insert → done ("completedAt" - "createdAt"), both on the
-//! database's clock.
+//! database's clock; and commit → claim: from the moment the app's insert returned (its commit
+//! acknowledged) to "startedAt", the part of the wake-up that is the runner's (the same host's
+//! clock on both sides; negative when the claim began before the acknowledgement arrived).
 
 use std::time::Duration;
 
@@ -11,7 +13,10 @@ use crate::progress;
 
 const PS: [f64; 3] = [0.5, 0.95, 0.99];
 
-async fn once(jobs: usize, workers: u32) -> ([f64; 3], [f64; 3]) {
+/// Percentiles ([`PS`]) of insert → claim, insert → done and commit → claim, in ms.
+type Run = [[f64; 3]; 3];
+
+async fn once(jobs: usize, workers: u32) -> Run {
     let db = Db::new().await;
     let s = settings(workers);
     let pool = db.runner_pool(&s).await;
@@ -21,9 +26,24 @@ async fn once(jobs: usize, workers: u32) -> ([f64; 3], [f64; 3]) {
     passes.wait_for(|n| *n >= 1).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
+    // Each job's id and when its insert returned (seconds since the epoch, this host's clock).
+    let mut acked: Vec<(String, f64)> = Vec::with_capacity(jobs);
     for _ in 0..jobs {
         tick.tick().await;
-        db.insert(1).await;
+        let id: String = sqlx::query_scalar(
+            r#"INSERT INTO "OutboundJob" (payload)
+               VALUES (jsonb_build_object('to', '15550000001',
+                       'message', '{"type":"text","text":{"body":"hello"}}'::jsonb))
+               RETURNING id::text"#,
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        acked.push((id, at));
     }
     let mut finished = r.finished();
     tokio::time::timeout(
@@ -34,24 +54,27 @@ async fn once(jobs: usize, workers: u32) -> ([f64; 3], [f64; 3]) {
     .expect("the jobs did not finish within a minute")
     .unwrap();
     r.shutdown().await;
-    let rows: Vec<(f64, f64)> = sqlx::query_as(
-        r#"SELECT EXTRACT(EPOCH FROM "startedAt" - "createdAt")::float8 * 1000,
-                  EXTRACT(EPOCH FROM "completedAt" - "createdAt")::float8 * 1000
-           FROM "OutboundJob" WHERE status = 'done'"#,
+    let (ids, at): (Vec<String>, Vec<f64>) = acked.into_iter().unzip();
+    let rows: Vec<(f64, f64, f64)> = sqlx::query_as(
+        r#"SELECT EXTRACT(EPOCH FROM j."startedAt" - j."createdAt")::float8 * 1000,
+                  EXTRACT(EPOCH FROM j."completedAt" - j."createdAt")::float8 * 1000,
+                  (EXTRACT(EPOCH FROM j."startedAt")::float8 - a.at) * 1000
+           FROM "OutboundJob" j JOIN unnest($1::text[], $2::float8[]) a(id, at) ON j.id::text = a.id
+           WHERE j.status = 'done'"#,
     )
+    .bind(&ids)
+    .bind(&at)
     .fetch_all(&db.pool)
     .await
     .unwrap();
     assert_eq!(rows.len(), jobs, "every job done");
     db.drop().await;
-    let mut claim: Vec<f64> = rows.iter().map(|r| r.0).collect();
-    let mut done: Vec<f64> = rows.iter().map(|r| r.1).collect();
-    claim.sort_by(|a, b| a.total_cmp(b));
-    done.sort_by(|a, b| a.total_cmp(b));
-    (
-        PS.map(|p| percentile(&claim, p)),
-        PS.map(|p| percentile(&done, p)),
-    )
+    let sorted = |f: fn(&(f64, f64, f64)) -> f64| {
+        let mut v: Vec<f64> = rows.iter().map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        PS.map(|p| percentile(&v, p))
+    };
+    [sorted(|r| r.0), sorted(|r| r.1), sorted(|r| r.2)]
 }
 
 pub async fn run(a: &Args) -> Vec<Row> {
@@ -59,16 +82,20 @@ pub async fn run(a: &Args) -> Vec<Row> {
     let n = a.wakeup_jobs;
     let mut claim = Vec::new();
     let mut done = Vec::new();
+    let mut commit = Vec::new();
     for round in 1..=a.runs {
-        let (c, d) = once(n, workers).await;
+        let [c, d, k] = once(n, workers).await;
         progress!(
-            "round {round}/{}: wake-up, insert → claim p50 {:.2} ms, p99 {:.2} ms",
+            "round {round}/{}: wake-up, insert → claim p50 {:.2} ms, p99 {:.2} ms; commit → claim p50 {:.2} ms, p99 {:.2} ms",
             a.runs,
             c[0],
-            c[2]
+            c[2],
+            k[0],
+            k[2]
         );
         claim.push(c);
         done.push(d);
+        commit.push(k);
     }
     let fmt = |v: &Vec<[f64; 3]>| {
         let m = |i: usize| median(&v.iter().map(|x| x[i]).collect::<Vec<_>>());
@@ -83,6 +110,14 @@ pub async fn run(a: &Args) -> Vec<Row> {
             result: fmt(&claim),
             ratio: String::new(),
             detail: "database clock: \"startedAt\" − \"createdAt\"".into(),
+        },
+        Row {
+            section: "wake-up",
+            measure: "commit → claim (the runner's part)".into(),
+            setup: setup.clone(),
+            result: fmt(&commit),
+            ratio: String::new(),
+            detail: "\"startedAt\" − when the app's insert returned (this host's clock)".into(),
         },
         Row {
             section: "wake-up",
