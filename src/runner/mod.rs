@@ -29,7 +29,7 @@ mod maintenance;
 pub mod sizing;
 mod worker;
 #[doc(hidden)]
-pub use worker::{COMPLETIONS_AHEAD, complete_sql};
+pub use worker::{COMPLETION_STATEMENTS, COMPLETIONS_AHEAD, complete_sql};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};

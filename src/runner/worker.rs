@@ -345,7 +345,7 @@ pub async fn completer(
 
 /// Takes the next batch into `batch` (see [`Intake::next`]); one that holds a send's completion
 /// gathers more until `due` (set here to [`COMPLETION_SPAN`] from the first such batch). False
-/// once `stop` is cancelled or the channel is closed with `batch` empty.
+/// once `stop` is cancelled or the channel is closed before anything was taken.
 async fn take_batch(
     shared: &Shared,
     intake: &mut Intake,
@@ -355,12 +355,12 @@ async fn take_batch(
     due: &mut Option<tokio::time::Instant>,
 ) -> bool {
     if !intake.next(rx, stop, batch).await {
-        // Stopping: what was gathered is written all the same.
-        return !batch.is_empty();
+        return false;
     }
     if batch.iter().any(|r| r.wamid.is_some()) {
         let deadline = *due.get_or_insert_with(|| tokio::time::Instant::now() + COMPLETION_SPAN);
         let enough = shared.limit.load(Ordering::SeqCst) as usize;
+        // Stopping: what was gathered is written all the same.
         let _ = intake.gather_until(rx, stop, batch, deadline, enough).await;
     }
     true

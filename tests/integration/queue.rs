@@ -813,11 +813,33 @@ async fn claims_stop_while_completions_lag() {
     .await;
     let mut passes = runner.passes();
     wait_count(&mut passes, 1, Duration::from_secs(5)).await;
+    // The completion statements held by the lock: the completer starts a second while the
+    // first waits (its batch taken meanwhile), and no third.
+    let blocked = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND wait_event_type = 'Lock' \
+             AND query LIKE 'WITH%done AS (%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    let statements = outbound_runner::runner::COMPLETION_STATEMENTS as i64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while blocked().await < statements {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the completer did not start {statements} statements while the first waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // A window, because what is checked is that nothing more happens: without the bound the
     // dispatcher claimed all 200 jobs in a few milliseconds, each one waiting for the lock with
     // its lease running.
     runner.wake("test");
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(blocked().await, statements, "completion statements at once");
     let running = db.count("running").await;
     assert!(
         // The workers' jobs, and the completions the dispatcher lets wait.
