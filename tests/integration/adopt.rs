@@ -483,10 +483,7 @@ async fn the_apps_inserts_never_wait_long_while_adopting() {
     .execute(&db.pool)
     .await
     .unwrap();
-    sqlx::raw_sql(r#"VACUUM ANALYZE "OutboundJob""#)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    db.vacuum_jobs().await;
     // The app: 50 inserts a second, each timed, until told to stop.
     let stop = tokio_util::sync::CancellationToken::new();
     let inserter = {

@@ -706,10 +706,7 @@ async fn the_pruner_reads_the_completion_index_on_the_daemons_connections() {
     .execute(&db.pool)
     .await
     .unwrap();
-    sqlx::query(r#"VACUUM ANALYZE "OutboundJob""#)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    db.vacuum_jobs().await;
     let pool = daemon_pool_of_one(db.connect_options());
     // The counts of the pool's one connection, published before it next says it is ready.
     let seq_scans = || async {
@@ -743,10 +740,7 @@ async fn the_pruner_reads_the_completion_index_on_the_daemons_connections() {
 /// The plan tests' set-up: statistics taken of the table as it is, then 64 jobs claimed by
 /// `planner-test`.
 async fn analyze_and_claim_64(db: &TestDb) -> store::Claimed {
-    sqlx::query(r#"VACUUM ANALYZE "OutboundJob""#)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    db.vacuum_jobs().await;
     let me: Arc<str> = "planner-test".into();
     let claimed = store::claim(&db.pool, &me, Duration::from_secs(60), 64, 5)
         .await

@@ -110,6 +110,15 @@ impl TestDb {
         .unwrap()
     }
 
+    /// `VACUUM ANALYZE "OutboundJob"`: statistics of the table as it is now, as autovacuum
+    /// would have gathered them.
+    pub async fn vacuum_jobs(&self) {
+        sqlx::raw_sql(r#"VACUUM ANALYZE "OutboundJob""#)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
     pub async fn count(&self, status: &str) -> i64 {
         sqlx::query_scalar(r#"SELECT count(*) FROM "OutboundJob" WHERE status::text = $1"#)
             .bind(status)
