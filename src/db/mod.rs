@@ -14,6 +14,7 @@ pub mod prisma;
 pub mod prisma_migration;
 pub mod retry;
 pub mod wait;
+pub mod warm;
 
 pub use pooler::Pool;
 

@@ -37,6 +37,8 @@ use sqlx::postgres::{
 };
 use sqlx::{Execute, Executor, Postgres};
 
+use super::warm::Warm;
+
 /// Prisma's parameters taken out of a URL: a configuration matter, so it lives with the
 /// settings (`config` validates `database.url` with it and must not import `db`).
 pub use crate::config::database_url::{CleanUrl, clean_url};
@@ -75,15 +77,19 @@ pub struct Pool {
     pooled: bool,
     /// Each statement in a transaction that plans it for its values (never behind a pooler).
     custom_plans: bool,
+    /// Direct statements take the connection used last ([`super::warm`]).
+    warm: Arc<Warm>,
 }
 
 impl Pool {
     /// `pooled`: the URL goes through a transaction-mode pooler.
     pub fn new(inner: PgPool, pooled: bool) -> Pool {
+        let warm = Arc::new(Warm::new(inner.options().get_max_connections()));
         Pool {
             inner,
             pooled,
             custom_plans: false,
+            warm,
         }
     }
 
@@ -107,8 +113,11 @@ impl Pool {
     }
 
     /// sqlx's pool underneath. Statements run on it directly bypass the pooler handling: use it
-    /// for what needs a connection of its own (tests, benchmarks), not for the queue's SQL.
+    /// for what needs a connection of its own (a transaction, tests, benchmarks), not for the
+    /// queue's SQL. When the pool is full, the connections kept for the next statement
+    /// ([`super::warm`]) go back to it first, so a caller never waits for one that is idle.
     pub fn pg(&self) -> &PgPool {
+        self.warm.release_if_full(&self.inner);
         &self.inner
     }
 
@@ -116,7 +125,9 @@ impl Pool {
         self.inner.connect_options()
     }
 
+    /// Closes the pool: gives back the kept connections, then waits for the rest.
     pub async fn close(&self) {
+        self.warm.release_all();
         self.inner.close().await
     }
 
@@ -196,6 +207,7 @@ impl<'p> Executor<'p> for &'_ Pool {
         E: 'q + Execute<'q, Postgres>,
     {
         if self.pooled || self.custom_plans {
+            self.warm.release_if_full(&self.inner);
             let pool = self.inner.clone();
             stream::once(in_transaction(pool, query, self.custom_plans))
                 .map_ok(|results| stream::iter(results.into_iter().map(Ok)))
@@ -203,7 +215,17 @@ impl<'p> Executor<'p> for &'_ Pool {
                 .inspect_err(advise)
                 .boxed()
         } else {
-            self.inner.fetch_many(query).inspect_err(advise).boxed()
+            let (pool, warm) = (self.inner.clone(), self.warm.clone());
+            stream::once(async move {
+                let mut lease = warm.lease(&pool).await?;
+                let results: Results = lease.conn().fetch_many(query).try_collect().await?;
+                lease.done();
+                Ok::<_, sqlx::Error>(results)
+            })
+            .map_ok(|results| stream::iter(results.into_iter().map(Ok)))
+            .try_flatten()
+            .inspect_err(advise)
+            .boxed()
         }
     }
 
@@ -216,6 +238,7 @@ impl<'p> Executor<'p> for &'_ Pool {
         E: 'q + Execute<'q, Postgres>,
     {
         if self.pooled || self.custom_plans {
+            self.warm.release_if_full(&self.inner);
             let pool = self.inner.clone();
             let custom = self.custom_plans;
             Box::pin(async move {
@@ -228,8 +251,16 @@ impl<'p> Executor<'p> for &'_ Pool {
                 }))
             })
         } else {
-            let direct = self.inner.fetch_optional(query);
-            Box::pin(async move { direct.await.inspect_err(advise) })
+            let (pool, warm) = (self.inner.clone(), self.warm.clone());
+            Box::pin(async move {
+                let run = async {
+                    let mut lease = warm.lease(&pool).await?;
+                    let row = lease.conn().fetch_optional(query).await?;
+                    lease.done();
+                    Ok(row)
+                };
+                run.await.inspect_err(advise)
+            })
         }
     }
 

@@ -1,6 +1,7 @@
 //! The queue core against a real PostgreSQL: transitions, concurrency, wake-ups, fencing,
 //! rescue, drain, bad input.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -689,6 +690,67 @@ async fn the_daemon_keeps_generic_plans_and_plans_the_operators_statements_for_t
 
     let pool = daemon_pool_of_one(db.connect_options().options([("plan_cache_mode", "auto")]));
     assert_eq!(mode(pool.clone()).await, "auto");
+    pool.close().await;
+}
+
+/// The daemon's statements take the connection used last (`db::warm`): after a burst opened
+/// four connections, statements one at a time run on one backend (sqlx's own order went round
+/// all four, each backend cold and planning each statement anew). A caller that needs a
+/// connection of its own (`Pool::pg`, a transaction) is never kept waiting by the connection kept
+/// idle for the next statement: with the other three held, it gets that one.
+#[tokio::test]
+async fn statements_one_at_a_time_reuse_the_connection_used_last() {
+    let db = TestDb::new().await;
+    let mut settings = crate::support::test_settings();
+    settings.database.max_connections = 5;
+    settings.database.connect_timeout = Duration::from_secs(3);
+    let pool = outbound_runner::db::pool(&settings, db.connect_options(), false);
+    let pid = |pool: outbound_runner::db::Pool, sql: &'static str| async move {
+        sqlx::query_scalar::<_, i32>(sql)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let burst = futures_util::future::join_all(
+        (0..4).map(|_| pid(pool.clone(), "SELECT pg_backend_pid() FROM pg_sleep(0.2)")),
+    )
+    .await;
+    assert_eq!(burst.iter().collect::<HashSet<_>>().len(), 4, "{burst:?}");
+    assert_eq!(pool.size(), 4);
+
+    // The burst's connections went back to sqlx's pool (it was full); the first statement that
+    // finds sqlx's pool with one idle keeps its connection, and from then on the same one serves.
+    let mut last = 0;
+    for _ in 0..8 {
+        let now = pid(pool.clone(), "SELECT pg_backend_pid()").await;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let mut one_at_a_time = HashSet::from([last]);
+    for _ in 0..8 {
+        one_at_a_time.insert(pid(pool.clone(), "SELECT pg_backend_pid()").await);
+    }
+    assert_eq!(one_at_a_time.len(), 1, "{one_at_a_time:?}");
+
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            pool.pg()
+                .begin()
+                .await
+                .expect("an idle connection of sqlx's pool"),
+        );
+    }
+    let started = Instant::now();
+    let fourth = pool.pg().begin().await;
+    assert!(
+        fourth.is_ok(),
+        "the kept connection was not given back: {fourth:?} after {:?}",
+        started.elapsed()
+    );
+    drop((held, fourth));
     pool.close().await;
 }
 
