@@ -127,7 +127,7 @@ impl Pool {
 
     /// Closes the pool: gives back the kept connections, then waits for the rest.
     pub async fn close(&self) {
-        self.warm.release_all();
+        self.warm.close();
         self.inner.close().await
     }
 

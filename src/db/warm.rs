@@ -43,8 +43,15 @@ struct Kept {
 
 /// The kept connections, the most recently used on top.
 pub struct Warm {
-    stack: Mutex<Vec<Kept>>,
+    stack: Mutex<Stack>,
     capacity: usize,
+}
+
+#[derive(Default)]
+struct Stack {
+    kept: Vec<Kept>,
+    /// The pool is closing: nothing is kept any more (sqlx's close waits for every connection).
+    closed: bool,
 }
 
 impl std::fmt::Debug for Warm {
@@ -60,28 +67,29 @@ impl Warm {
     /// For a pool of `max_connections`: keeps at most all but one.
     pub fn new(max_connections: u32) -> Warm {
         Warm {
-            stack: Mutex::new(Vec::new()),
+            stack: Mutex::new(Stack::default()),
             capacity: max_connections.saturating_sub(1) as usize,
         }
     }
 
     /// How many connections are kept now.
     pub fn kept(&self) -> usize {
-        self.stack.lock().map(|s| s.len()).unwrap_or(0)
+        self.lock().kept.len()
     }
 
     /// The connection used last, or one from sqlx's pool when none is kept. Kept connections
     /// idle longer than [`IDLE`] go back to sqlx's pool on the way.
     pub async fn lease(self: &Arc<Self>, pool: &PgPool) -> sqlx::Result<Lease> {
         let (top, stale) = {
-            let mut stack = self.stack.lock().unwrap_or_else(|e| e.into_inner());
+            let mut stack = self.lock();
             let now = Instant::now();
             let stale = stack
+                .kept
                 .iter()
                 .take_while(|k| now.duration_since(k.since) > IDLE)
                 .count();
-            let stale: Vec<Kept> = stack.drain(..stale).collect();
-            (stack.pop(), stale)
+            let stale: Vec<Kept> = stack.kept.drain(..stale).collect();
+            (stack.kept.pop(), stale)
         };
         drop(stale);
         let (conn, out) = match top {
@@ -99,8 +107,22 @@ impl Warm {
 
     /// Gives every kept connection back to sqlx's pool.
     pub fn release_all(&self) {
-        let all = std::mem::take(&mut *self.stack.lock().unwrap_or_else(|e| e.into_inner()));
+        let all = std::mem::take(&mut self.lock().kept);
         drop(all);
+    }
+
+    /// The pool is closing: gives every kept connection back and keeps none from now on.
+    pub fn close(&self) {
+        let all = {
+            let mut stack = self.lock();
+            stack.closed = true;
+            std::mem::take(&mut stack.kept)
+        };
+        drop(all);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stack> {
+        self.stack.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Gives every kept connection back to sqlx's pool if it is full: for a caller about to
@@ -114,9 +136,9 @@ impl Warm {
     fn keep(&self, conn: PoolConnection<Postgres>, out: Instant, pool: &PgPool) {
         let full = pool.size() >= pool.options().get_max_connections() && pool.num_idle() == 0;
         if !full && out.elapsed() < VISIT {
-            let mut stack = self.stack.lock().unwrap_or_else(|e| e.into_inner());
-            if stack.len() < self.capacity {
-                stack.push(Kept {
+            let mut stack = self.lock();
+            if !stack.closed && stack.kept.len() < self.capacity {
+                stack.kept.push(Kept {
                     conn,
                     since: Instant::now(),
                     out,
@@ -132,7 +154,7 @@ impl Drop for Warm {
     /// The last handle went away. Outside a runtime (a command ending) sqlx cannot take a
     /// connection back (it returns one on a task of its own): each is closed here instead.
     fn drop(&mut self) {
-        let all = std::mem::take(self.stack.get_mut().unwrap_or_else(|e| e.into_inner()));
+        let all = std::mem::take(&mut self.lock().kept);
         if tokio::runtime::Handle::try_current().is_err() {
             for kept in all {
                 drop(kept.conn.detach());
