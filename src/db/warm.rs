@@ -16,8 +16,13 @@
 //! - a connection goes back to sqlx's pool instead when the pool is full and sqlx has none idle
 //!   (someone may be waiting), when its statement did not end cleanly (sqlx checks it on return),
 //!   and at least every [`VISIT`] (sqlx's liveness check and lifetime);
-//! - [`super::Pool::pg`], the way to sqlx's pool itself, and [`super::Pool::close`] give back
-//!   the kept connections first.
+//! - when the pool is full, [`super::Pool::pg`] (the way to sqlx's pool itself: transactions)
+//!   and the statements that run in a transaction of their own (the operator's) give back the
+//!   kept connections before they wait; [`super::Pool::close`] gives them all back and keeps
+//!   none after.
+//!
+//! Behind a transaction-mode pooler nothing is kept: every statement there is a transaction of
+//! its own on whatever server the pooler lends.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
