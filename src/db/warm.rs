@@ -133,14 +133,15 @@ impl Warm {
     /// Gives every kept connection back to sqlx's pool if it is full: for a caller about to
     /// wait in it.
     pub fn release_if_full(&self, pool: &PgPool) {
-        if pool.size() >= pool.options().get_max_connections() && self.kept() > 0 {
+        if at_most(pool) {
             self.release_all();
         }
     }
 
     fn keep(&self, conn: PoolConnection<Postgres>, out: Instant, pool: &PgPool) {
-        let full = pool.size() >= pool.options().get_max_connections() && pool.num_idle() == 0;
-        if !full && out.elapsed() < VISIT {
+        // Full, none idle: someone may be waiting in sqlx's pool for this one.
+        let wanted = at_most(pool) && pool.num_idle() == 0;
+        if !wanted && out.elapsed() < VISIT {
             let mut stack = self.lock();
             if !stack.closed && stack.kept.len() < self.capacity {
                 stack.kept.push(Kept {
@@ -153,6 +154,11 @@ impl Warm {
         }
         drop(conn);
     }
+}
+
+/// sqlx's pool has opened all the connections it may.
+fn at_most(pool: &PgPool) -> bool {
+    pool.size() >= pool.options().get_max_connections()
 }
 
 impl Drop for Warm {
