@@ -206,27 +206,24 @@ impl<'p> Executor<'p> for &'_ Pool {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        if self.pooled || self.custom_plans {
-            self.warm.release_if_full(&self.inner);
-            let pool = self.inner.clone();
-            stream::once(in_transaction(pool, query, self.custom_plans))
-                .map_ok(|results| stream::iter(results.into_iter().map(Ok)))
-                .try_flatten()
-                .inspect_err(advise)
-                .boxed()
-        } else {
-            let (pool, warm) = (self.inner.clone(), self.warm.clone());
-            stream::once(async move {
-                let mut lease = warm.lease(&pool).await?;
-                let results: Results = lease.conn().fetch_many(query).try_collect().await?;
-                lease.done();
-                Ok::<_, sqlx::Error>(results)
-            })
+        let results: BoxFuture<'e, Result<Results, sqlx::Error>> =
+            if self.pooled || self.custom_plans {
+                self.warm.release_if_full(&self.inner);
+                Box::pin(in_transaction(self.inner.clone(), query, self.custom_plans))
+            } else {
+                let (pool, warm) = (self.inner.clone(), self.warm.clone());
+                Box::pin(async move {
+                    let mut lease = warm.lease(&pool).await?;
+                    let results: Results = lease.conn().fetch_many(query).try_collect().await?;
+                    lease.done();
+                    Ok(results)
+                })
+            };
+        stream::once(results)
             .map_ok(|results| stream::iter(results.into_iter().map(Ok)))
             .try_flatten()
             .inspect_err(advise)
             .boxed()
-        }
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(

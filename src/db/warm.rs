@@ -112,18 +112,19 @@ impl Warm {
 
     /// Gives every kept connection back to sqlx's pool.
     pub fn release_all(&self) {
-        let all = std::mem::take(&mut self.lock().kept);
-        drop(all);
+        drop(self.take_all(false));
     }
 
     /// The pool is closing: gives every kept connection back and keeps none from now on.
     pub fn close(&self) {
-        let all = {
-            let mut stack = self.lock();
-            stack.closed = true;
-            std::mem::take(&mut stack.kept)
-        };
-        drop(all);
+        drop(self.take_all(true));
+    }
+
+    /// Every kept connection, to be dropped outside the lock (sqlx takes one back on a task).
+    fn take_all(&self, closing: bool) -> Vec<Kept> {
+        let mut stack = self.lock();
+        stack.closed |= closing;
+        std::mem::take(&mut stack.kept)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Stack> {
@@ -165,7 +166,7 @@ impl Drop for Warm {
     /// The last handle went away. Outside a runtime (a command ending) sqlx cannot take a
     /// connection back (it returns one on a task of its own): each is closed here instead.
     fn drop(&mut self) {
-        let all = std::mem::take(&mut self.lock().kept);
+        let all = self.take_all(false);
         if tokio::runtime::Handle::try_current().is_err() {
             for kept in all {
                 drop(kept.conn.detach());
