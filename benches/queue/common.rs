@@ -637,16 +637,31 @@ pub async fn sandbox_runner_metered(
     outbound_runner::runner::Runner,
     Arc<outbound_runner::metrics::Metrics>,
 ) {
-    let metrics = Arc::new(outbound_runner::metrics::Metrics::new());
-    let runner = outbound_runner::runner::Runner::builder(
+    runner_metered(
         pool,
-        Arc::new(s),
+        s,
+        mode,
         Arc::new(outbound_runner::delivery::sandbox::SandboxHandler),
     )
-    .metrics(metrics.clone())
-    .mode(mode)
-    .start()
-    .await;
+    .await
+}
+
+/// [`sandbox_runner_metered`] with any handler.
+pub async fn runner_metered(
+    pool: outbound_runner::db::Pool,
+    s: Settings,
+    mode: outbound_runner::runner::Mode,
+    handler: Arc<dyn outbound_runner::delivery::JobHandler>,
+) -> (
+    outbound_runner::runner::Runner,
+    Arc<outbound_runner::metrics::Metrics>,
+) {
+    let metrics = Arc::new(outbound_runner::metrics::Metrics::new());
+    let runner = outbound_runner::runner::Runner::builder(pool, Arc::new(s), handler)
+        .metrics(metrics.clone())
+        .mode(mode)
+        .start()
+        .await;
     (runner, metrics)
 }
 

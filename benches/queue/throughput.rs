@@ -1,17 +1,64 @@
-//! The limit (pgbench) and throughput (our runner draining pre-inserted sandbox jobs), measured
-//! in interleaved rounds so each of our figures has a limit from the same minute beside it.
+//! The limit (pgbench) and throughput (our runner draining pre-inserted jobs, with the sandbox
+//! handler and with one that does nothing), measured in interleaved rounds so each of our figures
+//! has a limit from the same minute beside it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use outbound_runner::delivery::sandbox::SandboxHandler;
+use outbound_runner::delivery::{BoxFuture, Delivered, JobContext, JobHandler};
+use outbound_runner::queue::{Job, JobError};
 use outbound_runner::runner::Mode;
 
 use crate::common::{
     Args, Db, Row, Section, ServerCpu, cpu_of, forget_child, int, median, rate, register_child,
-    sandbox_runner_metered, settings,
+    runner_metered, settings,
 };
 use crate::progress;
+
+/// What the drained jobs do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Work {
+    /// The sandbox handler: each message recorded `sent` in the ledger with the completion.
+    Sandbox,
+    /// Nothing: the job is claimed and marked `done`, as a no-op job of any other queue is
+    /// (pgbench's scripts' work, and the figure to set beside another queue's no-op drain).
+    Noop,
+}
+
+impl Work {
+    const ALL: [Work; 2] = [Work::Sandbox, Work::Noop];
+
+    fn name(self) -> &'static str {
+        match self {
+            Work::Sandbox => "sandbox",
+            Work::Noop => "no-op",
+        }
+    }
+
+    fn handler(self) -> Arc<dyn JobHandler> {
+        match self {
+            Work::Sandbox => Arc::new(SandboxHandler),
+            Work::Noop => Arc::new(Noop),
+        }
+    }
+}
+
+/// A handler that does nothing and succeeds.
+struct Noop;
+
+impl JobHandler for Noop {
+    fn handle<'a>(
+        &'a self,
+        _job: &'a Job,
+        _ctx: &'a JobContext,
+    ) -> BoxFuture<'a, Result<Delivered, JobError>> {
+        Box::pin(async { Ok(Delivered::default()) })
+    }
+}
 
 /// Jobs per transaction of the two pgbench scripts.
 pub const BATCHES: [u32; 2] = [1, 50];
@@ -127,9 +174,9 @@ struct Drain {
     ms_per_claim: f64,
 }
 
-/// Our runner draining `jobs` pre-inserted sandbox jobs with `workers` workers; stopped after
-/// `cap` (its rate is then that of the jobs done so far).
-async fn drain(jobs: usize, workers: u32, cap: Duration) -> Drain {
+/// Our runner draining `jobs` pre-inserted jobs doing `work` with `workers` workers; stopped
+/// after `cap` (its rate is then that of the jobs done so far).
+async fn drain(jobs: usize, workers: u32, cap: Duration, work: Work) -> Drain {
     let db = Db::new().await;
     db.insert(jobs).await;
     // Statistics, as autovacuum would have gathered them on a live table.
@@ -139,7 +186,7 @@ async fn drain(jobs: usize, workers: u32, cap: Duration) -> Drain {
     let server = ServerCpu::start(&db.name);
     let own0 = cpu_of("self");
     let start = Instant::now();
-    let (r, m) = sandbox_runner_metered(pool, s, Mode::Daemon).await;
+    let (r, m) = runner_metered(pool, s, Mode::Daemon, work.handler()).await;
     let mut finished = r.finished();
     let capped = tokio::time::timeout(cap, finished.wait_for(|n| *n >= jobs as u64))
         .await
@@ -170,7 +217,7 @@ pub async fn run(a: &Args) -> Vec<Row> {
     let do_limit = a.wants(Section::Limit);
     let do_tp = a.wants(Section::Throughput);
     let mut limits: BTreeMap<(u32, usize, u32), Vec<Limit>> = BTreeMap::new();
-    let mut drains: BTreeMap<(u32, usize), Vec<Drain>> = BTreeMap::new();
+    let mut drains: BTreeMap<(u32, usize, Work), Vec<Drain>> = BTreeMap::new();
     for round in 1..=a.runs {
         for &w in &a.workers {
             for &n in &a.sizes {
@@ -185,11 +232,12 @@ pub async fn run(a: &Args) -> Vec<Row> {
                         limits.entry((w, n, batch)).or_default().push(l);
                     }
                 }
-                if do_tp {
-                    let d = drain(n, w, a.drain_cap).await;
+                for work in Work::ALL.into_iter().filter(|_| do_tp) {
+                    let d = drain(n, w, a.drain_cap, work).await;
                     progress!(
-                        "round {round}/{}: drain {n} jobs, {w} workers: {} jobs/s, {:.1} jobs/claim{}",
+                        "round {round}/{}: drain {n} {} jobs, {w} workers: {} jobs/s, {:.1} jobs/claim{}",
                         a.runs,
+                        work.name(),
                         int(d.jobs_per_s),
                         d.jobs_per_claim,
                         if d.capped {
@@ -202,7 +250,7 @@ pub async fn run(a: &Args) -> Vec<Row> {
                             String::new()
                         }
                     );
-                    drains.entry((w, n)).or_default().push(d);
+                    drains.entry((w, n, work)).or_default().push(d);
                 }
             }
         }
@@ -217,10 +265,12 @@ pub async fn run(a: &Args) -> Vec<Row> {
                     rows.push(limit_row(w, batch, ls));
                 }
             }
-            if let Some(ds) = drains.get(&(w, n)) {
-                let ls: Vec<Option<&Vec<Limit>>> =
-                    BATCHES.iter().map(|b| limits.get(&(w, n, *b))).collect();
-                rows.push(drain_row(w, n, ds, &ls, a.drain_cap));
+            for work in Work::ALL {
+                if let Some(ds) = drains.get(&(w, n, work)) {
+                    let ls: Vec<Option<&Vec<Limit>>> =
+                        BATCHES.iter().map(|b| limits.get(&(w, n, *b))).collect();
+                    rows.push(drain_row(w, n, work, ds, &ls, a.drain_cap));
+                }
             }
         }
     }
@@ -247,7 +297,14 @@ fn limit_row(w: u32, batch: u32, ls: &[Limit]) -> Row {
 }
 
 /// Our drain, with its ratio to each limit of the same round (`ls`, in [`BATCHES`] order).
-fn drain_row(w: u32, n: usize, ds: &[Drain], ls: &[Option<&Vec<Limit>>], cap: Duration) -> Row {
+fn drain_row(
+    w: u32,
+    n: usize,
+    work: Work,
+    ds: &[Drain],
+    ls: &[Option<&Vec<Limit>>],
+    cap: Duration,
+) -> Row {
     let rates: Vec<f64> = ds.iter().map(|d| d.jobs_per_s).collect();
     let mut ratio = Vec::new();
     for (batch, l) in BATCHES.iter().zip(ls) {
@@ -268,7 +325,7 @@ fn drain_row(w: u32, n: usize, ds: &[Drain], ls: &[Option<&Vec<Limit>>], cap: Du
         .collect();
     Row {
         section: "throughput",
-        measure: "sandbox jobs drained by the runner".into(),
+        measure: format!("{} jobs drained by the runner", work.name()),
         setup: format!("{} jobs, {w} workers", int(n as f64)),
         result: format!("{} jobs/s", rate(&rates)),
         ratio: ratio.join(", "),
