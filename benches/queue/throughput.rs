@@ -4,9 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
-
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use outbound_runner::delivery::sandbox::SandboxHandler;
 use outbound_runner::delivery::{BoxFuture, Delivered, JobContext, JobHandler};
