@@ -110,11 +110,6 @@ impl Warm {
         })
     }
 
-    /// Gives every kept connection back to sqlx's pool.
-    pub fn release_all(&self) {
-        drop(self.take_all(false));
-    }
-
     /// The pool is closing: gives every kept connection back and keeps none from now on.
     pub fn close(&self) {
         drop(self.take_all(true));
@@ -135,7 +130,7 @@ impl Warm {
     /// wait in it.
     pub fn release_if_full(&self, pool: &PgPool) {
         if at_most(pool) {
-            self.release_all();
+            drop(self.take_all(false));
         }
     }
 
